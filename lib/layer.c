@@ -1,0 +1,2 @@
+/* placeholder: replaced by the layer work */
+#include "nsa_internal.h"

@@ -1,0 +1,170 @@
+/* Private declarations shared by the core, the backends and the tests.
+ * Nothing here is exported from the shared library (hidden visibility). */
+#ifndef NSA_INTERNAL_H
+#define NSA_INTERNAL_H
+
+#include "nsa.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define NSA_HIDDEN __attribute__((visibility("hidden")))
+#define NSA_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define NSA_HIDDEN
+#define NSA_PRINTF(a, b)
+#endif
+
+#define NSA_MSG_LEN 512
+
+/* ------------------------------------------------------------- context */
+struct nsa_backend_ops;
+
+struct nsa_context {
+    const struct nsa_backend_ops *be;
+    void *be_state;
+    int verbose;
+    char msg[NSA_MSG_LEN];
+};
+
+/* Records a formatted message on ctx (if not NULL) and returns s. */
+NSA_HIDDEN nsa_status nsa_fail(nsa_context *ctx, nsa_status s, const char *fmt, ...)
+    NSA_PRINTF(3, 4);
+/* Writes a formatted message into buf (if not NULL) and returns s. */
+NSA_HIDDEN nsa_status nsa_fail_buf(char *buf, size_t len, nsa_status s, const char *fmt,
+                                   ...) NSA_PRINTF(4, 5);
+/* Logs to stderr when NSA_VERBOSE is set (the library's only output). */
+NSA_HIDDEN void nsa_log(const nsa_context *ctx, const char *fmt, ...) NSA_PRINTF(2, 3);
+NSA_HIDDEN int nsa_env_verbose(void);
+
+/* -------------------------------------------------------- block math */
+/* The mapping M of spec 3 (selection block j x compression block i) as CSR
+ * over rows 0..rows-1; columns are compression-block indices (>= 0). */
+typedef struct nsa_csr {
+    int rows;
+    int32_t *rowptr; /* [rows+1] */
+    int32_t *col;    /* [nnz] */
+    int32_t *val;    /* [nnz], small positive integers */
+} nsa_csr;
+
+NSA_HIDDEN int nsa_bm_n_cmp(const nsa_config *cfg, int64_t t);
+/* Selection blocks visible to t: floor(t/l') + 1. */
+NSA_HIDDEN int nsa_bm_n_sel_visible(const nsa_config *cfg, int64_t t);
+/* Builds M for selection blocks 0..rows-1; columns limited to i < max_cols. */
+NSA_HIDDEN nsa_status nsa_bm_map_build(const nsa_config *cfg, int rows, int max_cols,
+                                       nsa_csr *m);
+NSA_HIDDEN void nsa_bm_map_free(nsa_csr *m);
+/* Forced blocks for t (spec 3), ascending, deduplicated, all visible.
+ * forced must hold n_init + n_local entries; returns the count. */
+NSA_HIDDEN int nsa_bm_forced(const nsa_config *cfg, int64_t t, int32_t *forced);
+/* Top-n selection for t from group scores s[0..visible-1] (spec 3): forced
+ * blocks, then the largest s, ties to the smaller j; writes n indices sorted
+ * ascending, padded with -1. work needs n_sel_visible(t) bytes. */
+NSA_HIDDEN void nsa_bm_select(const nsa_config *cfg, int64_t t, const double *s,
+                              unsigned char *work, int32_t *sel);
+/* Same, float scores (backends that score in float32). */
+NSA_HIDDEN void nsa_bm_select_f(const nsa_config *cfg, int64_t t, const float *s,
+                                unsigned char *work, int32_t *sel);
+/* Checks a caller-given selection row for t: each entry -1 or a visible
+ * block, strictly ascending, -1 only as trailing padding. */
+NSA_HIDDEN int nsa_bm_selection_valid(const nsa_config *cfg, int64_t t,
+                                      const int32_t *sel);
+
+/* ----------------------------------------------------------- batches */
+/* Validates cu_seqlens (or the implicit single sequence) against T and
+ * fills *cu_out with a usable array (allocated if cu_seqlens was NULL;
+ * free with nsa_batch_free). cmp_off[B+1] gets compressed-token offsets. */
+typedef struct nsa_batch {
+    int B;
+    int64_t T;
+    const int32_t *cu;
+    int32_t *cu_owned;
+    int64_t *cmp_off;
+    int max_len;
+} nsa_batch;
+
+NSA_HIDDEN nsa_status nsa_batch_init(nsa_context *ctx, const nsa_config *cfg, int64_t T,
+                                     const int32_t *cu_seqlens, int B, nsa_batch *b);
+NSA_HIDDEN void nsa_batch_free(nsa_batch *b);
+
+/* --------------------------------------------------------- backend jobs */
+/* phi over one tensor kind (K or V): x[T][G][dim] -> out[C][G][dim]. */
+typedef struct nsa_cmp_job {
+    const nsa_config *cfg;
+    const nsa_batch *batch;
+    const float *x;
+    int dim;
+    const nsa_phi *phi; /* never NULL here: avg is spelled out */
+    float *out;
+} nsa_cmp_job;
+
+/* The attention of spec 2-5 given the compressed tokens. */
+typedef struct nsa_attn_job {
+    const nsa_config *cfg;
+    float scale;
+    const nsa_batch *batch;
+    const nsa_csr *map; /* rows cover the longest sequence */
+    const float *q;
+    const float *kc, *vc; /* [C][G][dk], [C][G][dv] */
+    const float *k_slc, *v_slc, *k_win, *v_win;
+    const float *gates;
+    const int32_t *sel_in;
+    float *out, *out_cmp, *out_slc, *out_win;
+    int32_t *sel_out;
+} nsa_attn_job;
+
+/* y[rows][out] = x[rows][in] W^T + b; W is [out][in] (torch.nn.Linear). */
+typedef struct nsa_linear_job {
+    const float *x;
+    int64_t rows;
+    int in, out;
+    const float *w, *b; /* b may be NULL */
+    float *y;
+} nsa_linear_job;
+
+/* One entry of the backend registry. NULL members fall back to the
+ * reference implementation (logged when NSA_VERBOSE is set). */
+typedef struct nsa_backend_ops {
+    const char *name;
+    const char *description;
+    /* 1 if usable here; otherwise 0 and why. */
+    int (*probe)(char *why, size_t why_len);
+    nsa_status (*init)(nsa_context *ctx, void **state);
+    void (*fini)(void *state);
+    nsa_status (*compress)(nsa_context *ctx, const nsa_cmp_job *job);
+    nsa_status (*attend)(nsa_context *ctx, const nsa_attn_job *job);
+    nsa_status (*linear)(nsa_context *ctx, const nsa_linear_job *job);
+    /* Room for later pieces: decode step and backward. */
+    void *reserved[4];
+} nsa_backend_ops;
+
+NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);
+extern NSA_HIDDEN const nsa_backend_ops nsa_backend_ref;
+
+/* Reference kernels, also used as the fallback for missing pieces. */
+NSA_HIDDEN nsa_status nsa_ref_compress(nsa_context *ctx, const nsa_cmp_job *job);
+NSA_HIDDEN nsa_status nsa_ref_attend(nsa_context *ctx, const nsa_attn_job *job);
+NSA_HIDDEN nsa_status nsa_ref_linear(nsa_context *ctx, const nsa_linear_job *job);
+
+/* Dispatch helpers: the context's backend, or the reference. */
+NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job);
+NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
+NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
+
+/* Validates an nsa_phi for dimension dim. */
+NSA_HIDDEN nsa_status nsa_phi_check(nsa_context *ctx, const nsa_phi *phi, const char *which);
+
+/* -------------------------------------------------------------- misc */
+/* splitmix64: the deterministic generator behind nsa_layer_init_random. */
+typedef struct nsa_rng {
+    uint64_t s;
+} nsa_rng;
+NSA_HIDDEN uint64_t nsa_rng_next(nsa_rng *r);
+/* Uniform in [-1, 1), exactly reproducible (24 random bits). */
+NSA_HIDDEN float nsa_rng_uniform(nsa_rng *r);
+
+/* Overflow-checked a*b*c element counts. */
+NSA_HIDDEN int nsa_mul_ok(size_t a, size_t b, size_t *out);
+
+#endif

@@ -1,0 +1,162 @@
+/* The backend registry (the library's only global state: a constant array)
+ * and contexts. Backends are listed best first; "ref" is always last, and
+ * "auto" takes the first whose probe succeeds. */
+#include "nsa_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NSA_WITH_CPU
+extern NSA_HIDDEN const nsa_backend_ops nsa_backend_cpu;
+#endif
+#ifdef NSA_WITH_OPENCL
+extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
+#endif
+
+static const nsa_backend_ops *const registry[] = {
+#ifdef NSA_WITH_OPENCL
+    &nsa_backend_opencl,
+#endif
+#ifdef NSA_WITH_CPU
+    &nsa_backend_cpu,
+#endif
+    &nsa_backend_ref,
+};
+#define N_BACKENDS ((int)(sizeof registry / sizeof registry[0]))
+
+int nsa_backend_count(void) { return N_BACKENDS; }
+
+static int probe(const nsa_backend_ops *be, char *why, size_t len)
+{
+    if (why && len)
+        why[0] = '\0';
+    return be->probe ? be->probe(why, len) : 1;
+}
+
+nsa_status nsa_backend_get_info(int index, nsa_backend_info *info)
+{
+    if (!info)
+        return NSA_ERR_NULL;
+    if (index < 0 || index >= N_BACKENDS)
+        return NSA_ERR_ARG;
+    const nsa_backend_ops *be = registry[index];
+    info->name = be->name;
+    info->description = be->description;
+    info->available = probe(be, info->reason, sizeof info->reason);
+    return NSA_OK;
+}
+
+const nsa_backend_ops *nsa_registry_find(const char *name)
+{
+    for (int i = 0; i < N_BACKENDS; i++)
+        if (strcmp(registry[i]->name, name) == 0)
+            return registry[i];
+    return NULL;
+}
+
+static void list_names(char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < N_BACKENDS && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "",
+                                 registry[i]->name);
+}
+
+nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
+                              size_t msg_len)
+{
+    if (!out)
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_NULL, "out is NULL");
+    *out = NULL;
+    int verbose = nsa_env_verbose();
+    const char *env = getenv("NSA_BACKEND");
+    const char *want = backend ? backend : "auto";
+    if (strcmp(want, "auto") == 0 && env && *env)
+        want = env; /* the environment overrides "auto" only */
+
+    const nsa_backend_ops *be = NULL;
+    char why[160];
+    if (strcmp(want, "auto") == 0) {
+        for (int i = 0; i < N_BACKENDS && !be; i++) {
+            if (probe(registry[i], why, sizeof why))
+                be = registry[i];
+            else if (verbose)
+                fprintf(stderr, "libnsa: auto: skipping '%s': %s\n", registry[i]->name, why);
+        }
+    } else {
+        be = nsa_registry_find(want);
+        if (!be) {
+            char names[256];
+            list_names(names, sizeof names);
+            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
+                                "unknown backend '%s' (registered: %s)", want, names);
+        }
+        if (!probe(be, why, sizeof why))
+            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
+                                "backend '%s' is not available here: %s", want, why);
+    }
+    if (!be) /* unreachable: "ref" always probes true */
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE, "no backend available");
+
+    nsa_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
+    ctx->be = be;
+    ctx->verbose = verbose;
+    if (be->init) {
+        nsa_status s = be->init(ctx, &ctx->be_state);
+        if (s != NSA_OK) {
+            nsa_fail_buf(msg, msg_len, s, "backend '%s' failed to start: %s", be->name,
+                         ctx->msg);
+            free(ctx);
+            return s;
+        }
+    }
+    nsa_log(ctx, "using backend '%s'", be->name);
+    if (msg && msg_len)
+        msg[0] = '\0';
+    *out = ctx;
+    return NSA_OK;
+}
+
+void nsa_context_free(nsa_context *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->be->fini)
+        ctx->be->fini(ctx->be_state);
+    free(ctx);
+}
+
+const char *nsa_context_backend(const nsa_context *ctx) { return ctx ? ctx->be->name : ""; }
+
+const char *nsa_context_last_error(const nsa_context *ctx) { return ctx ? ctx->msg : ""; }
+
+/* Pieces a backend leaves NULL run on the reference, said in the log. */
+nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job)
+{
+    if (ctx->be->compress)
+        return ctx->be->compress(ctx, job);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no compress: using ref", ctx->be->name);
+    return nsa_ref_compress(ctx, job);
+}
+
+nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job)
+{
+    if (ctx->be->attend)
+        return ctx->be->attend(ctx, job);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no attend: using ref", ctx->be->name);
+    return nsa_ref_attend(ctx, job);
+}
+
+nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job)
+{
+    if (ctx->be->linear)
+        return ctx->be->linear(ctx, job);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no linear: using ref", ctx->be->name);
+    return nsa_ref_linear(ctx, job);
+}

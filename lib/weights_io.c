@@ -1,0 +1,2 @@
+/* placeholder: replaced by the weights I/O work */
+#include "nsa_internal.h"
