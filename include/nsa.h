@@ -122,6 +122,19 @@ NSA_API const char *nsa_context_backend(const nsa_context *ctx);
 /* The message of the last failure on ctx ("" if none). */
 NSA_API const char *nsa_context_last_error(const nsa_context *ctx);
 
+/* ------------------------------------------------- cpu backend: ISA cap */
+/* Caps the instruction set of the "cpu" backend's kernels on ctx, so one
+ * machine can run every kernel path: "scalar", "avx2" or "neon" (a set
+ * this build or processor lacks, or one of another processor family, gives
+ * "scalar"); NULL or "native" lifts the cap. The environment variable
+ * NSA_MAX_ISA sets the cap when a context is created. Returns
+ * NSA_ERR_UNSUPPORTED when ctx's backend is not "cpu", NSA_ERR_ARG for an
+ * unknown name. */
+NSA_API nsa_status nsa_cpu_set_max_isa(nsa_context *ctx, const char *isa);
+/* The instruction set the "cpu" backend's kernels use on ctx ("scalar",
+ * "avx2", "neon"; "" when ctx's backend is not "cpu"). */
+NSA_API const char *nsa_cpu_isa(const nsa_context *ctx);
+
 /* ---------------------------------------------------------- operator (2-5) */
 typedef enum nsa_phi_kind {
     NSA_PHI_AVG = 0, /* mean of (x_j + pe[g][j]) */

@@ -1,0 +1,436 @@
+/* The cpu backend's attention (spec 2-5) and its dense baseline.
+ *
+ * Work is split into items (sequence, query tile of TQ positions, group),
+ * spread over OpenMP threads largest-first. Inside an item the query rows
+ * of all heads of the group go through every key block together
+ * (group-centric loading, as the paper's kernel): one load of a key/value
+ * tile serves hpg heads (and, for the window and the dense baseline, TQ
+ * positions). Softmax is online (flash-style) over key tiles of BK rows, so
+ * scratch stays in L1/L2 whatever the sequence length; only the compressed
+ * branch keeps whole rows, because its probabilities feed the selection. */
+#include "cpu/cpu_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TQ 16  /* query positions an item */
+#define BK 128 /* keys a tile: S[TQ*hpg][BK] stays within L2 */
+
+/* Key rows [lo, hi) of one span, relative to the sequence. */
+typedef struct span {
+    int64_t lo, hi;
+} span;
+
+/* Online softmax of m query rows Q (row stride ldq) over the key rows of
+ * spans; row r only sees keys in [rlo[r], rhi[r]) when rlo is given (causal
+ * and window bounds of a query tile). O[m][dv] gets the normalized output.
+ * S needs m*BK floats, mrow and lrow m each. */
+static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
+                  const float *Q, size_t ldq, const float *K, size_t ldk, const float *V,
+                  size_t ldv, const span *sp, int nsp, const int64_t *rlo, const int64_t *rhi,
+                  float *S, float *mrow, float *lrow, float *O)
+{
+    for (int i = 0; i < m; i++) {
+        mrow[i] = -INFINITY;
+        lrow[i] = 0.0f;
+    }
+    memset(O, 0, sizeof(float) * (size_t)m * dv);
+    for (int s = 0; s < nsp; s++)
+        for (int64_t r0 = sp[s].lo; r0 < sp[s].hi; r0 += BK) {
+            const int nk = (int)(sp[s].hi - r0 < BK ? sp[s].hi - r0 : BK);
+            k->gemm_nt(m, nk, dk, scale, Q, ldq, K + (size_t)r0 * ldk, ldk, S, BK);
+            for (int i = 0; i < m; i++) {
+                float *row = S + (size_t)i * BK;
+                if (rlo && (r0 < rlo[i] || r0 + nk > rhi[i]))
+                    for (int j = 0; j < nk; j++)
+                        if (r0 + j < rlo[i] || r0 + j >= rhi[i])
+                            row[j] = -INFINITY;
+                const float mx = k->max(row, nk);
+                const float mnew = mx > mrow[i] ? mx : mrow[i];
+                if (mnew == -INFINITY) { /* no visible key yet in this row */
+                    memset(row, 0, sizeof(float) * (size_t)nk);
+                    continue;
+                }
+                const float corr = expf(mrow[i] - mnew);
+                const float sum = k->exp_sum(row, nk, mnew);
+                lrow[i] = lrow[i] * corr + sum;
+                mrow[i] = mnew;
+                if (corr != 1.0f) {
+                    float *o = O + (size_t)i * dv;
+                    for (int e = 0; e < dv; e++)
+                        o[e] *= corr;
+                }
+            }
+            k->gemm_nn_acc(m, dv, nk, S, BK, V + (size_t)r0 * ldv, ldv, O, (size_t)dv);
+        }
+    for (int i = 0; i < m; i++) {
+        const float inv = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
+        float *o = O + (size_t)i * dv;
+        for (int e = 0; e < dv; e++)
+            o[e] *= inv;
+    }
+}
+
+/* Per-thread scratch, sized for the longest sequence. */
+typedef struct scratch {
+    float *qt;    /* [TQ*hpg][dk] the item's query rows, gathered */
+    float *s;     /* [max(TQ*hpg*BK, hpg*ldp)] scores */
+    float *ps;    /* [max_nc] p_cmp summed over the group's heads */
+    float *score; /* [max_vis] selection scores */
+    unsigned char *work;
+    int32_t *sel; /* [n] */
+    span *sp;     /* [n] */
+    float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
+    float *mrow, *lrow;        /* [TQ*hpg] */
+    int64_t *rlo, *rhi;        /* [TQ*hpg] */
+} scratch;
+
+static void scratch_free(scratch *w)
+{
+    free(w->qt);
+    free(w->s);
+    free(w->ps);
+    free(w->score);
+    free(w->work);
+    free(w->sel);
+    free(w->sp);
+    free(w->ocmp);
+    free(w->mrow);
+    free(w->rlo);
+    memset(w, 0, sizeof *w);
+}
+
+static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vis)
+{
+    const size_t hpg = (size_t)(c->H / c->G), mt = TQ * hpg;
+    const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
+    size_t ns = mt * BK > hpg * ldp ? mt * BK : hpg * ldp;
+    memset(w, 0, sizeof *w);
+    w->qt = malloc(sizeof(float) * mt * (size_t)c->dk);
+    w->s = malloc(sizeof(float) * ns);
+    w->ps = malloc(sizeof(float) * ldp);
+    w->score = malloc(sizeof(float) * (size_t)max_vis);
+    w->work = malloc((size_t)max_vis);
+    w->sel = malloc(sizeof(int32_t) * (size_t)c->n);
+    w->sp = malloc(sizeof(span) * (size_t)c->n);
+    w->ocmp = malloc(sizeof(float) * 3 * mt * (size_t)c->dv);
+    w->mrow = malloc(sizeof(float) * 2 * mt);
+    w->rlo = malloc(sizeof(int64_t) * 2 * mt);
+    if (!w->qt || !w->s || !w->ps || !w->score || !w->work || !w->sel || !w->sp || !w->ocmp ||
+        !w->mrow || !w->rlo) {
+        scratch_free(w);
+        return 0;
+    }
+    w->oslc = w->ocmp + mt * c->dv;
+    w->owin = w->oslc + mt * c->dv;
+    w->lrow = w->mrow + mt;
+    w->rhi = w->rlo + mt;
+    return 1;
+}
+
+/* Items are (sequence, tile, group); tile_off[b] counts the tiles before
+ * sequence b. */
+typedef struct items {
+    int B, G;
+    int64_t *tile_off;
+    int64_t n;
+} items;
+
+static int items_make(items *it, const nsa_batch *bt, int G)
+{
+    it->B = bt->B;
+    it->G = G;
+    it->tile_off = malloc(sizeof(int64_t) * ((size_t)bt->B + 1));
+    if (!it->tile_off)
+        return 0;
+    it->tile_off[0] = 0;
+    for (int b = 0; b < bt->B; b++)
+        it->tile_off[b + 1] = it->tile_off[b] + (bt->cu[b + 1] - bt->cu[b] + TQ - 1) / TQ;
+    it->n = it->tile_off[bt->B] * G;
+    return 1;
+}
+
+/* Item index -> sequence, first position, group. Items run last-first, so
+ * the long tails of long sequences start early (balance). */
+static void item_at(const items *it, int64_t idx, int *b, int64_t *t0, int *g)
+{
+    idx = it->n - 1 - idx;
+    *g = (int)(idx % it->G);
+    const int64_t tile = idx / it->G;
+    int lo = 0, hi = it->B - 1;
+    while (lo < hi) { /* last b with tile_off[b] <= tile */
+        const int mid = (lo + hi + 1) / 2;
+        if (it->tile_off[mid] <= tile)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    *b = lo;
+    *t0 = (tile - it->tile_off[lo]) * TQ;
+}
+
+/* Gathers the query rows of positions [t0, t0+nt) and heads of group g. */
+static void gather_q(const nsa_config *c, const float *q, int64_t row0, int nt, int g,
+                     float *qt)
+{
+    const int hpg = c->H / c->G;
+    for (int u = 0; u < nt; u++)
+        memcpy(qt + (size_t)u * hpg * c->dk, q + ((size_t)(row0 + u) * c->H + (size_t)g * hpg) * c->dk,
+               sizeof(float) * (size_t)hpg * c->dk);
+}
+
+/* Compressed branch, importance and selection for one position t. */
+static void cmp_and_select(const nsa_simd_kernels *k, const nsa_attn_job *job, int b,
+                           int64_t t, int g, const float *qh, int ldp, scratch *w, float *ocmp,
+                           int want_cmp)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const int hpg = c->H / c->G, dk = c->dk, dv = c->dv, G = c->G;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
+    const float *kc = job->kc + (size_t)bt->cmp_off[b] * krow + (size_t)g * dk;
+    const float *vc = job->vc + (size_t)bt->cmp_off[b] * vrow + (size_t)g * dv;
+
+    memset(ocmp, 0, sizeof(float) * (size_t)hpg * dv);
+    if (nc > 0) {
+        k->gemm_nt(hpg, nc, dk, job->scale, qh, (size_t)dk, kc, krow, w->s, (size_t)ldp);
+        memset(w->ps, 0, sizeof(float) * (size_t)nc);
+        for (int i = 0; i < hpg; i++) {
+            float *p = w->s + (size_t)i * ldp;
+            const float inv = 1.0f / k->exp_sum(p, nc, k->max(p, nc));
+            for (int j = 0; j < nc; j++) {
+                p[j] *= inv;
+                w->ps[j] += p[j];
+            }
+        }
+        if (want_cmp)
+            k->gemm_nn_acc(hpg, dv, nc, w->s, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
+    }
+    const size_t sel_at = ((size_t)(bt->cu[b] + t) * G + g) * c->n;
+    if (job->sel_in) {
+        memcpy(w->sel, job->sel_in + sel_at, sizeof(int32_t) * c->n);
+    } else {
+        /* s = M (sum over the group's heads of p_cmp), spec 3 Eq. 9-10 */
+        const nsa_csr *M = job->map;
+        for (int j = 0; j < vis; j++) {
+            float acc = 0.0f;
+            for (int32_t e = M->rowptr[j]; e < M->rowptr[j + 1]; e++)
+                if (M->col[e] < nc)
+                    acc += (float)M->val[e] * w->ps[M->col[e]];
+            w->score[j] = acc;
+        }
+        nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+    }
+    if (job->sel_out)
+        memcpy(job->sel_out + sel_at, w->sel, sizeof(int32_t) * c->n);
+}
+
+/* Selected branch for one position: the selected blocks clipped to <= t,
+ * adjacent blocks merged into one span. */
+static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t,
+                     int g, const float *qh, scratch *w, float *oslc)
+{
+    const nsa_config *c = job->cfg;
+    const int hpg = c->H / c->G, G = c->G;
+    const size_t krow = (size_t)G * c->dk, vrow = (size_t)G * c->dv;
+    const int64_t base = job->batch->cu[b];
+    int nsp = 0;
+    for (int u = 0; u < c->n; u++) {
+        if (w->sel[u] < 0)
+            continue;
+        const int64_t lo = (int64_t)w->sel[u] * c->l_sel;
+        int64_t hi = lo + c->l_sel;
+        if (hi > t + 1)
+            hi = t + 1;
+        if (lo >= hi)
+            continue;
+        if (nsp > 0 && w->sp[nsp - 1].hi == lo)
+            w->sp[nsp - 1].hi = hi;
+        else
+            w->sp[nsp++] = (span){lo, hi};
+    }
+    flash(k, hpg, c->dk, c->dv, job->scale, qh, (size_t)c->dk,
+          job->k_slc + (size_t)base * krow + (size_t)g * c->dk, krow,
+          job->v_slc + (size_t)base * vrow + (size_t)g * c->dv, vrow, w->sp, nsp, NULL, NULL,
+          w->s, w->mrow, w->lrow, oslc);
+}
+
+static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
+                     int g, int branches, int max_nc, scratch *w)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    const int64_t base = bt->cu[b], S = bt->cu[b + 1] - base;
+    const int nt = (int)(S - t0 < TQ ? S - t0 : TQ);
+    const int ldp = max_nc > 0 ? max_nc : 1;
+    gather_q(c, job->q, base + t0, nt, g, w->qt);
+
+    if (branches & NSA_CPU_WIN) {
+        /* the whole tile at once: keys max(0, t0-w+1) .. t0+nt-1, each row
+         * limited to its own window */
+        for (int u = 0; u < nt; u++)
+            for (int i = 0; i < hpg; i++) {
+                const int64_t t = t0 + u;
+                w->rlo[u * hpg + i] = t - c->w + 1 > 0 ? t - c->w + 1 : 0;
+                w->rhi[u * hpg + i] = t + 1;
+            }
+        span sp = {t0 - c->w + 1 > 0 ? t0 - c->w + 1 : 0, t0 + nt};
+        flash(k, nt * hpg, dk, dv, job->scale, w->qt, (size_t)dk,
+              job->k_win + (size_t)base * krow + (size_t)g * dk, krow,
+              job->v_win + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, w->rlo, w->rhi,
+              w->s, w->mrow, w->lrow, w->owin);
+    }
+    for (int u = 0; u < nt; u++) {
+        const int64_t t = t0 + u;
+        const float *qh = w->qt + (size_t)u * hpg * dk;
+        float *ocmp = w->ocmp + (size_t)u * hpg * dv, *oslc = w->oslc + (size_t)u * hpg * dv;
+        if (branches & NSA_CPU_CMP)
+            cmp_and_select(k, job, b, t, g, qh, ldp, w, ocmp, 1);
+        else if (branches & NSA_CPU_SLC)
+            memcpy(w->sel, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
+                   sizeof(int32_t) * c->n);
+        if (branches & NSA_CPU_SLC)
+            selected(k, job, b, t, g, qh, w, oslc);
+    }
+    /* outputs: the group's heads are contiguous in [T][H][dv] */
+    for (int u = 0; u < nt; u++) {
+        const size_t at = ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv;
+        const size_t len = (size_t)hpg * dv, src = (size_t)u * len;
+        if (job->out_cmp && (branches & NSA_CPU_CMP))
+            memcpy(job->out_cmp + at, w->ocmp + src, sizeof(float) * len);
+        if (job->out_slc && (branches & NSA_CPU_SLC))
+            memcpy(job->out_slc + at, w->oslc + src, sizeof(float) * len);
+        if (job->out_win && (branches & NSA_CPU_WIN))
+            memcpy(job->out_win + at, w->owin + src, sizeof(float) * len);
+        if (branches != NSA_CPU_ALL)
+            continue;
+        const float *gt = job->gates + ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * 3;
+        for (int i = 0; i < hpg; i++) {
+            const float g0 = gt[3 * i], g1 = gt[3 * i + 1], g2 = gt[3 * i + 2];
+            const float *a = w->ocmp + src + (size_t)i * dv, *s = w->oslc + src + (size_t)i * dv,
+                        *v = w->owin + src + (size_t)i * dv;
+            float *o = job->out + at + (size_t)i * dv;
+            for (int e = 0; e < dv; e++)
+                o[e] = g0 * a[e] + g1 * s[e] + g2 * v[e];
+        }
+    }
+}
+
+nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *job, int branches)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    if ((branches & NSA_CPU_SLC) && !(branches & NSA_CPU_CMP) && !job->sel_in)
+        return nsa_fail(ctx, NSA_ERR_ARG, "the selected branch alone needs a selection_in");
+    const int64_t maxlen = job->batch->max_len;
+    const int max_nc = nsa_bm_n_cmp(c, maxlen - 1);
+    const int max_vis = nsa_bm_n_sel_visible(c, maxlen - 1);
+    items it;
+    if (!items_make(&it, job->batch, c->G))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the cpu attention");
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+        scratch w;
+        const int ok = scratch_alloc(&w, c, max_nc, max_vis);
+        if (!ok) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t i = 0; i < it.n; i++) {
+            if (!ok)
+                continue;
+            int b, g;
+            int64_t t0;
+            item_at(&it, i, &b, &t0, &g);
+            run_item(k, job, b, t0, g, branches, max_nc, &w);
+        }
+        if (ok)
+            scratch_free(&w);
+    }
+    free(it.tile_off);
+    if (failed)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu attention scratch");
+    return NSA_OK;
+}
+
+nsa_status nsa_cpu_attend(nsa_context *ctx, const nsa_attn_job *job)
+{
+    return nsa_cpu_attend_part(ctx, job, NSA_CPU_ALL);
+}
+
+/* ------------------------------------------------------ dense baseline */
+nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
+                                   const nsa_batch *bt, const float *q, const float *kk,
+                                   const float *v, float *out)
+{
+    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    const float scale = nsa_config_scale(c);
+    items it;
+    if (!items_make(&it, bt, G))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the dense attention");
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+        const size_t mt = (size_t)TQ * hpg;
+        float *qt = malloc(sizeof(float) * mt * dk), *s = malloc(sizeof(float) * mt * BK);
+        float *o = malloc(sizeof(float) * mt * dv), *ml = malloc(sizeof(float) * 2 * mt);
+        int64_t *lim = malloc(sizeof(int64_t) * 2 * mt);
+        const int ok = qt && s && o && ml && lim;
+        if (!ok) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t i = 0; i < it.n; i++) {
+            if (!ok)
+                continue;
+            int b, g;
+            int64_t t0;
+            item_at(&it, i, &b, &t0, &g);
+            const int64_t base = bt->cu[b], S = bt->cu[b + 1] - base;
+            const int nt = (int)(S - t0 < TQ ? S - t0 : TQ);
+            gather_q(c, q, base + t0, nt, g, qt);
+            for (int u = 0; u < nt; u++)
+                for (int r = 0; r < hpg; r++) {
+                    lim[u * hpg + r] = 0;
+                    lim[mt + u * hpg + r] = t0 + u + 1;
+                }
+            span sp = {0, t0 + nt};
+            flash(k, nt * hpg, dk, dv, scale, qt, (size_t)dk, kk + (size_t)base * krow + (size_t)g * dk,
+                  krow, v + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, lim, lim + mt, s,
+                  ml, ml + mt, o);
+            for (int u = 0; u < nt; u++)
+                memcpy(out + ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv,
+                       o + (size_t)u * hpg * dv, sizeof(float) * (size_t)hpg * dv);
+        }
+        free(qt);
+        free(s);
+        free(o);
+        free(ml);
+        free(lim);
+    }
+    free(it.tile_off);
+    if (failed)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the dense attention scratch");
+    return NSA_OK;
+}
