@@ -258,4 +258,22 @@ static float vmax(const float *x, int n)
     return r;
 }
 
-const nsa_simd_kernels nsa_simd_avx2 = {"avx2", gemm_nt, gemm_nn_acc, exp_sum, vexp, vmax};
+/* 12 chains: FMA latency 4 x 2 ports needs at least 8 in flight. */
+static float fma_loop(long n)
+{
+    __m256 a[NSA_FMA_CHAINS];
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int c = 0; c < NSA_FMA_CHAINS; c++)
+        a[c] = _mm256_set1_ps(1.0f + 0.01f * c);
+    for (long i = 0; i < n; i++)
+#pragma GCC unroll 12
+        for (int c = 0; c < NSA_FMA_CHAINS; c++)
+            a[c] = _mm256_fmadd_ps(a[c], x, y);
+    __m256 s = a[0];
+    for (int c = 1; c < NSA_FMA_CHAINS; c++)
+        s = _mm256_add_ps(s, a[c]);
+    return _mm256_cvtss_f32(s);
+}
+
+const nsa_simd_kernels nsa_simd_avx2 = {"avx2", gemm_nt, gemm_nn_acc, exp_sum, vexp,
+                                        vmax,   8,       fma_loop};

@@ -196,4 +196,20 @@ static float vmax(const float *x, int n)
     return r;
 }
 
-const nsa_simd_kernels nsa_simd_neon = {"neon", gemm_nt, gemm_nn_acc, exp_sum, vexp, vmax};
+static float fma_loop(long n)
+{
+    float32x4_t a[NSA_FMA_CHAINS];
+    const float32x4_t x = vdupq_n_f32(0.999999f), y = vdupq_n_f32(1e-7f);
+    for (int c = 0; c < NSA_FMA_CHAINS; c++)
+        a[c] = vdupq_n_f32(1.0f + 0.01f * c);
+    for (long i = 0; i < n; i++)
+        for (int c = 0; c < NSA_FMA_CHAINS; c++)
+            a[c] = vfmaq_f32(y, a[c], x);
+    float32x4_t s = a[0];
+    for (int c = 1; c < NSA_FMA_CHAINS; c++)
+        s = vaddq_f32(s, a[c]);
+    return vaddvq_f32(s);
+}
+
+const nsa_simd_kernels nsa_simd_neon = {"neon", gemm_nt, gemm_nn_acc, exp_sum, vexp,
+                                        vmax,   4,       fma_loop};

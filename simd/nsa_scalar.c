@@ -94,4 +94,19 @@ static float vmax(const float *x, int n)
     return m;
 }
 
-const nsa_simd_kernels nsa_simd_scalar = {"scalar", gemm_nt, gemm_nn_acc, exp_sum, vexp, vmax};
+static float fma_loop(long n)
+{
+    float a[NSA_FMA_CHAINS];
+    for (int c = 0; c < NSA_FMA_CHAINS; c++)
+        a[c] = 1.0f + 0.01f * c;
+    for (long i = 0; i < n; i++)
+        for (int c = 0; c < NSA_FMA_CHAINS; c++)
+            a[c] = a[c] * 0.999999f + 1e-7f;
+    float s = 0.0f;
+    for (int c = 0; c < NSA_FMA_CHAINS; c++)
+        s += a[c];
+    return s;
+}
+
+const nsa_simd_kernels nsa_simd_scalar = {"scalar", gemm_nt, gemm_nn_acc, exp_sum, vexp,
+                                          vmax,     1,       fma_loop};

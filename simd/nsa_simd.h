@@ -30,7 +30,14 @@ typedef struct nsa_simd_kernels {
     void (*exp)(const float *x, float *y, int n);
     /* max_i x[i] (-INFINITY for n = 0). */
     float (*max)(const float *x, int n);
+    /* For nsa-bench's peak figure: n rounds of NSA_FMA_CHAINS independent
+     * vector multiply-adds of `lanes` floats (2 flops each per lane);
+     * returns a value that depends on all of them. */
+    int lanes;
+    float (*fma_loop)(long n);
 } nsa_simd_kernels;
+
+#define NSA_FMA_CHAINS 12
 
 extern NSA_SIMD_HIDDEN const nsa_simd_kernels nsa_simd_scalar;
 #ifdef NSA_HAVE_AVX2

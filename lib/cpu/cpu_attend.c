@@ -22,6 +22,17 @@ typedef struct span {
     int64_t lo, hi;
 } span;
 
+static void prefetch_rows(const float *p, size_t ld, int64_t rows, int len)
+{
+#if defined(__GNUC__)
+    for (int64_t r = 0; r < rows; r++)
+        for (int e = 0; e < len; e += 16) /* one 64-byte line */
+            __builtin_prefetch(p + (size_t)r * ld + e, 0, 2);
+#else
+    (void)p, (void)ld, (void)rows, (void)len;
+#endif
+}
+
 /* Online softmax of m query rows Q (row stride ldq) over the key rows of
  * spans; row r only sees keys in [rlo[r], rhi[r]) when rlo is given (causal
  * and window bounds of a query tile). O[m][dv] gets the normalized output.
@@ -39,6 +50,17 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
     for (int s = 0; s < nsp; s++)
         for (int64_t r0 = sp[s].lo; r0 < sp[s].hi; r0 += BK) {
             const int nk = (int)(sp[s].hi - r0 < BK ? sp[s].hi - r0 : BK);
+            /* Selected blocks lie anywhere in the sequence: ask for the
+             * next tile while this one computes. */
+            int64_t n0 = r0 + BK, n1;
+            int ns = s;
+            if (n0 >= sp[s].hi && ++ns < nsp)
+                n0 = sp[ns].lo;
+            if (ns < nsp) {
+                n1 = n0 + BK < sp[ns].hi ? n0 + BK : sp[ns].hi;
+                prefetch_rows(K + (size_t)n0 * ldk, ldk, n1 - n0, dk);
+                prefetch_rows(V + (size_t)n0 * ldv, ldv, n1 - n0, dv);
+            }
             k->gemm_nt(m, nk, dk, scale, Q, ldq, K + (size_t)r0 * ldk, ldk, S, BK);
             for (int i = 0; i < m; i++) {
                 float *row = S + (size_t)i * BK;
