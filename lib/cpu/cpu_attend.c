@@ -16,6 +16,7 @@
 
 #define TQ 16  /* query positions an item */
 #define BK 128 /* keys a tile: S[TQ*hpg][BK] stays within L2 */
+#define CTQ 4  /* positions sharing a pass over the compressed keys */
 
 /* Key rows [lo, hi) of one span, relative to the sequence. */
 typedef struct span {
@@ -97,7 +98,8 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
 /* Per-thread scratch, sized for the longest sequence. */
 typedef struct scratch {
     float *qt;    /* [TQ*hpg][dk] the item's query rows, gathered */
-    float *s;     /* [max(TQ*hpg*BK, hpg*ldp)] scores */
+    float *s;     /* [TQ*hpg*BK] scores of a key tile */
+    float *pc;    /* [CTQ*hpg][ldp] compressed-branch probabilities */
     float *ps;    /* [max_nc] p_cmp summed over the group's heads */
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
@@ -112,6 +114,7 @@ static void scratch_free(scratch *w)
 {
     free(w->qt);
     free(w->s);
+    free(w->pc);
     free(w->ps);
     free(w->score);
     free(w->work);
@@ -127,10 +130,10 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
 {
     const size_t hpg = (size_t)(c->H / c->G), mt = TQ * hpg;
     const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
-    size_t ns = mt * BK > hpg * ldp ? mt * BK : hpg * ldp;
     memset(w, 0, sizeof *w);
     w->qt = malloc(sizeof(float) * mt * (size_t)c->dk);
-    w->s = malloc(sizeof(float) * ns);
+    w->s = malloc(sizeof(float) * mt * BK);
+    w->pc = malloc(sizeof(float) * CTQ * hpg * ldp);
     w->ps = malloc(sizeof(float) * ldp);
     w->score = malloc(sizeof(float) * (size_t)max_vis);
     w->work = malloc((size_t)max_vis);
@@ -139,7 +142,7 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
     w->ocmp = malloc(sizeof(float) * 3 * mt * (size_t)c->dv);
     w->mrow = malloc(sizeof(float) * 2 * mt);
     w->rlo = malloc(sizeof(int64_t) * 2 * mt);
-    if (!w->qt || !w->s || !w->ps || !w->score || !w->work || !w->sel || !w->sp || !w->ocmp ||
+    if (!w->qt || !w->s || !w->pc || !w->ps || !w->score || !w->work || !w->sel || !w->sp || !w->ocmp ||
         !w->mrow || !w->rlo) {
         scratch_free(w);
         return 0;
@@ -202,39 +205,61 @@ static void gather_q(const nsa_config *c, const float *q, int64_t row0, int nt, 
                sizeof(float) * (size_t)hpg * c->dk);
 }
 
-/* Compressed branch, importance and selection for one position t. */
-static void cmp_and_select(const nsa_simd_kernels *k, const nsa_attn_job *job, int b,
-                           int64_t t, int g, const float *qh, int ldp, scratch *w, float *ocmp,
-                           int want_cmp)
+/* Compressed branch for positions t0+u0 .. t0+u1-1 at once: their rows
+ * are contiguous in qt, and each row is cut at its own n_cmp, so one pass over the
+ * compressed keys serves (u1-u0)*hpg rows. Leaves the probabilities in
+ * w->pc (row stride ldp) for the selection. */
+static void cmp_tile(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
+                     int u0, int u1, int g, int ldp, scratch *w)
 {
     const nsa_config *c = job->cfg;
     const nsa_batch *bt = job->batch;
     const int hpg = c->H / c->G, dk = c->dk, dv = c->dv, G = c->G;
     const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
-    const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
+    const int rows = (u1 - u0) * hpg;
+    const int nc_hi = nsa_bm_n_cmp(c, t0 + u1 - 1);
     const float *kc = job->kc + (size_t)bt->cmp_off[b] * krow + (size_t)g * dk;
     const float *vc = job->vc + (size_t)bt->cmp_off[b] * vrow + (size_t)g * dv;
-
-    memset(ocmp, 0, sizeof(float) * (size_t)hpg * dv);
-    if (nc > 0) {
-        k->gemm_nt(hpg, nc, dk, job->scale, qh, (size_t)dk, kc, krow, w->s, (size_t)ldp);
-        memset(w->ps, 0, sizeof(float) * (size_t)nc);
-        for (int i = 0; i < hpg; i++) {
-            float *p = w->s + (size_t)i * ldp;
+    float *ocmp = w->ocmp + (size_t)u0 * hpg * dv;
+    memset(ocmp, 0, sizeof(float) * (size_t)rows * dv);
+    if (nc_hi == 0)
+        return;
+    k->gemm_nt(rows, nc_hi, dk, job->scale, w->qt + (size_t)u0 * hpg * dk, (size_t)dk, kc, krow,
+               w->pc, (size_t)ldp);
+    for (int r = 0; r < rows; r++) {
+        const int nc = nsa_bm_n_cmp(c, t0 + u0 + r / hpg);
+        float *p = w->pc + (size_t)r * ldp;
+        if (nc > 0) {
             const float inv = 1.0f / k->exp_sum(p, nc, k->max(p, nc));
-            for (int j = 0; j < nc; j++) {
+            for (int j = 0; j < nc; j++)
                 p[j] *= inv;
-                w->ps[j] += p[j];
-            }
         }
-        if (want_cmp)
-            k->gemm_nn_acc(hpg, dv, nc, w->s, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
+        for (int j = nc; j < nc_hi; j++) /* not visible to this row */
+            p[j] = 0.0f;
     }
-    const size_t sel_at = ((size_t)(bt->cu[b] + t) * G + g) * c->n;
+    k->gemm_nn_acc(rows, dv, nc_hi, w->pc, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
+}
+
+/* Importance (spec 3, Eq. 9-10) and top-n for position t from its group's
+ * probability rows prob (stride ldp); or the given selection. */
+static void select_blocks(const nsa_attn_job *job, int b, int64_t t, int g, int ldp,
+                          const float *prob, scratch *w)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const int hpg = c->H / c->G;
+    const size_t sel_at = ((size_t)(bt->cu[b] + t) * c->G + g) * c->n;
     if (job->sel_in) {
         memcpy(w->sel, job->sel_in + sel_at, sizeof(int32_t) * c->n);
     } else {
-        /* s = M (sum over the group's heads of p_cmp), spec 3 Eq. 9-10 */
+        const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
+        /* s = M (sum over the group's heads of p_cmp): M is linear */
+        memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
+        for (int i = 0; i < hpg; i++) {
+            const float *p = prob + (size_t)i * ldp;
+            for (int j = 0; j < nc; j++)
+                w->ps[j] += p[j];
+        }
         const nsa_csr *M = job->map;
         for (int j = 0; j < vis; j++) {
             float acc = 0.0f;
@@ -306,17 +331,21 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
               job->v_win + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, w->rlo, w->rhi,
               w->s, w->mrow, w->lrow, w->owin);
     }
-    for (int u = 0; u < nt; u++) {
-        const int64_t t = t0 + u;
-        const float *qh = w->qt + (size_t)u * hpg * dk;
-        float *ocmp = w->ocmp + (size_t)u * hpg * dv, *oslc = w->oslc + (size_t)u * hpg * dv;
+    for (int u0 = 0; u0 < nt; u0 += CTQ) {
+        const int u1 = u0 + CTQ < nt ? u0 + CTQ : nt;
         if (branches & NSA_CPU_CMP)
-            cmp_and_select(k, job, b, t, g, qh, ldp, w, ocmp, 1);
-        else if (branches & NSA_CPU_SLC)
-            memcpy(w->sel, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
-                   sizeof(int32_t) * c->n);
-        if (branches & NSA_CPU_SLC)
-            selected(k, job, b, t, g, qh, w, oslc);
+            cmp_tile(k, job, b, t0, u0, u1, g, ldp, w);
+        for (int u = u0; u < u1; u++) {
+            const int64_t t = t0 + u;
+            if (branches & NSA_CPU_CMP)
+                select_blocks(job, b, t, g, ldp, w->pc + (size_t)(u - u0) * hpg * ldp, w);
+            else if (branches & NSA_CPU_SLC)
+                memcpy(w->sel, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
+                       sizeof(int32_t) * c->n);
+            if (branches & NSA_CPU_SLC)
+                selected(k, job, b, t, g, w->qt + (size_t)u * hpg * dk, w,
+                         w->oslc + (size_t)u * hpg * dv);
+        }
     }
     /* outputs: the group's heads are contiguous in [T][H][dv] */
     for (int u = 0; u < nt; u++) {
