@@ -15,6 +15,7 @@
  * one (short) length to give the speedup over it.
  *
  * The dense baseline and the peak loops exist for the "cpu" backend. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "cpu/cpu_internal.h"
 
 #include <math.h>
