@@ -93,8 +93,8 @@ INLINE void nt_tile(const int MR, const int NR, int k, float alpha, const float 
         }                                                                                  \
     } while (0)
 
-static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda,
-                    const float *B, size_t ldb, float *C, size_t ldc)
+static void gemm_nt_panel(int m, int n, int k, float alpha, const float *A, size_t lda,
+                          const float *B, size_t ldb, float *C, size_t ldc)
 {
     int i = 0;
     for (; i + 3 <= m; i += 3) {
@@ -108,6 +108,17 @@ static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda
         NT_ROWS(2);
     else if (m - i == 1)
         NT_ROWS(1);
+}
+
+/* B in panels of NB rows (24 KiB at k = 192), so each panel stays in L1
+ * while every row tile of A passes over it. */
+#define NB 32
+static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda,
+                    const float *B, size_t ldb, float *C, size_t ldc)
+{
+    for (int j = 0; j < n; j += NB)
+        gemm_nt_panel(m, n - j < NB ? n - j : NB, k, alpha, A, lda, B + (size_t)j * ldb, ldb,
+                      C + j, ldc);
 }
 
 /* --------------------------------------------------------- gemm_nn_acc */
@@ -163,8 +174,8 @@ INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t ld
             nn_tile(MR, 1, k, a, lda, B + c, ldb, cc + c, ldc, 1, tail_mask(n - c));       \
     } while (0)
 
-static void gemm_nn_acc(int m, int n, int k, const float *A, size_t lda, const float *B,
-                        size_t ldb, float *C, size_t ldc)
+static void gemm_nn_panel(int m, int n, int k, const float *A, size_t lda, const float *B,
+                          size_t ldb, float *C, size_t ldc)
 {
     const __m256i full = _mm256_set1_epi32(-1);
     int i = 0;
@@ -183,6 +194,17 @@ static void gemm_nn_acc(int m, int n, int k, const float *A, size_t lda, const f
     case 1: NN_COLS(1); break;
     default: break;
     }
+}
+
+/* B in panels of KB rows (32 KiB at n = 128) that stay in L1 while every
+ * row tile passes over them; C accumulates across panels. */
+#define KB 64
+static void gemm_nn_acc(int m, int n, int k, const float *A, size_t lda, const float *B,
+                        size_t ldb, float *C, size_t ldc)
+{
+    for (int j = 0; j < k; j += KB)
+        gemm_nn_panel(m, n, k - j < KB ? k - j : KB, A + j, lda, B + (size_t)j * ldb, ldb, C,
+                      ldc);
 }
 
 /* ------------------------------------------------------------------ exp */

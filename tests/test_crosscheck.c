@@ -449,9 +449,54 @@ static void test_paper_config(void **state)
     run_case(&cs, name);
 }
 
+/* The layer pieces: linear y = x W^T + b against the reference, with and
+ * without bias, on sizes with vector tails. */
+static void test_linear(void **state)
+{
+    (void)state;
+    static const int shapes[3][3] = {{37, 129, 65}, {1, 8, 1}, {300, 192, 256}};
+    nsa_context *ref, *be;
+    char msg[256];
+    assert_int_equal(nsa_context_create("ref", &ref, msg, sizeof msg), NSA_OK);
+    if (nsa_context_create(backend_name(), &be, msg, sizeof msg) != NSA_OK)
+        fail_msg("backend '%s': %s", backend_name(), msg);
+    const char *isas[4];
+    const int nisa = isa_list(isas);
+    for (int ii = 0; ii < nisa; ii++) {
+        if (isas[ii])
+            assert_int_equal(nsa_cpu_set_max_isa(be, isas[ii]), NSA_OK);
+        for (int s = 0; s < 3; s++)
+            for (int bias = 0; bias < 2; bias++) {
+                const int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+                float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in);
+                float *b = malloc(sizeof(float) * out);
+                float *y = tl_poisoned((size_t)rows * out), *yr = tl_poisoned((size_t)rows * out);
+                tl_fill(x, (size_t)rows * in, 11 + s, -1.0f, 1.0f);
+                tl_fill(w, (size_t)out * in, 12 + s, -1.0f, 1.0f);
+                tl_fill(b, (size_t)out, 13 + s, -1.0f, 1.0f);
+                nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y};
+                nsa_linear_job jr = {x, rows, in, out, w, bias ? b : NULL, yr};
+                assert_int_equal(nsa_run_linear(be, &j), NSA_OK);
+                assert_int_equal(nsa_run_linear(ref, &jr), NSA_OK);
+                char label[96];
+                snprintf(label, sizeof label, "linear %dx%d->%d bias=%d [%s]", rows, in, out,
+                         bias, nsa_context_backend(be));
+                expect_close("y", label, y, yr, (size_t)rows * out);
+                free(x);
+                free(w);
+                free(b);
+                free(y);
+                free(yr);
+            }
+    }
+    nsa_context_free(ref);
+    nsa_context_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear),
         cmocka_unit_test(test_block_shapes),
         cmocka_unit_test(test_random_configs),
         cmocka_unit_test(test_paper_config),
