@@ -152,6 +152,13 @@ NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job)
 NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
 
+/* Runs phi then attention for checked arguments over a checked batch (the
+ * operator's core, shared with the layer). hook, if set, sees the
+ * compressed keys before attention (the layer's RoPE "after"). */
+typedef void (*nsa_kc_hook)(void *user, const nsa_batch *b, float *kc);
+NSA_HIDDEN nsa_status nsa_op_core(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                  const nsa_op_args *a, nsa_kc_hook hook, void *user);
+
 /* Validates an nsa_phi for dimension dim. */
 NSA_HIDDEN nsa_status nsa_phi_check(nsa_context *ctx, const nsa_phi *phi, const char *which);
 
