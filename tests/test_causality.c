@@ -142,7 +142,7 @@ static void cmp_offsets(const tl_problem *p, int64_t *off)
 {
     off[0] = 0;
     for (int b = 0; b < p->B; b++)
-        off[b + 1] = off[b] + nsa_cmp_tokens(&p->cfg, p->cu[b + 1] - p->cu[b]);
+        off[b + 1] = off[b] + tl_spec_n_cmp(&p->cfg, p->cu[b + 1] - p->cu[b] - 1);
 }
 
 /* Every sequence other than b, rows and compressed tokens, bit-identical. */
@@ -184,7 +184,7 @@ static void check_future(const ccase *cc, nsa_context *ctx, const tl_problem *p,
     /* compressed tokens complete by t read nothing after t */
     int64_t off[8];
     cmp_offsets(p, off);
-    int nc = nsa_n_cmp(&p->cfg, t);
+    int nc = tl_spec_n_cmp(&p->cfg, t);
     if (!same_cmp(base, &mo, off[b], off[b] + nc))
         fail_msg("%s: a compressed token complete at t=%lld changed", cc->name, (long long)t);
     expect_others_same(cc, p, base, &mo, b, t);

@@ -39,8 +39,9 @@ static nsa_config mk(int H, int G, int dk, int dv, int l, int d, int ls, int n, 
 }
 
 /* Dense causal attention of every query over its sequence's positions
- * 0..t of K [T][G][dk], V [T][G][dv]; out [T][H][dv] in double. */
-static double *dense_causal(const tl_problem *p, const float *K, const float *V)
+ * max(0, t-w+1)..t of K [T][G][dk], V [T][G][dv] (w = 0: all of 0..t);
+ * out [T][H][dv] in double. */
+static double *dense_banded(const tl_problem *p, const float *K, const float *V, int64_t w)
 {
     const nsa_config *c = &p->cfg;
     const int hpg = c->H / c->G;
@@ -55,7 +56,8 @@ static double *dense_causal(const tl_problem *p, const float *K, const float *V)
                 const int64_t r0 = p->cu[b];
                 const float *q = p->q + ((size_t)(r0 + t) * c->H + h) * c->dk;
                 double mx = -INFINITY, sum = 0.0;
-                for (int64_t s = 0; s <= t; s++) {
+                const int64_t s0 = (w > 0 && t - w + 1 > 0) ? t - w + 1 : 0;
+                for (int64_t s = s0; s <= t; s++) {
                     const float *k = K + ((size_t)(r0 + s) * c->G + g) * c->dk;
                     double a = 0.0;
                     for (int e = 0; e < c->dk; e++)
@@ -64,18 +66,23 @@ static double *dense_causal(const tl_problem *p, const float *K, const float *V)
                     mx = fmax(mx, z[s]);
                 }
                 double *o = out + ((size_t)(r0 + t) * c->H + h) * c->dv;
-                for (int64_t s = 0; s <= t; s++) {
-                    double w = exp(z[s] - mx);
-                    sum += w;
+                for (int64_t s = s0; s <= t; s++) {
+                    double a = exp(z[s] - mx);
+                    sum += a;
                     const float *v = V + ((size_t)(r0 + s) * c->G + g) * c->dv;
                     for (int e = 0; e < c->dv; e++)
-                        o[e] += w * v[e];
+                        o[e] += a * v[e];
                 }
                 for (int e = 0; e < c->dv; e++)
                     o[e] /= sum;
             }
     free(z);
     return out;
+}
+
+static double *dense_causal(const tl_problem *p, const float *K, const float *V)
+{
+    return dense_banded(p, K, V, 0);
 }
 
 static double rel_l2_d(const float *got, const double *want, size_t n)
@@ -113,6 +120,29 @@ static void test_sliding_full_window_is_dense(void **state)
         tl_forward_plain(ctx, &p, NULL, &o);
         double *d = dense_causal(&p, p.kw, p.vw);
         expect_close("out_win, w >= S vs dense", rel_l2_d(o.out_win, d, (size_t)p.T * 4 * 8),
+                     EQ_TOL);
+        free(d);
+        tl_outputs_free(&o);
+        tl_problem_free(&p);
+    }
+    nsa_context_free(ctx);
+}
+
+/* w < S: the sliding branch is banded causal attention (spec 4). */
+static void test_sliding_window_is_banded(void **state)
+{
+    (void)state;
+    nsa_context *ctx = tl_context();
+    const int ws[3] = {1, 5, 16};
+    for (int k = 0; k < 3; k++) {
+        nsa_config c = mk(4, 2, 16, 8, 8, 4, 16, 3, 1, 1, ws[k]);
+        tl_problem p;
+        tl_problem_make(&p, &c, LENS, 3, 0, 15 + (uint64_t)k);
+        tl_outputs o;
+        tl_outputs_alloc(&o, &p);
+        tl_forward_plain(ctx, &p, NULL, &o);
+        double *d = dense_banded(&p, p.kw, p.vw, ws[k]);
+        expect_close("out_win vs banded dense", rel_l2_d(o.out_win, d, (size_t)p.T * 4 * 8),
                      EQ_TOL);
         free(d);
         tl_outputs_free(&o);
@@ -427,7 +457,7 @@ static void test_phi_mlp_layout(void **state)
             assert_non_null(want);
             int64_t ci = 0;
             for (int s = 0; s < p.B; s++)
-                for (int64_t i = 0; i < nsa_cmp_tokens(&c, lens[s]); i++, ci++)
+                for (int64_t i = 0; i < tl_spec_n_cmp(&c, lens[s] - 1); i++, ci++)
                     for (int g = 0; g < c.G; g++) {
                         int j0 = (2 * g + 1) % c.l;
                         size_t src = ((size_t)(p.cu[s] + i * c.d + j0) * c.G + g) * dim;
@@ -559,6 +589,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sliding_full_window_is_dense),
+        cmocka_unit_test(test_sliding_window_is_banded),
         cmocka_unit_test(test_selected_all_blocks_is_dense),
         cmocka_unit_test(test_compressed_l1_is_dense),
         cmocka_unit_test(test_phi_linear_and_mlp_as_avg),

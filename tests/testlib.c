@@ -126,6 +126,15 @@ nsa_op_args tl_problem_args(const tl_problem *p)
 }
 
 /* ------------------------------------------------ operator test helpers */
+int tl_spec_n_cmp(const nsa_config *c, int64_t t)
+{
+    /* compression block i = [i*d, i*d + l) is visible once i*d + l - 1 <= t */
+    int cnt = 0;
+    for (int64_t i = 0; i * c->d + c->l - 1 <= t; i++)
+        cnt++;
+    return cnt;
+}
+
 const char *tl_backend_name(void)
 {
     const char *b = getenv("NSA_TEST_BACKEND");
@@ -178,6 +187,12 @@ void tl_outputs_alloc(tl_outputs *o, const tl_problem *p)
     memset(o, 0, sizeof *o);
     o->T = p->T;
     o->C = nsa_op_cmp_count(&p->cfg, p->cu, p->B, p->T);
+    int64_t want = 0;
+    for (int b = 0; b < p->B; b++)
+        want += tl_spec_n_cmp(&p->cfg, p->cu[b + 1] - p->cu[b] - 1);
+    if (o->C != want)
+        fail_msg("nsa_op_cmp_count = %lld, spec 2 gives %lld", (long long)o->C,
+                 (long long)want);
     o->H = p->cfg.H;
     o->G = p->cfg.G;
     o->n = p->cfg.n;

@@ -38,6 +38,10 @@ void tl_problem_free(tl_problem *p);
 nsa_op_args tl_problem_args(const tl_problem *p);
 
 /* ------------------------------------------------ operator test helpers */
+/* n_cmp(t) of spec 2 written again from the spec, independently of
+ * lib/blockmath.c, so a test that uses it can catch an error there. */
+int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
+
 /* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
  * test binaries later cross-check other backends. */
 const char *tl_backend_name(void);
