@@ -17,7 +17,54 @@ typedef struct ccase {
     int B;
     int shared_kv;
     int seq; /* the sequence whose future is changed */
+    int mlp; /* phi: mlp with pe (random weights) instead of avg */
 } ccase;
+
+/* Random mlp phi weights with pe for K and V (spec 2), hidden = 3, so
+ * causality covers a phi that mixes the l tokens unevenly. */
+typedef struct phi_set {
+    nsa_phi k, v;
+    float *buf[8];
+} phi_set;
+
+static void phi_make(phi_set *ps, const nsa_config *c, uint64_t seed)
+{
+    const int hid = 3, dims[2] = {c->dk, c->dv};
+    nsa_phi *ph[2] = {&ps->k, &ps->v};
+    for (int kv = 0; kv < 2; kv++) {
+        size_t G = (size_t)c->G, dim = (size_t)dims[kv], L = (size_t)c->l * dim;
+        size_t sz[4] = {G * L, G * hid * L, G * dim * hid, G * dim};
+        for (int k = 0; k < 4; k++) {
+            ps->buf[kv * 4 + k] = malloc(sizeof(float) * sz[k]);
+            assert_non_null(ps->buf[kv * 4 + k]);
+            tl_fill(ps->buf[kv * 4 + k], sz[k], seed + (uint64_t)(kv * 4 + k), -0.5f, 0.5f);
+        }
+        nsa_phi p = {NSA_PHI_MLP, hid, ps->buf[kv * 4], ps->buf[kv * 4 + 1], NULL,
+                     ps->buf[kv * 4 + 2], ps->buf[kv * 4 + 3]};
+        *ph[kv] = p;
+    }
+}
+
+static void phi_free(phi_set *ps)
+{
+    for (int k = 0; k < 8; k++)
+        free(ps->buf[k]);
+}
+
+/* One forward of p with the case's phi. */
+static void run(nsa_context *ctx, const ccase *cc, const tl_problem *p, tl_outputs *o)
+{
+    nsa_op_args a = tl_problem_args(p);
+    phi_set ps;
+    if (cc->mlp) {
+        phi_make(&ps, &p->cfg, 4242);
+        a.phi_k = &ps.k;
+        a.phi_v = &ps.v;
+    }
+    tl_forward(ctx, p, &a, o);
+    if (cc->mlp)
+        phi_free(&ps);
+}
 
 static nsa_config mk(int H, int G, int dk, int dv, int l, int d, int ls, int n, int ni,
                      int nl, int w, nsa_mapping m)
@@ -53,13 +100,14 @@ static ccase cases(int i)
         c.seq = 0;
         break;
     case 1:
-        c.name = "paper mapping, 3 groups of 2, varlen";
+        c.name = "paper mapping, 3 groups of 2, mlp phi with pe, varlen";
         c.cfg = mk(6, 3, 8, 12, 8, 4, 16, 3, 1, 1, 9, NSA_MAPPING_PAPER);
         c.lens[0] = 37;
         c.lens[1] = 130;
         c.lens[2] = 9;
         c.B = 3;
         c.seq = 1;
+        c.mlp = 1;
         break;
     case 2:
         c.name = "identity l=d=l', shared KV, varlen";
@@ -174,7 +222,7 @@ static void check_future(const ccase *cc, nsa_context *ctx, const tl_problem *p,
     change_future(&m, b, t + 1, seed);
     tl_outputs mo;
     tl_outputs_alloc(&mo, &m);
-    tl_forward_plain(ctx, &m, NULL, &mo);
+    run(ctx, cc, &m, &mo);
 
     const char *what = "";
     if (!same_rows(base, &mo, p->cu[b], p->cu[b] + t + 1, &what))
@@ -206,7 +254,7 @@ static void test_future_never_leaks(void **state)
         tl_problem_make(&p, &cc.cfg, cc.lens, cc.B, cc.shared_kv, 1000 + 17 * (uint64_t)ci);
         tl_outputs base;
         tl_outputs_alloc(&base, &p);
-        tl_forward_plain(ctx, &p, NULL, &base);
+        run(ctx, &cc, &p, &base);
 
         const nsa_config *c = &cc.cfg;
         const int64_t S = cc.lens[cc.seq];
@@ -238,14 +286,14 @@ static void test_sequences_isolated(void **state)
         tl_problem_make(&p, &cc.cfg, cc.lens, cc.B, cc.shared_kv, 2000 + 13 * (uint64_t)ci);
         tl_outputs base;
         tl_outputs_alloc(&base, &p);
-        tl_forward_plain(ctx, &p, NULL, &base);
+        run(ctx, &cc, &p, &base);
         for (int b = 0; b < cc.B; b++) {
             tl_problem m;
             tl_problem_clone(&m, &p);
             change_future(&m, b, 0, 9000 + 7 * (uint64_t)b);
             tl_outputs mo;
             tl_outputs_alloc(&mo, &m);
-            tl_forward_plain(ctx, &m, NULL, &mo);
+            run(ctx, &cc, &m, &mo);
             expect_others_same(&cc, &p, &base, &mo, b, -1);
             assert_false(tl_rows_identical(base.out, mo.out, p.cu[b], p.cu[b + 1],
                                            (size_t)p.cfg.H * p.cfg.dv));
