@@ -239,6 +239,7 @@ typedef struct nsa_layer_aux {
     float *gates;           /* [T][H][3] after the activation */
     int32_t *selection;     /* [T][G][n] */
     float *out_cmp, *out_slc, *out_win; /* [T][H][dv] */
+    float *k_cmp, *v_cmp;   /* [C][G][dk|dv] compressed tokens (after RoPE) */
 } nsa_layer_aux;
 
 /* y[T][D] = layer(x[T][D]) over the batch described by cu_seqlens
