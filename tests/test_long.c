@@ -1,11 +1,14 @@
 /* Long-context tests (make check-long): needle in a haystack at S = 65536
  * with the paper's l, d, l', n, w.
  *
- * The layer is made the identity around the operator (wq = wk = wv = wo =
- * I, no RoPE, gates fixed on the selected branch), so the decode step at
- * t = S-1 is the operator's query at S-1 over raw keys x (decode = prefill
- * is proved in test_decode). Keys are random unit vectors; the needle at
- * position p is NEEDLE * u and the last query is QUERY * u. Margin: with
+ * The layer is made a pass-through around the operator: x = [key | value]
+ * (D = 32), wq = wk = [I 0], wv = [0 I], wo = [I; 0], no RoPE, gates fixed
+ * on the selected branch; so the decode step at t = S-1 is the operator's
+ * query at S-1 over raw keys and values (decode = prefill is proved in
+ * test_decode). Keys and values are random unit vectors; the needle at
+ * position p has key NEEDLE * u and its own random value, the last query is
+ * QUERY * u (its own value is random too, so only the needle can make the
+ * output point at the needle's value). Margin: with
  * scale = 1/sqrt(16), the needle's logit is 0.25 * 8 * 16 = 32 while the
  * others have standard deviation 0.25 * 8 / 4 = 0.5, so dense attention over
  * all 65536 keys puts weight >= 1 - 65536 e^(1.5 - 32) ~ 1 - 4e-9 on the
@@ -34,15 +37,16 @@ static void unit(float *v, nsa_rng *r)
         v[i] = (float)(v[i] / sqrt(n2));
 }
 
-static void set_identity(nsa_layer *L, const char *name)
+/* w[out][in] with ones at (i, i + in_off) (or (i + out_off, i) for wo). */
+static void set_pass(nsa_layer *L, const char *name, int rows, int cols, int roff, int coff)
 {
     float *w;
     int64_t cnt;
     assert_int_equal(nsa_layer_tensor(L, name, &w, &cnt), NSA_OK);
-    assert_int_equal(cnt, DIM * DIM);
-    memset(w, 0, sizeof(float) * DIM * DIM);
+    assert_int_equal(cnt, rows * cols);
+    memset(w, 0, sizeof(float) * (size_t)cnt);
     for (int i = 0; i < DIM; i++)
-        w[i * DIM + i] = 1.0f;
+        w[(size_t)(i + roff) * cols + i + coff] = 1.0f;
 }
 
 static void test_needle_64k(void **state)
@@ -56,26 +60,27 @@ static void test_needle_64k(void **state)
     c.attn.G = 1;
     c.attn.dk = DIM;
     c.attn.dv = DIM;
-    c.D = DIM;
+    c.D = 2 * DIM;
     c.rope_dim = 0;
     c.shared_kv = 1;
     nsa_layer *L;
     assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
-    set_identity(L, "wq");
-    set_identity(L, "wk");
-    set_identity(L, "wv");
-    set_identity(L, "wo");
+    set_pass(L, "wq", DIM, 2 * DIM, 0, 0);
+    set_pass(L, "wk", DIM, 2 * DIM, 0, 0);
+    set_pass(L, "wv", DIM, 2 * DIM, 0, DIM);
+    set_pass(L, "wo", 2 * DIM, DIM, 0, 0);
     float *gw, *gb;
     assert_int_equal(nsa_layer_tensor(L, "gate.w", &gw, NULL), NSA_OK);
     assert_int_equal(nsa_layer_tensor(L, "gate.b", &gb, NULL), NSA_OK);
-    memset(gw, 0, sizeof(float) * 3 * DIM);
+    memset(gw, 0, sizeof(float) * 3 * 2 * DIM);
     gb[0] = 0.0f;
     gb[1] = 20.0f; /* softmax gates ~ (0, 1, 0) */
     gb[2] = 0.0f;
 
     nsa_decode_state *st;
     assert_int_equal(nsa_decode_create(L, 1, S, &st), NSA_OK);
-    float *x = malloc(sizeof(float) * (size_t)S * DIM);
+    const size_t D = 2 * DIM;
+    float *x = malloc(sizeof(float) * (size_t)S * D);
     assert_non_null(x);
     int hits = 0;
     for (int k = 0; k < NPOS; k++) {
@@ -84,32 +89,35 @@ static void test_needle_64k(void **state)
         if (k == NPOS - 2)
             p = S - 2;
         nsa_rng r = {0xC0FFEEull + (uint64_t)k};
-        for (int64_t t = 0; t < S; t++)
-            unit(x + (size_t)t * DIM, &r);
-        float u[DIM];
+        for (int64_t t = 0; t < S; t++) {
+            unit(x + (size_t)t * D, &r);       /* key */
+            unit(x + (size_t)t * D + DIM, &r); /* value */
+        }
+        float u[DIM], vn[DIM];
         unit(u, &r);
         for (int i = 0; i < DIM; i++) {
-            x[(size_t)p * DIM + i] = NEEDLE * u[i];
-            x[(size_t)(S - 1) * DIM + i] = QUERY * u[i];
+            x[(size_t)p * D + i] = NEEDLE * u[i];
+            x[(size_t)(S - 1) * D + i] = QUERY * u[i];
+            vn[i] = x[(size_t)p * D + DIM + i];
         }
         assert_int_equal(nsa_decode_reset(st, -1), NSA_OK);
         assert_int_equal(nsa_decode_prefill(st, 0, x, S - 1, NULL), NSA_OK);
-        float y[DIM], o_slc[DIM];
+        float y[2 * DIM], o_slc[DIM];
         int32_t sel[16];
         nsa_layer_aux aux;
         memset(&aux, 0, sizeof aux);
         aux.out_slc = o_slc;
         aux.selection = sel;
-        assert_int_equal(nsa_decode_step(L, st, x + (size_t)(S - 1) * DIM, y, &aux), NSA_OK);
+        assert_int_equal(nsa_decode_step(L, st, x + (size_t)(S - 1) * D, y, &aux), NSA_OK);
         const int32_t want = (int32_t)(p / c.attn.l_sel);
         int found = 0;
         for (int i = 0; i < c.attn.n; i++)
             found |= sel[i] == want;
         double dot = 0, n1 = 0, n2 = 0;
         for (int i = 0; i < DIM; i++) {
-            dot += (double)o_slc[i] * u[i];
+            dot += (double)o_slc[i] * vn[i];
             n1 += (double)o_slc[i] * o_slc[i];
-            n2 += (double)u[i] * u[i];
+            n2 += (double)vn[i] * vn[i];
         }
         const double cosv = dot / sqrt(n1 * n2);
         if (found && cosv > 0.99)
