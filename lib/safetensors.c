@@ -425,6 +425,13 @@ nsa_status nsa_st_read(const char *path, nsa_st_file *f, char *msg, size_t len)
         memset(f, 0, sizeof *f);
     if (!path || !f)
         return nsa_fail_buf(msg, len, NSA_ERR_NULL, "nsa_st_read: path and f are required");
+    /* Checked before opening too: opening a FIFO for reading would block. */
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return nsa_fail_buf(msg, len, NSA_ERR_IO, "cannot open '%s': %s", path,
+                            strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return nsa_fail_buf(msg, len, NSA_ERR_IO, "'%s' is not a regular file", path);
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return nsa_fail_buf(msg, len, NSA_ERR_IO, "cannot open '%s': %s", path,

@@ -372,6 +372,12 @@ static void test_malformed(void **state)
     expect_fail(missing, NSA_ERR_IO, missing);
     free(missing);
     expect_fail(dir, NSA_ERR_IO, dir);
+    /* A FIFO must be refused, not block the reader forever. */
+    char *fifo = join(dir, "fifo");
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    expect_fail(fifo, NSA_ERR_IO, "not a regular file");
+    unlink(fifo);
+    free(fifo);
 
     unlink(path);
     rmdir(dir);
