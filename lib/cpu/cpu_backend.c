@@ -94,6 +94,31 @@ const char *nsa_cpu_isa(const nsa_context *ctx)
 }
 
 /* ------------------------------------------------------------- GEMM */
+/* The kernels' GEMM over OpenMP threads. Each element's sum runs in the
+ * same order whatever M is, so a row's result does not depend on which
+ * other rows come with it (decode emits compressed tokens one at a time
+ * and must match prefill bit for bit). */
+static void own_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, const float *A,
+                        size_t lda, const float *B, size_t ldb, const float *bias, float *C,
+                        size_t ldc)
+{
+    const int64_t RB = 16; /* rows a task: B streams once per task */
+    const int64_t tasks = (M + RB - 1) / RB;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#endif
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t r0 = t * RB;
+        const int m = (int)(M - r0 < RB ? M - r0 : RB);
+        float *c = C + (size_t)r0 * ldc;
+        k->gemm_nt(m, N, K, 1.0f, A + (size_t)r0 * lda, lda, B, ldb, c, ldc);
+        if (bias)
+            for (int r = 0; r < m; r++)
+                for (int e = 0; e < N; e++)
+                    c[(size_t)r * ldc + e] += bias[e];
+    }
+}
+
 void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, const float *A,
                      size_t lda, const float *B, size_t ldb, const float *bias, float *C,
                      size_t ldc)
@@ -113,21 +138,7 @@ void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, const f
                     (int)ldc);
     }
 #else
-    const int64_t RB = 16; /* rows a task: B streams once per task */
-    const int64_t tasks = (M + RB - 1) / RB;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1)
-#endif
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t r0 = t * RB;
-        const int m = (int)(M - r0 < RB ? M - r0 : RB);
-        float *c = C + (size_t)r0 * ldc;
-        k->gemm_nt(m, N, K, 1.0f, A + (size_t)r0 * lda, lda, B, ldb, c, ldc);
-        if (bias)
-            for (int r = 0; r < m; r++)
-                for (int e = 0; e < N; e++)
-                    c[(size_t)r * ldc + e] += bias[e];
-    }
+    own_gemm_nt(k, M, N, K, A, lda, B, ldb, bias, C, ldc);
 #endif
 }
 
@@ -176,7 +187,9 @@ static void phi_avg(const nsa_cmp_job *job, int b)
 }
 
 /* mlp: gather z for a slice of compressed tokens of one group, then one or
- * two GEMMs (W1, SiLU, W2) straight into the output rows. */
+ * two GEMMs (W1, SiLU, W2) straight into the output rows. The kernels' own
+ * GEMM, not OpenBLAS: a compressed token must come out the same bits
+ * whether phi sees it alone (decode) or with many (prefill). */
 #define PHI_ROWS 256
 
 static nsa_status phi_mlp(nsa_context *ctx, const nsa_cmp_job *job, int b)
@@ -213,16 +226,16 @@ static nsa_status phi_mlp(nsa_context *ctx, const nsa_cmp_job *job, int b)
                 }
             float *dst = job->out + (size_t)(off + i0) * ldo + (size_t)g * dim;
             if (hid == 0) {
-                nsa_cpu_gemm_nt(k, rows, dim, (int)L, z, L, phi->w1 + (size_t)g * dim * L, L,
-                                phi->b1 ? phi->b1 + (size_t)g * dim : NULL, dst, ldo);
+                own_gemm_nt(k, rows, dim, (int)L, z, L, phi->w1 + (size_t)g * dim * L, L,
+                            phi->b1 ? phi->b1 + (size_t)g * dim : NULL, dst, ldo);
                 continue;
             }
-            nsa_cpu_gemm_nt(k, rows, hid, (int)L, z, L, phi->w1 + (size_t)g * hid * L, L,
-                            phi->b1 ? phi->b1 + (size_t)g * hid : NULL, h, (size_t)hid);
+            own_gemm_nt(k, rows, hid, (int)L, z, L, phi->w1 + (size_t)g * hid * L, L,
+                        phi->b1 ? phi->b1 + (size_t)g * hid : NULL, h, (size_t)hid);
             for (size_t e = 0; e < (size_t)rows * hid; e++)
                 h[e] = h[e] / (1.0f + expf(-h[e]));
-            nsa_cpu_gemm_nt(k, rows, dim, hid, h, (size_t)hid, phi->w2 + (size_t)g * dim * hid,
-                            (size_t)hid, phi->b2 ? phi->b2 + (size_t)g * dim : NULL, dst, ldo);
+            own_gemm_nt(k, rows, dim, hid, h, (size_t)hid, phi->w2 + (size_t)g * dim * hid,
+                        (size_t)hid, phi->b2 ? phi->b2 + (size_t)g * dim : NULL, dst, ldo);
         }
     free(z);
     free(h);
