@@ -21,6 +21,8 @@ if [ -f "$src/config.status" ] && [ -d "$src/.git" -o -f "$src/.git" ]; then
     rm -rf "$build/src"
     mkdir -p "$build/src"
     git -C "$src" ls-files -z | (cd "$src" && tar --null -T - -cf -) | tar -C "$build/src" -xf -
+    # the tests read ../shared beside the source tree
+    [ -d "$src/../shared" ] && ln -sfn "$(cd "$src/../shared" && pwd)" "$build/shared"
     src=$build/src
 fi
 [ -x "$src/configure" ] || (cd "$src" && autoreconf -fi)
