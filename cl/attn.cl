@@ -1,0 +1,239 @@
+/* Attention kernels (spec 2-5). Rows are packed tokens; row_seq[row] is the
+ * row's sequence and cu[] the sequence offsets, so t = row - cu[seq]. */
+
+/* Compressed branch, one work-group per (row, group), heads in turn:
+ * o_cmp (spec 2) and the group score s[j] = sum_h sum_i M[j][i] p_cmp[h][i]
+ * (spec 3, Eq. 9-10) from the CSR map. Rows row0 .. row0 + rows - 1;
+ * scratch holds max_nc floats and scores max_vis floats per (row, group)
+ * of this chunk. */
+__kernel void nsa_cmp_attn(__global const float *q, __global const kv_t *kc,
+                           __global const kv_t *vc, __global const int *row_seq,
+                           __global const int *cu, __global const int *cmp_off,
+                           __global const int *rowptr, __global const int *col,
+                           __global const int *val, int H, int G, int dk, int dv, int l,
+                           int d, int lsel, float scale, int row0, int max_nc, int max_vis,
+                           int want_scores, __global float *ocmp, __global float *scores,
+                           __global float *scratch, __local float *red, __local float *qs)
+{
+    const int slot = get_group_id(0), lid = get_local_id(0);
+    const int row = row0 + slot / G, g = slot % G, hpg = H / G;
+    const int seq = row_seq[row], t = row - cu[seq];
+    const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0, vis = t / lsel + 1;
+    const size_t cbase = (size_t)cmp_off[seq];
+    __global float *p = scratch + (size_t)slot * max_nc;
+    __global float *s = scores + (size_t)slot * max_vis;
+    if (want_scores)
+        for (int j = lid; j < vis; j += NSA_WG)
+            s[j] = 0.0f;
+    for (int hh = 0; hh < hpg; hh++) {
+        const int h = g * hpg + hh;
+        for (int e = lid; e < dk; e += NSA_WG)
+            qs[e] = q[((size_t)row * H + h) * dk + e];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        float mx = -INFINITY;
+        for (int i = lid; i < nc; i += NSA_WG) {
+            __global const kv_t *kr = kc + ((cbase + i) * G + g) * dk;
+            float z = 0.0f;
+            for (int e = 0; e < dk; e++)
+                z += qs[e] * LDKV(kr, e);
+            z *= scale;
+            p[i] = z;
+            mx = fmax(mx, z);
+        }
+        mx = nsa_wg_max(mx, red);
+        float sum = 0.0f;
+        for (int i = lid; i < nc; i += NSA_WG) {
+            const float e = exp(p[i] - mx);
+            p[i] = e;
+            sum += e;
+        }
+        sum = nsa_wg_sum(sum, red);
+        const float inv = 1.0f / sum;
+        for (int i = lid; i < nc; i += NSA_WG)
+            p[i] *= inv;
+        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+        for (int e = lid; e < dv; e += NSA_WG) {
+            float a = 0.0f;
+            for (int i = 0; i < nc; i++)
+                a += p[i] * LDKV(vc, ((cbase + i) * G + g) * dv + e);
+            ocmp[((size_t)row * H + h) * dv + e] = a;
+        }
+        if (want_scores)
+            for (int j = lid; j < vis; j += NSA_WG) {
+                float a = 0.0f;
+                for (int k = rowptr[j]; k < rowptr[j + 1]; k++)
+                    if (col[k] < nc)
+                        a += (float)val[k] * p[col[k]];
+                s[j] += a;
+            }
+        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    }
+}
+
+/* Top-n (spec 3, Eq. 11), one work-item per (row, group) of the chunk:
+ * forced blocks, then picks in the order (score descending, j ascending),
+ * written sorted ascending and padded with -1. The k-th pick is the best
+ * block after the previous pick in that order, so no per-block flags. */
+__kernel void nsa_topn(__global const float *scores, __global const int *row_seq,
+                       __global const int *cu, int G, int lsel, int n, int n_init,
+                       int n_local, int row0, int rows, int max_vis, __global int *sel)
+{
+    const int gid = get_global_id(0);
+    if (gid >= rows * G)
+        return;
+    const int row = row0 + gid / G, g = gid % G;
+    const int t = row - cu[row_seq[row]], vis = t / lsel + 1;
+    __global const float *s = scores + (size_t)gid * max_vis;
+    __global int *out = sel + ((size_t)row * G + g) * n;
+    int k = 0;
+    if (vis <= n) {
+        for (int j = 0; j < vis; j++)
+            out[k++] = j;
+    } else {
+        for (int j = 0; j < vis; j++)
+            if (j < n_init || j >= vis - n_local)
+                out[k++] = j;
+        float last_s = 0.0f;
+        int last_j = -1;
+        while (k < n) {
+            int best = -1;
+            float bs = 0.0f;
+            for (int j = 0; j < vis; j++) {
+                if (j < n_init || j >= vis - n_local)
+                    continue;
+                const float sj = s[j];
+                if (last_j >= 0 && !(sj < last_s || (sj == last_s && j > last_j)))
+                    continue;
+                if (best < 0 || sj > bs) {
+                    best = j;
+                    bs = sj;
+                }
+            }
+            if (best < 0)
+                break;
+            out[k++] = best;
+            last_s = bs;
+            last_j = best;
+        }
+        /* insertion sort of the k picks */
+        for (int a = 1; a < k; a++) {
+            const int v = out[a];
+            int b = a - 1;
+            while (b >= 0 && out[b] > v) {
+                out[b + 1] = out[b];
+                b--;
+            }
+            out[b + 1] = v;
+        }
+    }
+    for (; k < n; k++)
+        out[k] = -1;
+}
+
+/* Group-centric attention: one work-group per (row, group) holds the queries
+ * of all heads of the group and streams tiles of NSA_TILE keys through local
+ * memory once for all of them, with an online softmax per head.
+ * mode 0: the tokens p <= t of the selected blocks sel[row][g][0..n-1]
+ * (spec 3); mode 1: positions max(0, t-w+1) .. t (spec 4; w >= t+1 gives
+ * dense causal attention). */
+__kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
+                             __global const kv_t *V, __global const int *row_seq,
+                             __global const int *cu, __global const int *sel, int n, int lsel,
+                             int mode, int w, int H, int G, int dk, int dv, float scale,
+                             __global float *out, __local float *qs, __local float *acc,
+                             __local float *ks, __local float *vs, __local float *ps,
+                             __local float *st)
+{
+    const int lid = get_local_id(0);
+    const int row = get_group_id(0) / G, g = get_group_id(0) % G, hpg = H / G;
+    const int base = cu[row_seq[row]], t = row - base;
+    __local float *m = st, *lsum = st + hpg, *alpha = st + 2 * hpg;
+    for (int i = lid; i < hpg * dk; i += NSA_WG)
+        qs[i] = q[((size_t)row * H + (size_t)g * hpg) * dk + i];
+    for (int i = lid; i < hpg * dv; i += NSA_WG)
+        acc[i] = 0.0f;
+    for (int i = lid; i < hpg; i += NSA_WG) {
+        m[i] = -INFINITY;
+        lsum[i] = 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int nspan = mode == 0 ? n : 1;
+    for (int sp = 0; sp < nspan; sp++) {
+        int lo, hi;
+        if (mode == 0) {
+            const int blk = sel[((size_t)row * G + g) * n + sp];
+            if (blk < 0)
+                continue; /* uniform: every lane reads the same entry */
+            lo = blk * lsel;
+            hi = min(lo + lsel, t + 1);
+        } else {
+            lo = max(0, t - w + 1);
+            hi = t + 1;
+        }
+        for (int p0 = lo; p0 < hi; p0 += NSA_TILE) {
+            const int cnt = min(NSA_TILE, hi - p0);
+            for (int i = lid; i < cnt * dk; i += NSA_WG) {
+                const int k = i / dk, e = i % dk;
+                ks[i] = LDKV(K, ((size_t)(base + p0 + k) * G + g) * dk + e);
+            }
+            for (int i = lid; i < cnt * dv; i += NSA_WG) {
+                const int k = i / dv, e = i % dv;
+                vs[i] = LDKV(V, ((size_t)(base + p0 + k) * G + g) * dv + e);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int i = lid; i < hpg * NSA_TILE; i += NSA_WG) {
+                const int hh = i / NSA_TILE, k = i % NSA_TILE;
+                float z = -INFINITY;
+                if (k < cnt) {
+                    z = 0.0f;
+                    for (int e = 0; e < dk; e++)
+                        z += qs[hh * dk + e] * ks[k * dk + e];
+                    z *= scale;
+                }
+                ps[i] = z;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int hh = lid; hh < hpg; hh += NSA_WG) {
+                __local float *pr = ps + hh * NSA_TILE;
+                float mt = m[hh];
+                for (int k = 0; k < cnt; k++)
+                    mt = fmax(mt, pr[k]);
+                float sum = 0.0f;
+                for (int k = 0; k < cnt; k++) {
+                    pr[k] = exp(pr[k] - mt);
+                    sum += pr[k];
+                }
+                alpha[hh] = exp(m[hh] - mt); /* 0 on the first tile */
+                lsum[hh] = lsum[hh] * alpha[hh] + sum;
+                m[hh] = mt;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int i = lid; i < hpg * dv; i += NSA_WG) {
+                const int hh = i / dv, e = i % dv;
+                __local const float *pr = ps + hh * NSA_TILE;
+                float a = acc[i] * alpha[hh];
+                for (int k = 0; k < cnt; k++)
+                    a += pr[k] * vs[k * dv + e];
+                acc[i] = a;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+    }
+    for (int i = lid; i < hpg * dv; i += NSA_WG) {
+        const int hh = i / dv;
+        out[((size_t)row * H + (size_t)g * hpg) * dv + i] =
+            lsum[hh] > 0.0f ? acc[i] / lsum[hh] : 0.0f;
+    }
+}
+
+/* Gated output (spec 5): out = g_cmp o_cmp + g_slc o_slc + g_win o_win. */
+__kernel void nsa_gate(__global const float *gates, __global const float *oc,
+                       __global const float *os, __global const float *ow, int dv,
+                       ulong total, __global float *out)
+{
+    const size_t i = get_global_id(0);
+    if (i >= total)
+        return;
+    __global const float *gt = gates + (i / dv) * 3;
+    out[i] = gt[0] * oc[i] + gt[1] * os[i] + gt[2] * ow[i];
+}

@@ -1,0 +1,607 @@
+/* The "opencl" backend: device state, and the compress and attend jobs run
+ * as kernels from cl/ (upload, run, download: the operator API works on
+ * host memory). Environment: NSA_OPENCL_DEVICE picks the device (see
+ * nsa_cl_pick_device), NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage. */
+#include "cl_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kernel_names[NSA_CLK_COUNT] = {
+    "nsa_phi_avg", "nsa_phi_lin", "nsa_phi_out", "nsa_cmp_attn",
+    "nsa_topn",    "nsa_group_attn", "nsa_gate"};
+
+static int cl_probe(char *why, size_t len)
+{
+    cl_platform_id p;
+    cl_device_id d;
+    return nsa_cl_pick_device(getenv("NSA_OPENCL_DEVICE"), &p, &d, why, len);
+}
+
+static void cl_fini(void *state)
+{
+    nsa_cl_state *st = state;
+    if (!st)
+        return;
+    for (int kv = 0; kv < NSA_CL_KV_COUNT; kv++) {
+        for (int k = 0; k < NSA_CLK_COUNT; k++)
+            if (st->kernel[kv][k])
+                clReleaseKernel(st->kernel[kv][k]);
+        if (st->program[kv])
+            clReleaseProgram(st->program[kv]);
+    }
+    if (st->queue)
+        clReleaseCommandQueue(st->queue);
+    if (st->context)
+        clReleaseContext(st->context);
+    free(st->build_log);
+    free(st);
+}
+
+nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
+{
+    if (st->program[kv])
+        return NSA_OK;
+    char opts[256];
+    nsa_cl_options(st, kv, opts, sizeof opts);
+    cl_program prog;
+    nsa_status s = nsa_cl_build(ctx, st, nsa_cl_source(), opts, &prog);
+    if (s != NSA_OK)
+        return s;
+    cl_kernel ks[NSA_CLK_COUNT] = {0};
+    for (int k = 0; k < NSA_CLK_COUNT; k++) {
+        cl_int err;
+        ks[k] = clCreateKernel(prog, kernel_names[k], &err);
+        size_t most = 0;
+        if (err == CL_SUCCESS)
+            err = clGetKernelWorkGroupInfo(ks[k], st->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                           sizeof most, &most, NULL);
+        if (err == CL_SUCCESS && most < (size_t)st->wg) {
+            s = nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
+                         "OpenCL kernel %s allows work-groups of %zu, the tuning table "
+                         "asks for %d on %s",
+                         kernel_names[k], most, st->wg, st->device_name);
+        } else if (err != CL_SUCCESS) {
+            s = nsa_cl_fail(ctx, "clCreateKernel", err);
+        }
+        if (s != NSA_OK) {
+            for (int j = 0; j <= k; j++)
+                if (ks[j])
+                    clReleaseKernel(ks[j]);
+            clReleaseProgram(prog);
+            return s;
+        }
+    }
+    st->program[kv] = prog;
+    memcpy(st->kernel[kv], ks, sizeof ks);
+    nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
+    return NSA_OK;
+}
+
+static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)
+{
+    if (!v || !*v || strcmp(v, "fp32") == 0)
+        *kv = NSA_CL_KV_F32;
+    else if (strcmp(v, "fp16") == 0)
+        *kv = NSA_CL_KV_F16;
+    else if (strcmp(v, "bf16") == 0)
+        *kv = NSA_CL_KV_BF16;
+    else
+        return nsa_fail(ctx, NSA_ERR_ENUM, "NSA_OPENCL_KV=%s must be fp32, fp16 or bf16", v);
+    return NSA_OK;
+}
+
+static nsa_status cl_init(nsa_context *ctx, void **state)
+{
+    *state = NULL;
+    nsa_cl_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the OpenCL state");
+    nsa_status s = parse_kv(ctx, getenv("NSA_OPENCL_KV"), &st->kv);
+    char why[300];
+    if (s == NSA_OK &&
+        !nsa_cl_pick_device(getenv("NSA_OPENCL_DEVICE"), &st->platform, &st->device, why,
+                            sizeof why))
+        s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "%s", why);
+    if (s != NSA_OK) {
+        cl_fini(st);
+        return s;
+    }
+    clGetPlatformInfo(st->platform, CL_PLATFORM_NAME, sizeof st->platform_name,
+                      st->platform_name, NULL);
+    clGetPlatformInfo(st->platform, CL_PLATFORM_VERSION, sizeof st->platform_version,
+                      st->platform_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_NAME, sizeof st->device_name, st->device_name, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_VENDOR, sizeof st->vendor, st->vendor, NULL);
+    clGetDeviceInfo(st->device, CL_DRIVER_VERSION, sizeof st->driver_version,
+                    st->driver_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_VERSION, sizeof st->device_version,
+                    st->device_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_TYPE, sizeof st->type, &st->type, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof st->local_mem,
+                    &st->local_mem, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof st->max_wg,
+                    &st->max_wg, NULL);
+    nsa_cl_tune(st);
+
+    cl_int err;
+    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)st->platform,
+                                     0};
+    st->context = clCreateContext(props, 1, &st->device, NULL, NULL, &err);
+    if (err != CL_SUCCESS) {
+        cl_fini(st);
+        return nsa_cl_fail(ctx, "clCreateContext", err);
+    }
+    st->queue = clCreateCommandQueue(st->context, st->device, 0, &err);
+    if (err != CL_SUCCESS) {
+        cl_fini(st);
+        return nsa_cl_fail(ctx, "clCreateCommandQueue", err);
+    }
+    nsa_log(ctx, "opencl: %s / %s (%s), local memory %llu, work-group %d, tile %d",
+            st->platform_name, st->device_name, st->driver_version,
+            (unsigned long long)st->local_mem, st->wg, st->tile);
+    /* phi always uses the fp32 program; the chosen storage is built now too
+     * so that a broken compiler shows at context creation */
+    if ((s = nsa_cl_kernels(ctx, st, NSA_CL_KV_F32)) != NSA_OK ||
+        (s = nsa_cl_kernels(ctx, st, st->kv)) != NSA_OK) {
+        /* the state (and its build log) is gone with the context: keep the
+         * message, which quotes the log's start */
+        cl_fini(st);
+        return s;
+    }
+    *state = st;
+    return NSA_OK;
+}
+
+nsa_cl_state *nsa_cl_state_of(nsa_context *ctx)
+{
+    return ctx && ctx->be == &nsa_backend_opencl ? ctx->be_state : NULL;
+}
+
+/* ------------------------------------------------------------ plumbing */
+#define MAX_BUFS 32
+
+/* Device buffers of one job, released together. */
+typedef struct bufs {
+    nsa_cl_state *st;
+    nsa_context *ctx;
+    int n;
+    cl_mem m[MAX_BUFS];
+} bufs;
+
+static void bufs_free(bufs *b)
+{
+    for (int i = 0; i < b->n; i++)
+        clReleaseMemObject(b->m[i]);
+    b->n = 0;
+}
+
+/* A buffer of bytes (at least 4), filled from host when given. */
+static nsa_status buf_new(bufs *b, size_t bytes, const void *host, cl_mem *out)
+{
+    cl_int err;
+    if (b->n == MAX_BUFS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND, "opencl: too many buffers in one job");
+    *out = clCreateBuffer(b->st->context,
+                          host ? CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR : CL_MEM_READ_WRITE,
+                          bytes ? bytes : 4, (void *)(uintptr_t)host, &err);
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(b->ctx, "clCreateBuffer", err);
+    b->m[b->n++] = *out;
+    return NSA_OK;
+}
+
+/* K/V upload in the storage kind (rounded to nearest even). */
+static nsa_status buf_kv(bufs *b, nsa_cl_kv kv, const float *x, size_t count, cl_mem *out)
+{
+    if (kv == NSA_CL_KV_F32)
+        return buf_new(b, count * sizeof(float), x, out);
+    uint16_t *h = malloc(sizeof(uint16_t) * (count ? count : 1));
+    if (!h)
+        return nsa_fail(b->ctx, NSA_ERR_NOMEM, "out of memory converting K/V");
+    for (size_t i = 0; i < count; i++)
+        h[i] = kv == NSA_CL_KV_F16 ? nsa_cl_f32_to_f16(x[i]) : nsa_cl_f32_to_bf16(x[i]);
+    nsa_status s = buf_new(b, count * sizeof(uint16_t), h, out);
+    free(h);
+    return s;
+}
+
+static nsa_status download(bufs *b, cl_mem m, size_t bytes, void *host)
+{
+    if (!bytes)
+        return NSA_OK;
+    cl_int err = clEnqueueReadBuffer(b->st->queue, m, CL_TRUE, 0, bytes, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(b->ctx, "clEnqueueReadBuffer", err);
+}
+
+/* Kernel arguments in order; the first failure is kept. */
+typedef struct args {
+    cl_kernel k;
+    cl_uint i;
+    cl_int err;
+} args;
+
+static void arg(args *a, size_t size, const void *v)
+{
+    if (a->err == CL_SUCCESS)
+        a->err = clSetKernelArg(a->k, a->i, size, v);
+    a->i++;
+}
+#define ARG_MEM(a, m) arg((a), sizeof(cl_mem), &(m))
+#define ARG_INT(a, v) \
+    do { \
+        cl_int v_ = (cl_int)(v); \
+        arg((a), sizeof v_, &v_); \
+    } while (0)
+#define ARG_FLT(a, v) \
+    do { \
+        cl_float v_ = (cl_float)(v); \
+        arg((a), sizeof v_, &v_); \
+    } while (0)
+#define ARG_LOCAL(a, floats) arg((a), sizeof(float) * (size_t)(floats), NULL)
+
+static nsa_status launch(bufs *b, args *a, const char *name, size_t global, size_t local)
+{
+    if (a->err != CL_SUCCESS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND,
+                        "OpenCL clSetKernelArg failed for %s argument %u: %s (%d)", name,
+                        a->i - 1, nsa_cl_error_name(a->err), (int)a->err);
+    if (global == 0)
+        return NSA_OK;
+    global = (global + local - 1) / local * local;
+    cl_int err =
+        clEnqueueNDRangeKernel(b->st->queue, a->k, 1, NULL, &global, &local, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND,
+                        "OpenCL clEnqueueNDRangeKernel failed for %s: %s (%d)", name,
+                        nsa_cl_error_name(err), (int)err);
+    return NSA_OK;
+}
+
+#define TRY(x) \
+    do { \
+        if ((s = (x)) != NSA_OK) \
+            goto done; \
+    } while (0)
+
+/* --------------------------------------------------------------- phi */
+static nsa_status cl_compress(nsa_context *ctx, const nsa_cmp_job *job)
+{
+    nsa_cl_state *st = ctx->be_state;
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const nsa_phi *phi = job->phi;
+    const int G = c->G, l = c->l, dim = job->dim;
+    const int64_t C = bt->cmp_off[bt->B];
+    if (C == 0)
+        return NSA_OK;
+    if (C > INT_MAX / G / (dim > 1 ? dim : 1))
+        return nsa_fail(ctx, NSA_ERR_RANGE, "opencl: %lld compressed tokens are too many",
+                        (long long)C);
+    const size_t L = (size_t)l * dim, wg = (size_t)st->wg;
+    const int hid = phi->kind == NSA_PHI_MLP ? phi->hidden : 0;
+    int32_t *src = malloc(sizeof(int32_t) * (size_t)C);
+    if (!src)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl phi");
+    for (int b = 0; b < bt->B; b++)
+        for (int64_t i = 0; i < bt->cmp_off[b + 1] - bt->cmp_off[b]; i++)
+            src[bt->cmp_off[b] + i] = (int32_t)(bt->cu[b] + i * c->d);
+    bufs B = {st, ctx, 0, {0}};
+    nsa_status s = NSA_OK;
+    cl_mem x, pe, srcb, out, w1, b1, w2, b2, h = NULL, dst;
+    cl_kernel *K = st->kernel[NSA_CL_KV_F32];
+    TRY(buf_new(&B, sizeof(float) * (size_t)bt->T * G * dim, job->x, &x));
+    TRY(buf_new(&B, phi->pe ? sizeof(float) * (size_t)G * L : 4, phi->pe, &pe));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)C, src, &srcb));
+    TRY(buf_new(&B, sizeof(float) * (size_t)C * G * dim, NULL, &out));
+    if (phi->kind == NSA_PHI_AVG) {
+        args a = {K[NSA_CLK_PHI_AVG], 0, CL_SUCCESS};
+        ARG_MEM(&a, x);
+        ARG_MEM(&a, pe);
+        ARG_INT(&a, phi->pe != NULL);
+        ARG_MEM(&a, srcb);
+        ARG_INT(&a, C);
+        ARG_INT(&a, G);
+        ARG_INT(&a, l);
+        ARG_INT(&a, dim);
+        ARG_MEM(&a, out);
+        TRY(launch(&B, &a, "nsa_phi_avg", (size_t)C * G * dim, wg));
+    } else {
+        const int N = hid ? hid : dim;
+        TRY(buf_new(&B, sizeof(float) * (size_t)G * N * L, phi->w1, &w1));
+        TRY(buf_new(&B, phi->b1 ? sizeof(float) * (size_t)G * N : 4, phi->b1, &b1));
+        if (hid)
+            TRY(buf_new(&B, sizeof(float) * (size_t)C * G * hid, NULL, &h));
+        args a = {K[NSA_CLK_PHI_LIN], 0, CL_SUCCESS};
+        ARG_MEM(&a, x);
+        ARG_MEM(&a, pe);
+        ARG_INT(&a, phi->pe != NULL);
+        ARG_MEM(&a, srcb);
+        ARG_INT(&a, C);
+        ARG_INT(&a, G);
+        ARG_INT(&a, l);
+        ARG_INT(&a, dim);
+        ARG_MEM(&a, w1);
+        ARG_MEM(&a, b1);
+        ARG_INT(&a, phi->b1 != NULL);
+        ARG_INT(&a, N);
+        ARG_INT(&a, hid > 0);
+        dst = hid ? h : out;
+        ARG_MEM(&a, dst);
+        TRY(launch(&B, &a, "nsa_phi_lin", (size_t)C * G * N, wg));
+        if (hid) {
+            TRY(buf_new(&B, sizeof(float) * (size_t)G * dim * hid, phi->w2, &w2));
+            TRY(buf_new(&B, phi->b2 ? sizeof(float) * (size_t)G * dim : 4, phi->b2, &b2));
+            args o = {K[NSA_CLK_PHI_OUT], 0, CL_SUCCESS};
+            ARG_MEM(&o, h);
+            ARG_INT(&o, C);
+            ARG_INT(&o, G);
+            ARG_INT(&o, hid);
+            ARG_INT(&o, dim);
+            ARG_MEM(&o, w2);
+            ARG_MEM(&o, b2);
+            ARG_INT(&o, phi->b2 != NULL);
+            ARG_MEM(&o, out);
+            TRY(launch(&B, &o, "nsa_phi_out", (size_t)C * G * dim, wg));
+        }
+    }
+    TRY(download(&B, out, sizeof(float) * (size_t)C * G * dim, job->out));
+done:
+    bufs_free(&B);
+    free(src);
+    return s;
+}
+
+/* ---------------------------------------------------------- attention */
+/* Local floats of nsa_group_attn for the config, or 0 if over the device's. */
+static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, size_t f[6])
+{
+    const size_t hpg = (size_t)(c->H / c->G), T = (size_t)st->tile;
+    f[0] = hpg * c->dk;
+    f[1] = hpg * c->dv;
+    f[2] = T * c->dk;
+    f[3] = T * c->dv;
+    f[4] = hpg * T;
+    f[5] = 3 * hpg;
+    size_t sum = f[0] + f[1] + f[2] + f[3] + f[4] + f[5];
+    return sum * sizeof(float) <= st->local_mem ? sum : 0;
+}
+
+static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, int64_t T,
+                             cl_mem q, cl_mem K, cl_mem V, cl_mem row_seq, cl_mem cu,
+                             cl_mem sel, int mode, int w, float scale, cl_mem out)
+{
+    size_t f[6];
+    if (!group_attn_local(B->st, c, f))
+        return nsa_fail(B->ctx, NSA_ERR_UNSUPPORTED,
+                        "opencl: group attention for H/G=%d, dk=%d, dv=%d needs more local "
+                        "memory than the device's %llu bytes",
+                        c->H / c->G, c->dk, c->dv, (unsigned long long)B->st->local_mem);
+    args a = {k, 0, CL_SUCCESS};
+    ARG_MEM(&a, q);
+    ARG_MEM(&a, K);
+    ARG_MEM(&a, V);
+    ARG_MEM(&a, row_seq);
+    ARG_MEM(&a, cu);
+    ARG_MEM(&a, sel);
+    ARG_INT(&a, c->n);
+    ARG_INT(&a, c->l_sel);
+    ARG_INT(&a, mode);
+    ARG_INT(&a, w);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, c->dv);
+    ARG_FLT(&a, scale);
+    ARG_MEM(&a, out);
+    for (int i = 0; i < 6; i++)
+        ARG_LOCAL(&a, f[i]);
+    return launch(B, &a, "nsa_group_attn", (size_t)T * c->G * B->st->wg, B->st->wg);
+}
+
+/* row -> sequence index, for every packed row. */
+static int32_t *row_seq_of(const nsa_batch *bt)
+{
+    int32_t *rs = malloc(sizeof(int32_t) * (size_t)bt->T);
+    if (rs)
+        for (int b = 0; b < bt->B; b++)
+            for (int32_t r = bt->cu[b]; r < bt->cu[b + 1]; r++)
+                rs[r] = b;
+    return rs;
+}
+
+/* Scratch budget of one chunk of the compressed branch (probabilities and
+ * scores of the rows in flight): keeps memory linear in T. */
+#define CHUNK_BYTES ((size_t)64 << 20)
+
+static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
+{
+    nsa_cl_state *st = ctx->be_state;
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const int H = c->H, G = c->G, dk = c->dk, dv = c->dv, n = c->n;
+    const int64_t T = bt->T, C = bt->cmp_off[bt->B];
+    const int max_nc = nsa_bm_n_cmp(c, bt->max_len - 1);
+    const int max_vis = nsa_bm_n_sel_visible(c, bt->max_len - 1);
+    const size_t wg = (size_t)st->wg;
+    const nsa_cl_kv kv = st->kv;
+    nsa_status s = nsa_cl_kernels(ctx, st, kv);
+    if (s != NSA_OK)
+        return s;
+    if ((size_t)T * H * (dk > dv ? dk : dv) > (size_t)INT_MAX * 4)
+        return nsa_fail(ctx, NSA_ERR_RANGE, "opencl: T=%lld is too large", (long long)T);
+    cl_kernel *K = st->kernel[kv];
+    int32_t *rs = row_seq_of(bt), *cmp_off = malloc(sizeof(int32_t) * ((size_t)bt->B + 1));
+    bufs B = {st, ctx, 0, {0}};
+    if (!rs || !cmp_off) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl attend");
+        goto done;
+    }
+    for (int b = 0; b <= bt->B; b++)
+        cmp_off[b] = (int32_t)bt->cmp_off[b];
+
+    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val;
+    cl_mem oc, os, ow, out, sel, scores, scratch;
+    const size_t tg = (size_t)T * G, th = (size_t)T * H;
+    TRY(buf_new(&B, sizeof(float) * th * dk, job->q, &q));
+    TRY(buf_kv(&B, kv, job->kc, (size_t)C * G * dk, &kc));
+    TRY(buf_kv(&B, kv, job->vc, (size_t)C * G * dv, &vc));
+    TRY(buf_kv(&B, kv, job->k_slc, tg * dk, &ks));
+    TRY(buf_kv(&B, kv, job->v_slc, tg * dv, &vs));
+    /* shared KV: one upload serves both branches */
+    if (job->k_win == job->k_slc)
+        kw = ks;
+    else
+        TRY(buf_kv(&B, kv, job->k_win, tg * dk, &kw));
+    if (job->v_win == job->v_slc)
+        vw = vs;
+    else
+        TRY(buf_kv(&B, kv, job->v_win, tg * dv, &vw));
+    TRY(buf_new(&B, sizeof(float) * th * 3, job->gates, &gates));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)T, rs, &rsb));
+    TRY(buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), cmp_off, &cob));
+    const nsa_csr *m = job->map;
+    TRY(buf_new(&B, sizeof(int32_t) * ((size_t)m->rows + 1), m->rowptr, &rp));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->col, &col));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->val, &val));
+    TRY(buf_new(&B, sizeof(float) * th * dv, NULL, &oc));
+    TRY(buf_new(&B, sizeof(float) * th * dv, NULL, &os));
+    TRY(buf_new(&B, sizeof(float) * th * dv, NULL, &ow));
+    TRY(buf_new(&B, sizeof(float) * th * dv, NULL, &out));
+    TRY(buf_new(&B, sizeof(int32_t) * tg * n, job->sel_in, &sel));
+
+    /* compressed branch and (without sel_in) top-n, in chunks of rows */
+    const size_t per_row = sizeof(float) * (size_t)G * ((size_t)max_nc + (size_t)max_vis);
+    int64_t chunk = (int64_t)(CHUNK_BYTES / (per_row ? per_row : 1));
+    if (chunk < 1)
+        chunk = 1;
+    if (chunk > T)
+        chunk = T;
+    TRY(buf_new(&B, sizeof(float) * (size_t)chunk * G * (size_t)max_vis, NULL, &scores));
+    TRY(buf_new(&B, sizeof(float) * (size_t)chunk * G * (size_t)max_nc, NULL, &scratch));
+    const int want_scores = job->sel_in == NULL;
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+        const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
+        args a = {K[NSA_CLK_CMP_ATTN], 0, CL_SUCCESS};
+        ARG_MEM(&a, q);
+        ARG_MEM(&a, kc);
+        ARG_MEM(&a, vc);
+        ARG_MEM(&a, rsb);
+        ARG_MEM(&a, cub);
+        ARG_MEM(&a, cob);
+        ARG_MEM(&a, rp);
+        ARG_MEM(&a, col);
+        ARG_MEM(&a, val);
+        ARG_INT(&a, H);
+        ARG_INT(&a, G);
+        ARG_INT(&a, dk);
+        ARG_INT(&a, dv);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+        ARG_INT(&a, c->l_sel);
+        ARG_FLT(&a, job->scale);
+        ARG_INT(&a, r0);
+        ARG_INT(&a, max_nc);
+        ARG_INT(&a, max_vis);
+        ARG_INT(&a, want_scores);
+        ARG_MEM(&a, oc);
+        ARG_MEM(&a, scores);
+        ARG_MEM(&a, scratch);
+        ARG_LOCAL(&a, wg);
+        ARG_LOCAL(&a, dk);
+        TRY(launch(&B, &a, "nsa_cmp_attn", (size_t)rows * G * wg, wg));
+        if (!want_scores)
+            continue;
+        args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
+        ARG_MEM(&t, scores);
+        ARG_MEM(&t, rsb);
+        ARG_MEM(&t, cub);
+        ARG_INT(&t, G);
+        ARG_INT(&t, c->l_sel);
+        ARG_INT(&t, n);
+        ARG_INT(&t, c->n_init);
+        ARG_INT(&t, c->n_local);
+        ARG_INT(&t, r0);
+        ARG_INT(&t, rows);
+        ARG_INT(&t, max_vis);
+        ARG_MEM(&t, sel);
+        TRY(launch(&B, &t, "nsa_topn", (size_t)rows * G, wg));
+    }
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, T, q, ks, vs, rsb, cub, sel, 0, 0,
+                   job->scale, os));
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, T, q, kw, vw, rsb, cub, sel, 1, c->w,
+                   job->scale, ow));
+    {
+        args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
+        cl_ulong total = (cl_ulong)th * dv;
+        ARG_MEM(&a, gates);
+        ARG_MEM(&a, oc);
+        ARG_MEM(&a, os);
+        ARG_MEM(&a, ow);
+        ARG_INT(&a, dv);
+        arg(&a, sizeof total, &total);
+        ARG_MEM(&a, out);
+        TRY(launch(&B, &a, "nsa_gate", (size_t)total, wg));
+    }
+    TRY(download(&B, out, sizeof(float) * th * dv, job->out));
+    if (job->out_cmp)
+        TRY(download(&B, oc, sizeof(float) * th * dv, job->out_cmp));
+    if (job->out_slc)
+        TRY(download(&B, os, sizeof(float) * th * dv, job->out_slc));
+    if (job->out_win)
+        TRY(download(&B, ow, sizeof(float) * th * dv, job->out_win));
+    if (job->sel_out)
+        TRY(download(&B, sel, sizeof(int32_t) * tg * n, job->sel_out));
+done:
+    bufs_free(&B);
+    free(rs);
+    free(cmp_off);
+    return s;
+}
+
+/* The dense causal baseline: the group kernel in window mode with w = the
+ * longest sequence, so every position 0..t is read. */
+nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                        const float *q, const float *k, const float *v, float *out)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const size_t th = (size_t)bt->T * cfg->H, tg = (size_t)bt->T * cfg->G;
+    int32_t *rs = row_seq_of(bt);
+    bufs B = {st, ctx, 0, {0}};
+    cl_mem qb, kb, vb, rsb, cub, ob, dummy;
+    if (!rs) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl dense");
+        goto done;
+    }
+    TRY(buf_new(&B, sizeof(float) * th * cfg->dk, q, &qb));
+    TRY(buf_kv(&B, st->kv, k, tg * cfg->dk, &kb));
+    TRY(buf_kv(&B, st->kv, v, tg * cfg->dv, &vb));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)bt->T, rs, &rsb));
+    TRY(buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
+    TRY(buf_new(&B, 4, NULL, &dummy));
+    TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, bt->T, qb, kb, vb, rsb,
+                   cub, dummy, 1, bt->max_len, nsa_config_scale(cfg), ob));
+    TRY(download(&B, ob, sizeof(float) * th * cfg->dv, out));
+done:
+    bufs_free(&B);
+    free(rs);
+    return s;
+}
+
+const nsa_backend_ops nsa_backend_opencl = {
+    .name = "opencl",
+    .description = "OpenCL kernels (GPU; CPU runtimes such as PoCL on request)",
+    .probe = cl_probe,
+    .init = cl_init,
+    .fini = cl_fini,
+    .compress = cl_compress,
+    .attend = cl_attend,
+};
