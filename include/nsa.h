@@ -122,6 +122,16 @@ NSA_API const char *nsa_context_backend(const nsa_context *ctx);
 /* The message of the last failure on ctx ("" if none). */
 NSA_API const char *nsa_context_last_error(const nsa_context *ctx);
 
+/* A context on the "opencl" backend and a chosen device: an index into the
+ * list of all OpenCL devices of all platforms (the order of `clinfo -l`),
+ * "*" for the first device of any type, or a case-insensitive substring of
+ * "platform name / device name". NULL or "" means the environment variable
+ * NSA_OPENCL_DEVICE (same syntax), else the first GPU or accelerator (CPU
+ * runtimes such as PoCL only when named). NSA_ERR_UNAVAILABLE, with the
+ * reason in msg, when libnsa was built without OpenCL or no device matches. */
+NSA_API nsa_status nsa_context_create_opencl(const char *device, nsa_context **out,
+                                             char *msg, size_t msg_len);
+
 /* ---------------------------------------------------------- operator (2-5) */
 typedef enum nsa_phi_kind {
     NSA_PHI_AVG = 0, /* mean of (x_j + pe[g][j]) */

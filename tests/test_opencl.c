@@ -125,6 +125,14 @@ static void test_device_choice(void **s)
     assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_ERR_UNAVAILABLE);
     assert_null(c);
     assert_non_null(strstr(msg, "no-such-device-xyz"));
+    /* the API takes the same device syntax and overrides the environment */
+    assert_int_equal(nsa_context_create_opencl("no-such-device-xyz", &c, msg, sizeof msg),
+                     NSA_ERR_UNAVAILABLE);
+    assert_null(c);
+    assert_int_equal(nsa_context_create_opencl(part, &c, msg, sizeof msg), NSA_OK);
+    assert_string_equal(nsa_context_backend(c), "opencl");
+    assert_string_equal(nsa_cl_state_of(c)->device_name, st->device_name);
+    nsa_context_free(c);
     /* and "auto" moves on to a backend that works */
     assert_int_equal(nsa_context_create("auto", &c, msg, sizeof msg), NSA_OK);
     assert_string_not_equal(nsa_context_backend(c), "opencl");

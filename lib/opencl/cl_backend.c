@@ -92,17 +92,19 @@ static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)
     return NSA_OK;
 }
 
-static nsa_status cl_init(nsa_context *ctx, void **state)
+/* The device named by spec (NULL or "" = NSA_OPENCL_DEVICE). */
+static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
 {
     *state = NULL;
+    if (!spec || !*spec)
+        spec = getenv("NSA_OPENCL_DEVICE");
     nsa_cl_state *st = calloc(1, sizeof *st);
     if (!st)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the OpenCL state");
     nsa_status s = parse_kv(ctx, getenv("NSA_OPENCL_KV"), &st->kv);
     char why[300];
     if (s == NSA_OK &&
-        !nsa_cl_pick_device(getenv("NSA_OPENCL_DEVICE"), &st->platform, &st->device, why,
-                            sizeof why))
+        !nsa_cl_pick_device(spec, &st->platform, &st->device, why, sizeof why))
         s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "%s", why);
     if (s != NSA_OK) {
         cl_fini(st);
@@ -151,6 +153,32 @@ static nsa_status cl_init(nsa_context *ctx, void **state)
         return s;
     }
     *state = st;
+    return NSA_OK;
+}
+
+static nsa_status cl_init(nsa_context *ctx, void **state)
+{
+    return cl_init_on(ctx, state, NULL);
+}
+
+nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
+                                 size_t msg_len)
+{
+    nsa_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
+    ctx->be = &nsa_backend_opencl;
+    ctx->verbose = nsa_env_verbose();
+    nsa_status s = cl_init_on(ctx, &ctx->be_state, device);
+    if (s != NSA_OK) {
+        nsa_fail_buf(msg, msg_len, s, "backend 'opencl' failed to start: %s", ctx->msg);
+        free(ctx);
+        return s;
+    }
+    nsa_log(ctx, "using backend 'opencl'");
+    if (msg && msg_len)
+        msg[0] = '\0';
+    *out = ctx;
     return NSA_OK;
 }
 

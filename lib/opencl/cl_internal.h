@@ -89,6 +89,10 @@ NSA_HIDDEN nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_
 NSA_HIDDEN const char *nsa_cl_source(void);
 NSA_HIDDEN const char *nsa_cl_source_hash(void);
 
+/* nsa_context_create_opencl when OpenCL is built in. */
+NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out,
+                                            char *msg, size_t msg_len);
+
 /* Test and bench hooks. */
 NSA_HIDDEN nsa_cl_state *nsa_cl_state_of(nsa_context *ctx);
 /* Dense causal attention over one group-shaped problem (the baseline):
