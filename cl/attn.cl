@@ -1,73 +1,37 @@
 /* Attention kernels (spec 2-5). Rows are packed tokens; row_seq[row] is the
  * row's sequence and cu[] the sequence offsets, so t = row - cu[seq]. */
 
-/* Compressed branch, one work-group per (row, group), heads in turn:
- * o_cmp (spec 2) and the group score s[j] = sum_h sum_i M[j][i] p_cmp[h][i]
- * (spec 3, Eq. 9-10) from the CSR map. Rows row0 .. row0 + rows - 1;
- * scratch holds max_nc floats and scores max_vis floats per (row, group)
- * of this chunk. */
-__kernel void nsa_cmp_attn(__global const float *q, __global const kv_t *kc,
-                           __global const kv_t *vc, __global const int *row_seq,
-                           __global const int *cu, __global const int *cmp_off,
-                           __global const int *rowptr, __global const int *col,
-                           __global const int *val, int H, int G, int dk, int dv, int l,
-                           int d, int lsel, float scale, int row0, int max_nc, int max_vis,
-                           int want_scores, __global float *ocmp, __global float *scores,
-                           __global float *scratch, __local float *red, __local float *qs)
+/* Group scores (spec 3, Eq. 9-10) of the chunk's rows, one work-item per
+ * (row, group, block j): s[j] = sum_h sum_i M[j][i] p_cmp(t,h)[i], with
+ * p_cmp rebuilt from the logits z and the softmax statistics (max, sum)
+ * that nsa_group_attn left for the compressed branch. */
+__kernel void nsa_cmp_scores(__global const float *zs, __global const float *stats,
+                             __global const int *row_seq, __global const int *cu,
+                             __global const int *rowptr, __global const int *col,
+                             __global const int *val, int H, int G, int l, int d, int lsel,
+                             int row0, int rows, int max_nc, int max_vis,
+                             __global float *scores)
 {
-    const int slot = get_group_id(0), lid = get_local_id(0);
-    const int row = row0 + slot / G, g = slot % G, hpg = H / G;
-    const int seq = row_seq[row], t = row - cu[seq];
-    const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0, vis = t / lsel + 1;
-    const size_t cbase = (size_t)cmp_off[seq];
-    __global float *p = scratch + (size_t)slot * max_nc;
-    __global float *s = scores + (size_t)slot * max_vis;
-    if (want_scores)
-        for (int j = lid; j < vis; j += NSA_WG)
-            s[j] = 0.0f;
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)rows * G * max_vis)
+        return;
+    const int j = (int)(gid % max_vis), slot = (int)(gid / max_vis), hpg = H / G;
+    const int row = row0 + slot / G, t = row - cu[row_seq[row]];
+    const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
+    if (j > t / lsel)
+        return; /* not visible: never read by top-n */
+    float s = 0.0f;
     for (int hh = 0; hh < hpg; hh++) {
-        const int h = g * hpg + hh;
-        for (int e = lid; e < dk; e += NSA_WG)
-            qs[e] = q[((size_t)row * H + h) * dk + e];
-        barrier(CLK_LOCAL_MEM_FENCE);
-        float mx = -INFINITY;
-        for (int i = lid; i < nc; i += NSA_WG) {
-            __global const kv_t *kr = kc + ((cbase + i) * G + g) * dk;
-            float z = 0.0f;
-            for (int e = 0; e < dk; e++)
-                z += qs[e] * LDKV(kr, e);
-            z *= scale;
-            p[i] = z;
-            mx = fmax(mx, z);
-        }
-        mx = nsa_wg_max(mx, red);
-        float sum = 0.0f;
-        for (int i = lid; i < nc; i += NSA_WG) {
-            const float e = exp(p[i] - mx);
-            p[i] = e;
-            sum += e;
-        }
-        sum = nsa_wg_sum(sum, red);
-        const float inv = 1.0f / sum;
-        for (int i = lid; i < nc; i += NSA_WG)
-            p[i] *= inv;
-        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
-        for (int e = lid; e < dv; e += NSA_WG) {
-            float a = 0.0f;
-            for (int i = 0; i < nc; i++)
-                a += p[i] * LDKV(vc, ((cbase + i) * G + g) * dv + e);
-            ocmp[((size_t)row * H + h) * dv + e] = a;
-        }
-        if (want_scores)
-            for (int j = lid; j < vis; j += NSA_WG) {
-                float a = 0.0f;
-                for (int k = rowptr[j]; k < rowptr[j + 1]; k++)
-                    if (col[k] < nc)
-                        a += (float)val[k] * p[col[k]];
-                s[j] += a;
-            }
-        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+        const size_t at = (size_t)slot * hpg + hh;
+        __global const float *z = zs + at * max_nc;
+        const float m = stats[2 * at], inv = 1.0f / stats[2 * at + 1];
+        float a = 0.0f;
+        for (int k = rowptr[j]; k < rowptr[j + 1]; k++)
+            if (col[k] < nc)
+                a += (float)val[k] * exp(z[col[k]] - m);
+        s += a * inv;
     }
+    scores[gid] = s;
 }
 
 /* Top-n (spec 3, Eq. 11), one work-item per (row, group) of the chunk:
@@ -135,18 +99,25 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * memory once for all of them, with an online softmax per head.
  * mode 0: the tokens p <= t of the selected blocks sel[row][g][0..n-1]
  * (spec 3); mode 1: positions max(0, t-w+1) .. t (spec 4; w >= t+1 gives
- * dense causal attention). */
+ * dense causal attention); mode 2: the compressed tokens 0 .. n_cmp(t)-1 of
+ * the row's sequence (spec 2), rows row0 + group / G. With want_z, mode 2
+ * also keeps each head's logits in zs and its (max, sum) in stats, per
+ * (row, group) slot of the chunk, for nsa_cmp_scores. */
 __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                              __global const kv_t *V, __global const int *row_seq,
-                             __global const int *cu, __global const int *sel, int n, int lsel,
-                             int mode, int w, int H, int G, int dk, int dv, float scale,
-                             __global float *out, __local float *qs, __local float *acc,
+                             __global const int *cu, __global const int *cmp_off,
+                             __global const int *sel, int n, int lsel, int mode, int w, int l,
+                             int d, int row0, int H, int G, int dk, int dv, float scale,
+                             __global float *out, int want_z, int max_nc, __global float *zs,
+                             __global float *stats, __local float *qs, __local float *acc,
                              __local float *ks, __local float *vs, __local float *ps,
                              __local float *st)
 {
-    const int lid = get_local_id(0);
-    const int row = get_group_id(0) / G, g = get_group_id(0) % G, hpg = H / G;
-    const int base = cu[row_seq[row]], t = row - base;
+    const int lid = get_local_id(0), slot = get_group_id(0);
+    const int row = row0 + slot / G, g = slot % G, hpg = H / G;
+    const int seq = row_seq[row], t = row - cu[seq];
+    /* first key row of the sequence in K and V */
+    const int base = mode == 2 ? cmp_off[seq] : cu[seq];
     __local float *m = st, *lsum = st + hpg, *alpha = st + 2 * hpg;
     for (int i = lid; i < hpg * dk; i += NSA_WG)
         qs[i] = q[((size_t)row * H + (size_t)g * hpg) * dk + i];
@@ -166,9 +137,12 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 continue; /* uniform: every lane reads the same entry */
             lo = blk * lsel;
             hi = min(lo + lsel, t + 1);
-        } else {
+        } else if (mode == 1) {
             lo = max(0, t - w + 1);
             hi = t + 1;
+        } else {
+            lo = 0;
+            hi = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
         }
         for (int p0 = lo; p0 < hi; p0 += NSA_TILE) {
             const int cnt = min(NSA_TILE, hi - p0);
@@ -189,6 +163,8 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                     for (int e = 0; e < dk; e++)
                         z += qs[hh * dk + e] * ks[k * dk + e];
                     z *= scale;
+                    if (want_z)
+                        zs[((size_t)slot * hpg + hh) * max_nc + p0 + k] = z;
                 }
                 ps[i] = z;
             }
@@ -219,6 +195,11 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             barrier(CLK_LOCAL_MEM_FENCE);
         }
     }
+    if (want_z)
+        for (int hh = lid; hh < hpg; hh += NSA_WG) {
+            stats[2 * ((size_t)slot * hpg + hh)] = m[hh];
+            stats[2 * ((size_t)slot * hpg + hh) + 1] = lsum[hh];
+        }
     for (int i = lid; i < hpg * dv; i += NSA_WG) {
         const int hh = i / dv;
         out[((size_t)row * H + (size_t)g * hpg) * dv + i] =

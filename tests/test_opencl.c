@@ -432,6 +432,57 @@ static void test_cross_random(void **st)
     }
 }
 
+/* The device top-n is the spec's rule exactly (spec 3): scores drawn from
+ * four values so that ties are everywhere, against nsa_bm_select_f, with
+ * no near-tie allowance. */
+static void test_topn_ties_exact(void **st)
+{
+    (void)st;
+    NEED_CTX();
+    nsa_rng r = {0x70b1ull};
+    for (int cas = 0; cas < 12; cas++) {
+        nsa_config c = nsa_config_default();
+        c.G = pick(&r, 1, 3);
+        c.H = c.G;
+        c.d = 1;
+        c.l = 1;
+        c.l_sel = pick(&r, 1, 3);
+        c.n_init = pick(&r, 0, 2);
+        c.n_local = pick(&r, 0, 3);
+        c.n = c.n_init + c.n_local + pick(&r, 0, 4);
+        if (c.n < 1)
+            c.n = 1;
+        const int32_t cu[] = {0, 61, 61 + pick(&r, 1, 50)};
+        nsa_batch b;
+        assert_int_equal(nsa_batch_init(g_ref, &c, cu[2], cu, 2, &b), NSA_OK);
+        const int max_vis = nsa_bm_n_sel_visible(&c, b.max_len - 1);
+        const size_t tg = (size_t)b.T * c.G;
+        float *s = malloc(sizeof(float) * tg * (size_t)max_vis);
+        int32_t *got = tl_poisoned_i32(tg * c.n), *want = malloc(sizeof(int32_t) * c.n);
+        unsigned char *work = malloc((size_t)max_vis);
+        for (size_t i = 0; i < tg * (size_t)max_vis; i++)
+            s[i] = 0.25f * (float)pick(&r, 0, 3);
+        assert_int_equal(nsa_cl_topn(g_ctx, &c, &b, s, max_vis, got), NSA_OK);
+        for (int q = 0; q < b.B; q++)
+            for (int64_t t = 0; t < cu[q + 1] - cu[q]; t++)
+                for (int g = 0; g < c.G; g++) {
+                    const size_t at = (size_t)(cu[q] + t) * c.G + g;
+                    nsa_bm_select_f(&c, t, s + at * max_vis, work, want);
+                    if (memcmp(got + at * c.n, want, sizeof(int32_t) * c.n))
+                        fail_msg("case %d seq %d t=%lld g=%d: device top-n differs from "
+                                 "the rule (first entries %d %d vs %d %d)",
+                                 cas, q, (long long)t, g, got[at * c.n],
+                                 c.n > 1 ? got[at * c.n + 1] : -1, want[0],
+                                 c.n > 1 ? want[1] : -1);
+                }
+        free(s);
+        free(got);
+        free(want);
+        free(work);
+        nsa_batch_free(&b);
+    }
+}
+
 /* The paper's block structure (l=32, d=16, l'=64, n=16 with 1+2 forced) at
  * small head counts and dims, over sequences long enough for 2 chunks of
  * real top-n choices. */
@@ -728,6 +779,7 @@ int main(void)
         cmocka_unit_test(test_error_mapping),
         cmocka_unit_test(test_build_log_kept),
         cmocka_unit_test(test_cross_random),
+        cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),

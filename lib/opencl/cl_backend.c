@@ -9,7 +9,7 @@
 #include <string.h>
 
 static const char *const kernel_names[NSA_CLK_COUNT] = {
-    "nsa_phi_avg", "nsa_phi_lin", "nsa_phi_out", "nsa_cmp_attn",
+    "nsa_phi_avg", "nsa_phi_lin", "nsa_phi_out", "nsa_cmp_scores",
     "nsa_topn",    "nsa_group_attn", "nsa_gate"};
 
 static int cl_probe(char *why, size_t len)
@@ -396,9 +396,16 @@ static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, size
     return sum * sizeof(float) <= st->local_mem ? sum : 0;
 }
 
-static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, int64_t T,
-                             cl_mem q, cl_mem K, cl_mem V, cl_mem row_seq, cl_mem cu,
-                             cl_mem sel, int mode, int w, float scale, cl_mem out)
+/* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
+typedef struct ga_launch {
+    int mode, w, row0, rows;
+    cl_mem q, K, V, row_seq, cu, cmp_off, sel, out;
+    int want_z, max_nc;
+    cl_mem zs, stats; /* mode 2 with want_z */
+} ga_launch;
+
+static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, float scale,
+                             const ga_launch *L)
 {
     size_t f[6];
     if (!group_attn_local(B->st, c, f))
@@ -407,25 +414,33 @@ static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, int64_t 
                         "memory than the device's %llu bytes",
                         c->H / c->G, c->dk, c->dv, (unsigned long long)B->st->local_mem);
     args a = {k, 0, CL_SUCCESS};
-    ARG_MEM(&a, q);
-    ARG_MEM(&a, K);
-    ARG_MEM(&a, V);
-    ARG_MEM(&a, row_seq);
-    ARG_MEM(&a, cu);
-    ARG_MEM(&a, sel);
+    ARG_MEM(&a, L->q);
+    ARG_MEM(&a, L->K);
+    ARG_MEM(&a, L->V);
+    ARG_MEM(&a, L->row_seq);
+    ARG_MEM(&a, L->cu);
+    ARG_MEM(&a, L->cmp_off);
+    ARG_MEM(&a, L->sel);
     ARG_INT(&a, c->n);
     ARG_INT(&a, c->l_sel);
-    ARG_INT(&a, mode);
-    ARG_INT(&a, w);
+    ARG_INT(&a, L->mode);
+    ARG_INT(&a, L->w);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_INT(&a, L->row0);
     ARG_INT(&a, c->H);
     ARG_INT(&a, c->G);
     ARG_INT(&a, c->dk);
     ARG_INT(&a, c->dv);
     ARG_FLT(&a, scale);
-    ARG_MEM(&a, out);
+    ARG_MEM(&a, L->out);
+    ARG_INT(&a, L->want_z);
+    ARG_INT(&a, L->max_nc);
+    ARG_MEM(&a, L->zs);
+    ARG_MEM(&a, L->stats);
     for (int i = 0; i < 6; i++)
         ARG_LOCAL(&a, f[i]);
-    return launch(B, &a, "nsa_group_attn", (size_t)T * c->G * B->st->wg, B->st->wg);
+    return launch(B, &a, "nsa_group_attn", (size_t)L->rows * c->G * B->st->wg, B->st->wg);
 }
 
 /* row -> sequence index, for every packed row. */
@@ -470,7 +485,7 @@ static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         cmp_off[b] = (int32_t)bt->cmp_off[b];
 
     cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val;
-    cl_mem oc, os, ow, out, sel, scores, scratch;
+    cl_mem oc, os, ow, out, sel;
     const size_t tg = (size_t)T * G, th = (size_t)T * H;
     TRY(buf_new(&B, sizeof(float) * th * dk, job->q, &q));
     TRY(buf_kv(&B, kv, job->kc, (size_t)C * G * dk, &kc));
@@ -500,48 +515,50 @@ static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     TRY(buf_new(&B, sizeof(float) * th * dv, NULL, &out));
     TRY(buf_new(&B, sizeof(int32_t) * tg * n, job->sel_in, &sel));
 
-    /* compressed branch and (without sel_in) top-n, in chunks of rows */
-    const size_t per_row = sizeof(float) * (size_t)G * ((size_t)max_nc + (size_t)max_vis);
-    int64_t chunk = (int64_t)(CHUNK_BYTES / (per_row ? per_row : 1));
+    /* compressed branch and (without sel_in) scores and top-n, in chunks
+     * of rows: logits and statistics of the rows in flight only */
+    const int hpg = H / G;
+    const size_t per_row = sizeof(float) * (size_t)G *
+                           ((size_t)hpg * (size_t)max_nc + 2 * (size_t)hpg + (size_t)max_vis);
+    int64_t chunk = (int64_t)(CHUNK_BYTES / per_row);
     if (chunk < 1)
         chunk = 1;
     if (chunk > T)
         chunk = T;
-    TRY(buf_new(&B, sizeof(float) * (size_t)chunk * G * (size_t)max_vis, NULL, &scores));
-    TRY(buf_new(&B, sizeof(float) * (size_t)chunk * G * (size_t)max_nc, NULL, &scratch));
-    const int want_scores = job->sel_in == NULL;
+    const int want = job->sel_in == NULL;
+    cl_mem zs, stats, scores;
+    TRY(buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_nc : 4, NULL,
+                &zs));
+    TRY(buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * 2 : 4, NULL, &stats));
+    TRY(buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * (size_t)max_vis : 4, NULL,
+                &scores));
+    ga_launch L = {2, 0, 0, 0, q, kc, vc, rsb, cub, cob, sel, oc, want, max_nc, zs, stats};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
-        args a = {K[NSA_CLK_CMP_ATTN], 0, CL_SUCCESS};
-        ARG_MEM(&a, q);
-        ARG_MEM(&a, kc);
-        ARG_MEM(&a, vc);
+        L.row0 = (int)r0;
+        L.rows = rows;
+        TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &L));
+        if (!want)
+            continue;
+        args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
+        ARG_MEM(&a, zs);
+        ARG_MEM(&a, stats);
         ARG_MEM(&a, rsb);
         ARG_MEM(&a, cub);
-        ARG_MEM(&a, cob);
         ARG_MEM(&a, rp);
         ARG_MEM(&a, col);
         ARG_MEM(&a, val);
         ARG_INT(&a, H);
         ARG_INT(&a, G);
-        ARG_INT(&a, dk);
-        ARG_INT(&a, dv);
         ARG_INT(&a, c->l);
         ARG_INT(&a, c->d);
         ARG_INT(&a, c->l_sel);
-        ARG_FLT(&a, job->scale);
         ARG_INT(&a, r0);
+        ARG_INT(&a, rows);
         ARG_INT(&a, max_nc);
         ARG_INT(&a, max_vis);
-        ARG_INT(&a, want_scores);
-        ARG_MEM(&a, oc);
         ARG_MEM(&a, scores);
-        ARG_MEM(&a, scratch);
-        ARG_LOCAL(&a, wg);
-        ARG_LOCAL(&a, dk);
-        TRY(launch(&B, &a, "nsa_cmp_attn", (size_t)rows * G * wg, wg));
-        if (!want_scores)
-            continue;
+        TRY(launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
         args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
         ARG_MEM(&t, scores);
         ARG_MEM(&t, rsb);
@@ -557,10 +574,11 @@ static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         ARG_MEM(&t, sel);
         TRY(launch(&B, &t, "nsa_topn", (size_t)rows * G, wg));
     }
-    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, T, q, ks, vs, rsb, cub, sel, 0, 0,
-                   job->scale, os));
-    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, T, q, kw, vw, rsb, cub, sel, 1, c->w,
-                   job->scale, ow));
+    /* selected branch (group-centric over the selected blocks), window */
+    ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
+    ga_launch W = {1, c->w, 0, (int)T, q, kw, vw, rsb, cub, cob, sel, ow, 0, 0, zs, stats};
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
     {
         args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
         cl_ulong total = (cl_ulong)th * dv;
@@ -586,6 +604,50 @@ done:
     bufs_free(&B);
     free(rs);
     free(cmp_off);
+    return s;
+}
+
+/* Top-n alone over caller-given group scores[T][G][max_vis] (a test hook:
+ * ties and forced blocks checked against nsa_bm_select_f). */
+nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                       const float *scores, int max_vis, int32_t *sel)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const size_t tg = (size_t)bt->T * cfg->G;
+    int32_t *rs = row_seq_of(bt);
+    bufs B = {st, ctx, 0, {0}};
+    cl_mem sb, rsb, cub, selb;
+    if (!rs) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl top-n");
+        goto done;
+    }
+    TRY(buf_new(&B, sizeof(float) * tg * (size_t)max_vis, scores, &sb));
+    TRY(buf_new(&B, sizeof(int32_t) * (size_t)bt->T, rs, &rsb));
+    TRY(buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(buf_new(&B, sizeof(int32_t) * tg * cfg->n, NULL, &selb));
+    args t = {st->kernel[st->kv][NSA_CLK_TOPN], 0, CL_SUCCESS};
+    ARG_MEM(&t, sb);
+    ARG_MEM(&t, rsb);
+    ARG_MEM(&t, cub);
+    ARG_INT(&t, cfg->G);
+    ARG_INT(&t, cfg->l_sel);
+    ARG_INT(&t, cfg->n);
+    ARG_INT(&t, cfg->n_init);
+    ARG_INT(&t, cfg->n_local);
+    ARG_INT(&t, 0);
+    ARG_INT(&t, bt->T);
+    ARG_INT(&t, max_vis);
+    ARG_MEM(&t, selb);
+    TRY(launch(&B, &t, "nsa_topn", tg, (size_t)st->wg));
+    TRY(download(&B, selb, sizeof(int32_t) * tg * cfg->n, sel));
+done:
+    bufs_free(&B);
+    free(rs);
     return s;
 }
 
@@ -615,8 +677,9 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     TRY(buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
     TRY(buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
     TRY(buf_new(&B, 4, NULL, &dummy));
-    TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, bt->T, qb, kb, vb, rsb,
-                   cub, dummy, 1, bt->max_len, nsa_config_scale(cfg), ob));
+    ga_launch L = {1,  bt->max_len, 0,     (int)bt->T, qb, kb,   vb,   rsb,
+                   cub, dummy,      dummy, ob,         0,  0,  dummy, dummy};
+    TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:
     bufs_free(&B);

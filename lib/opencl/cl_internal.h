@@ -27,7 +27,7 @@ enum {
     NSA_CLK_PHI_AVG,
     NSA_CLK_PHI_LIN,
     NSA_CLK_PHI_OUT,
-    NSA_CLK_CMP_ATTN,
+    NSA_CLK_CMP_SCORES,
     NSA_CLK_TOPN,
     NSA_CLK_GROUP_ATTN,
     NSA_CLK_GATE,
@@ -100,6 +100,11 @@ NSA_HIDDEN nsa_cl_state *nsa_cl_state_of(nsa_context *ctx);
 NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg,
                                    const nsa_batch *b, const float *q, const float *k,
                                    const float *v, float *out);
+
+/* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
+NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg,
+                                  const nsa_batch *b, const float *scores, int max_vis,
+                                  int32_t *sel);
 
 /* fp32 -> fp16 / bf16 bits, round to nearest even (also used by tests). */
 NSA_HIDDEN uint16_t nsa_cl_f32_to_f16(float f);
