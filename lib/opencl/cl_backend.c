@@ -135,7 +135,10 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
         cl_fini(st);
         return nsa_cl_fail(ctx, "clCreateContext", err);
     }
-    st->queue = clCreateCommandQueue(st->context, st->device, 0, &err);
+    const char *prof = getenv("NSA_OPENCL_PROFILE");
+    st->profile = prof && *prof && strcmp(prof, "0") != 0;
+    st->queue = clCreateCommandQueue(st->context, st->device,
+                                     st->profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
     if (err != CL_SUCCESS) {
         cl_fini(st);
         return nsa_cl_fail(ctx, "clCreateCommandQueue", err);
@@ -278,12 +281,39 @@ static nsa_status launch(bufs *b, args *a, const char *name, size_t global, size
     if (global == 0)
         return NSA_OK;
     global = (global + local - 1) / local * local;
-    cl_int err =
-        clEnqueueNDRangeKernel(b->st->queue, a->k, 1, NULL, &global, &local, 0, NULL, NULL);
+    nsa_cl_state *st = b->st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(st->queue, a->k, 1, NULL, &global, &local, 0, NULL,
+                                        st->profile ? &ev : NULL);
     if (err != CL_SUCCESS)
         return nsa_fail(b->ctx, NSA_ERR_BACKEND,
                         "OpenCL clEnqueueNDRangeKernel failed for %s: %s (%d)", name,
                         nsa_cl_error_name(err), (int)err);
+    if (ev) {
+        /* profiling: wait, and add the kernel's device time to its label */
+        cl_ulong t0 = 0, t1 = 0;
+        err = clWaitForEvents(1, &ev);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
+        clReleaseEvent(ev);
+        if (err != CL_SUCCESS)
+            return nsa_cl_fail(b->ctx, "clGetEventProfilingInfo", err);
+        int i = 0;
+        while (i < st->n_prof && strcmp(st->prof[i].label, name) != 0)
+            i++;
+        if (i < NSA_CL_PROF_MAX) {
+            if (i == st->n_prof) {
+                snprintf(st->prof[i].label, sizeof st->prof[i].label, "%s", name);
+                st->prof[i].ns = 0;
+                st->prof[i].calls = 0;
+                st->n_prof++;
+            }
+            st->prof[i].ns += (double)(t1 - t0);
+            st->prof[i].calls++;
+        }
+    }
     return NSA_OK;
 }
 
@@ -440,7 +470,9 @@ static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, float sc
     ARG_MEM(&a, L->stats);
     for (int i = 0; i < 6; i++)
         ARG_LOCAL(&a, f[i]);
-    return launch(B, &a, "nsa_group_attn", (size_t)L->rows * c->G * B->st->wg, B->st->wg);
+    static const char *const label[3] = {"nsa_group_attn(slc)", "nsa_group_attn(win)",
+                                         "nsa_group_attn(cmp)"};
+    return launch(B, &a, label[L->mode], (size_t)L->rows * c->G * B->st->wg, B->st->wg);
 }
 
 /* row -> sequence index, for every packed row. */

@@ -42,6 +42,14 @@ typedef enum nsa_cl_cache_event {
     NSA_CL_CACHE_REBUILT = 3  /* entry unusable (corrupt, stale): rebuilt */
 } nsa_cl_cache_event;
 
+/* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
+#define NSA_CL_PROF_MAX 16
+typedef struct nsa_cl_prof {
+    char label[32];
+    double ns;
+    long calls;
+} nsa_cl_prof;
+
 typedef struct nsa_cl_state {
     cl_platform_id platform;
     cl_device_id device;
@@ -59,6 +67,9 @@ typedef struct nsa_cl_state {
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
+    int profile;           /* NSA_OPENCL_PROFILE set: kernels are timed */
+    int n_prof;
+    nsa_cl_prof prof[NSA_CL_PROF_MAX];
 } nsa_cl_state;
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
