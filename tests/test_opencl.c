@@ -498,7 +498,13 @@ static void test_cross_paper_blocks(void **st)
     c.n = 4;
     c.w = 100;
     const int lens[] = {700, 333};
+    /* rows in chunks of 97 (the last one partial, chunks crossing the
+     * sequence boundary), as on long inputs */
+    nsa_cl_state *cs = nsa_cl_state_of(g_ctx);
+    cs->max_chunk_rows = 97;
     cross_case(100, &c, lens, 2, 0, 0, 77);
+    cs->max_chunk_rows = 0;
+    cross_case(101, &c, lens, 2, 1, 3, 78);
 }
 
 /* ------------------------------------------------------ cache (issue c) */

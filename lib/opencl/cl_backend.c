@@ -125,6 +125,10 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
                     &st->local_mem, NULL);
     clGetDeviceInfo(st->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof st->max_wg,
                     &st->max_wg, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof st->global_mem,
+                    &st->global_mem, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof st->max_alloc,
+                    &st->max_alloc, NULL);
     nsa_cl_tune(st);
 
     cl_int err;
@@ -486,9 +490,20 @@ static int32_t *row_seq_of(const nsa_batch *bt)
     return rs;
 }
 
-/* Scratch budget of one chunk of the compressed branch (probabilities and
- * scores of the rows in flight): keeps memory linear in T. */
-#define CHUNK_BYTES ((size_t)64 << 20)
+/* Scratch budget of one chunk of the compressed branch (logits and scores
+ * of the rows in flight), which keeps memory linear in T: 1/16 of the
+ * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
+static size_t chunk_budget(const nsa_cl_state *st)
+{
+    size_t b = (size_t)(st->global_mem / 16);
+    if (b > ((size_t)1 << 30))
+        b = (size_t)1 << 30;
+    if (b < ((size_t)64 << 20))
+        b = (size_t)64 << 20;
+    if (st->max_alloc && b > st->max_alloc)
+        b = (size_t)st->max_alloc;
+    return b;
+}
 
 static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
 {
@@ -552,9 +567,11 @@ static nsa_status cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     const int hpg = H / G;
     const size_t per_row = sizeof(float) * (size_t)G *
                            ((size_t)hpg * (size_t)max_nc + 2 * (size_t)hpg + (size_t)max_vis);
-    int64_t chunk = (int64_t)(CHUNK_BYTES / per_row);
+    int64_t chunk = (int64_t)(chunk_budget(st) / per_row);
     if (chunk < 1)
         chunk = 1;
+    if (st->max_chunk_rows > 0 && chunk > st->max_chunk_rows)
+        chunk = st->max_chunk_rows;
     if (chunk > T)
         chunk = T;
     const int want = job->sel_in == NULL;

@@ -58,10 +58,11 @@ typedef struct nsa_cl_state {
     char device_name[256], platform_name[256], vendor[256];
     char platform_version[256], driver_version[256], device_version[256];
     cl_device_type type;
-    cl_ulong local_mem;
+    cl_ulong local_mem, global_mem, max_alloc;
     size_t max_wg;
     int wg, tile;          /* from the per-device table, as -D defines */
     nsa_cl_kv kv;          /* storage of K/V for attend */
+    int max_chunk_rows;    /* tests: cap on rows per chunk (0 = none) */
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT];
     nsa_cl_cache_event cache_event;
