@@ -519,6 +519,42 @@ static void test_cross_paper_blocks(void **st)
     cross_case(101, &c, lens, 2, 1, 3, 78);
 }
 
+/* Spec 10: NaN and Inf in the inputs never crash the backend, and the
+ * device's selection stays well formed (visible, ascending, -1 padded). */
+static void test_nonfinite_inputs(void **st)
+{
+    (void)st;
+    NEED_CTX();
+    nsa_config c = nsa_config_default();
+    c.H = 4;
+    c.G = 2;
+    c.dk = 8;
+    c.dv = 8;
+    c.l = 4;
+    c.d = 2;
+    c.l_sel = 4;
+    c.n = 3;
+    c.w = 6;
+    const int lens[] = {50, 30};
+    tl_problem P;
+    tl_problem_make(&P, &c, lens, 2, 0, 909);
+    P.q[5] = NAN;
+    P.kc[(size_t)20 * c.G * c.dk] = INFINITY; /* reaches compressed keys */
+    P.kc[(size_t)61 * c.G * c.dk + 3] = NAN;
+    P.ks[100] = -INFINITY;
+    P.vw[7] = NAN;
+    outs got;
+    outs_alloc(&got, &P);
+    assert_int_equal(run(g_ctx, &P, NULL, NULL, NULL, &got), NSA_OK);
+    for (int b = 0; b < P.B; b++)
+        for (int64_t t = 0; t < lens[b]; t++)
+            for (int g = 0; g < c.G; g++)
+                assert_true(nsa_bm_selection_valid(
+                    &c, t, got.sel + ((size_t)(P.cu[b] + t) * c.G + g) * c.n));
+    outs_free(&got);
+    tl_problem_free(&P);
+}
+
 /* ------------------------------------------------------ cache (issue c) */
 static nsa_cl_cache_event fresh_context_event(nsa_context **out)
 {
@@ -799,6 +835,7 @@ int main(void)
         cmocka_unit_test(test_cross_random),
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_cross_paper_blocks),
+        cmocka_unit_test(test_nonfinite_inputs),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),
         cmocka_unit_test(test_kv_fp16),
