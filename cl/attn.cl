@@ -102,28 +102,34 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * dense causal attention); mode 2: the compressed tokens 0 .. n_cmp(t)-1 of
  * the row's sequence (spec 2), rows row0 + group / G. With want_z, mode 2
  * also keeps each head's logits in zs and its (max, sum) in stats, per
- * (row, group) slot of the chunk, for nsa_cmp_scores. */
+ * (row, group) slot of the chunk, for nsa_cmp_scores. When the queries of
+ * all H/G heads do not fit local memory, hc < H/G heads share a work-group
+ * and the group's heads take ceil((H/G) / hc) work-groups. */
 __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                              __global const kv_t *V, __global const int *row_seq,
                              __global const int *cu, __global const int *cmp_off,
                              __global const int *sel, int n, int lsel, int mode, int w, int l,
-                             int d, int row0, int H, int G, int dk, int dv, float scale,
+                             int d, int row0, int H, int G, int hc, int dk, int dv,
+                             float scale,
                              __global float *out, int want_z, int max_nc, __global float *zs,
                              __global float *stats, __local float *qs, __local float *acc,
                              __local float *ks, __local float *vs, __local float *ps,
                              __local float *st)
 {
-    const int lid = get_local_id(0), slot = get_group_id(0);
-    const int row = row0 + slot / G, g = slot % G, hpg = H / G;
+    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
+    const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
+    const int nh = min(hc, hpg - h0); /* heads h0 .. h0+nh-1 of the group */
+    const int row = row0 + slot / G, g = slot % G;
     const int seq = row_seq[row], t = row - cu[seq];
     /* first key row of the sequence in K and V */
     const int base = mode == 2 ? cmp_off[seq] : cu[seq];
-    __local float *m = st, *lsum = st + hpg, *alpha = st + 2 * hpg;
-    for (int i = lid; i < hpg * dk; i += NSA_WG)
-        qs[i] = q[((size_t)row * H + (size_t)g * hpg) * dk + i];
-    for (int i = lid; i < hpg * dv; i += NSA_WG)
+    const size_t hbase = (size_t)row * H + (size_t)g * hpg + h0; /* first head row */
+    __local float *m = st, *lsum = st + hc, *alpha = st + 2 * hc;
+    for (int i = lid; i < nh * dk; i += NSA_WG)
+        qs[i] = q[hbase * dk + i];
+    for (int i = lid; i < nh * dv; i += NSA_WG)
         acc[i] = 0.0f;
-    for (int i = lid; i < hpg; i += NSA_WG) {
+    for (int i = lid; i < nh; i += NSA_WG) {
         m[i] = -INFINITY;
         lsum[i] = 0.0f;
     }
@@ -155,7 +161,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 vs[i] = LDKV(V, ((size_t)(base + p0 + k) * G + g) * dv + e);
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (int i = lid; i < hpg * NSA_TILE; i += NSA_WG) {
+            for (int i = lid; i < nh * NSA_TILE; i += NSA_WG) {
                 const int hh = i / NSA_TILE, k = i % NSA_TILE;
                 float z = -INFINITY;
                 if (k < cnt) {
@@ -164,12 +170,12 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                         z += qs[hh * dk + e] * ks[k * dk + e];
                     z *= scale;
                     if (want_z)
-                        zs[((size_t)slot * hpg + hh) * max_nc + p0 + k] = z;
+                        zs[((size_t)slot * hpg + h0 + hh) * max_nc + p0 + k] = z;
                 }
                 ps[i] = z;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (int hh = lid; hh < hpg; hh += NSA_WG) {
+            for (int hh = lid; hh < nh; hh += NSA_WG) {
                 __local float *pr = ps + hh * NSA_TILE;
                 float mt = m[hh];
                 for (int k = 0; k < cnt; k++)
@@ -184,7 +190,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 m[hh] = mt;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (int i = lid; i < hpg * dv; i += NSA_WG) {
+            for (int i = lid; i < nh * dv; i += NSA_WG) {
                 const int hh = i / dv, e = i % dv;
                 __local const float *pr = ps + hh * NSA_TILE;
                 float a = acc[i] * alpha[hh];
@@ -196,13 +202,13 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
         }
     }
     if (want_z)
-        for (int hh = lid; hh < hpg; hh += NSA_WG) {
-            stats[2 * ((size_t)slot * hpg + hh)] = m[hh];
-            stats[2 * ((size_t)slot * hpg + hh) + 1] = lsum[hh];
+        for (int hh = lid; hh < nh; hh += NSA_WG) {
+            stats[2 * ((size_t)slot * hpg + h0 + hh)] = m[hh];
+            stats[2 * ((size_t)slot * hpg + h0 + hh) + 1] = lsum[hh];
         }
-    for (int i = lid; i < hpg * dv; i += NSA_WG) {
+    for (int i = lid; i < nh * dv; i += NSA_WG) {
         const int hh = i / dv;
-        out[((size_t)row * H + (size_t)g * hpg) * dv + i] =
+        out[hbase * dv + i] =
             lsum[hh] > 0.0f ? acc[i] / lsum[hh] : 0.0f;
     }
 }

@@ -516,6 +516,14 @@ static void test_cross_paper_blocks(void **st)
     cross_case(100, &c, lens, 2, 0, 0, 77);
     if (cs)
         cs->max_chunk_rows = 0;
+    /* heads split over work-groups (as when H/G heads exceed local memory):
+     * 3 heads per group in parts of 2 + 1 */
+    c.H = 6;
+    if (cs)
+        cs->max_heads_wg = 2;
+    cross_case(102, &c, lens, 2, 0, 1, 79);
+    if (cs)
+        cs->max_heads_wg = 0;
     cross_case(101, &c, lens, 2, 1, 3, 78);
 }
 

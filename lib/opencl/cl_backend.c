@@ -416,18 +416,33 @@ done:
 }
 
 /* ---------------------------------------------------------- attention */
-/* Local floats of nsa_group_attn for the config, or 0 if over the device's. */
-static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, size_t f[6])
+/* Local floats of nsa_group_attn with hc heads per work-group. */
+static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc,
+                               size_t f[6])
 {
-    const size_t hpg = (size_t)(c->H / c->G), T = (size_t)st->tile;
-    f[0] = hpg * c->dk;
-    f[1] = hpg * c->dv;
+    const size_t h = (size_t)hc, T = (size_t)st->tile;
+    f[0] = h * c->dk;
+    f[1] = h * c->dv;
     f[2] = T * c->dk;
     f[3] = T * c->dv;
-    f[4] = hpg * T;
-    f[5] = 3 * hpg;
-    size_t sum = f[0] + f[1] + f[2] + f[3] + f[4] + f[5];
-    return sum * sizeof(float) <= st->local_mem ? sum : 0;
+    f[4] = h * T;
+    f[5] = 3 * h;
+    return f[0] + f[1] + f[2] + f[3] + f[4] + f[5];
+}
+
+/* Heads per work-group: all of the group's if they fit local memory, else
+ * halves; 0 if not even one head fits. */
+static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, size_t f[6])
+{
+    int hc = c->H / c->G;
+    if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
+        hc = st->max_heads_wg;
+    while (group_attn_local(st, c, hc, f) * sizeof(float) > st->local_mem) {
+        if (hc == 1)
+            return 0;
+        hc = (hc + 1) / 2;
+    }
+    return hc;
 }
 
 /* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
@@ -442,11 +457,13 @@ static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, float sc
                              const ga_launch *L)
 {
     size_t f[6];
-    if (!group_attn_local(B->st, c, f))
+    const int hc = heads_per_wg(B->st, c, f);
+    if (!hc)
         return nsa_fail(B->ctx, NSA_ERR_UNSUPPORTED,
-                        "opencl: group attention for H/G=%d, dk=%d, dv=%d needs more local "
-                        "memory than the device's %llu bytes",
-                        c->H / c->G, c->dk, c->dv, (unsigned long long)B->st->local_mem);
+                        "opencl: attention with dk=%d, dv=%d needs more local memory for "
+                        "one head and a tile of %d keys than the device's %llu bytes",
+                        c->dk, c->dv, B->st->tile, (unsigned long long)B->st->local_mem);
+    const int parts = (c->H / c->G + hc - 1) / hc;
     args a = {k, 0, CL_SUCCESS};
     ARG_MEM(&a, L->q);
     ARG_MEM(&a, L->K);
@@ -464,6 +481,7 @@ static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, float sc
     ARG_INT(&a, L->row0);
     ARG_INT(&a, c->H);
     ARG_INT(&a, c->G);
+    ARG_INT(&a, hc);
     ARG_INT(&a, c->dk);
     ARG_INT(&a, c->dv);
     ARG_FLT(&a, scale);
@@ -476,7 +494,8 @@ static nsa_status group_attn(bufs *B, cl_kernel k, const nsa_config *c, float sc
         ARG_LOCAL(&a, f[i]);
     static const char *const label[3] = {"nsa_group_attn(slc)", "nsa_group_attn(win)",
                                          "nsa_group_attn(cmp)"};
-    return launch(B, &a, label[L->mode], (size_t)L->rows * c->G * B->st->wg, B->st->wg);
+    return launch(B, &a, label[L->mode], (size_t)L->rows * c->G * parts * B->st->wg,
+                  B->st->wg);
 }
 
 /* row -> sequence index, for every packed row. */

@@ -63,6 +63,7 @@ typedef struct nsa_cl_state {
     int wg, tile;          /* from the per-device table, as -D defines */
     nsa_cl_kv kv;          /* storage of K/V for attend */
     int max_chunk_rows;    /* tests: cap on rows per chunk (0 = none) */
+    int max_heads_wg;      /* tests: cap on heads per work-group (0 = none) */
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT];
     nsa_cl_cache_event cache_event;
