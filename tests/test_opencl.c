@@ -563,6 +563,34 @@ static void test_nonfinite_inputs(void **st)
     tl_problem_free(&P);
 }
 
+/* The layer's projections (linear) against the reference: sizes off the
+ * 16-wide tiles on every side, with and without bias. */
+static void test_linear(void **st)
+{
+    (void)st;
+    NEED_CTX();
+    const int shapes[][3] = {{1, 5, 3}, {37, 64, 16}, {130, 300, 129}, {16, 16, 16}};
+    for (int c = 0; c < 4; c++) {
+        const int rows = shapes[c][0], in = shapes[c][1], out = shapes[c][2];
+        float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in),
+              *b = malloc(sizeof(float) * out), *y = tl_poisoned((size_t)rows * out),
+              *want = tl_poisoned((size_t)rows * out);
+        tl_fill(x, (size_t)rows * in, 31 + c, -1, 1);
+        tl_fill(w, (size_t)out * in, 41 + c, -0.2f, 0.2f);
+        tl_fill(b, (size_t)out, 51 + c, -1, 1);
+        nsa_linear_job j = {x, rows, in, out, w, c % 2 ? b : NULL, want};
+        assert_int_equal(nsa_ref_linear(g_ref, &j), NSA_OK);
+        j.y = y;
+        assert_int_equal(nsa_run_linear(g_ctx, &j), NSA_OK);
+        expect_close("linear", y, want, (size_t)rows * out, TOL, c);
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+        free(want);
+    }
+}
+
 /* ------------------------------------------------------ cache (issue c) */
 static nsa_cl_cache_event fresh_context_event(nsa_context **out)
 {
@@ -844,6 +872,7 @@ int main(void)
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_nonfinite_inputs),
+        cmocka_unit_test(test_linear),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),
         cmocka_unit_test(test_kv_fp16),

@@ -10,7 +10,10 @@
 
 static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_phi_avg", "nsa_phi_lin", "nsa_phi_out", "nsa_cmp_scores",
-    "nsa_topn",    "nsa_group_attn", "nsa_gate"};
+    "nsa_topn",    "nsa_group_attn", "nsa_gate",  "nsa_linear"};
+
+/* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
+#define GEMM_TS 16
 
 static int cl_probe(char *why, size_t len)
 {
@@ -57,11 +60,11 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
         if (err == CL_SUCCESS)
             err = clGetKernelWorkGroupInfo(ks[k], st->device, CL_KERNEL_WORK_GROUP_SIZE,
                                            sizeof most, &most, NULL);
-        if (err == CL_SUCCESS && most < (size_t)st->wg) {
+        const size_t need = k == NSA_CLK_LINEAR ? GEMM_TS * GEMM_TS : (size_t)st->wg;
+        if (err == CL_SUCCESS && most < need) {
             s = nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
-                         "OpenCL kernel %s allows work-groups of %zu, the tuning table "
-                         "asks for %d on %s",
-                         kernel_names[k], most, st->wg, st->device_name);
+                         "OpenCL kernel %s allows work-groups of %zu, libnsa needs %zu on %s",
+                         kernel_names[k], most, need, st->device_name);
         } else if (err != CL_SUCCESS) {
             s = nsa_cl_fail(ctx, "clCreateKernel", err);
         }
@@ -276,18 +279,20 @@ static void arg(args *a, size_t size, const void *v)
     } while (0)
 #define ARG_LOCAL(a, floats) arg((a), sizeof(float) * (size_t)(floats), NULL)
 
-static nsa_status launch(bufs *b, args *a, const char *name, size_t global, size_t local)
+/* Enqueues a->k over dims dimensions (global already a multiple of local). */
+static nsa_status launch_nd(bufs *b, args *a, const char *name, cl_uint dims,
+                           const size_t *global, const size_t *local)
 {
     if (a->err != CL_SUCCESS)
         return nsa_fail(b->ctx, NSA_ERR_BACKEND,
                         "OpenCL clSetKernelArg failed for %s argument %u: %s (%d)", name,
                         a->i - 1, nsa_cl_error_name(a->err), (int)a->err);
-    if (global == 0)
-        return NSA_OK;
-    global = (global + local - 1) / local * local;
+    for (cl_uint d = 0; d < dims; d++)
+        if (global[d] == 0)
+            return NSA_OK;
     nsa_cl_state *st = b->st;
     cl_event ev = NULL;
-    cl_int err = clEnqueueNDRangeKernel(st->queue, a->k, 1, NULL, &global, &local, 0, NULL,
+    cl_int err = clEnqueueNDRangeKernel(st->queue, a->k, dims, NULL, global, local, 0, NULL,
                                         st->profile ? &ev : NULL);
     if (err != CL_SUCCESS)
         return nsa_fail(b->ctx, NSA_ERR_BACKEND,
@@ -319,6 +324,12 @@ static nsa_status launch(bufs *b, args *a, const char *name, size_t global, size
         }
     }
     return NSA_OK;
+}
+
+static nsa_status launch(bufs *b, args *a, const char *name, size_t global, size_t local)
+{
+    global = (global + local - 1) / local * local;
+    return launch_nd(b, a, name, 1, &global, &local);
 }
 
 #define TRY(x) \
@@ -675,6 +686,43 @@ done:
     return s;
 }
 
+/* ------------------------------------------------------------- linear */
+static nsa_status cl_linear(nsa_context *ctx, const nsa_linear_job *j)
+{
+    nsa_cl_state *st = ctx->be_state;
+    if (j->rows > INT_MAX || j->rows == 0)
+        return j->rows == 0 ? NSA_OK
+                            : nsa_fail(ctx, NSA_ERR_RANGE, "opencl: %lld rows are too many",
+                                       (long long)j->rows);
+    bufs B = {st, ctx, 0, {0}};
+    nsa_status s = NSA_OK;
+    cl_mem x, w, b, y;
+    const size_t rows = (size_t)j->rows;
+    TRY(buf_new(&B, sizeof(float) * rows * j->in, j->x, &x));
+    TRY(buf_new(&B, sizeof(float) * (size_t)j->out * j->in, j->w, &w));
+    TRY(buf_new(&B, j->b ? sizeof(float) * (size_t)j->out : 4, j->b, &b));
+    TRY(buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
+    args a = {st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
+    ARG_MEM(&a, x);
+    ARG_MEM(&a, w);
+    ARG_MEM(&a, b);
+    ARG_INT(&a, j->b != NULL);
+    ARG_INT(&a, rows);
+    ARG_INT(&a, j->in);
+    ARG_INT(&a, j->out);
+    ARG_MEM(&a, y);
+    {
+        const size_t local[2] = {GEMM_TS, GEMM_TS};
+        const size_t global[2] = {((size_t)j->out + GEMM_TS - 1) / GEMM_TS * GEMM_TS,
+                                  (rows + GEMM_TS - 1) / GEMM_TS * GEMM_TS};
+        TRY(launch_nd(&B, &a, "nsa_linear", 2, global, local));
+    }
+    TRY(download(&B, y, sizeof(float) * rows * j->out, j->y));
+done:
+    bufs_free(&B);
+    return s;
+}
+
 /* Top-n alone over caller-given group scores[T][G][max_vis] (a test hook:
  * ties and forced blocks checked against nsa_bm_select_f). */
 nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
@@ -763,4 +811,5 @@ const nsa_backend_ops nsa_backend_opencl = {
     .fini = cl_fini,
     .compress = cl_compress,
     .attend = cl_attend,
+    .linear = cl_linear,
 };

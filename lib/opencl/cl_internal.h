@@ -31,6 +31,7 @@ enum {
     NSA_CLK_TOPN,
     NSA_CLK_GROUP_ATTN,
     NSA_CLK_GATE,
+    NSA_CLK_LINEAR,
     NSA_CLK_COUNT
 };
 
