@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #define TOL 1e-5 /* spec 9: relative L2 of every fp32 output */
@@ -27,11 +28,21 @@ static char g_cache_dir[256];
 static char g_cache_entry[1024]; /* written by the suite context's build */
 static nsa_cl_cache_event g_first_event;
 
-static int rm_tree_files(const char *dir)
+/* Removes the private cache directory and the entries in it. */
+static void remove_cache_dir(const char *dir)
 {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[600];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                remove(path);
+            }
+        closedir(d);
+    }
+    rmdir(dir);
 }
 
 static int setup(void **state)
@@ -64,7 +75,7 @@ static int teardown(void **state)
     (void)state;
     nsa_context_free(g_ctx);
     nsa_context_free(g_ref);
-    rm_tree_files(g_cache_dir);
+    remove_cache_dir(g_cache_dir);
     return 0;
 }
 
