@@ -21,7 +21,9 @@ __kernel void nsa_cmp_scores(__global const float *zs, __global const float *sta
     if (j > t / lsel)
         return; /* not visible: never read by top-n */
     float s = 0.0f;
-    for (int hh = 0; hh < hpg; hh++) {
+    /* no compressed token yet: every score is exactly 0 (and the softmax
+     * sums are 0, so they must not be divided by) */
+    for (int hh = 0; hh < hpg && nc > 0; hh++) {
         const size_t at = (size_t)slot * hpg + hh;
         __global const float *z = zs + at * max_nc;
         const float m = stats[2 * at], inv = 1.0f / stats[2 * at + 1];
