@@ -126,9 +126,12 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     /* first key row of the sequence in K and V */
     const int base = mode == 2 ? cmp_off[seq] : cu[seq];
     const size_t hbase = (size_t)row * H + (size_t)g * hpg + h0; /* first head row */
+    /* local rows of q and k padded to an odd stride: the lanes of a logit
+     * step read different keys at the same e, in different banks */
+    const int dkp = dk | 1;
     __local float *m = st, *lsum = st + hc, *alpha = st + 2 * hc;
     for (int i = lid; i < nh * dk; i += NSA_WG)
-        qs[i] = q[hbase * dk + i];
+        qs[i / dk * dkp + i % dk] = q[hbase * dk + i];
     for (int i = lid; i < nh * dv; i += NSA_WG)
         acc[i] = 0.0f;
     for (int i = lid; i < nh; i += NSA_WG) {
@@ -156,7 +159,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             const int cnt = min(NSA_TILE, hi - p0);
             for (int i = lid; i < cnt * dk; i += NSA_WG) {
                 const int k = i / dk, e = i % dk;
-                ks[i] = LDKV(K, ((size_t)(base + p0 + k) * G + g) * dk + e);
+                ks[k * dkp + e] = LDKV(K, ((size_t)(base + p0 + k) * G + g) * dk + e);
             }
             for (int i = lid; i < cnt * dv; i += NSA_WG) {
                 const int k = i / dv, e = i % dv;
@@ -169,7 +172,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 if (k < cnt) {
                     z = 0.0f;
                     for (int e = 0; e < dk; e++)
-                        z += qs[hh * dk + e] * ks[k * dk + e];
+                        z += qs[hh * dkp + e] * ks[k * dkp + e];
                     z *= scale;
                     if (want_z)
                         zs[((size_t)slot * hpg + h0 + hh) * max_nc + p0 + k] = z;

@@ -430,10 +430,10 @@ done:
 static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc,
                                size_t f[6])
 {
-    const size_t h = (size_t)hc, T = (size_t)st->tile;
-    f[0] = h * c->dk;
+    const size_t h = (size_t)hc, T = (size_t)st->tile, dkp = (size_t)(c->dk | 1);
+    f[0] = h * dkp; /* rows padded to an odd stride (see the kernel) */
     f[1] = h * c->dv;
-    f[2] = T * c->dk;
+    f[2] = T * dkp;
     f[3] = T * c->dv;
     f[4] = h * T;
     f[5] = 3 * h;
