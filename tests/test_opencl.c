@@ -849,6 +849,25 @@ static void test_kv_bf16(void **st)
     half_case(NSA_CL_KV_BF16);
 }
 
+/* NSA_OPENCL_KV picks the storage at context creation; a bad value is a
+ * named error, not a silent fp32. */
+static void test_kv_env(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_context *c = NULL;
+    char msg[NSA_MSG_LEN];
+    setenv("NSA_OPENCL_KV", "fp8", 1);
+    assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_ERR_ENUM);
+    assert_null(c);
+    assert_non_null(strstr(msg, "NSA_OPENCL_KV=fp8"));
+    setenv("NSA_OPENCL_KV", "bf16", 1);
+    assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_OK);
+    assert_int_equal(nsa_cl_state_of(c)->kv, NSA_CL_KV_BF16);
+    nsa_context_free(c);
+    unsetenv("NSA_OPENCL_KV");
+}
+
 /* ---------------------------------------------- dense baseline (issue e) */
 static void test_dense_baseline(void **st)
 {
@@ -918,6 +937,7 @@ int main(void)
         cmocka_unit_test(test_half_conversions),
         cmocka_unit_test(test_kv_fp16),
         cmocka_unit_test(test_kv_bf16),
+        cmocka_unit_test(test_kv_env),
         cmocka_unit_test(test_dense_baseline),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
