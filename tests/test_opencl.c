@@ -2,7 +2,7 @@
  * machinery: device choice, error mapping, the build log, the binary cache
  * and half-precision K/V storage. The backend under test is
  * NSA_TEST_BACKEND (default "opencl"); CPU runtimes such as PoCL are used
- * when no GPU is present (NSA_OPENCL_DEVICE defaults to "*" here). Sizes
+ * when no GPU is present (NSA_OPENCL_DEVICE becomes "*" here). Sizes
  * are small so that PoCL on two cores finishes in well under a minute. */
 #define _POSIX_C_SOURCE 200809L
 #include "testlib.h"
@@ -48,7 +48,14 @@ static void remove_cache_dir(const char *dir)
 static int setup(void **state)
 {
     (void)state;
-    setenv("NSA_OPENCL_DEVICE", "*", 0);
+    /* the default device (a GPU) if there is one, else any (PoCL in CI) */
+    if (!getenv("NSA_OPENCL_DEVICE")) {
+        cl_platform_id p;
+        cl_device_id d;
+        char why[300];
+        if (!nsa_cl_pick_device(NULL, &p, &d, why, sizeof why))
+            setenv("NSA_OPENCL_DEVICE", "*", 1);
+    }
     /* a private cache, so the cache tests start empty and the suite never
      * writes into the user's cache */
     snprintf(g_cache_dir, sizeof g_cache_dir, "%s", "/tmp/nsa-cltest-XXXXXX");
@@ -124,7 +131,8 @@ static void test_device_choice(void **s)
 {
     (void)s;
     NEED_CL();
-    char *keep = strdup(getenv("NSA_OPENCL_DEVICE"));
+    const char *env = getenv("NSA_OPENCL_DEVICE");
+    char *keep = env ? strdup(env) : NULL; /* unset when a GPU is the default */
     char why[300];
     cl_platform_id p;
     cl_device_id d;
@@ -158,7 +166,10 @@ static void test_device_choice(void **s)
     assert_int_equal(nsa_context_create("auto", &c, msg, sizeof msg), NSA_OK);
     assert_string_not_equal(nsa_context_backend(c), "opencl");
     nsa_context_free(c);
-    setenv("NSA_OPENCL_DEVICE", keep, 1);
+    if (keep)
+        setenv("NSA_OPENCL_DEVICE", keep, 1);
+    else
+        unsetenv("NSA_OPENCL_DEVICE");
     free(keep);
 }
 
