@@ -174,7 +174,8 @@ int main(int argc, char **argv)
         i++;
         if (!strcmp(a, "-T")) {
             nT = 0;
-            for (const char *p = v; *p && nT < MAX_T; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+            for (const char *p = v; *p && nT < MAX_T;
+                 p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
                 Ts[nT++] = atol(p);
         } else if (!strcmp(a, "-H"))
             c.H = atoi(v);

@@ -3,8 +3,8 @@
 #include "nsa_internal.h"
 
 #ifdef NSA_WITH_OPENCL
-NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out,
-                                            char *msg, size_t msg_len);
+NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
+                                            size_t msg_len);
 #endif
 
 nsa_status nsa_context_create_opencl(const char *device, nsa_context **out, char *msg,

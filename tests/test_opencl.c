@@ -5,13 +5,13 @@
  * when no GPU is present (NSA_OPENCL_DEVICE becomes "*" here). Sizes
  * are small so that PoCL on two cores finishes in well under a minute. */
 #define _POSIX_C_SOURCE 200809L
-#include "testlib.h"
 #include "cl_internal.h"
+#include "testlib.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #define TOL 1e-5 /* spec 9: relative L2 of every fp32 output */
@@ -70,8 +70,7 @@ static int setup(void **state)
         print_message("backend '%s' not usable: %s\n", backend_name(), msg);
         g_ctx = NULL;
     } else if (nsa_cl_state_of(g_ctx)) {
-        snprintf(g_cache_entry, sizeof g_cache_entry, "%s",
-                 nsa_cl_state_of(g_ctx)->cache_path);
+        snprintf(g_cache_entry, sizeof g_cache_entry, "%s", nsa_cl_state_of(g_ctx)->cache_path);
         g_first_event = nsa_cl_state_of(g_ctx)->cache_event;
     }
     return 0;
@@ -86,24 +85,22 @@ static int teardown(void **state)
     return 0;
 }
 
-#define NEED_CTX()                                                    \
-    do {                                                              \
-        if (!g_ctx) {                                                 \
-            print_message("skipped: backend '%s' unavailable\n",      \
-                          backend_name());                            \
-            skip();                                                   \
-        }                                                             \
+#define NEED_CTX()                                                                             \
+    do {                                                                                       \
+        if (!g_ctx) {                                                                          \
+            print_message("skipped: backend '%s' unavailable\n", backend_name());              \
+            skip();                                                                            \
+        }                                                                                      \
     } while (0)
 
 /* Tests of the OpenCL machinery itself need the opencl backend. */
-#define NEED_CL()                                                     \
-    do {                                                              \
-        NEED_CTX();                                                   \
-        if (!nsa_cl_state_of(g_ctx)) {                                \
-            print_message("skipped: backend '%s' is not opencl\n",   \
-                          backend_name());                            \
-            skip();                                                   \
-        }                                                             \
+#define NEED_CL()                                                                              \
+    do {                                                                                       \
+        NEED_CTX();                                                                            \
+        if (!nsa_cl_state_of(g_ctx)) {                                                         \
+            print_message("skipped: backend '%s' is not opencl\n", backend_name());            \
+            skip();                                                                            \
+        }                                                                                      \
     } while (0)
 
 /* ------------------------------------------------- machinery (issue a) */
@@ -261,8 +258,8 @@ static void check_selection(const tl_problem *P, const float *kc_ref, const int3
                 assert_true(nsa_bm_selection_valid(c, t, got + at));
                 if (memcmp(got + at, want + at, sizeof(int32_t) * c->n) == 0)
                     continue;
-                group_scores(c, P->q, kc_ref + (size_t)cmp_base * c->G * c->dk,
-                             P->cu[b] + t, t, g, &map, s);
+                group_scores(c, P->q, kc_ref + (size_t)cmp_base * c->G * c->dk, P->cu[b] + t, t,
+                             g, &map, s);
                 /* the blocks in one set only must score alike */
                 double lo = INFINITY, hi = -INFINITY;
                 for (int k = 0; k < c->n; k++) {
@@ -687,8 +684,7 @@ static void small_run_matches(nsa_context *ctx)
     outs_alloc(&got, &P);
     assert_int_equal(run(g_ref, &P, NULL, NULL, NULL, &ref), NSA_OK);
     assert_int_equal(run(ctx, &P, NULL, NULL, ref.sel, &got), NSA_OK);
-    expect_close("out after cache reload", got.out, ref.out, (size_t)P.T * c.H * c.dv, TOL,
-                 0);
+    expect_close("out after cache reload", got.out, ref.out, (size_t)P.T * c.H * c.dv, TOL, 0);
     outs_free(&ref);
     outs_free(&got);
     tl_problem_free(&P);
@@ -727,9 +723,9 @@ static void test_binary_cache(void **st)
     setenv("NSA_OPENCL_CACHE", "0", 1);
     cl_program p;
     nsa_cl_state *sg = nsa_cl_state_of(g_ctx);
-    assert_int_equal(nsa_cl_build(g_ctx, sg, "__kernel void k(__global int *x) { x[0] = 1; }",
-                                  "", &p),
-                     NSA_OK);
+    assert_int_equal(
+        nsa_cl_build(g_ctx, sg, "__kernel void k(__global int *x) { x[0] = 1; }", "", &p),
+        NSA_OK);
     assert_int_equal(sg->cache_event, NSA_CL_CACHE_OFF);
     assert_string_equal(sg->cache_path, "");
     clReleaseProgram(p);
@@ -753,7 +749,7 @@ static void test_half_conversions(void **st)
     assert_int_equal(nsa_cl_f32_to_f16(1e6f), 0x7c00);
     assert_int_equal(nsa_cl_f32_to_f16(1.0f + 1.0f / 2048.0f), 0x3c00); /* tie to even */
     assert_int_equal(nsa_cl_f32_to_f16(1.0f + 3.0f / 2048.0f), 0x3c02); /* tie to even */
-    assert_int_equal(nsa_cl_f32_to_f16(5.9604645e-8f), 0x0001);        /* 2^-24 */
+    assert_int_equal(nsa_cl_f32_to_f16(5.9604645e-8f), 0x0001);         /* 2^-24 */
     assert_true(isnan(nsa_cl_f16_to_f32(nsa_cl_f32_to_f16(NAN))));
     assert_int_equal(nsa_cl_f32_to_bf16(1.0f), 0x3f80);
     assert_int_equal(nsa_cl_f32_to_bf16(1.0f + 1.0f / 256.0f), 0x3f80); /* tie to even */

@@ -122,8 +122,8 @@ static const struct tune {
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
-    snprintf(buf, len, "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d", (int)kv,
-             st->wg, st->tile);
+    snprintf(buf, len, "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d", (int)kv, st->wg,
+             st->tile);
 }
 
 void nsa_cl_tune(nsa_cl_state *st)

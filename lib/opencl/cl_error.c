@@ -5,8 +5,8 @@
 const char *nsa_cl_error_name(cl_int err)
 {
     switch (err) {
-#define E(x) \
-    case x:  \
+#define E(x)                                                                                   \
+    case x:                                                                                    \
         return #x;
         E(CL_SUCCESS)
         E(CL_DEVICE_NOT_FOUND)

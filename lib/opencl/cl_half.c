@@ -45,8 +45,7 @@ uint16_t nsa_cl_f32_to_f16(float f)
             return sign;
         man |= 0x00800000u;
         int shift = 14 - e;
-        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1u),
-                 mid = 1u << (shift - 1);
+        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1u), mid = 1u << (shift - 1);
         if (rem > mid || (rem == mid && (half & 1u)))
             half++;
         return (uint16_t)(sign | half);

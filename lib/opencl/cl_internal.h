@@ -37,10 +37,10 @@ enum {
 
 /* What the binary cache did on the last program build. */
 typedef enum nsa_cl_cache_event {
-    NSA_CL_CACHE_OFF = 0,     /* disabled (NSA_OPENCL_CACHE=0) or no cache dir */
-    NSA_CL_CACHE_HIT = 1,     /* loaded a cached binary */
-    NSA_CL_CACHE_MISS = 2,    /* built from source, entry written */
-    NSA_CL_CACHE_REBUILT = 3  /* entry unusable (corrupt, stale): rebuilt */
+    NSA_CL_CACHE_OFF = 0,    /* disabled (NSA_OPENCL_CACHE=0) or no cache dir */
+    NSA_CL_CACHE_HIT = 1,    /* loaded a cached binary */
+    NSA_CL_CACHE_MISS = 2,   /* built from source, entry written */
+    NSA_CL_CACHE_REBUILT = 3 /* entry unusable (corrupt, stale): rebuilt */
 } nsa_cl_cache_event;
 
 /* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
@@ -61,10 +61,10 @@ typedef struct nsa_cl_state {
     cl_device_type type;
     cl_ulong local_mem, global_mem, max_alloc;
     size_t max_wg;
-    int wg, tile;          /* from the per-device table, as -D defines */
-    nsa_cl_kv kv;          /* storage of K/V for attend */
-    int max_chunk_rows;    /* tests: cap on rows per chunk (0 = none) */
-    int max_heads_wg;      /* tests: cap on heads per work-group (0 = none) */
+    int wg, tile;       /* from the per-device table, as -D defines */
+    nsa_cl_kv kv;       /* storage of K/V for attend */
+    int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
+    int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT];
     nsa_cl_cache_event cache_event;
@@ -77,14 +77,22 @@ typedef struct nsa_cl_state {
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
 
+/* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
+#define NSA_CL_GEMM_TS 16
+
+/* The jobs of the vtable. */
+NSA_HIDDEN nsa_status nsa_cl_compress(nsa_context *ctx, const nsa_cmp_job *job);
+NSA_HIDDEN nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job);
+NSA_HIDDEN nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *job);
+
 /* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
 NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);
 NSA_HIDDEN const char *nsa_cl_error_name(cl_int err);
 
 /* Picks the device named by spec (NSA_OPENCL_DEVICE syntax; NULL = first
  * GPU or accelerator). On failure writes why and returns 0. */
-NSA_HIDDEN int nsa_cl_pick_device(const char *spec, cl_platform_id *plat,
-                                  cl_device_id *dev, char *why, size_t why_len);
+NSA_HIDDEN int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev,
+                                  char *why, size_t why_len);
 
 /* Builds src with options for st's device, through the binary cache.
  * A failed compile keeps the log in st->build_log. */
@@ -104,21 +112,19 @@ NSA_HIDDEN const char *nsa_cl_source(void);
 NSA_HIDDEN const char *nsa_cl_source_hash(void);
 
 /* nsa_context_create_opencl when OpenCL is built in. */
-NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out,
-                                            char *msg, size_t msg_len);
+NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
+                                            size_t msg_len);
 
 /* Test and bench hooks. */
 NSA_HIDDEN nsa_cl_state *nsa_cl_state_of(nsa_context *ctx);
 /* Dense causal attention over one group-shaped problem (the baseline):
  * q[T][H][dk], k[T][G][dk], v[T][G][dv] -> out[T][H][dv], per sequence. */
-NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg,
-                                   const nsa_batch *b, const float *q, const float *k,
-                                   const float *v, float *out);
+NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                   const float *q, const float *k, const float *v, float *out);
 
 /* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
-NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg,
-                                  const nsa_batch *b, const float *scores, int max_vis,
-                                  int32_t *sel);
+NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                  const float *scores, int max_vis, int32_t *sel);
 
 /* fp32 -> fp16 / bf16 bits, round to nearest even (also used by tests). */
 NSA_HIDDEN uint16_t nsa_cl_f32_to_f16(float f);
