@@ -1,4 +1,673 @@
-/* placeholder: replaced by the demo work */
-#include <stdio.h>
+/* nsa-demo: one NSA layer over a synthetic sequence, and what it attended to.
+ *
+ * Builds a layer with seeded random weights (or loads one), runs a prefill
+ * over a seeded input with a repeated motif, then reports the gate means,
+ * how many tokens each branch read per query against dense attention, and
+ * the selection map of one group as a PNG and as text. Only the public API
+ * (nsa.h) is used. The weights are random, so the selection shows what the
+ * mechanism does, not what a trained model would pick. */
+#include "config.h"
 #include "nsa.h"
-int main(void) { printf("libnsa %s\n", nsa_version_string()); return 0; }
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef NSA_HAVE_PNG
+#include <png.h>
+#endif
+
+/* ------------------------------------------------------------ options */
+typedef struct preset {
+    const char *name;
+    const char *about;
+    int H, G, dk, dv, D;
+    int l, d, l_sel, n, w;
+    int64_t S;
+} preset;
+
+/* small/paper keep the paper's block sizes (l=32 d=16 l'=64 n=16 w=512);
+ * tiny shrinks everything so tests run in milliseconds. */
+static const preset presets[] = {
+    {"small", "paper block sizes, small heads: seconds on 2 cores", 4, 1, 32, 32, 128, 32,
+     16, 64, 16, 512, 2048},
+    {"paper", "the paper's configuration (section 4.1): minutes on the reference", 64, 4,
+     192, 128, 2048, 32, 16, 64, 16, 512, 4096},
+    {"tiny", "for tests: a few blocks, milliseconds", 4, 2, 8, 8, 16, 8, 4, 8, 4, 16, 96},
+};
+#define N_PRESETS ((int)(sizeof presets / sizeof presets[0]))
+
+typedef struct options {
+    const preset *pre;
+    int64_t S; /* 0 = the preset's */
+    uint64_t seed;
+    const char *backend;
+    const char *weights, *save_weights, *png;
+    int group, quiet;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nsa-demo [options]\n"
+            "Runs one NSA layer (random weights) over a synthetic sequence and\n"
+            "shows which blocks the selected-attention branch read.\n\n"
+            "  --config NAME       preset: small (default), paper, tiny\n"
+            "  --seq S             sequence length (default: the preset's)\n"
+            "  --seed N            seed for weights and input (default 1)\n"
+            "  --backend NAME      backend (default auto; NSA_BACKEND overrides auto)\n"
+            "  --weights FILE      load the layer from FILE (safetensors) instead\n"
+            "  --save-weights FILE write the layer's weights to FILE\n"
+            "  --png FILE          selection map image (default nsa-selection.png;\n"
+            "                      '-' writes none)\n"
+            "  --group g           which key/value group to draw (default 0)\n"
+            "  --quiet             no progress and no text map, just the summary\n"
+            "  --help              this text\n\npresets:\n");
+    for (int i = 0; i < N_PRESETS; i++) {
+        const preset *p = &presets[i];
+        fprintf(f, "  %-6s H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d l'=%d n=%d w=%d S=%lld\n",
+                p->name, p->H, p->G, p->dk, p->dv, p->D, p->l, p->d, p->l_sel, p->n, p->w,
+                (long long)p->S);
+        fprintf(f, "         %s\n", p->about);
+    }
+}
+
+static int parse_int(const char *opt, const char *s, long long lo, long long hi,
+                     long long *out)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "nsa-demo: %s wants an integer in [%lld, %lld], got '%s'\n", opt,
+                lo, hi, s);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* 0: run; 1: exit 0 (help); 2: usage error. */
+static int parse_args(int argc, char **argv, options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->pre = &presets[0];
+    o->seed = 1;
+    o->backend = "auto";
+    o->png = "nsa-selection.png";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            o->quiet = 1;
+            continue;
+        }
+        /* Every other option takes a value: "--opt value" or "--opt=value". */
+        const char *val = NULL;
+        char name[32];
+        const char *eq = strchr(a, '=');
+        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        if (strncmp(a, "--", 2) != 0 || nl >= sizeof name) {
+            fprintf(stderr, "nsa-demo: unknown argument '%s' (try --help)\n", a);
+            return 2;
+        }
+        memcpy(name, a, nl);
+        name[nl] = '\0';
+        if (eq)
+            val = eq + 1;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else {
+            fprintf(stderr, "nsa-demo: %s needs a value (try --help)\n", name);
+            return 2;
+        }
+        long long v;
+        if (!strcmp(name, "--config")) {
+            o->pre = NULL;
+            for (int k = 0; k < N_PRESETS; k++)
+                if (!strcmp(val, presets[k].name))
+                    o->pre = &presets[k];
+            if (!o->pre) {
+                fprintf(stderr, "nsa-demo: unknown config '%s' (small, paper, tiny)\n", val);
+                return 2;
+            }
+        } else if (!strcmp(name, "--seq")) {
+            if (!parse_int(name, val, 1, INT32_MAX, &v))
+                return 2;
+            o->S = v;
+        } else if (!strcmp(name, "--seed")) {
+            if (!parse_int(name, val, 0, INT64_MAX, &v))
+                return 2;
+            o->seed = (uint64_t)v;
+        } else if (!strcmp(name, "--group")) {
+            if (!parse_int(name, val, 0, 1 << 20, &v))
+                return 2;
+            o->group = (int)v;
+        } else if (!strcmp(name, "--backend")) {
+            o->backend = val;
+        } else if (!strcmp(name, "--weights")) {
+            o->weights = val;
+        } else if (!strcmp(name, "--save-weights")) {
+            o->save_weights = val;
+        } else if (!strcmp(name, "--png")) {
+            o->png = strcmp(val, "-") ? val : NULL;
+        } else {
+            fprintf(stderr, "nsa-demo: unknown option '%s' (try --help)\n", name);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ helpers */
+static double now_s(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int g_quiet;
+static double g_phase_start;
+
+static void phase_begin(const char *what)
+{
+    g_phase_start = now_s();
+    if (!g_quiet) {
+        fprintf(stderr, "[demo] %s ...\n", what);
+        fflush(stderr);
+    }
+}
+
+static double phase_end(const char *what)
+{
+    double dt = now_s() - g_phase_start;
+    if (!g_quiet)
+        fprintf(stderr, "[demo] %s: done in %.2f s\n", what, dt);
+    return dt;
+}
+
+/* splitmix64: a small seeded generator for the input (the weights come from
+ * nsa_layer_init_random). */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(uint64_t *s) /* in [-1, 1) */
+{
+    return (float)((double)(rng_next(s) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+/* The input: a motif of P tokens repeated along the sequence, plus noise.
+ * P is not a multiple of l', so repeats land at shifting offsets inside the
+ * selection blocks and the map shows diagonal structure rather than one
+ * constant band. Returns P. */
+static int make_input(float *x, int64_t S, int D, int l_sel, uint64_t seed)
+{
+    int P = 3 * l_sel + l_sel / 2 + 1;
+    uint64_t s = seed ^ 0xD1B54A32D192ED03ull;
+    float *motif = malloc((size_t)P * (size_t)D * sizeof *motif);
+    if (!motif)
+        return 0;
+    for (size_t i = 0; i < (size_t)P * (size_t)D; i++)
+        motif[i] = 1.5f * rng_uniform(&s);
+    for (int64_t t = 0; t < S; t++)
+        for (int i = 0; i < D; i++)
+            x[t * D + i] = motif[(t % P) * D + i] + 0.3f * rng_uniform(&s);
+    free(motif);
+    return P;
+}
+
+/* ------------------------------------------------------ selection map */
+enum { CELL_HIDDEN = 0, CELL_SKIPPED = 1, CELL_SELECTED = 2, CELL_FORCED = 3, CELL_KINDS };
+
+typedef struct selmap {
+    int64_t S;
+    int nb;             /* selection blocks of the sequence */
+    unsigned char *c;   /* [nb][S] cell kinds */
+} selmap;
+
+/* Forced blocks of spec 3: the n_init first and the n_local ending at t's. */
+static int is_forced(const nsa_config *a, int64_t t, int j)
+{
+    int64_t cur = t / a->l_sel;
+    return j < a->n_init || (j <= cur && j > cur - a->n_local);
+}
+
+/* Fills the map of group g and checks every selection row against the rules
+ * of spec 3 (visible, ascending, -1 only as padding, forced included,
+ * min(n, visible) entries). Returns the number of bad rows. */
+static int64_t selmap_build(selmap *m, const nsa_config *a, const int32_t *sel, int64_t S,
+                            int g)
+{
+    int64_t bad = 0;
+    m->S = S;
+    m->nb = (int)((S + a->l_sel - 1) / a->l_sel);
+    m->c = calloc((size_t)m->nb * (size_t)S, 1);
+    if (!m->c)
+        return -1;
+    for (int64_t t = 0; t < S; t++) {
+        int vis = (int)(t / a->l_sel) + 1;
+        for (int j = 0; j < m->nb; j++)
+            m->c[(size_t)j * S + t] = j < vis ? CELL_SKIPPED : CELL_HIDDEN;
+        for (int gg = 0; gg < a->G; gg++) {
+            const int32_t *row = sel + ((size_t)t * a->G + gg) * a->n;
+            int count = 0, ok = 1, forced_seen = 0;
+            for (int k = 0; k < a->n; k++) {
+                int j = row[k];
+                if (j < 0) {
+                    if (k + 1 < a->n && row[k + 1] >= 0)
+                        ok = 0;
+                    continue;
+                }
+                if (j >= vis || (k > 0 && row[k - 1] >= j))
+                    ok = 0;
+                count++;
+                forced_seen += is_forced(a, t, j);
+                if (gg == g && j < m->nb)
+                    m->c[(size_t)j * S + t] = is_forced(a, t, j) ? CELL_FORCED : CELL_SELECTED;
+            }
+            int want_forced = 0;
+            for (int j = 0; j < vis; j++)
+                want_forced += is_forced(a, t, j);
+            if (count != (vis < a->n ? vis : a->n) || forced_seen != want_forced)
+                ok = 0;
+            bad += !ok;
+        }
+    }
+    return bad;
+}
+
+/* Counts cell kinds over queries [q0, q1) and blocks [b0, b1). */
+static void selmap_bin(const selmap *m, int64_t q0, int64_t q1, int b0, int b1,
+                       int64_t counts[CELL_KINDS])
+{
+    memset(counts, 0, CELL_KINDS * sizeof counts[0]);
+    for (int j = b0; j < b1; j++)
+        for (int64_t t = q0; t < q1; t++)
+            counts[m->c[(size_t)j * m->S + t]]++;
+}
+
+static void print_text_map(const selmap *m, int g)
+{
+    int cols = m->S < 64 ? (int)m->S : 64;
+    int rows = m->nb < 32 ? m->nb : 32;
+    printf("\nselection map, group %d: %d blocks (rows, block 0 on top) x %lld queries "
+           "(%d columns)\n",
+           g, m->nb, (long long)m->S, cols);
+    printf("  '=' forced, '#' ':' '.' share of the cell selected (>=5/8, >=1/8, less),\n"
+           "  ' ' block not yet visible\n");
+    for (int r = 0; r < rows; r++) {
+        int b0 = (int)((int64_t)r * m->nb / rows), b1 = (int)((int64_t)(r + 1) * m->nb / rows);
+        printf("  %4d |", b0);
+        for (int c = 0; c < cols; c++) {
+            int64_t q0 = (int64_t)c * m->S / cols, q1 = (int64_t)(c + 1) * m->S / cols;
+            int64_t k[CELL_KINDS];
+            selmap_bin(m, q0, q1, b0, b1, k);
+            int64_t all = k[0] + k[1] + k[2] + k[3], vis = all - k[CELL_HIDDEN];
+            char ch;
+            if (2 * k[CELL_HIDDEN] > all)
+                ch = ' ';
+            else if (2 * k[CELL_FORCED] >= vis)
+                ch = '=';
+            else if (8 * k[CELL_SELECTED] >= 5 * vis)
+                ch = '#';
+            else if (8 * k[CELL_SELECTED] >= vis)
+                ch = ':';
+            else
+                ch = '.';
+            putchar(ch);
+        }
+        printf("|\n");
+    }
+    printf("        query position 0 .. %lld ->\n", (long long)m->S - 1);
+}
+
+#ifdef NSA_HAVE_PNG
+/* The image: x = query position, y = selection block (0 on top), each pixel
+ * the mix of its cells' colours, scaled to about 1024 x 512. */
+static int write_png(const selmap *m, const char *path, int *w_out, int *h_out)
+{
+    static const double colour[CELL_KINDS][3] = {
+        {215, 215, 215}, /* not yet visible: light grey */
+        {255, 255, 255}, /* visible, not selected: white */
+        {20, 30, 90},    /* selected by score: dark blue */
+        {205, 95, 20},   /* forced (initial / local): orange */
+    };
+    int64_t qpp = (m->S + 1023) / 1024;                 /* queries per pixel */
+    int xrep = m->S < 1024 ? (int)(1024 / m->S) : 1;    /* pixels per query */
+    int bpp = (m->nb + 511) / 512;                      /* blocks per pixel */
+    int rows = (m->nb + bpp - 1) / bpp;
+    int yrep = rows < 512 ? 512 / rows : 1;
+    if (yrep > 16)
+        yrep = 16;
+    int cols = (int)((m->S + qpp - 1) / qpp);
+    int W = cols * xrep, Hh = rows * yrep;
+
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    png_bytep line = malloc((size_t)W * 3);
+    if (!png || !info || !line || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
+        free(line);
+        fclose(f);
+        return 0;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)Hh, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int r = 0; r < rows; r++) {
+        int b0 = r * bpp, b1 = b0 + bpp < m->nb ? b0 + bpp : m->nb;
+        for (int c = 0; c < cols; c++) {
+            int64_t q0 = c * qpp, q1 = q0 + qpp < m->S ? q0 + qpp : m->S;
+            int64_t k[CELL_KINDS];
+            selmap_bin(m, q0, q1, b0, b1, k);
+            double all = (double)(k[0] + k[1] + k[2] + k[3]);
+            for (int ch = 0; ch < 3; ch++) {
+                double v = 0;
+                for (int kind = 0; kind < CELL_KINDS; kind++)
+                    v += colour[kind][ch] * (double)k[kind] / all;
+                for (int x = 0; x < xrep; x++)
+                    line[((size_t)c * xrep + x) * 3 + ch] = (png_byte)lround(v);
+            }
+        }
+        for (int y = 0; y < yrep; y++)
+            png_write_row(png, line);
+    }
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    free(line);
+    *w_out = W;
+    *h_out = Hh;
+    return fclose(f) == 0;
+}
+#endif
+
+/* ------------------------------------------------------ the summary */
+/* Tokens each branch reads for query t of group g (the units of spec 7). */
+static int64_t slc_tokens(const nsa_config *a, const int32_t *row, int64_t t)
+{
+    int64_t sum = 0;
+    for (int k = 0; k < a->n; k++) {
+        if (row[k] < 0)
+            continue;
+        int64_t lo = (int64_t)row[k] * a->l_sel, hi = lo + a->l_sel;
+        if (hi > t + 1)
+            hi = t + 1;
+        if (hi > lo)
+            sum += hi - lo;
+    }
+    return sum;
+}
+
+typedef struct counts {
+    double cmp, slc, win, dense;
+} counts;
+
+static void print_counts_row(const char *label, counts c)
+{
+    double nsa = c.cmp + c.slc + c.win;
+    printf("  %-18s %9.1f %9.1f %9.1f %9.1f %9.1f %8.2fx\n", label, c.cmp, c.slc, c.win,
+           nsa, c.dense, c.dense / nsa);
+}
+
+/* Averages over all queries (with a progress line for long sequences) and
+ * the last position; slc is averaged over the groups. */
+static void summarize_counts(const nsa_config *a, const int32_t *sel, int64_t S)
+{
+    counts mean = {0, 0, 0, 0}, last = {0, 0, 0, 0};
+    int show = !g_quiet && S >= 16384;
+    double t0 = now_s();
+    for (int64_t t = 0; t < S; t++) {
+        counts c;
+        c.cmp = nsa_n_cmp(a, t);
+        c.slc = 0;
+        for (int g = 0; g < a->G; g++)
+            c.slc += (double)slc_tokens(a, sel + ((size_t)t * a->G + g) * a->n, t);
+        c.slc /= a->G;
+        c.win = (double)(t + 1 < a->w ? t + 1 : a->w);
+        c.dense = (double)(t + 1);
+        mean.cmp += c.cmp;
+        mean.slc += c.slc;
+        mean.win += c.win;
+        mean.dense += c.dense;
+        last = c;
+        if (show && (t % 4096 == 0 || t == S - 1))
+            fprintf(stderr, "\r[demo] counting tokens: %lld / %lld queries",
+                    (long long)t + 1, (long long)S);
+    }
+    if (show)
+        fprintf(stderr, " (%.2f s)\n", now_s() - t0);
+    mean.cmp /= (double)S;
+    mean.slc /= (double)S;
+    mean.win /= (double)S;
+    mean.dense /= (double)S;
+    printf("\ntokens read per query and key/value group (slc: mean over groups)\n");
+    printf("  %-18s %9s %9s %9s %9s %9s %9s\n", "", "cmp", "slc", "win", "nsa", "dense",
+           "dense/nsa");
+    print_counts_row("mean over queries", mean);
+    char label[40];
+    snprintf(label, sizeof label, "last (t=%lld)", (long long)S - 1);
+    print_counts_row(label, last);
+    printf("  (cmp = compressed tokens n_cmp(t); slc = tokens of the selected blocks\n"
+           "   <= t; win = min(w, t+1); dense = t+1, what full attention reads)\n");
+}
+
+static void print_gate_means(const float *gates, int64_t S, int H)
+{
+    double m[3] = {0, 0, 0};
+    for (int64_t i = 0; i < S * H; i++)
+        for (int c = 0; c < 3; c++)
+            m[c] += gates[i * 3 + c];
+    printf("gate means        : cmp %.3f  slc %.3f  win %.3f  (over %lld tokens x %d "
+           "heads)\n",
+           m[0] / (double)(S * H), m[1] / (double)(S * H), m[2] / (double)(S * H),
+           (long long)S, H);
+}
+
+/* Rough multiply-add count of one prefill, to tell the user what is coming. */
+static double prefill_gflop(const nsa_layer_config *lc, int64_t S)
+{
+    const nsa_config *a = &lc->attn;
+    double proj = (double)lc->D * ((double)a->H * a->dk + (double)a->H * a->dv +
+                                   (lc->shared_kv ? 1.0 : 3.0) * a->G * (a->dk + a->dv));
+    double per_tok = (double)a->n * a->l_sel + a->w;
+    double attn = 0;
+    for (int64_t t = 0; t < S; t += 64) {
+        double len = (double)(t + 1);
+        double r = nsa_n_cmp(a, t) + (per_tok < len ? per_tok : len);
+        attn += 64.0 * r * a->H * (a->dk + a->dv);
+    }
+    return 2.0 * ((double)S * proj + attn) * 1e-9;
+}
+
+/* ------------------------------------------------------------ main */
+static int fail(nsa_context *ctx, const char *what, nsa_status s)
+{
+    fprintf(stderr, "nsa-demo: %s failed: %s (%s)\n", what, nsa_strerror(s),
+            ctx ? nsa_context_last_error(ctx) : "");
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : 2;
+    g_quiet = o.quiet;
+
+    nsa_context *ctx = NULL;
+    nsa_layer *layer = NULL;
+    float *x = NULL, *y = NULL, *gates = NULL;
+    int32_t *sel = NULL;
+    selmap map = {0, 0, NULL};
+    char msg[256];
+    int status = 1;
+    nsa_status s;
+
+    s = nsa_context_create(o.backend, &ctx, msg, sizeof msg);
+    if (s != NSA_OK) {
+        fprintf(stderr, "nsa-demo: backend '%s': %s\n", o.backend, msg);
+        return 1;
+    }
+
+    if (o.weights) {
+        phase_begin("loading weights");
+        s = nsa_layer_load(ctx, o.weights, &layer);
+        if (s != NSA_OK) {
+            fail(ctx, "nsa_layer_load", s);
+            goto out;
+        }
+        phase_end("loading weights");
+    } else {
+        nsa_layer_config lc = nsa_layer_config_default();
+        const preset *p = o.pre;
+        lc.attn.H = p->H;
+        lc.attn.G = p->G;
+        lc.attn.dk = p->dk;
+        lc.attn.dv = p->dv;
+        lc.attn.l = p->l;
+        lc.attn.d = p->d;
+        lc.attn.l_sel = p->l_sel;
+        lc.attn.n = p->n;
+        lc.attn.w = p->w;
+        lc.D = p->D;
+        lc.rope_dim = p->dk;
+        if (nsa_layer_config_validate(&lc, msg, sizeof msg) != NSA_OK) {
+            fprintf(stderr, "nsa-demo: preset '%s' is invalid: %s\n", p->name, msg);
+            goto out;
+        }
+        phase_begin("creating the layer (random weights)");
+        s = nsa_layer_create(ctx, &lc, &layer);
+        if (s == NSA_OK)
+            s = nsa_layer_init_random(layer, o.seed);
+        if (s != NSA_OK) {
+            fail(ctx, "creating the layer", s);
+            goto out;
+        }
+        phase_end("creating the layer (random weights)");
+    }
+    if (o.save_weights) {
+        phase_begin("saving weights");
+        s = nsa_layer_save(layer, o.save_weights);
+        if (s != NSA_OK) {
+            fail(ctx, "nsa_layer_save", s);
+            goto out;
+        }
+        phase_end("saving weights");
+    }
+
+    const nsa_layer_config *lc = nsa_layer_get_config(layer);
+    const nsa_config *a = &lc->attn;
+    int64_t S = o.S ? o.S : o.pre->S;
+    if (o.group >= a->G) {
+        fprintf(stderr, "nsa-demo: --group %d: the layer has G=%d groups (0..%d)\n", o.group,
+                a->G, a->G - 1);
+        status = 2;
+        goto out;
+    }
+
+    printf("libnsa %s demo\n", nsa_version_string());
+    printf("backend           : %s\n", nsa_context_backend(ctx));
+    printf("config            : %s: H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d l'=%d n=%d "
+           "(n_init %d, n_local %d) w=%d\n",
+           o.weights ? o.weights : o.pre->name, a->H, a->G, a->dk, a->dv, lc->D, a->l, a->d,
+           a->l_sel, a->n, a->n_init, a->n_local, a->w);
+
+    size_t xs = (size_t)S * (size_t)lc->D;
+    x = malloc(xs * sizeof *x);
+    y = malloc(xs * sizeof *y);
+    gates = malloc((size_t)S * a->H * 3 * sizeof *gates);
+    sel = malloc((size_t)S * a->G * a->n * sizeof *sel);
+    if (!x || !y || !gates || !sel) {
+        fprintf(stderr, "nsa-demo: out of memory for S=%lld\n", (long long)S);
+        goto out;
+    }
+    int P = make_input(x, S, lc->D, a->l_sel, o.seed);
+    if (!P) {
+        fprintf(stderr, "nsa-demo: out of memory\n");
+        goto out;
+    }
+    printf("input             : S=%lld tokens, seed %llu, a %d-token motif repeated, "
+           "plus noise\n",
+           (long long)S, (unsigned long long)o.seed, P);
+
+    double gf = prefill_gflop(lc, S);
+    if (!o.quiet)
+        fprintf(stderr, "[demo] prefill: about %.1f GFLOP; it is one library call, so "
+                        "there is no progress inside it\n",
+                gf);
+    nsa_layer_aux aux = {gates, sel, NULL, NULL, NULL};
+    phase_begin("prefill (nsa_layer_forward)");
+    s = nsa_layer_forward(layer, x, S, NULL, 1, y, &aux);
+    if (s != NSA_OK) {
+        fail(ctx, "nsa_layer_forward", s);
+        goto out;
+    }
+    double dt = phase_end("prefill (nsa_layer_forward)");
+    printf("prefill           : %.2f s (%.1f GFLOP/s by the estimate above)\n", dt,
+           dt > 0 ? gf / dt : 0.0);
+
+    size_t nonfinite = 0;
+    for (size_t i = 0; i < xs; i++)
+        nonfinite += !isfinite(y[i]);
+    if (nonfinite) {
+        fprintf(stderr, "nsa-demo: the output has %zu non-finite values\n", nonfinite);
+        goto out;
+    }
+    print_gate_means(gates, S, a->H);
+    summarize_counts(a, sel, S);
+
+    int64_t bad = selmap_build(&map, a, sel, S, o.group);
+    if (bad < 0) {
+        fprintf(stderr, "nsa-demo: out of memory for the selection map\n");
+        goto out;
+    }
+    if (bad) {
+        fprintf(stderr, "nsa-demo: %lld selection rows break the rules of spec 3\n",
+                (long long)bad);
+        goto out;
+    }
+    printf("selection check   : %lld rows (queries x groups) follow spec 3\n",
+           (long long)S * a->G);
+    if (!o.quiet)
+        print_text_map(&map, o.group);
+    if (o.png) {
+#ifdef NSA_HAVE_PNG
+        int W = 0, Hh = 0;
+        if (!write_png(&map, o.png, &W, &Hh)) {
+            fprintf(stderr, "nsa-demo: could not write %s\n", o.png);
+            goto out;
+        }
+        printf("png               : %s (%d x %d; x = query, y = block; dark blue selected, "
+               "orange forced, grey not yet visible)\n",
+               o.png, W, Hh);
+#else
+        printf("png               : disabled (built without libpng)\n");
+#endif
+    }
+    status = 0;
+out:
+    free(map.c);
+    free(x);
+    free(y);
+    free(gates);
+    free(sel);
+    nsa_layer_free(layer);
+    nsa_context_free(ctx);
+    return status;
+}
