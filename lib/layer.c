@@ -1,2 +1,441 @@
-/* placeholder: replaced by the layer work */
-#include "nsa_internal.h"
+/* The NSA layer (spec 6): weights, deterministic initialization, and the
+ * prefill forward x -> projections -> RoPE -> phi -> operator -> Wo. */
+#include "layer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+nsa_layer_config nsa_layer_config_default(void)
+{
+    nsa_layer_config c;
+    memset(&c, 0, sizeof c);
+    c.attn = nsa_config_default();
+    c.D = 1024;
+    c.shared_kv = 0;
+    c.phi = NSA_PHI_AVG;
+    c.phi_hidden = 0;
+    c.phi_pe = 0;
+    c.rope_dim = c.attn.dk;
+    c.rope_base = 10000.0f;
+    c.rope_cmp = NSA_ROPE_BEFORE;
+    c.gate_hidden = 0;
+    c.gate_act = NSA_GATE_SOFTMAX;
+    c.gate_tau = 1.0f;
+    return c;
+}
+
+nsa_status nsa_layer_config_validate(const nsa_layer_config *c, char *msg, size_t len)
+{
+    if (!c)
+        return nsa_fail_buf(msg, len, NSA_ERR_NULL, "layer config is NULL");
+    nsa_status s = nsa_config_validate(&c->attn, msg, len);
+    if (s != NSA_OK)
+        return s;
+    if (c->D < 1)
+        return nsa_fail_buf(msg, len, NSA_ERR_ZERO_SIZE, "D=%d must be >= 1", c->D);
+    if (c->shared_kv != 0 && c->shared_kv != 1)
+        return nsa_fail_buf(msg, len, NSA_ERR_ENUM, "shared_kv=%d must be 0 or 1", c->shared_kv);
+    if (c->phi != NSA_PHI_AVG && c->phi != NSA_PHI_MLP)
+        return nsa_fail_buf(msg, len, NSA_ERR_ENUM, "phi=%d must be NSA_PHI_AVG or NSA_PHI_MLP",
+                            (int)c->phi);
+    if (c->phi_hidden < 0)
+        return nsa_fail_buf(msg, len, NSA_ERR_ZERO_SIZE, "phi_hidden=%d must be >= 0",
+                            c->phi_hidden);
+    if (c->phi_pe != 0 && c->phi_pe != 1)
+        return nsa_fail_buf(msg, len, NSA_ERR_ENUM, "phi_pe=%d must be 0 or 1", c->phi_pe);
+    if (c->rope_dim < 0 || c->rope_dim > c->attn.dk || c->rope_dim % 2)
+        return nsa_fail_buf(msg, len, NSA_ERR_ARG,
+                            "rope_dim=%d must be even and within 0..dk=%d", c->rope_dim,
+                            c->attn.dk);
+    if (!(c->rope_base > 0.0f) || isinf(c->rope_base))
+        return nsa_fail_buf(msg, len, NSA_ERR_ARG, "rope_base=%g must be finite and > 0",
+                            (double)c->rope_base);
+    if (c->rope_cmp != NSA_ROPE_BEFORE && c->rope_cmp != NSA_ROPE_AFTER)
+        return nsa_fail_buf(msg, len, NSA_ERR_ENUM,
+                            "rope_cmp=%d must be NSA_ROPE_BEFORE or NSA_ROPE_AFTER",
+                            (int)c->rope_cmp);
+    if (c->gate_hidden < 0)
+        return nsa_fail_buf(msg, len, NSA_ERR_ZERO_SIZE, "gate_hidden=%d must be >= 0",
+                            c->gate_hidden);
+    if (c->gate_act != NSA_GATE_SOFTMAX && c->gate_act != NSA_GATE_SIGMOID)
+        return nsa_fail_buf(msg, len, NSA_ERR_ENUM,
+                            "gate_act=%d must be NSA_GATE_SOFTMAX or NSA_GATE_SIGMOID",
+                            (int)c->gate_act);
+    if (!(c->gate_tau > 0.0f) || isinf(c->gate_tau))
+        return nsa_fail_buf(msg, len, NSA_ERR_ARG, "gate_tau=%g must be finite and > 0",
+                            (double)c->gate_tau);
+    if (msg && len)
+        msg[0] = '\0';
+    return NSA_OK;
+}
+
+/* ------------------------------------------------------- tensor table */
+static float *add(nsa_layer *L, const char *name, int ndim, int64_t a, int64_t b, int64_t c)
+{
+    nsa_tensor *t = &L->t[L->ntensors];
+    int64_t dims[3] = {a, b, c}, count = 1;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = dims[i];
+        count *= dims[i];
+    }
+    t->count = count;
+    t->data = calloc((size_t)count, sizeof(float));
+    if (!t->data)
+        return NULL;
+    L->ntensors++;
+    return t->data;
+}
+
+/* Declares every tensor the config needs, in the file order of doc/weights.md. */
+static int build_table(nsa_layer *L)
+{
+    const nsa_layer_config *c = &L->cfg;
+    const int64_t D = c->D, H = c->attn.H, G = c->attn.G, dk = c->attn.dk, dv = c->attn.dv;
+    int ok = 1;
+    ok &= (L->wq = add(L, "wq", 2, H * dk, D, 0)) != NULL;
+    if (c->shared_kv) {
+        ok &= (L->wk[0] = add(L, "wk", 2, G * dk, D, 0)) != NULL;
+        ok &= (L->wv[0] = add(L, "wv", 2, G * dv, D, 0)) != NULL;
+        L->wk[1] = L->wk[2] = L->wk[0];
+        L->wv[1] = L->wv[2] = L->wv[0];
+    } else {
+        static const char *const kn[3] = {"wk_cmp", "wk_slc", "wk_win"};
+        static const char *const vn[3] = {"wv_cmp", "wv_slc", "wv_win"};
+        for (int b = 0; b < 3 && ok; b++) {
+            ok &= (L->wk[b] = add(L, kn[b], 2, G * dk, D, 0)) != NULL;
+            ok &= (L->wv[b] = add(L, vn[b], 2, G * dv, D, 0)) != NULL;
+        }
+    }
+    ok &= ok && (L->wo = add(L, "wo", 2, D, H * dv, 0)) != NULL;
+    if (c->gate_hidden > 0) {
+        ok &= ok && (L->gw1 = add(L, "gate.w1", 2, c->gate_hidden, D, 0)) != NULL;
+        ok &= ok && (L->gb1 = add(L, "gate.b1", 1, c->gate_hidden, 0, 0)) != NULL;
+        ok &= ok && (L->gw2 = add(L, "gate.w2", 2, H * 3, c->gate_hidden, 0)) != NULL;
+        ok &= ok && (L->gb2 = add(L, "gate.b2", 1, H * 3, 0, 0)) != NULL;
+    } else {
+        ok &= ok && (L->gw1 = add(L, "gate.w", 2, H * 3, D, 0)) != NULL;
+        ok &= ok && (L->gb1 = add(L, "gate.b", 1, H * 3, 0, 0)) != NULL;
+    }
+    for (int kv = 0; kv < 2 && ok; kv++) {
+        nsa_phi *phi = kv ? &L->phi_v : &L->phi_k;
+        const int64_t dim = kv ? dv : dk, Lz = c->attn.l * dim, hid = c->phi_hidden;
+        char nm[24];
+        const char *pre = kv ? "phi_v" : "phi_k";
+        phi->kind = c->phi;
+        phi->hidden = c->phi == NSA_PHI_MLP ? c->phi_hidden : 0;
+        if (c->phi == NSA_PHI_MLP && hid > 0) {
+            snprintf(nm, sizeof nm, "%s.w1", pre);
+            ok &= (phi->w1 = add(L, nm, 3, G, hid, Lz)) != NULL;
+            snprintf(nm, sizeof nm, "%s.b1", pre);
+            ok &= ok && (phi->b1 = add(L, nm, 2, G, hid, 0)) != NULL;
+            snprintf(nm, sizeof nm, "%s.w2", pre);
+            ok &= ok && (phi->w2 = add(L, nm, 3, G, dim, hid)) != NULL;
+            snprintf(nm, sizeof nm, "%s.b2", pre);
+            ok &= ok && (phi->b2 = add(L, nm, 2, G, dim, 0)) != NULL;
+        } else if (c->phi == NSA_PHI_MLP) {
+            snprintf(nm, sizeof nm, "%s.w", pre);
+            ok &= (phi->w1 = add(L, nm, 3, G, dim, Lz)) != NULL;
+            snprintf(nm, sizeof nm, "%s.b", pre);
+            ok &= ok && (phi->b1 = add(L, nm, 2, G, dim, 0)) != NULL;
+        }
+        if (ok && c->phi_pe) {
+            snprintf(nm, sizeof nm, "%s.pe", pre);
+            ok &= (phi->pe = add(L, nm, 3, G, c->attn.l, dim)) != NULL;
+        }
+    }
+    return ok;
+}
+
+nsa_status nsa_layer_create(nsa_context *ctx, const nsa_layer_config *cfg, nsa_layer **out)
+{
+    if (!out)
+        return nsa_fail(ctx, NSA_ERR_NULL, "out is NULL");
+    *out = NULL;
+    if (!ctx)
+        return NSA_ERR_NULL;
+    char msg[NSA_MSG_LEN];
+    nsa_status s = nsa_layer_config_validate(cfg, msg, sizeof msg);
+    if (s != NSA_OK)
+        return nsa_fail(ctx, s, "%s", msg);
+    /* Every tensor must be addressable: element counts within int64 and size_t. */
+    const double D = cfg->D, H = cfg->attn.H, dk = cfg->attn.dk, dv = cfg->attn.dv;
+    const double big = (H * (dk > dv ? dk : dv) + 3.0 * H + cfg->gate_hidden) * D +
+                       (double)cfg->attn.G * cfg->attn.l * (dk > dv ? dk : dv) *
+                           (cfg->phi_hidden + (dk > dv ? dk : dv));
+    if (big > 1e12)
+        return nsa_fail(ctx, NSA_ERR_RANGE, "layer of about %.3g weights is too large", big);
+    nsa_layer *L = calloc(1, sizeof *L);
+    if (!L)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the layer");
+    L->ctx = ctx;
+    L->cfg = *cfg;
+    if (!build_table(L)) {
+        nsa_layer_free(L);
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the layer's weights");
+    }
+    *out = L;
+    return NSA_OK;
+}
+
+void nsa_layer_free(nsa_layer *L)
+{
+    if (!L)
+        return;
+    for (int i = 0; i < L->ntensors; i++)
+        free(L->t[i].data);
+    free(L);
+}
+
+const nsa_layer_config *nsa_layer_get_config(const nsa_layer *L) { return L ? &L->cfg : NULL; }
+
+int nsa_layer_tensor_count(const nsa_layer *L) { return L ? L->ntensors : 0; }
+
+nsa_status nsa_layer_tensor_at(nsa_layer *L, int i, const char **name, float **data, int *ndim,
+                               int64_t shape[4])
+{
+    if (!L)
+        return NSA_ERR_NULL;
+    if (i < 0 || i >= L->ntensors)
+        return nsa_fail(L->ctx, NSA_ERR_ARG, "tensor index %d outside 0..%d", i,
+                        L->ntensors - 1);
+    const nsa_tensor *t = &L->t[i];
+    if (name)
+        *name = t->name;
+    if (data)
+        *data = t->data;
+    if (ndim)
+        *ndim = t->ndim;
+    if (shape)
+        for (int k = 0; k < 4; k++)
+            shape[k] = k < t->ndim ? t->shape[k] : 0;
+    return NSA_OK;
+}
+
+nsa_status nsa_layer_tensor(nsa_layer *L, const char *name, float **data, int64_t *count)
+{
+    if (!L)
+        return NSA_ERR_NULL;
+    if (!name)
+        return nsa_fail(L->ctx, NSA_ERR_NULL, "tensor name is NULL");
+    for (int i = 0; i < L->ntensors; i++)
+        if (strcmp(L->t[i].name, name) == 0) {
+            if (data)
+                *data = L->t[i].data;
+            if (count)
+                *count = L->t[i].count;
+            return NSA_OK;
+        }
+    return nsa_fail(L->ctx, NSA_ERR_ARG, "this layer has no tensor '%s' (see doc/weights.md)",
+                    name);
+}
+
+/* -------------------------------------------------------- initialization */
+static void fill_uniform(nsa_rng *r, float *x, int64_t n, double bound)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)(bound * nsa_rng_uniform(r));
+}
+
+nsa_status nsa_layer_init_random(nsa_layer *L, uint64_t seed)
+{
+    if (!L)
+        return NSA_ERR_NULL;
+    const nsa_layer_config *c = &L->cfg;
+    for (int i = 0; i < L->ntensors; i++) {
+        nsa_tensor *t = &L->t[i];
+        /* one stream per tensor, so adding a tensor never shifts the others */
+        nsa_rng r = {seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(i + 1))};
+        for (const char *p = t->name; *p; p++)
+            r.s = r.s * 131 + (unsigned char)*p;
+        const int64_t fan_in = t->shape[t->ndim - 1];
+        if (strstr(t->name, ".pe") || !strcmp(t->name, "gate.b") ||
+            !strcmp(t->name, "gate.b2")) {
+            memset(t->data, 0, sizeof(float) * (size_t)t->count);
+        } else if ((!strcmp(t->name, "phi_k.w") || !strcmp(t->name, "phi_v.w"))) {
+            /* linear phi starts as averaging over the block, plus small noise */
+            const int64_t G = t->shape[0], dim = t->shape[1], Lz = t->shape[2];
+            fill_uniform(&r, t->data, t->count, 0.01 / sqrt((double)Lz));
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t e = 0; e < dim; e++)
+                    for (int j = 0; j < c->attn.l; j++)
+                        t->data[(g * dim + e) * Lz + j * dim + e] += 1.0f / (float)c->attn.l;
+        } else {
+            fill_uniform(&r, t->data, t->count, 1.0 / sqrt((double)fan_in));
+        }
+    }
+    return NSA_OK;
+}
+
+/* -------------------------------------------------------------- pieces */
+void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, double pos)
+{
+    const int half = rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        const double theta = pos * pow((double)base, -2.0 * i / (double)rope_dim);
+        const double cs = cos(theta), sn = sin(theta);
+        for (int h = 0; h < heads; h++) {
+            float *v = x + (size_t)h * dim;
+            const double a = v[i], b = v[i + half];
+            v[i] = (float)(a * cs - b * sn);
+            v[i + half] = (float)(b * cs + a * sn);
+        }
+    }
+}
+
+static nsa_status linear(nsa_context *ctx, const float *x, int64_t rows, int in, int outn,
+                         const float *w, const float *b, float *y)
+{
+    nsa_linear_job j = {x, rows, in, outn, w, b, y};
+    return nsa_run_linear(ctx, &j);
+}
+
+nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
+{
+    const nsa_layer_config *c = &L->cfg;
+    const int H3 = c->attn.H * 3;
+    nsa_status s;
+    if (c->gate_hidden > 0) {
+        float *h = malloc(sizeof(float) * (size_t)rows * (size_t)c->gate_hidden);
+        if (!h)
+            return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
+        s = linear(L->ctx, x, rows, c->D, c->gate_hidden, L->gw1, L->gb1, h);
+        for (size_t i = 0; s == NSA_OK && i < (size_t)rows * (size_t)c->gate_hidden; i++)
+            h[i] = (float)((double)h[i] / (1.0 + exp(-(double)h[i]))); /* SiLU */
+        if (s == NSA_OK)
+            s = linear(L->ctx, h, rows, c->gate_hidden, H3, L->gw2, L->gb2, g);
+        free(h);
+    } else {
+        s = linear(L->ctx, x, rows, c->D, H3, L->gw1, L->gb1, g);
+    }
+    if (s != NSA_OK)
+        return s;
+    for (size_t r = 0; r < (size_t)rows * (size_t)c->attn.H; r++) {
+        float *z = g + r * 3;
+        if (c->gate_act == NSA_GATE_SIGMOID) {
+            for (int k = 0; k < 3; k++)
+                z[k] = (float)(1.0 / (1.0 + exp(-(double)z[k])));
+        } else {
+            const double tau = c->gate_tau;
+            double m = z[0] > z[1] ? z[0] : z[1];
+            m = m > z[2] ? m : z[2];
+            double e[3], sum = 0.0;
+            for (int k = 0; k < 3; k++)
+                sum += (e[k] = exp(((double)z[k] - m) / tau));
+            for (int k = 0; k < 3; k++)
+                z[k] = (float)(e[k] / sum);
+        }
+    }
+    return NSA_OK;
+}
+
+/* RoPE on every row of x[T][heads][dim] at its position in its sequence. */
+static void rope_rows(const nsa_layer_config *c, const nsa_batch *bt, float *x, int heads,
+                      int dim)
+{
+    if (c->rope_dim == 0)
+        return;
+    for (int b = 0; b < bt->B; b++)
+        for (int64_t t = bt->cu[b]; t < bt->cu[b + 1]; t++)
+            nsa_rope_apply(x + (size_t)t * heads * dim, heads, dim, c->rope_dim, c->rope_base,
+                           (double)(t - bt->cu[b]));
+}
+
+/* RoPE "after": compressed key i of a sequence is rotated at position i*d. */
+static void rope_after_hook(void *user, const nsa_batch *bt, float *kc)
+{
+    const nsa_layer_config *c = user;
+    if (c->rope_dim == 0)
+        return;
+    const int G = c->attn.G, dk = c->attn.dk;
+    for (int b = 0; b < bt->B; b++)
+        for (int64_t i = 0; i < bt->cmp_off[b + 1] - bt->cmp_off[b]; i++)
+            nsa_rope_apply(kc + (size_t)(bt->cmp_off[b] + i) * G * dk, G, dk, c->rope_dim,
+                           c->rope_base, (double)(i * c->attn.d));
+}
+
+nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int32_t *cu,
+                             int B, float *y, const nsa_layer_aux *aux)
+{
+    if (!L)
+        return NSA_ERR_NULL;
+    nsa_context *ctx = L->ctx;
+    if (!x || !y)
+        return nsa_fail(ctx, NSA_ERR_NULL, "x and y must not be NULL");
+    const nsa_layer_config *c = &L->cfg;
+    const nsa_config *ac = &c->attn;
+    nsa_batch bt;
+    nsa_status s = nsa_batch_init(ctx, ac, T, cu, B, &bt);
+    if (s != NSA_OK)
+        return s;
+    const size_t Tn = (size_t)T, H = (size_t)ac->H, G = (size_t)ac->G;
+    const size_t nk = Tn * G * (size_t)ac->dk, nv = Tn * G * (size_t)ac->dv;
+    const int nbr = c->shared_kv ? 1 : 3;
+    float *q = malloc(sizeof(float) * Tn * H * (size_t)ac->dk);
+    float *kv = malloc(sizeof(float) * (nk + nv) * (size_t)nbr);
+    float *kraw = c->rope_cmp == NSA_ROPE_AFTER ? malloc(sizeof(float) * nk) : NULL;
+    float *gates = aux && aux->gates ? aux->gates : malloc(sizeof(float) * Tn * H * 3);
+    float *o = malloc(sizeof(float) * Tn * H * (size_t)ac->dv);
+    if (!q || !kv || !gates || !o || (c->rope_cmp == NSA_ROPE_AFTER && !kraw)) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the layer's activations (T=%lld)",
+                     (long long)T);
+        goto done;
+    }
+    float *k[3], *v[3];
+    for (int b = 0; b < 3; b++) {
+        int bb = c->shared_kv ? 0 : b;
+        k[b] = kv + (size_t)bb * (nk + nv);
+        v[b] = k[b] + nk;
+    }
+    if ((s = linear(ctx, x, T, c->D, (int)(H * ac->dk), L->wq, NULL, q)) != NSA_OK)
+        goto done;
+    for (int b = 0; b < nbr; b++) {
+        if ((s = linear(ctx, x, T, c->D, (int)(G * ac->dk), L->wk[b], NULL, k[b])) != NSA_OK ||
+            (s = linear(ctx, x, T, c->D, (int)(G * ac->dv), L->wv[b], NULL, v[b])) != NSA_OK)
+            goto done;
+    }
+    if ((s = nsa_layer_gates(L, x, T, gates)) != NSA_OK)
+        goto done;
+    if (kraw)
+        memcpy(kraw, k[NSA_BR_CMP], sizeof(float) * nk); /* phi sees un-rotated keys */
+    rope_rows(c, &bt, q, (int)H, ac->dk);
+    for (int b = 0; b < nbr; b++)
+        rope_rows(c, &bt, k[b], (int)G, ac->dk);
+
+    nsa_op_args a;
+    memset(&a, 0, sizeof a);
+    a.T = T;
+    a.B = bt.B;
+    a.cu_seqlens = bt.cu;
+    a.q = q;
+    a.k_cmp = kraw ? kraw : k[NSA_BR_CMP];
+    a.v_cmp = v[NSA_BR_CMP];
+    a.k_slc = k[NSA_BR_SLC];
+    a.v_slc = v[NSA_BR_SLC];
+    a.k_win = k[NSA_BR_WIN];
+    a.v_win = v[NSA_BR_WIN];
+    a.gates = gates;
+    a.phi_k = &L->phi_k;
+    a.phi_v = &L->phi_v;
+    a.out = o;
+    if (aux) {
+        a.out_cmp = aux->out_cmp;
+        a.out_slc = aux->out_slc;
+        a.out_win = aux->out_win;
+        a.selection_out = aux->selection;
+    }
+    s = nsa_op_core(ctx, ac, &bt, &a, kraw ? rope_after_hook : NULL, (void *)c);
+    if (s == NSA_OK)
+        s = linear(ctx, o, T, (int)(H * ac->dv), c->D, L->wo, NULL, y);
+done:
+    free(q);
+    free(kv);
+    free(kraw);
+    if (!(aux && aux->gates))
+        free(gates);
+    free(o);
+    nsa_batch_free(&bt);
+    return s;
+}

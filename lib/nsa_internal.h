@@ -123,6 +123,27 @@ typedef struct nsa_linear_job {
     float *y;
 } nsa_linear_job;
 
+/* Decode (spec 7): one new token per sequence, attending over its caches. */
+typedef struct nsa_decode_seq {
+    int64_t t;            /* position of the new token (its cache holds 0..t) */
+    const float *kc, *vc; /* emitted compressed tokens [n_cmp(t)][G][dk|dv] */
+    const float *ks, *vs; /* raw selection K/V [t+1][G][dk|dv] */
+    const float *kw, *vw; /* window ring [w][G][dk|dv]: position p at row p % w */
+} nsa_decode_seq;
+
+typedef struct nsa_decode_job {
+    const nsa_config *cfg;
+    float scale;
+    const nsa_csr *map; /* rows cover the longest sequence */
+    int B;
+    const nsa_decode_seq *seq; /* [B] */
+    const float *q;            /* [B][H][dk] */
+    const float *gates;        /* [B][H][3] */
+    float *out;                /* [B][H][dv] */
+    float *out_cmp, *out_slc, *out_win; /* optional [B][H][dv] */
+    int32_t *sel_out;          /* [B][G][n], always given (counters need it) */
+} nsa_decode_job;
+
 /* One entry of the backend registry. NULL members fall back to the
  * reference implementation (logged when NSA_VERBOSE is set). */
 typedef struct nsa_backend_ops {
@@ -135,8 +156,9 @@ typedef struct nsa_backend_ops {
     nsa_status (*compress)(nsa_context *ctx, const nsa_cmp_job *job);
     nsa_status (*attend)(nsa_context *ctx, const nsa_attn_job *job);
     nsa_status (*linear)(nsa_context *ctx, const nsa_linear_job *job);
-    /* Room for later pieces: decode step and backward. */
-    void *reserved[4];
+    nsa_status (*decode_attend)(nsa_context *ctx, const nsa_decode_job *job);
+    /* Room for later pieces (backward). */
+    void *reserved[3];
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);
@@ -146,11 +168,20 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_ref;
 NSA_HIDDEN nsa_status nsa_ref_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_ref_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_ref_linear(nsa_context *ctx, const nsa_linear_job *job);
+NSA_HIDDEN nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
 
 /* Dispatch helpers: the context's backend, or the reference. */
 NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
+NSA_HIDDEN nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
+
+/* Runs phi then attention for checked arguments over a checked batch (the
+ * operator's core, shared with the layer). hook, if set, sees the
+ * compressed keys before attention (the layer's RoPE "after"). */
+typedef void (*nsa_kc_hook)(void *user, const nsa_batch *b, float *kc);
+NSA_HIDDEN nsa_status nsa_op_core(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                  const nsa_op_args *a, nsa_kc_hook hook, void *user);
 
 /* Validates an nsa_phi for dimension dim. */
 NSA_HIDDEN nsa_status nsa_phi_check(nsa_context *ctx, const nsa_phi *phi, const char *which);

@@ -153,8 +153,17 @@ nsa_status nsa_attention_forward(nsa_context *ctx, const nsa_config *cfg,
         return s;
     }
 
+    s = nsa_op_core(ctx, cfg, &batch, a, NULL, NULL);
+    nsa_batch_free(&batch);
+    return s;
+}
+
+nsa_status nsa_op_core(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                       const nsa_op_args *a, nsa_kc_hook hook, void *user)
+{
+    nsa_status s;
     const nsa_phi avg = {NSA_PHI_AVG, 0, NULL, NULL, NULL, NULL, NULL};
-    int64_t C = batch.cmp_off[batch.B];
+    int64_t C = bt->cmp_off[bt->B];
     float *kc = a->k_cmp_out, *vc = a->v_cmp_out, *kc_own = NULL, *vc_own = NULL;
     nsa_csr map = {0};
     size_t rows = (size_t)(C > 0 ? C : 1) * (size_t)cfg->G;
@@ -167,17 +176,19 @@ nsa_status nsa_attention_forward(nsa_context *ctx, const nsa_config *cfg,
                      (long long)C);
         goto done;
     }
-    int max_vis = nsa_bm_n_sel_visible(cfg, batch.max_len - 1);
-    if ((s = nsa_bm_map_build(cfg, max_vis, (int)nsa_cmp_tokens(cfg, batch.max_len),
+    int max_vis = nsa_bm_n_sel_visible(cfg, bt->max_len - 1);
+    if ((s = nsa_bm_map_build(cfg, max_vis, (int)nsa_cmp_tokens(cfg, bt->max_len),
                               &map)) != NSA_OK) {
         nsa_fail(ctx, s, "out of memory for the mapping");
         goto done;
     }
-    nsa_cmp_job ck = {cfg, &batch, a->k_cmp, cfg->dk, a->phi_k ? a->phi_k : &avg, kc};
-    nsa_cmp_job cv = {cfg, &batch, a->v_cmp, cfg->dv, a->phi_v ? a->phi_v : &avg, vc};
+    nsa_cmp_job ck = {cfg, bt, a->k_cmp, cfg->dk, a->phi_k ? a->phi_k : &avg, kc};
+    nsa_cmp_job cv = {cfg, bt, a->v_cmp, cfg->dv, a->phi_v ? a->phi_v : &avg, vc};
     if ((s = nsa_run_compress(ctx, &ck)) != NSA_OK || (s = nsa_run_compress(ctx, &cv)) != NSA_OK)
         goto done;
-    nsa_attn_job job = {cfg,      nsa_config_scale(cfg), &batch,   &map,       a->q,
+    if (hook)
+        hook(user, bt, kc);
+    nsa_attn_job job = {cfg,      nsa_config_scale(cfg), bt,   &map,       a->q,
                         kc,       vc,                    a->k_slc, a->v_slc,   a->k_win,
                         a->v_win, a->gates,              a->selection_in, a->out, a->out_cmp,
                         a->out_slc, a->out_win,          a->selection_out};
@@ -186,6 +197,5 @@ done:
     nsa_bm_map_free(&map);
     free(kc_own);
     free(vc_own);
-    nsa_batch_free(&batch);
     return s;
 }

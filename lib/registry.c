@@ -160,3 +160,12 @@ nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job)
         nsa_log(ctx, "backend '%s' has no linear: using ref", ctx->be->name);
     return nsa_ref_linear(ctx, job);
 }
+
+nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
+{
+    if (ctx->be->decode_attend)
+        return ctx->be->decode_attend(ctx, job);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no decode_attend: using ref", ctx->be->name);
+    return nsa_ref_decode_attend(ctx, job);
+}

@@ -1,0 +1,40 @@
+/* The layer object (spec 6), shared by the layer forward, weights I/O and
+ * decode. Internal. */
+#ifndef NSA_LAYER_H
+#define NSA_LAYER_H
+
+#include "nsa_internal.h"
+
+#define NSA_LAYER_MAX_TENSORS 32
+
+typedef struct nsa_tensor {
+    char name[24];
+    int ndim;
+    int64_t shape[4];
+    int64_t count;
+    float *data;
+} nsa_tensor;
+
+/* Branch indices of the k/v projections. */
+enum { NSA_BR_CMP = 0, NSA_BR_SLC = 1, NSA_BR_WIN = 2 };
+
+struct nsa_layer {
+    nsa_context *ctx;
+    nsa_layer_config cfg;
+    int ntensors;
+    nsa_tensor t[NSA_LAYER_MAX_TENSORS];
+    /* Shortcuts into t[]; NULL where the config has no such tensor. In
+     * shared-KV mode wk[0..2] all point at "wk" (and wv likewise). */
+    float *wq, *wk[3], *wv[3], *wo;
+    float *gw1, *gb1, *gw2, *gb2; /* gate: w1/b1 only when gate_hidden = 0 */
+    nsa_phi phi_k, phi_v;          /* pointers into t[] */
+};
+
+/* RoPE (rotate-half, spec 6) on the first rope_dim dims of `heads` vectors
+ * of length dim at x, all at position pos. */
+NSA_HIDDEN void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base,
+                               double pos);
+/* The gate MLP + activation for rows of x: g[rows][H][3]. */
+NSA_HIDDEN nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g);
+
+#endif
