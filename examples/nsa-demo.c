@@ -178,6 +178,7 @@ static double g_phase_start;
 static void phase_begin(const char *what)
 {
     g_phase_start = now_s();
+    fflush(stdout); /* keep the summary and the progress lines in order */
     if (!g_quiet) {
         fprintf(stderr, "[demo] %s ...\n", what);
         fflush(stderr);
@@ -187,6 +188,7 @@ static void phase_begin(const char *what)
 static double phase_end(const char *what)
 {
     double dt = now_s() - g_phase_start;
+    fflush(stdout);
     if (!g_quiet)
         fprintf(stderr, "[demo] %s: done in %.2f s\n", what, dt);
     return dt;
@@ -334,8 +336,9 @@ static void print_text_map(const selmap *m, int g)
 
 #ifdef NSA_HAVE_PNG
 /* The image: x = query position, y = selection block (0 on top), each pixel
- * the mix of its cells' colours, scaled to about 1024 x 512. */
-static int write_png(const selmap *m, const char *path, int *w_out, int *h_out)
+ * the mix of its cells' colours, scaled to about 1024 x 512. Returns an RGB
+ * buffer of *w x *h pixels (NULL when out of memory). */
+static unsigned char *render_map(const selmap *m, int *w, int *h)
 {
     static const double colour[CELL_KINDS][3] = {
         {215, 215, 215}, /* not yet visible: light grey */
@@ -343,34 +346,21 @@ static int write_png(const selmap *m, const char *path, int *w_out, int *h_out)
         {20, 30, 90},    /* selected by score: dark blue */
         {205, 95, 20},   /* forced (initial / local): orange */
     };
-    int64_t qpp = (m->S + 1023) / 1024;                 /* queries per pixel */
-    int xrep = m->S < 1024 ? (int)(1024 / m->S) : 1;    /* pixels per query */
-    int bpp = (m->nb + 511) / 512;                      /* blocks per pixel */
+    int64_t qpp = (m->S + 1023) / 1024;              /* queries per pixel */
+    int xrep = m->S < 1024 ? (int)(1024 / m->S) : 1; /* pixels per query */
+    int bpp = (m->nb + 511) / 512;                   /* blocks per pixel */
     int rows = (m->nb + bpp - 1) / bpp;
     int yrep = rows < 512 ? 512 / rows : 1;
     if (yrep > 16)
         yrep = 16;
     int cols = (int)((m->S + qpp - 1) / qpp);
-    int W = cols * xrep, Hh = rows * yrep;
-
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return 0;
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_bytep line = malloc((size_t)W * 3);
-    if (!png || !info || !line || setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
-        free(line);
-        fclose(f);
-        return 0;
-    }
-    png_init_io(png, f);
-    png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)Hh, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
+    size_t W = (size_t)cols * xrep, stride = W * 3;
+    unsigned char *img = malloc(stride * (size_t)rows * yrep);
+    if (!img)
+        return NULL;
     for (int r = 0; r < rows; r++) {
         int b0 = r * bpp, b1 = b0 + bpp < m->nb ? b0 + bpp : m->nb;
+        unsigned char *line = img + stride * (size_t)r * yrep;
         for (int c = 0; c < cols; c++) {
             int64_t q0 = c * qpp, q1 = q0 + qpp < m->S ? q0 + qpp : m->S;
             int64_t k[CELL_KINDS];
@@ -381,17 +371,39 @@ static int write_png(const selmap *m, const char *path, int *w_out, int *h_out)
                 for (int kind = 0; kind < CELL_KINDS; kind++)
                     v += colour[kind][ch] * (double)k[kind] / all;
                 for (int x = 0; x < xrep; x++)
-                    line[((size_t)c * xrep + x) * 3 + ch] = (png_byte)lround(v);
+                    line[((size_t)c * xrep + x) * 3 + ch] = (unsigned char)lround(v);
             }
         }
-        for (int y = 0; y < yrep; y++)
-            png_write_row(png, line);
+        for (int y = 1; y < yrep; y++)
+            memcpy(line + stride * y, line, stride);
     }
+    *w = (int)W;
+    *h = rows * yrep;
+    return img;
+}
+
+/* libpng reports errors by longjmp, so this function keeps no state of its
+ * own that changes after setjmp. */
+static int write_png(const char *path, const unsigned char *rgb, int w, int h)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!png || !info || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
+        fclose(f);
+        return 0;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int y = 0; y < h; y++)
+        png_write_row(png, (png_const_bytep)(rgb + (size_t)y * w * 3));
     png_write_end(png, NULL);
     png_destroy_write_struct(&png, &info);
-    free(line);
-    *w_out = W;
-    *h_out = Hh;
     return fclose(f) == 0;
 }
 #endif
@@ -462,6 +474,16 @@ static void summarize_counts(const nsa_config *a, const int32_t *sel, int64_t S)
     char label[40];
     snprintf(label, sizeof label, "last (t=%lld)", (long long)S - 1);
     print_counts_row(label, last);
+    /* Longer contexts are where the sparsity pays: the same counts from the
+     * formulas alone, every selected block complete (not from a run). */
+    const int64_t far = 65536;
+    if (S < far) {
+        int64_t nsel = far / a->l_sel < a->n ? far / a->l_sel : a->n;
+        counts f = {(double)nsa_n_cmp(a, far - 1), (double)(nsel * a->l_sel),
+                    (double)(a->w < far ? a->w : far), (double)far};
+        snprintf(label, sizeof label, "t=%lld (formula)", (long long)far - 1);
+        print_counts_row(label, f);
+    }
     printf("  (cmp = compressed tokens n_cmp(t); slc = tokens of the selected blocks\n"
            "   <= t; win = min(w, t+1); dense = t+1, what full attention reads)\n");
 }
@@ -649,7 +671,10 @@ int main(int argc, char **argv)
     if (o.png) {
 #ifdef NSA_HAVE_PNG
         int W = 0, Hh = 0;
-        if (!write_png(&map, o.png, &W, &Hh)) {
+        unsigned char *img = render_map(&map, &W, &Hh);
+        int ok = img && write_png(o.png, img, W, Hh);
+        free(img);
+        if (!ok) {
             fprintf(stderr, "nsa-demo: could not write %s\n", o.png);
             goto out;
         }
