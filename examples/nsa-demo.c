@@ -209,22 +209,26 @@ static float rng_uniform(uint64_t *s) /* in [-1, 1) */
     return (float)((double)(rng_next(s) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 
-/* The input: a motif of P tokens repeated along the sequence, plus noise.
- * P is not a multiple of l', so repeats land at shifting offsets inside the
- * selection blocks and the map shows diagonal structure rather than one
- * constant band. Returns P. */
+/* The input: a component shared by all tokens (real hidden states have
+ * such common directions; through RoPE it makes scores depend on distance),
+ * a motif of P tokens repeated along the sequence, and noise. P is not a
+ * multiple of l', so repeats land at shifting offsets inside the selection
+ * blocks. Returns P, or 0 when out of memory. */
 static int make_input(float *x, int64_t S, int D, int l_sel, uint64_t seed)
 {
     int P = 3 * l_sel + l_sel / 2 + 1;
     uint64_t s = seed ^ 0xD1B54A32D192ED03ull;
-    float *motif = malloc((size_t)P * (size_t)D * sizeof *motif);
+    float *motif = malloc(((size_t)P + 1) * (size_t)D * sizeof *motif);
     if (!motif)
         return 0;
+    float *common = motif + (size_t)P * D;
     for (size_t i = 0; i < (size_t)P * (size_t)D; i++)
         motif[i] = 1.5f * rng_uniform(&s);
+    for (int i = 0; i < D; i++)
+        common[i] = 3.0f * rng_uniform(&s);
     for (int64_t t = 0; t < S; t++)
         for (int i = 0; i < D; i++)
-            x[t * D + i] = motif[(t % P) * D + i] + 0.3f * rng_uniform(&s);
+            x[t * D + i] = common[i] + motif[(t % P) * D + i] + 0.3f * rng_uniform(&s);
     free(motif);
     return P;
 }
@@ -306,8 +310,8 @@ static void print_text_map(const selmap *m, int g)
     printf("\nselection map, group %d: %d blocks (rows, block 0 on top) x %lld queries "
            "(%d columns)\n",
            g, m->nb, (long long)m->S, cols);
-    printf("  '=' forced, '#' ':' '.' share of the cell selected (>=5/8, >=1/8, less),\n"
-           "  ' ' block not yet visible\n");
+    printf("  '=' forced; share of the cell selected by score: '#' >= 3/4, '+' >= 1/2,\n"
+           "  ':' >= 1/4, '.' less; ' ' block not yet visible\n");
     for (int r = 0; r < rows; r++) {
         int b0 = (int)((int64_t)r * m->nb / rows), b1 = (int)((int64_t)(r + 1) * m->nb / rows);
         printf("  %4d |", b0);
@@ -321,9 +325,11 @@ static void print_text_map(const selmap *m, int g)
                 ch = ' ';
             else if (2 * k[CELL_FORCED] >= vis)
                 ch = '=';
-            else if (8 * k[CELL_SELECTED] >= 5 * vis)
+            else if (4 * k[CELL_SELECTED] >= 3 * vis)
                 ch = '#';
-            else if (8 * k[CELL_SELECTED] >= vis)
+            else if (2 * k[CELL_SELECTED] >= vis)
+                ch = '+';
+            else if (4 * k[CELL_SELECTED] >= vis)
                 ch = ':';
             else
                 ch = '.';
@@ -624,8 +630,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "nsa-demo: out of memory\n");
         goto out;
     }
-    printf("input             : S=%lld tokens, seed %llu, a %d-token motif repeated, "
-           "plus noise\n",
+    printf("input             : S=%lld tokens, seed %llu: a shared component, a %d-token "
+           "motif repeated, noise\n",
            (long long)S, (unsigned long long)o.seed, P);
 
     double gf = prefill_gflop(lc, S);
@@ -633,6 +639,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "[demo] prefill: about %.1f GFLOP; it is one library call, so "
                         "there is no progress inside it\n",
                 gf);
+    /* A long prefill is one silent call: time a short prefix first and
+     * extrapolate by the work estimate, so the wait has a rough end. */
+    const int64_t calib = 512;
+    if (!o.quiet && gf > 20.0 && S > 2 * calib) {
+        phase_begin("calibration: prefill of the first 512 tokens");
+        s = nsa_layer_forward(layer, x, calib, NULL, 1, y, NULL);
+        if (s != NSA_OK) {
+            fail(ctx, "nsa_layer_forward", s);
+            goto out;
+        }
+        double tc = phase_end("calibration: prefill of the first 512 tokens");
+        double est = tc * gf / prefill_gflop(lc, calib);
+        time_t end = time(NULL) + (time_t)est;
+        char when[16];
+        strftime(when, sizeof when, "%H:%M:%S", localtime(&end));
+        fprintf(stderr, "[demo] the full prefill should take roughly %.0f s (until about %s)\n",
+                est, when);
+    }
     nsa_layer_aux aux = {gates, sel, NULL, NULL, NULL};
     phase_begin("prefill (nsa_layer_forward)");
     s = nsa_layer_forward(layer, x, S, NULL, 1, y, &aux);
