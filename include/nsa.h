@@ -239,6 +239,7 @@ typedef struct nsa_layer_aux {
     float *gates;           /* [T][H][3] after the activation */
     int32_t *selection;     /* [T][G][n] */
     float *out_cmp, *out_slc, *out_win; /* [T][H][dv] */
+    float *k_cmp, *v_cmp;   /* [C][G][dk|dv] compressed tokens (after RoPE) */
 } nsa_layer_aux;
 
 /* y[T][D] = layer(x[T][D]) over the batch described by cu_seqlens
@@ -246,6 +247,56 @@ typedef struct nsa_layer_aux {
 NSA_API nsa_status nsa_layer_forward(nsa_layer *layer, const float *x, int64_t T,
                                      const int32_t *cu_seqlens, int B, float *y,
                                      const nsa_layer_aux *aux);
+
+/* ---------------------------------------------------------------- decode (7) */
+/* Caches of one layer for a batch of B sequences: per sequence and group all
+ * raw selection K/V, a ring of the last w window K/V, a ring of the last l
+ * raw compression K/V and the emitted compressed tokens. The raw and the
+ * compressed caches grow by doubling (amortized O(1) per token; the history
+ * is copied only when the capacity doubles). */
+typedef struct nsa_decode_state nsa_decode_state;
+
+/* What one decode step read, per sequence and group, in tokens (the unit of
+ * the paper's Table 4) and bytes of K and V. */
+typedef struct nsa_decode_counters {
+    int64_t t;     /* position of the token of that step */
+    int64_t cmp;   /* compressed tokens read: n_cmp(t) */
+    int64_t slc;   /* tokens of the selected blocks that are <= t */
+    int64_t win;   /* min(w, t + 1) */
+    int64_t dense; /* t + 1: what full attention reads */
+    int64_t bytes; /* (cmp + slc + win) * (dk + dv) * sizeof(float) */
+} nsa_decode_counters;
+
+/* max_len: the longest a sequence may grow (a step past it fails with
+ * NSA_ERR_CAPACITY); 0 = bounded by memory only. The state keeps the layer,
+ * which must outlive it. */
+NSA_API nsa_status nsa_decode_create(nsa_layer *layer, int B, int64_t max_len,
+                                     nsa_decode_state **out);
+NSA_API void nsa_decode_free(nsa_decode_state *st);
+/* Empties sequence b (b = -1: all); capacity is kept. */
+NSA_API nsa_status nsa_decode_reset(nsa_decode_state *st, int b);
+
+/* Fills every cache of the empty sequence b from a prompt x[S][D]. y
+ * ([S][D], optional) receives the prompt's layer outputs; with y = NULL no
+ * attention is computed (caches only, as serving systems do). */
+NSA_API nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64_t S,
+                                      float *y);
+
+/* Appends one token to every sequence: x_t[B][D] -> y_t[B][D]. aux rows
+ * are per sequence ([B][H][3], [B][G][n], [B][H][dv]; k_cmp/v_cmp unused).
+ * On any error the state is left exactly as it was. */
+NSA_API nsa_status nsa_decode_step(nsa_layer *layer, nsa_decode_state *st, const float *x_t,
+                                   float *y_t, const nsa_layer_aux *aux);
+
+NSA_API int64_t nsa_decode_length(const nsa_decode_state *st, int b);
+/* Bytes the state holds (caches and bookkeeping). */
+NSA_API size_t nsa_decode_memory(const nsa_decode_state *st);
+/* Counters of the last step of sequence b, group g. */
+NSA_API nsa_status nsa_decode_get_counters(const nsa_decode_state *st, int b, int g,
+                                           nsa_decode_counters *out);
+/* The emitted compressed tokens of sequence b: [count][G][dk] and [count][G][dv]. */
+NSA_API nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float **kc,
+                                         const float **vc, int64_t *count);
 
 #ifdef __cplusplus
 }

@@ -331,20 +331,8 @@ nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
     return NSA_OK;
 }
 
-/* RoPE on every row of x[T][heads][dim] at its position in its sequence. */
-static void rope_rows(const nsa_layer_config *c, const nsa_batch *bt, float *x, int heads,
-                      int dim)
-{
-    if (c->rope_dim == 0)
-        return;
-    for (int b = 0; b < bt->B; b++)
-        for (int64_t t = bt->cu[b]; t < bt->cu[b + 1]; t++)
-            nsa_rope_apply(x + (size_t)t * heads * dim, heads, dim, c->rope_dim, c->rope_base,
-                           (double)(t - bt->cu[b]));
-}
-
 /* RoPE "after": compressed key i of a sequence is rotated at position i*d. */
-static void rope_after_hook(void *user, const nsa_batch *bt, float *kc)
+void nsa_layer_rope_after(void *user, const nsa_batch *bt, float *kc)
 {
     const nsa_layer_config *c = user;
     if (c->rope_dim == 0)
@@ -354,6 +342,74 @@ static void rope_after_hook(void *user, const nsa_batch *bt, float *kc)
         for (int64_t i = 0; i < bt->cmp_off[b + 1] - bt->cmp_off[b]; i++)
             nsa_rope_apply(kc + (size_t)(bt->cmp_off[b] + i) * G * dk, G, dk, c->rope_dim,
                            c->rope_base, (double)(i * c->attn.d));
+}
+
+void nsa_acts_free(nsa_acts *a)
+{
+    free(a->q);
+    free(a->kv);
+    free(a->kraw);
+    if (a->own_gates)
+        free(a->gates);
+    memset(a, 0, sizeof *a);
+}
+
+nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const int64_t *pos,
+                             float *gates, nsa_acts *a)
+{
+    const nsa_layer_config *c = &L->cfg;
+    const nsa_config *ac = &c->attn;
+    nsa_context *ctx = L->ctx;
+    const size_t R = (size_t)rows, H = (size_t)ac->H, G = (size_t)ac->G;
+    const size_t nk = R * G * (size_t)ac->dk, nv = R * G * (size_t)ac->dv;
+    const int nbr = c->shared_kv ? 1 : 3;
+    memset(a, 0, sizeof *a);
+    a->q = malloc(sizeof(float) * R * H * (size_t)ac->dk);
+    a->kv = malloc(sizeof(float) * (nk + nv) * (size_t)nbr);
+    a->kraw = c->rope_cmp == NSA_ROPE_AFTER ? malloc(sizeof(float) * nk) : NULL;
+    a->own_gates = gates == NULL;
+    a->gates = gates ? gates : malloc(sizeof(float) * R * H * 3);
+    if (!a->q || !a->kv || !a->gates || (c->rope_cmp == NSA_ROPE_AFTER && !a->kraw)) {
+        nsa_acts_free(a);
+        return nsa_fail(ctx, NSA_ERR_NOMEM,
+                        "out of memory for the layer's activations (%lld rows)",
+                        (long long)rows);
+    }
+    for (int b = 0; b < 3; b++) {
+        int bb = c->shared_kv ? 0 : b;
+        a->k[b] = a->kv + (size_t)bb * (nk + nv);
+        a->v[b] = a->k[b] + nk;
+    }
+    nsa_status s = linear(ctx, x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q);
+    for (int b = 0; b < nbr && s == NSA_OK; b++) {
+        s = linear(ctx, x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b]);
+        if (s == NSA_OK)
+            s = linear(ctx, x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b]);
+    }
+    if (s == NSA_OK)
+        s = nsa_layer_gates(L, x, rows, a->gates);
+    if (s != NSA_OK) {
+        nsa_acts_free(a);
+        return s;
+    }
+    if (a->kraw)
+        memcpy(a->kraw, a->k[NSA_BR_CMP], sizeof(float) * nk); /* phi sees un-rotated keys */
+    if (c->rope_dim > 0)
+        for (size_t r = 0; r < R; r++) {
+            nsa_rope_apply(a->q + r * H * ac->dk, (int)H, ac->dk, c->rope_dim, c->rope_base,
+                           (double)pos[r]);
+            for (int b = 0; b < nbr; b++)
+                nsa_rope_apply(a->k[b] + r * G * ac->dk, (int)G, ac->dk, c->rope_dim,
+                               c->rope_base, (double)pos[r]);
+        }
+    a->k_for_phi = a->kraw ? a->kraw : a->k[NSA_BR_CMP];
+    return NSA_OK;
+}
+
+nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y)
+{
+    const nsa_layer_config *c = &L->cfg;
+    return linear(L->ctx, o, rows, c->attn.H * c->attn.dv, c->D, L->wo, NULL, y);
 }
 
 nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int32_t *cu,
@@ -370,53 +426,32 @@ nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int3
     nsa_status s = nsa_batch_init(ctx, ac, T, cu, B, &bt);
     if (s != NSA_OK)
         return s;
-    const size_t Tn = (size_t)T, H = (size_t)ac->H, G = (size_t)ac->G;
-    const size_t nk = Tn * G * (size_t)ac->dk, nv = Tn * G * (size_t)ac->dv;
-    const int nbr = c->shared_kv ? 1 : 3;
-    float *q = malloc(sizeof(float) * Tn * H * (size_t)ac->dk);
-    float *kv = malloc(sizeof(float) * (nk + nv) * (size_t)nbr);
-    float *kraw = c->rope_cmp == NSA_ROPE_AFTER ? malloc(sizeof(float) * nk) : NULL;
-    float *gates = aux && aux->gates ? aux->gates : malloc(sizeof(float) * Tn * H * 3);
-    float *o = malloc(sizeof(float) * Tn * H * (size_t)ac->dv);
-    if (!q || !kv || !gates || !o || (c->rope_cmp == NSA_ROPE_AFTER && !kraw)) {
-        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the layer's activations (T=%lld)",
-                     (long long)T);
+    nsa_acts act;
+    memset(&act, 0, sizeof act);
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)T);
+    float *o = malloc(sizeof(float) * (size_t)T * ac->H * ac->dv);
+    if (!pos || !o) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the layer (T=%lld)", (long long)T);
         goto done;
     }
-    float *k[3], *v[3];
-    for (int b = 0; b < 3; b++) {
-        int bb = c->shared_kv ? 0 : b;
-        k[b] = kv + (size_t)bb * (nk + nv);
-        v[b] = k[b] + nk;
-    }
-    if ((s = linear(ctx, x, T, c->D, (int)(H * ac->dk), L->wq, NULL, q)) != NSA_OK)
+    for (int b = 0; b < bt.B; b++)
+        for (int64_t t = bt.cu[b]; t < bt.cu[b + 1]; t++)
+            pos[t] = t - bt.cu[b];
+    if ((s = nsa_layer_project(L, x, T, pos, aux ? aux->gates : NULL, &act)) != NSA_OK)
         goto done;
-    for (int b = 0; b < nbr; b++) {
-        if ((s = linear(ctx, x, T, c->D, (int)(G * ac->dk), L->wk[b], NULL, k[b])) != NSA_OK ||
-            (s = linear(ctx, x, T, c->D, (int)(G * ac->dv), L->wv[b], NULL, v[b])) != NSA_OK)
-            goto done;
-    }
-    if ((s = nsa_layer_gates(L, x, T, gates)) != NSA_OK)
-        goto done;
-    if (kraw)
-        memcpy(kraw, k[NSA_BR_CMP], sizeof(float) * nk); /* phi sees un-rotated keys */
-    rope_rows(c, &bt, q, (int)H, ac->dk);
-    for (int b = 0; b < nbr; b++)
-        rope_rows(c, &bt, k[b], (int)G, ac->dk);
-
     nsa_op_args a;
     memset(&a, 0, sizeof a);
     a.T = T;
     a.B = bt.B;
     a.cu_seqlens = bt.cu;
-    a.q = q;
-    a.k_cmp = kraw ? kraw : k[NSA_BR_CMP];
-    a.v_cmp = v[NSA_BR_CMP];
-    a.k_slc = k[NSA_BR_SLC];
-    a.v_slc = v[NSA_BR_SLC];
-    a.k_win = k[NSA_BR_WIN];
-    a.v_win = v[NSA_BR_WIN];
-    a.gates = gates;
+    a.q = act.q;
+    a.k_cmp = act.k_for_phi;
+    a.v_cmp = act.v[NSA_BR_CMP];
+    a.k_slc = act.k[NSA_BR_SLC];
+    a.v_slc = act.v[NSA_BR_SLC];
+    a.k_win = act.k[NSA_BR_WIN];
+    a.v_win = act.v[NSA_BR_WIN];
+    a.gates = act.gates;
     a.phi_k = &L->phi_k;
     a.phi_v = &L->phi_v;
     a.out = o;
@@ -425,16 +460,15 @@ nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int3
         a.out_slc = aux->out_slc;
         a.out_win = aux->out_win;
         a.selection_out = aux->selection;
+        a.k_cmp_out = aux->k_cmp;
+        a.v_cmp_out = aux->v_cmp;
     }
-    s = nsa_op_core(ctx, ac, &bt, &a, kraw ? rope_after_hook : NULL, (void *)c);
+    s = nsa_op_core(ctx, ac, &bt, &a, act.kraw ? nsa_layer_rope_after : NULL, (void *)c);
     if (s == NSA_OK)
-        s = linear(ctx, o, T, (int)(H * ac->dv), c->D, L->wo, NULL, y);
+        s = nsa_layer_output(L, o, T, y);
 done:
-    free(q);
-    free(kv);
-    free(kraw);
-    if (!(aux && aux->gates))
-        free(gates);
+    nsa_acts_free(&act);
+    free(pos);
     free(o);
     nsa_batch_free(&bt);
     return s;

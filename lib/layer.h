@@ -37,4 +37,24 @@ NSA_HIDDEN void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float
 /* The gate MLP + activation for rows of x: g[rows][H][3]. */
 NSA_HIDDEN nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g);
 
+/* Projected, rotated activations of rows of x (one allocation each). */
+typedef struct nsa_acts {
+    float *q;            /* [R][H][dk], rotated */
+    float *k[3], *v[3];  /* per branch [R][G][dk|dv]; k rotated */
+    float *k_for_phi;    /* k[cmp], or the un-rotated copy for RoPE "after" */
+    float *gates;        /* [R][H][3] */
+    float *kv, *kraw;    /* owned storage */
+    int own_gates;
+} nsa_acts;
+
+/* q, k, v of every branch and the gates for rows of x; row r is rotated at
+ * position pos[r]. gates may point at caller storage (else allocated). */
+NSA_HIDDEN nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows,
+                                        const int64_t *pos, float *gates, nsa_acts *a);
+NSA_HIDDEN void nsa_acts_free(nsa_acts *a);
+/* y = o Wo^T. */
+NSA_HIDDEN nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y);
+/* The kc hook for RoPE "after" (user = the layer config). */
+NSA_HIDDEN void nsa_layer_rope_after(void *user, const nsa_batch *bt, float *kc);
+
 #endif

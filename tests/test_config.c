@@ -1,7 +1,9 @@
 /* Spec 10: every configuration rule is rejected with its code and a message
  * naming the rule; spec 1: the defaults are the paper's. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static void test_defaults(void **state)

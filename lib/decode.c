@@ -1,0 +1,540 @@
+/* Decode (spec 7): per-sequence caches and one-token steps of a layer.
+ *
+ * Every step runs in three phases so that a failure leaves the state as it
+ * was: (1) check arguments; (2) compute the new token's projections and,
+ * when due, its compressed token into temporaries, then reserve capacity
+ * (growth copies into new buffers and swaps only when every allocation
+ * succeeded); (3) write the caches (saving the ring rows it overwrites),
+ * attend, project out, and only then bump the lengths. A failure in (3)
+ * (a backend error) restores the saved ring rows; grown capacity stays. */
+#include "decode.h"
+#include "layer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct seq_cache {
+    int64_t len, cap; /* tokens held; capacity of ks/vs */
+    float *ks, *vs;   /* raw selection K/V [cap][G][dk|dv] */
+    float *kw, *vw;   /* window ring [w][G][..]: position p at row p % w */
+    float *kr, *vr;   /* compression ring [l][G][..]: the keys phi reads */
+    int64_t nc, ccap; /* emitted compressed tokens; capacity */
+    float *kc, *vc;   /* [ccap][G][..] */
+} seq_cache;
+
+struct nsa_decode_state {
+    nsa_layer *L;
+    int B;
+    int64_t max_len;
+    seq_cache *seq;
+    nsa_decode_counters *cnt; /* [B][G], of the last step */
+    int fail_after;           /* test hook, see decode.h */
+};
+
+void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
+{
+    if (st)
+        st->fail_after = n;
+}
+
+static void *st_alloc(nsa_decode_state *st, size_t bytes)
+{
+    if (st->fail_after > 0 && --st->fail_after == 0)
+        return NULL;
+    return malloc(bytes ? bytes : 1);
+}
+
+static const nsa_config *acfg(const nsa_decode_state *st) { return &st->L->cfg.attn; }
+static size_t krow(const nsa_decode_state *st) { return (size_t)acfg(st)->G * acfg(st)->dk; }
+static size_t vrow(const nsa_decode_state *st) { return (size_t)acfg(st)->G * acfg(st)->dv; }
+
+static void seq_free(seq_cache *s)
+{
+    free(s->ks);
+    free(s->vs);
+    free(s->kw);
+    free(s->vw);
+    free(s->kr);
+    free(s->vr);
+    free(s->kc);
+    free(s->vc);
+}
+
+void nsa_decode_free(nsa_decode_state *st)
+{
+    if (!st)
+        return;
+    for (int b = 0; st->seq && b < st->B; b++)
+        seq_free(&st->seq[b]);
+    free(st->seq);
+    free(st->cnt);
+    free(st);
+}
+
+nsa_status nsa_decode_create(nsa_layer *L, int B, int64_t max_len, nsa_decode_state **out)
+{
+    if (!out || !L)
+        return L ? nsa_fail(L->ctx, NSA_ERR_NULL, "out is NULL") : NSA_ERR_NULL;
+    *out = NULL;
+    if (B < 1)
+        return nsa_fail(L->ctx, NSA_ERR_ZERO_SIZE, "B=%d must be >= 1", B);
+    if (max_len < 0)
+        return nsa_fail(L->ctx, NSA_ERR_ARG, "max_len=%lld must be >= 0 (0 = no limit)",
+                        (long long)max_len);
+    nsa_decode_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the decode state");
+    st->L = L;
+    st->B = B;
+    st->max_len = max_len;
+    st->seq = calloc((size_t)B, sizeof *st->seq);
+    st->cnt = calloc((size_t)B * (size_t)L->cfg.attn.G, sizeof *st->cnt);
+    int ok = st->seq && st->cnt;
+    const nsa_config *c = &L->cfg.attn;
+    for (int b = 0; ok && b < B; b++) {
+        seq_cache *s = &st->seq[b];
+        s->kw = malloc(sizeof(float) * (size_t)c->w * krow(st));
+        s->vw = malloc(sizeof(float) * (size_t)c->w * vrow(st));
+        s->kr = malloc(sizeof(float) * (size_t)c->l * krow(st));
+        s->vr = malloc(sizeof(float) * (size_t)c->l * vrow(st));
+        ok = s->kw && s->vw && s->kr && s->vr;
+    }
+    if (!ok) {
+        nsa_decode_free(st);
+        return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for %d decode caches", B);
+    }
+    *out = st;
+    return NSA_OK;
+}
+
+nsa_status nsa_decode_reset(nsa_decode_state *st, int b)
+{
+    if (!st)
+        return NSA_ERR_NULL;
+    if (b < -1 || b >= st->B)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG, "sequence %d outside 0..%d (or -1 = all)", b,
+                        st->B - 1);
+    const int G = acfg(st)->G;
+    for (int i = (b < 0 ? 0 : b); i < (b < 0 ? st->B : b + 1); i++) {
+        st->seq[i].len = 0;
+        st->seq[i].nc = 0;
+        memset(st->cnt + (size_t)i * G, 0, sizeof *st->cnt * (size_t)G);
+    }
+    return NSA_OK;
+}
+
+int64_t nsa_decode_length(const nsa_decode_state *st, int b)
+{
+    return (st && b >= 0 && b < st->B) ? st->seq[b].len : -1;
+}
+
+size_t nsa_decode_memory(const nsa_decode_state *st)
+{
+    if (!st)
+        return 0;
+    const nsa_config *c = acfg(st);
+    size_t bytes = sizeof *st + sizeof(seq_cache) * (size_t)st->B +
+                   sizeof(nsa_decode_counters) * (size_t)st->B * (size_t)c->G;
+    for (int b = 0; b < st->B; b++) {
+        const seq_cache *s = &st->seq[b];
+        bytes += sizeof(float) * (krow(st) + vrow(st)) *
+                 ((size_t)s->cap + (size_t)s->ccap + (size_t)c->w + (size_t)c->l);
+    }
+    return bytes;
+}
+
+nsa_status nsa_decode_get_counters(const nsa_decode_state *st, int b, int g,
+                                   nsa_decode_counters *out)
+{
+    if (!st || !out)
+        return NSA_ERR_NULL;
+    if (b < 0 || b >= st->B || g < 0 || g >= acfg(st)->G)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG, "(sequence %d, group %d) outside %d x %d", b,
+                        g, st->B, acfg(st)->G);
+    *out = st->cnt[(size_t)b * acfg(st)->G + g];
+    return NSA_OK;
+}
+
+nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float **kc,
+                                 const float **vc, int64_t *count)
+{
+    if (!st)
+        return NSA_ERR_NULL;
+    if (b < 0 || b >= st->B)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG, "sequence %d outside 0..%d", b, st->B - 1);
+    if (kc)
+        *kc = st->seq[b].kc;
+    if (vc)
+        *vc = st->seq[b].vc;
+    if (count)
+        *count = st->seq[b].nc;
+    return NSA_OK;
+}
+
+/* ------------------------------------------------------------- growth */
+/* New buffers for the sequences that need more room, swapped in only when
+ * all of them were allocated. */
+typedef struct growth {
+    float *ks, *vs, *kc, *vc;
+    int64_t cap, ccap;
+} growth;
+
+static int64_t grown(int64_t cap, int64_t need)
+{
+    int64_t c = cap < 16 ? 16 : cap;
+    while (c < need)
+        c *= 2;
+    return c;
+}
+
+static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
+                          const int64_t *need_cmp)
+{
+    growth *gr = calloc((size_t)st->B, sizeof *gr);
+    if (!gr)
+        return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory growing the caches");
+    int ok = 1;
+    for (int b = 0; ok && b < st->B; b++) {
+        const seq_cache *s = &st->seq[b];
+        if (need_tok[b] > s->cap) {
+            gr[b].cap = grown(s->cap, need_tok[b]);
+            gr[b].ks = st_alloc(st, sizeof(float) * (size_t)gr[b].cap * krow(st));
+            gr[b].vs = st_alloc(st, sizeof(float) * (size_t)gr[b].cap * vrow(st));
+            ok = gr[b].ks && gr[b].vs;
+        }
+        if (ok && need_cmp[b] > s->ccap) {
+            gr[b].ccap = grown(s->ccap, need_cmp[b]);
+            gr[b].kc = st_alloc(st, sizeof(float) * (size_t)gr[b].ccap * krow(st));
+            gr[b].vc = st_alloc(st, sizeof(float) * (size_t)gr[b].ccap * vrow(st));
+            ok = gr[b].kc && gr[b].vc;
+        }
+    }
+    for (int b = 0; b < st->B; b++) {
+        seq_cache *s = &st->seq[b];
+        if (!ok) {
+            free(gr[b].ks);
+            free(gr[b].vs);
+            free(gr[b].kc);
+            free(gr[b].vc);
+            continue;
+        }
+        if (gr[b].ks) {
+            memcpy(gr[b].ks, s->ks ? s->ks : gr[b].ks, sizeof(float) * (size_t)s->len * krow(st));
+            memcpy(gr[b].vs, s->vs ? s->vs : gr[b].vs, sizeof(float) * (size_t)s->len * vrow(st));
+            free(s->ks);
+            free(s->vs);
+            s->ks = gr[b].ks;
+            s->vs = gr[b].vs;
+            s->cap = gr[b].cap;
+        }
+        if (gr[b].kc) {
+            memcpy(gr[b].kc, s->kc ? s->kc : gr[b].kc, sizeof(float) * (size_t)s->nc * krow(st));
+            memcpy(gr[b].vc, s->vc ? s->vc : gr[b].vc, sizeof(float) * (size_t)s->nc * vrow(st));
+            free(s->kc);
+            free(s->vc);
+            s->kc = gr[b].kc;
+            s->vc = gr[b].vc;
+            s->ccap = gr[b].ccap;
+        }
+    }
+    free(gr);
+    return ok ? NSA_OK
+              : nsa_fail(st->L->ctx, NSA_ERR_NOMEM,
+                         "out of memory growing the decode caches (state unchanged)");
+}
+
+/* ------------------------------------------------------------- prefill */
+static nsa_status check_capacity(const nsa_decode_state *st, int b, int64_t need)
+{
+    if (st->max_len > 0 && need > st->max_len)
+        return nsa_fail(st->L->ctx, NSA_ERR_CAPACITY,
+                        "sequence %d would hold %lld tokens, past max_len=%lld", b,
+                        (long long)need, (long long)st->max_len);
+    if (need > INT32_MAX)
+        return nsa_fail(st->L->ctx, NSA_ERR_RANGE, "sequence %d would pass 2^31-1 tokens", b);
+    return NSA_OK;
+}
+
+nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64_t S, float *y)
+{
+    if (!st)
+        return NSA_ERR_NULL;
+    nsa_layer *L = st->L;
+    nsa_context *ctx = L->ctx;
+    const nsa_config *c = acfg(st);
+    if (!x)
+        return nsa_fail(ctx, NSA_ERR_NULL, "x must not be NULL");
+    if (b < 0 || b >= st->B)
+        return nsa_fail(ctx, NSA_ERR_ARG, "sequence %d outside 0..%d", b, st->B - 1);
+    if (S < 1)
+        return nsa_fail(ctx, NSA_ERR_ZERO_SIZE, "S=%lld must be >= 1", (long long)S);
+    if (st->seq[b].len != 0)
+        return nsa_fail(ctx, NSA_ERR_ARG,
+                        "prefill needs an empty sequence: %d holds %lld tokens (reset it)", b,
+                        (long long)st->seq[b].len);
+    nsa_status s = check_capacity(st, b, S);
+    if (s != NSA_OK)
+        return s;
+    int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
+    if (!need)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory");
+    const int64_t C = nsa_cmp_tokens(c, S);
+    need[b] = S;
+    need[st->B + b] = C;
+    s = reserve(st, need, need + st->B);
+    free(need);
+    if (s != NSA_OK)
+        return s;
+
+    seq_cache *sq = &st->seq[b];
+    int32_t cu[2] = {0, (int32_t)S};
+    int64_t cmp_off[2] = {0, C};
+    nsa_batch bt = {1, S, cu, NULL, cmp_off, (int)S};
+    nsa_acts act;
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)S);
+    float *o = y ? malloc(sizeof(float) * (size_t)S * c->H * c->dv) : NULL;
+    if (!pos || (y && !o)) {
+        free(pos);
+        free(o);
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a prompt of %lld tokens",
+                        (long long)S);
+    }
+    for (int64_t t = 0; t < S; t++)
+        pos[t] = t;
+    s = nsa_layer_project(L, x, S, pos, NULL, &act);
+    free(pos);
+    if (s != NSA_OK) {
+        free(o);
+        return s;
+    }
+    nsa_kc_hook hook = act.kraw ? nsa_layer_rope_after : NULL;
+    if (y) {
+        /* the prompt's outputs; phi writes straight into the cache */
+        nsa_op_args a;
+        memset(&a, 0, sizeof a);
+        a.T = S;
+        a.B = 1;
+        a.cu_seqlens = cu;
+        a.q = act.q;
+        a.k_cmp = act.k_for_phi;
+        a.v_cmp = act.v[NSA_BR_CMP];
+        a.k_slc = act.k[NSA_BR_SLC];
+        a.v_slc = act.v[NSA_BR_SLC];
+        a.k_win = act.k[NSA_BR_WIN];
+        a.v_win = act.v[NSA_BR_WIN];
+        a.gates = act.gates;
+        a.phi_k = &L->phi_k;
+        a.phi_v = &L->phi_v;
+        a.out = o;
+        a.k_cmp_out = sq->kc;
+        a.v_cmp_out = sq->vc;
+        s = nsa_op_core(ctx, c, &bt, &a, hook, (void *)&L->cfg);
+        if (s == NSA_OK)
+            s = nsa_layer_output(L, o, S, y);
+    } else if (C > 0) {
+        /* caches only: phi, no attention */
+        nsa_cmp_job ck = {c, &bt, act.k_for_phi, c->dk, &L->phi_k, sq->kc};
+        nsa_cmp_job cv = {c, &bt, act.v[NSA_BR_CMP], c->dv, &L->phi_v, sq->vc};
+        s = nsa_run_compress(ctx, &ck);
+        if (s == NSA_OK)
+            s = nsa_run_compress(ctx, &cv);
+        if (s == NSA_OK && hook)
+            hook((void *)&L->cfg, &bt, sq->kc);
+    }
+    if (s == NSA_OK) {
+        const size_t kr = krow(st), vr = vrow(st);
+        memcpy(sq->ks, act.k[NSA_BR_SLC], sizeof(float) * (size_t)S * kr);
+        memcpy(sq->vs, act.v[NSA_BR_SLC], sizeof(float) * (size_t)S * vr);
+        for (int64_t p = S > c->w ? S - c->w : 0; p < S; p++) {
+            memcpy(sq->kw + (size_t)(p % c->w) * kr, act.k[NSA_BR_WIN] + (size_t)p * kr,
+                   sizeof(float) * kr);
+            memcpy(sq->vw + (size_t)(p % c->w) * vr, act.v[NSA_BR_WIN] + (size_t)p * vr,
+                   sizeof(float) * vr);
+        }
+        for (int64_t p = S > c->l ? S - c->l : 0; p < S; p++) {
+            memcpy(sq->kr + (size_t)(p % c->l) * kr, act.k_for_phi + (size_t)p * kr,
+                   sizeof(float) * kr);
+            memcpy(sq->vr + (size_t)(p % c->l) * vr, act.v[NSA_BR_CMP] + (size_t)p * vr,
+                   sizeof(float) * vr);
+        }
+        sq->len = S;
+        sq->nc = C;
+    }
+    nsa_acts_free(&act);
+    free(o);
+    return s;
+}
+
+/* ---------------------------------------------------------------- step */
+static int emits(const nsa_config *c, int64_t t)
+{
+    return t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
+}
+
+nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
+                           const nsa_layer_aux *aux)
+{
+    if (!L || !st)
+        return NSA_ERR_NULL;
+    nsa_context *ctx = L->ctx;
+    if (st->L != L)
+        return nsa_fail(ctx, NSA_ERR_ARG, "the decode state belongs to another layer");
+    if (!x || !y)
+        return nsa_fail(ctx, NSA_ERR_NULL, "x_t and y_t must not be NULL");
+    const nsa_config *c = acfg(st);
+    const int B = st->B, G = c->G, H = c->H, n = c->n;
+    const size_t kr = krow(st), vr = vrow(st);
+    nsa_status s = NSA_OK;
+    for (int b = 0; b < B && s == NSA_OK; b++)
+        s = check_capacity(st, b, st->seq[b].len + 1);
+    if (s != NSA_OK)
+        return s;
+
+    /* phase 1: what each sequence needs */
+    int64_t *need = malloc(sizeof(int64_t) * 3 * (size_t)B);
+    if (!need)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory");
+    int64_t max_t = 0;
+    for (int b = 0; b < B; b++) {
+        const int64_t t = st->seq[b].len;
+        need[b] = t + 1;
+        need[B + b] = st->seq[b].nc + emits(c, t);
+        need[2 * B + b] = t;
+        if (t > max_t)
+            max_t = t;
+    }
+    /* phase 2: temporaries (all allocated before anything is written) */
+    nsa_acts act;
+    memset(&act, 0, sizeof act);
+    nsa_csr map = {0};
+    float *o = st_alloc(st, sizeof(float) * (size_t)B * H * c->dv);
+    int32_t *sel = st_alloc(st, sizeof(int32_t) * (size_t)B * G * n);
+    nsa_decode_seq *sd = st_alloc(st, sizeof *sd * (size_t)B);
+    /* per sequence: the new compressed token, then the saved ring rows */
+    const size_t per = 2 * (kr + vr) + (kr + vr);
+    float *tmp = st_alloc(st, sizeof(float) * (size_t)B * per);
+    float *zk = st_alloc(st, sizeof(float) * (size_t)c->l * (kr + vr));
+    if (s == NSA_OK && (!o || !sel || !sd || !tmp || !zk))
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
+    if (s == NSA_OK &&
+        (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t),
+                              &map)) != NSA_OK)
+        nsa_fail(ctx, s, "out of memory for the mapping (state unchanged)");
+    if (s == NSA_OK)
+        s = nsa_layer_project(L, x, B, need + 2 * B, aux ? aux->gates : NULL, &act);
+
+    /* compressed token due at t: phi over the ring's last l-1 rows + the new row */
+    for (int b = 0; b < B && s == NSA_OK; b++) {
+        const seq_cache *sq = &st->seq[b];
+        const int64_t t = sq->len;
+        if (!emits(c, t))
+            continue;
+        float *zv = zk + (size_t)c->l * kr;
+        for (int j = 0; j < c->l; j++) {
+            const int64_t p = t - c->l + 1 + j;
+            const float *ksrc = p == t ? act.k_for_phi + (size_t)b * kr : sq->kr + (size_t)(p % c->l) * kr;
+            const float *vsrc = p == t ? act.v[NSA_BR_CMP] + (size_t)b * vr : sq->vr + (size_t)(p % c->l) * vr;
+            memcpy(zk + (size_t)j * kr, ksrc, sizeof(float) * kr);
+            memcpy(zv + (size_t)j * vr, vsrc, sizeof(float) * vr);
+        }
+        int32_t cu[2] = {0, c->l};
+        int64_t off[2] = {0, 1};
+        nsa_batch one = {1, c->l, cu, NULL, off, c->l};
+        float *nk = tmp + (size_t)b * per, *nv = nk + kr;
+        nsa_cmp_job ck = {c, &one, zk, c->dk, &L->phi_k, nk};
+        nsa_cmp_job cv = {c, &one, zv, c->dv, &L->phi_v, nv};
+        if ((s = nsa_run_compress(ctx, &ck)) == NSA_OK)
+            s = nsa_run_compress(ctx, &cv);
+        if (s == NSA_OK && act.kraw && L->cfg.rope_dim > 0)
+            nsa_rope_apply(nk, G, c->dk, L->cfg.rope_dim, L->cfg.rope_base,
+                           (double)(sq->nc * c->d));
+    }
+
+    /* room for one more token (and compressed token) everywhere; last of
+     * the allocations, so a failure before it leaves even the capacity */
+    if (s == NSA_OK)
+        s = reserve(st, need, need + B);
+
+    /* phase 3: write (saving the ring rows overwritten), attend, project */
+    if (s == NSA_OK) {
+        for (int b = 0; b < B; b++) {
+            seq_cache *sq = &st->seq[b];
+            const int64_t t = sq->len;
+            float *save = tmp + (size_t)b * per + kr + vr;
+            float *kwr = sq->kw + (size_t)(t % c->w) * kr, *vwr = sq->vw + (size_t)(t % c->w) * vr;
+            float *krr = sq->kr + (size_t)(t % c->l) * kr, *vrr = sq->vr + (size_t)(t % c->l) * vr;
+            memcpy(save, kwr, sizeof(float) * kr);
+            memcpy(save + kr, vwr, sizeof(float) * vr);
+            memcpy(save + kr + vr, krr, sizeof(float) * kr);
+            memcpy(save + 2 * kr + vr, vrr, sizeof(float) * vr);
+            memcpy(sq->ks + (size_t)t * kr, act.k[NSA_BR_SLC] + (size_t)b * kr, sizeof(float) * kr);
+            memcpy(sq->vs + (size_t)t * vr, act.v[NSA_BR_SLC] + (size_t)b * vr, sizeof(float) * vr);
+            memcpy(kwr, act.k[NSA_BR_WIN] + (size_t)b * kr, sizeof(float) * kr);
+            memcpy(vwr, act.v[NSA_BR_WIN] + (size_t)b * vr, sizeof(float) * vr);
+            memcpy(krr, act.k_for_phi + (size_t)b * kr, sizeof(float) * kr);
+            memcpy(vrr, act.v[NSA_BR_CMP] + (size_t)b * vr, sizeof(float) * vr);
+            if (emits(c, t)) {
+                memcpy(sq->kc + (size_t)sq->nc * kr, tmp + (size_t)b * per, sizeof(float) * kr);
+                memcpy(sq->vc + (size_t)sq->nc * vr, tmp + (size_t)b * per + kr,
+                       sizeof(float) * vr);
+            }
+            sd[b] = (nsa_decode_seq){t, sq->kc, sq->vc, sq->ks, sq->vs, sq->kw, sq->vw};
+        }
+        nsa_decode_job job = {c,   nsa_config_scale(c), &map, B,
+                              sd,  act.q,               act.gates, o,
+                              aux ? aux->out_cmp : NULL, aux ? aux->out_slc : NULL,
+                              aux ? aux->out_win : NULL, sel};
+        s = nsa_run_decode_attend(ctx, &job);
+        if (s == NSA_OK)
+            s = nsa_layer_output(L, o, B, y);
+        if (s != NSA_OK) {
+            /* undo: only the ring rows hold something the state still needs */
+            for (int b = 0; b < B; b++) {
+                seq_cache *sq = &st->seq[b];
+                const int64_t t = sq->len;
+                const float *save = tmp + (size_t)b * per + kr + vr;
+                memcpy(sq->kw + (size_t)(t % c->w) * kr, save, sizeof(float) * kr);
+                memcpy(sq->vw + (size_t)(t % c->w) * vr, save + kr, sizeof(float) * vr);
+                memcpy(sq->kr + (size_t)(t % c->l) * kr, save + kr + vr, sizeof(float) * kr);
+                memcpy(sq->vr + (size_t)(t % c->l) * vr, save + 2 * kr + vr, sizeof(float) * vr);
+            }
+        }
+    }
+    if (s == NSA_OK) {
+        /* commit: lengths, and what this step read */
+        for (int b = 0; b < B; b++) {
+            seq_cache *sq = &st->seq[b];
+            const int64_t t = sq->len;
+            sq->nc += emits(c, t);
+            sq->len = t + 1;
+            for (int g = 0; g < G; g++) {
+                nsa_decode_counters *k = &st->cnt[(size_t)b * G + g];
+                const int32_t *sg = sel + ((size_t)b * G + g) * n;
+                k->t = t;
+                k->cmp = nsa_bm_n_cmp(c, t);
+                k->slc = 0;
+                for (int i = 0; i < n; i++)
+                    if (sg[i] >= 0) {
+                        int64_t lo = (int64_t)sg[i] * c->l_sel, hi = lo + c->l_sel;
+                        k->slc += (hi > t + 1 ? t + 1 : hi) - lo;
+                    }
+                k->win = t + 1 < c->w ? t + 1 : c->w;
+                k->dense = t + 1;
+                k->bytes = (k->cmp + k->slc + k->win) * (int64_t)(c->dk + c->dv) *
+                           (int64_t)sizeof(float);
+            }
+            if (aux && aux->selection)
+                memcpy(aux->selection + (size_t)b * G * n, sel + (size_t)b * G * n,
+                       sizeof(int32_t) * (size_t)G * n);
+        }
+    }
+    nsa_acts_free(&act);
+    nsa_bm_map_free(&map);
+    free(need);
+    free(o);
+    free(sel);
+    free(sd);
+    free(tmp);
+    free(zk);
+    return s;
+}

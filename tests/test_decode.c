@@ -1,0 +1,341 @@
+/* Decode (spec 7): decode = prefill at every position, emitted compressed
+ * tokens = prefill's bit for bit, counters = closed forms, and failures
+ * (bad arguments, capacity, injected allocation failures, NaN input) leave
+ * the state as it was and never touch other sequences. */
+#include "testlib.h"
+#include "decode.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static nsa_layer_config cfg_small(int l, int d, int ls)
+{
+    nsa_layer_config c = nsa_layer_config_default();
+    c.attn.H = 4;
+    c.attn.G = 2;
+    c.attn.dk = 8;
+    c.attn.dv = 6;
+    c.attn.l = l;
+    c.attn.d = d;
+    c.attn.l_sel = ls;
+    c.attn.n = 3;
+    c.attn.w = 40;
+    c.D = 12;
+    c.rope_dim = 8;
+    return c;
+}
+
+static nsa_context *ref_ctx(void)
+{
+    nsa_context *ctx;
+    const char *be = getenv("NSA_TEST_BACKEND");
+    assert_int_equal(nsa_context_create(be ? be : "ref", &ctx, NULL, 0), NSA_OK);
+    return ctx;
+}
+
+/* Steps every sequence from its prompt and compares each step with the
+ * layer's prefill output at the same position. */
+static void decode_vs_prefill(const nsa_layer_config *c, uint64_t seed)
+{
+    nsa_context *ctx = ref_ctx();
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, seed), NSA_OK);
+    enum { B = 3, STEPS = 110 };
+    const int prompt[B] = {0, 37, 90};
+    const size_t D = (size_t)c->D;
+    float *x[B], *yref[B];
+    for (int b = 0; b < B; b++) {
+        const int S = prompt[b] + STEPS;
+        x[b] = malloc(sizeof(float) * S * D);
+        tl_fill(x[b], (size_t)S * D, seed * 10 + b, -1, 1);
+        yref[b] = tl_poisoned((size_t)S * D);
+        assert_int_equal(nsa_layer_forward(L, x[b], S, NULL, 1, yref[b], NULL), NSA_OK);
+    }
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, B, 0, &st), NSA_OK);
+    for (int b = 0; b < B; b++)
+        if (prompt[b] > 0) {
+            float *yp = tl_poisoned((size_t)prompt[b] * D);
+            assert_int_equal(nsa_decode_prefill(st, b, x[b], prompt[b], yp), NSA_OK);
+            /* spec 9: relative L2 <= 1e-5 */
+            assert_true(tl_rel_l2(yp, yref[b], (size_t)prompt[b] * D) <= 1e-5);
+            free(yp);
+        }
+    float *xt = malloc(sizeof(float) * B * D), *yt = tl_poisoned(B * D);
+    double worst = 0.0;
+    for (int s = 0; s < STEPS; s++) {
+        for (int b = 0; b < B; b++)
+            memcpy(xt + b * D, x[b] + (size_t)(prompt[b] + s) * D, sizeof(float) * D);
+        for (size_t i = 0; i < B * D; i++)
+            yt[i] = NAN;
+        assert_int_equal(nsa_decode_step(L, st, xt, yt, NULL), NSA_OK);
+        for (int b = 0; b < B; b++) {
+            double e = tl_rel_l2(yt + b * D, yref[b] + (size_t)(prompt[b] + s) * D, D);
+            if (e > worst)
+                worst = e;
+            /* spec 7 + 9: decode at t equals prefill at t within 1e-5 */
+            if (!(e <= 1e-5))
+                fail_msg("seq %d step %d (t=%d): rel err %g", b, s, prompt[b] + s, e);
+        }
+    }
+    /* emitted compressed tokens = prefill's, bit for bit */
+    for (int b = 0; b < B; b++) {
+        const int S = prompt[b] + STEPS;
+        const int64_t C = nsa_cmp_tokens(&c->attn, S);
+        float *kc = tl_poisoned((size_t)C * c->attn.G * c->attn.dk);
+        float *vc = tl_poisoned((size_t)C * c->attn.G * c->attn.dv);
+        float *y = tl_poisoned((size_t)S * D);
+        nsa_layer_aux aux;
+        memset(&aux, 0, sizeof aux);
+        aux.k_cmp = kc;
+        aux.v_cmp = vc;
+        assert_int_equal(nsa_layer_forward(L, x[b], S, NULL, 1, y, &aux), NSA_OK);
+        const float *dk_, *dv_;
+        int64_t cnt;
+        assert_int_equal(nsa_decode_compressed(st, b, &dk_, &dv_, &cnt), NSA_OK);
+        assert_int_equal(cnt, C);
+        assert_true(C >= 4); /* several emission points crossed */
+        assert_memory_equal(dk_, kc, sizeof(float) * (size_t)C * c->attn.G * c->attn.dk);
+        assert_memory_equal(dv_, vc, sizeof(float) * (size_t)C * c->attn.G * c->attn.dv);
+        assert_int_equal(nsa_decode_length(st, b), S);
+        free(kc);
+        free(vc);
+        free(y);
+    }
+    print_message("decode vs prefill: worst relative L2 %.3g\n", worst);
+    for (int b = 0; b < B; b++) {
+        free(x[b]);
+        free(yref[b]);
+    }
+    free(xt);
+    free(yt);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
+static void test_decode_equals_prefill(void **state)
+{
+    (void)state;
+    const int shapes[2][3] = {{32, 16, 64}, {16, 8, 32}};
+    for (int sh = 0; sh < 2; sh++)
+        for (int v = 0; v < 4; v++) {
+            nsa_layer_config c = cfg_small(shapes[sh][0], shapes[sh][1], shapes[sh][2]);
+            c.shared_kv = v & 1;
+            if (v & 2) {
+                c.phi = NSA_PHI_MLP;
+                c.phi_hidden = v == 2 ? 0 : 5;
+                c.phi_pe = 1;
+                c.rope_cmp = NSA_ROPE_AFTER;
+                c.gate_act = NSA_GATE_SIGMOID;
+                c.gate_hidden = 4;
+            }
+            decode_vs_prefill(&c, 1000 + sh * 10 + v);
+        }
+}
+
+/* Closed forms of spec 7 for the step at t = S - 1. */
+static void closed_form(const nsa_config *c, int64_t S, int64_t *cmp, int64_t *slc,
+                        int64_t *win)
+{
+    const int64_t t = S - 1;
+    *cmp = S >= c->l ? (S - c->l) / c->d + 1 : 0;
+    const int64_t vis = t / c->l_sel + 1;
+    /* all visible blocks when they fit, else n-1 full blocks + the current one */
+    *slc = vis <= c->n ? S : (int64_t)(c->n - 1) * c->l_sel + (t % c->l_sel + 1);
+    *win = S < c->w ? S : c->w;
+}
+
+static void test_counters(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer_config c = nsa_layer_config_default(); /* paper l, d, l', n, w */
+    c.attn.H = 2;
+    c.attn.G = 2; /* two groups: counters per group */
+    c.attn.dk = 4;
+    c.attn.dv = 4;
+    c.D = 4;
+    c.rope_dim = 4;
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 77), NSA_OK);
+    const nsa_config *a = &c.attn;
+    const int64_t sizes[] = {1, a->l - 1, a->l, a->l + a->d, 8192, 16384, 32768, 65536};
+    const int64_t table4[] = {0, 0, 0, 0, 2048, 2560, 3584, 5632};
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, 1, 0, &st), NSA_OK);
+    float *x = malloc(sizeof(float) * 65536 * 4);
+    tl_fill(x, 65536 * 4, 5, -1, 1);
+    float y[4];
+    print_message("%8s %6s %6s %6s %7s %10s %8s\n", "S", "cmp", "slc", "win", "total",
+                  "Table 4", "dense");
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        const int64_t S = sizes[i];
+        assert_int_equal(nsa_decode_reset(st, -1), NSA_OK);
+        if (S > 1)
+            assert_int_equal(nsa_decode_prefill(st, 0, x, S - 1, NULL), NSA_OK);
+        assert_int_equal(nsa_decode_step(L, st, x + (size_t)(S - 1) * 4, y, NULL), NSA_OK);
+        int64_t cmp, slc, win;
+        closed_form(a, S, &cmp, &slc, &win);
+        for (int g = 0; g < a->G; g++) {
+            nsa_decode_counters k;
+            assert_int_equal(nsa_decode_get_counters(st, 0, g, &k), NSA_OK);
+            assert_int_equal(k.t, S - 1);
+            assert_int_equal(k.cmp, cmp);
+            assert_int_equal(k.slc, slc);
+            assert_int_equal(k.win, win);
+            assert_int_equal(k.dense, S);
+            assert_int_equal(k.bytes, (cmp + slc + win) * (a->dk + a->dv) * 4);
+        }
+        if (table4[i])
+            print_message("%8lld %6lld %6lld %6lld %7lld %10lld %8lld\n", (long long)S,
+                          (long long)cmp, (long long)slc, (long long)win,
+                          (long long)(cmp + slc + win), (long long)table4[i], (long long)S);
+        else
+            print_message("%8lld %6lld %6lld %6lld %7lld %10s %8lld\n", (long long)S,
+                          (long long)cmp, (long long)slc, (long long)win,
+                          (long long)(cmp + slc + win), "-", (long long)S);
+    }
+    /* spec 7's worked example: S = 65536 reads 4095 + 1024 + 512 = 5631 */
+    nsa_decode_counters k;
+    assert_int_equal(nsa_decode_get_counters(st, 0, 1, &k), NSA_OK);
+    assert_int_equal(k.cmp + k.slc + k.win, 5631);
+    free(x);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
+/* Snapshot of what a state holds, to prove a failed call changed nothing. */
+typedef struct snap {
+    int64_t len[2];
+    size_t mem;
+    nsa_decode_counters cnt[2];
+} snap;
+
+static snap take(const nsa_decode_state *st)
+{
+    snap s;
+    memset(&s, 0, sizeof s);
+    for (int b = 0; b < 2; b++) {
+        s.len[b] = nsa_decode_length(st, b);
+        assert_int_equal(nsa_decode_get_counters(st, b, 0, &s.cnt[b]), NSA_OK);
+    }
+    s.mem = nsa_decode_memory(st);
+    return s;
+}
+
+static void test_failures_leave_state(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    nsa_layer *L, *other;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_create(ctx, &c, &other), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 3), NSA_OK);
+    const size_t D = (size_t)c.D;
+    enum { N = 60 };
+    float *x = malloc(sizeof(float) * N * 2 * D);
+    tl_fill(x, N * 2 * D, 17, -1, 1);
+    nsa_decode_state *A, *Bst;
+    assert_int_equal(nsa_decode_create(L, 2, 50, &A), NSA_OK);
+    assert_int_equal(nsa_decode_create(L, 2, 50, &Bst), NSA_OK);
+    float ya[2 * 12], yb[2 * 12];
+    for (int s = 0; s < N; s++) {
+        const float *xt = x + (size_t)s * 2 * D;
+        nsa_status ra = nsa_decode_step(L, A, xt, ya, NULL);
+        /* bad arguments first: each fails and changes nothing */
+        snap before = take(Bst);
+        assert_int_equal(nsa_decode_step(other, Bst, xt, yb, NULL), NSA_ERR_ARG);
+        assert_int_equal(nsa_decode_step(L, Bst, NULL, yb, NULL), NSA_ERR_NULL);
+        assert_int_equal(nsa_decode_step(L, Bst, xt, NULL, NULL), NSA_ERR_NULL);
+        /* then injected allocation failures: the 1st, 2nd, ... allocation */
+        nsa_status rb;
+        int k = 1;
+        for (;; k++) {
+            nsa_decode_fail_alloc_after(Bst, k);
+            rb = nsa_decode_step(L, Bst, xt, yb, NULL);
+            nsa_decode_fail_alloc_after(Bst, 0);
+            if (rb != NSA_ERR_NOMEM)
+                break;
+            snap after = take(Bst);
+            assert_memory_equal(&after, &before, sizeof before);
+        }
+        assert_int_equal(rb, ra);
+        if (ra == NSA_OK) {
+            /* a state that failed k-1 times computes exactly what A does */
+            assert_memory_equal(ya, yb, sizeof ya);
+        } else {
+            /* past max_len = 50: a capacity error, nothing changed */
+            assert_int_equal(ra, NSA_ERR_CAPACITY);
+            assert_non_null(strstr(nsa_context_last_error(ctx), "max_len=50"));
+            snap after = take(Bst);
+            assert_memory_equal(&after, &before, sizeof before);
+        }
+    }
+    assert_int_equal(nsa_decode_length(Bst, 0), 50);
+    /* prefill checks */
+    assert_int_equal(nsa_decode_prefill(Bst, 0, x, 5, NULL), NSA_ERR_ARG); /* not empty */
+    assert_int_equal(nsa_decode_prefill(Bst, 2, x, 5, NULL), NSA_ERR_ARG);
+    assert_int_equal(nsa_decode_reset(Bst, 0), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(Bst, 0, x, 51, NULL), NSA_ERR_CAPACITY);
+    assert_int_equal(nsa_decode_length(Bst, 0), 0);
+    nsa_decode_state *none = (nsa_decode_state *)0x1;
+    assert_int_equal(nsa_decode_create(L, 0, 0, &none), NSA_ERR_ZERO_SIZE);
+    assert_null(none);
+    free(x);
+    nsa_decode_free(A);
+    nsa_decode_free(Bst);
+    nsa_layer_free(L);
+    nsa_layer_free(other);
+    nsa_context_free(ctx);
+}
+
+/* NaN/Inf in one sequence's input: no crash, other sequences untouched. */
+static void test_nonfinite_input(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 9), NSA_OK);
+    const size_t D = (size_t)c.D;
+    nsa_decode_state *A, *Bst;
+    assert_int_equal(nsa_decode_create(L, 2, 0, &A), NSA_OK);
+    assert_int_equal(nsa_decode_create(L, 2, 0, &Bst), NSA_OK);
+    float xa[24], xb[24], ya[24], yb[24];
+    for (int s = 0; s < 80; s++) {
+        tl_fill(xa, 2 * D, 500 + s, -1, 1);
+        memcpy(xb, xa, sizeof xa);
+        if (s % 7 == 3)
+            xb[s % D] = NAN;
+        if (s % 11 == 5)
+            xb[(s + 1) % D] = INFINITY;
+        assert_int_equal(nsa_decode_step(L, A, xa, ya, NULL), NSA_OK);
+        assert_int_equal(nsa_decode_step(L, Bst, xb, yb, NULL), NSA_OK);
+        assert_memory_equal(ya + D, yb + D, sizeof(float) * D); /* sequence 1 */
+    }
+    nsa_decode_counters k;
+    assert_int_equal(nsa_decode_get_counters(Bst, 0, 0, &k), NSA_OK);
+    assert_int_equal(k.t, 79);
+    nsa_decode_free(A);
+    nsa_decode_free(Bst);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_equals_prefill),
+        cmocka_unit_test(test_counters),
+        cmocka_unit_test(test_failures_leave_state),
+        cmocka_unit_test(test_nonfinite_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
