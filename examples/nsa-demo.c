@@ -657,7 +657,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "[demo] the full prefill should take roughly %.0f s (until about %s)\n",
                 est, when);
     }
-    nsa_layer_aux aux = {gates, sel, NULL, NULL, NULL};
+    nsa_layer_aux aux;
+    memset(&aux, 0, sizeof aux); /* only the gates and the selection */
+    aux.gates = gates;
+    aux.selection = sel;
     phase_begin("prefill (nsa_layer_forward)");
     s = nsa_layer_forward(layer, x, S, NULL, 1, y, &aux);
     if (s != NSA_OK) {
