@@ -124,3 +124,171 @@ nsa_op_args tl_problem_args(const tl_problem *p)
     a.gates = p->gates;
     return a;
 }
+
+/* ------------------------------------------------ operator test helpers */
+int tl_spec_n_cmp(const nsa_config *c, int64_t t)
+{
+    /* compression block i = [i*d, i*d + l) is visible once i*d + l - 1 <= t */
+    int cnt = 0;
+    for (int64_t i = 0; i * c->d + c->l - 1 <= t; i++)
+        cnt++;
+    return cnt;
+}
+
+const char *tl_backend_name(void)
+{
+    const char *b = getenv("NSA_TEST_BACKEND");
+    return (b && *b) ? b : "ref";
+}
+
+nsa_context *tl_context(void)
+{
+    nsa_context *ctx = NULL;
+    char msg[NSA_MSG_LEN];
+    nsa_status s = nsa_context_create(tl_backend_name(), &ctx, msg, sizeof msg);
+    if (s != NSA_OK)
+        fail_msg("backend '%s' (NSA_TEST_BACKEND): %s", tl_backend_name(), msg);
+    return ctx;
+}
+
+static float *dup_f(const float *x, size_t n)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    assert_non_null(p);
+    memcpy(p, x, sizeof(float) * n);
+    return p;
+}
+
+void tl_problem_clone(tl_problem *d, const tl_problem *s)
+{
+    *d = *s;
+    size_t T = (size_t)s->T, H = (size_t)s->cfg.H, G = (size_t)s->cfg.G;
+    size_t dk = (size_t)s->cfg.dk, dv = (size_t)s->cfg.dv;
+    d->cu = malloc(sizeof(int32_t) * ((size_t)s->B + 1));
+    assert_non_null(d->cu);
+    memcpy(d->cu, s->cu, sizeof(int32_t) * ((size_t)s->B + 1));
+    d->q = dup_f(s->q, T * H * dk);
+    d->kc = dup_f(s->kc, T * G * dk);
+    d->vc = dup_f(s->vc, T * G * dv);
+    if (s->shared_kv) {
+        d->ks = d->kw = d->kc;
+        d->vs = d->vw = d->vc;
+    } else {
+        d->ks = dup_f(s->ks, T * G * dk);
+        d->vs = dup_f(s->vs, T * G * dv);
+        d->kw = dup_f(s->kw, T * G * dk);
+        d->vw = dup_f(s->vw, T * G * dv);
+    }
+    d->gates = dup_f(s->gates, T * H * 3);
+}
+
+void tl_outputs_alloc(tl_outputs *o, const tl_problem *p)
+{
+    memset(o, 0, sizeof *o);
+    o->T = p->T;
+    o->C = nsa_op_cmp_count(&p->cfg, p->cu, p->B, p->T);
+    int64_t want = 0;
+    for (int b = 0; b < p->B; b++)
+        want += tl_spec_n_cmp(&p->cfg, p->cu[b + 1] - p->cu[b] - 1);
+    if (o->C != want)
+        fail_msg("nsa_op_cmp_count = %lld, spec 2 gives %lld", (long long)o->C,
+                 (long long)want);
+    o->H = p->cfg.H;
+    o->G = p->cfg.G;
+    o->n = p->cfg.n;
+    o->dk = p->cfg.dk;
+    o->dv = p->cfg.dv;
+    size_t T = (size_t)o->T, C = (size_t)o->C, H = (size_t)o->H, G = (size_t)o->G;
+    o->out = tl_poisoned(T * H * o->dv);
+    o->out_cmp = tl_poisoned(T * H * o->dv);
+    o->out_slc = tl_poisoned(T * H * o->dv);
+    o->out_win = tl_poisoned(T * H * o->dv);
+    o->sel = tl_poisoned_i32(T * G * o->n);
+    o->kc = tl_poisoned(C * G * o->dk);
+    o->vc = tl_poisoned(C * G * o->dv);
+}
+
+void tl_outputs_free(tl_outputs *o)
+{
+    free(o->out);
+    free(o->out_cmp);
+    free(o->out_slc);
+    free(o->out_win);
+    free(o->sel);
+    free(o->kc);
+    free(o->vc);
+    memset(o, 0, sizeof *o);
+}
+
+void tl_outputs_attach(tl_outputs *o, nsa_op_args *a)
+{
+    a->out = o->out;
+    a->out_cmp = o->out_cmp;
+    a->out_slc = o->out_slc;
+    a->out_win = o->out_win;
+    a->selection_out = o->sel;
+    a->k_cmp_out = o->kc;
+    a->v_cmp_out = o->vc;
+}
+
+void tl_outputs_poison(tl_outputs *o)
+{
+    size_t T = (size_t)o->T, C = (size_t)o->C, H = (size_t)o->H, G = (size_t)o->G;
+    float *f[] = {o->out, o->out_cmp, o->out_slc, o->out_win};
+    for (int k = 0; k < 4; k++)
+        for (size_t i = 0; i < T * H * o->dv; i++)
+            f[k][i] = NAN;
+    for (size_t i = 0; i < T * G * o->n; i++)
+        o->sel[i] = INT32_MIN + 7;
+    for (size_t i = 0; i < C * G * o->dk; i++)
+        o->kc[i] = NAN;
+    for (size_t i = 0; i < C * G * o->dv; i++)
+        o->vc[i] = NAN;
+}
+
+void tl_forward(nsa_context *ctx, const tl_problem *p, nsa_op_args *a, tl_outputs *o)
+{
+    tl_outputs_attach(o, a);
+    nsa_status s = nsa_attention_forward(ctx, &p->cfg, a);
+    if (s != NSA_OK)
+        fail_msg("nsa_attention_forward on '%s': %s (%s)", nsa_context_backend(ctx),
+                 nsa_strerror(s), nsa_context_last_error(ctx));
+    size_t T = (size_t)o->T, C = (size_t)o->C, H = (size_t)o->H, G = (size_t)o->G;
+    const float *f[] = {o->out, o->out_cmp, o->out_slc, o->out_win};
+    const char *fn[] = {"out", "out_cmp", "out_slc", "out_win"};
+    for (int k = 0; k < 4; k++) {
+        size_t bad = tl_count_nonfinite(f[k], T * H * o->dv);
+        if (bad)
+            fail_msg("%s: %zu elements unwritten or not finite", fn[k], bad);
+    }
+    if (tl_count_nonfinite(o->kc, C * G * o->dk) || tl_count_nonfinite(o->vc, C * G * o->dv))
+        fail_msg("k_cmp_out / v_cmp_out: elements unwritten or not finite");
+    for (size_t i = 0; i < T * G * o->n; i++)
+        if (o->sel[i] < -1)
+            fail_msg("selection_out[%zu] = %d: unwritten", i, (int)o->sel[i]);
+}
+
+void tl_forward_plain(nsa_context *ctx, const tl_problem *p, const int32_t *sel_in,
+                      tl_outputs *o)
+{
+    nsa_op_args a = tl_problem_args(p);
+    a.selection_in = sel_in;
+    tl_forward(ctx, p, &a, o);
+}
+
+int tl_rows_identical(const float *a, const float *b, int64_t r0, int64_t r1, size_t w)
+{
+    if (r1 <= r0)
+        return 1;
+    return memcmp(a + (size_t)r0 * w, b + (size_t)r0 * w,
+                  sizeof(float) * (size_t)(r1 - r0) * w) == 0;
+}
+
+int tl_rows_identical_i32(const int32_t *a, const int32_t *b, int64_t r0, int64_t r1,
+                          size_t w)
+{
+    if (r1 <= r0)
+        return 1;
+    return memcmp(a + (size_t)r0 * w, b + (size_t)r0 * w,
+                  sizeof(int32_t) * (size_t)(r1 - r0) * w) == 0;
+}

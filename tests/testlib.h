@@ -37,4 +37,46 @@ void tl_problem_free(tl_problem *p);
 /* Fills args from the problem (outputs left NULL). */
 nsa_op_args tl_problem_args(const tl_problem *p);
 
+/* ------------------------------------------------ operator test helpers */
+/* n_cmp(t) of spec 2 written again from the spec, independently of
+ * lib/blockmath.c, so a test that uses it can catch an error there. */
+int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
+
+/* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
+ * test binaries later cross-check other backends. */
+const char *tl_backend_name(void);
+/* A context on tl_backend_name(); fails the test if it cannot be made. */
+nsa_context *tl_context(void);
+
+/* A deep copy (shared_kv problems stay shared: one k/v pair). */
+void tl_problem_clone(tl_problem *dst, const tl_problem *src);
+
+/* Every output of one forward call, poisoned before the call so any
+ * element the backend forgets to write shows up as NaN / a bad index. */
+typedef struct tl_outputs {
+    int64_t T, C; /* rows of out*, rows of the compressed tokens */
+    int H, G, n, dk, dv;
+    float *out, *out_cmp, *out_slc, *out_win;
+    int32_t *sel;
+    float *kc, *vc; /* [C][G][dk], [C][G][dv] */
+} tl_outputs;
+
+void tl_outputs_alloc(tl_outputs *o, const tl_problem *p);
+void tl_outputs_free(tl_outputs *o);
+/* Points the output members of a at o's buffers. */
+void tl_outputs_attach(tl_outputs *o, nsa_op_args *a);
+/* Re-poisons o (for a second call into the same buffers). */
+void tl_outputs_poison(tl_outputs *o);
+/* Runs a (outputs attached here) on ctx, asserts NSA_OK, and asserts that
+ * every output element was written (finite floats, indices in -1..). */
+void tl_forward(nsa_context *ctx, const tl_problem *p, nsa_op_args *a, tl_outputs *o);
+/* The common case: tl_problem_args(p) plus optional selection_in. */
+void tl_forward_plain(nsa_context *ctx, const tl_problem *p, const int32_t *sel_in,
+                      tl_outputs *o);
+
+/* Bytewise equality of float rows [r0, r1) of width w. */
+int tl_rows_identical(const float *a, const float *b, int64_t r0, int64_t r1, size_t w);
+int tl_rows_identical_i32(const int32_t *a, const int32_t *b, int64_t r0, int64_t r1,
+                          size_t w);
+
 #endif
