@@ -522,7 +522,6 @@ static double prefill_gflop(const nsa_layer_config *lc, int64_t S)
     return 2.0 * ((double)S * proj + attn) * 1e-9;
 }
 
-/* ------------------------------------------------------------ main */
 static int fail(nsa_context *ctx, const char *what, nsa_status s)
 {
     fprintf(stderr, "nsa-demo: %s failed: %s (%s)\n", what, nsa_strerror(s),
@@ -530,6 +529,67 @@ static int fail(nsa_context *ctx, const char *what, nsa_status s)
     return 1;
 }
 
+/* Spec 7's invariant on the last token: a decode step after a prefill of
+ * the first S-1 tokens gives the prefill's output at S-1 (within spec 9),
+ * and the library's read counters match the ones counted here from the
+ * prefill's selection. Returns 0 when both hold. */
+static int decode_check(nsa_context *ctx, nsa_layer *layer, const float *x, const float *y,
+                        const int32_t *sel, int64_t S)
+{
+    const nsa_layer_config *lc = nsa_layer_get_config(layer);
+    const nsa_config *a = &lc->attn;
+    const int D = lc->D;
+    const int64_t t = S - 1;
+    nsa_decode_state *st = NULL;
+    float *yt = malloc((size_t)D * sizeof *yt);
+    int rc = 1;
+    nsa_status s = yt ? nsa_decode_create(layer, 1, S, &st) : NSA_ERR_NOMEM;
+    if (s == NSA_OK && t > 0)
+        s = nsa_decode_prefill(st, 0, x, t, NULL); /* caches only */
+    if (s == NSA_OK)
+        s = nsa_decode_step(layer, st, x + (size_t)t * D, yt, NULL);
+    if (s != NSA_OK) {
+        fail(ctx, "decode", s);
+        goto out;
+    }
+    double num = 0, den = 0;
+    for (int i = 0; i < D; i++) {
+        double e = (double)yt[i] - (double)y[(size_t)t * D + i];
+        num += e * e;
+        den += (double)y[(size_t)t * D + i] * y[(size_t)t * D + i];
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    int counters_ok = 1;
+    nsa_decode_counters c;
+    for (int g = 0; g < a->G; g++) {
+        s = nsa_decode_get_counters(st, 0, g, &c);
+        if (s != NSA_OK) {
+            fail(ctx, "nsa_decode_get_counters", s);
+            goto out;
+        }
+        counters_ok &= c.t == t && c.cmp == nsa_n_cmp(a, t) &&
+                       c.slc == slc_tokens(a, sel + ((size_t)t * a->G + g) * a->n, t) &&
+                       c.win == (t + 1 < a->w ? t + 1 : a->w) && c.dense == t + 1;
+    }
+    /* Decode and prefill must agree like two backends do (spec 7, 9). */
+    int out_ok = rel <= 1e-5;
+    printf("decode check      : a step at t=%lld after a %lld-token prefill: relative L2 "
+           "%.1e from the prefill output (%s 1e-5); counters %s\n",
+           (long long)t, (long long)t, rel, out_ok ? "<=" : "ABOVE",
+           counters_ok ? "agree" : "DIFFER");
+    if (!counters_ok)
+        fprintf(stderr, "nsa-demo: group %d: decode counters t=%lld cmp=%lld slc=%lld "
+                        "win=%lld dense=%lld\n",
+                a->G - 1, (long long)c.t, (long long)c.cmp, (long long)c.slc,
+                (long long)c.win, (long long)c.dense);
+    rc = !(out_ok && counters_ok);
+out:
+    nsa_decode_free(st);
+    free(yt);
+    return rc;
+}
+
+/* ------------------------------------------------------------ main */
 int main(int argc, char **argv)
 {
     options o;
@@ -693,6 +753,10 @@ int main(int argc, char **argv)
     }
     printf("selection check   : %lld rows (queries x groups) follow spec 3\n",
            (long long)S * a->G);
+    phase_begin("decode check (prefill of S-1 tokens into caches, one step)");
+    if (decode_check(ctx, layer, x, y, sel, S))
+        goto out;
+    phase_end("decode check (prefill of S-1 tokens into caches, one step)");
     if (!o.quiet)
         print_text_map(&map, o.group);
     if (o.png) {
