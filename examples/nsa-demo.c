@@ -236,12 +236,6 @@ static int make_input(float *x, int64_t S, int D, int l_sel, uint64_t seed)
 /* ------------------------------------------------------ selection map */
 enum { CELL_HIDDEN = 0, CELL_SKIPPED = 1, CELL_SELECTED = 2, CELL_FORCED = 3, CELL_KINDS };
 
-typedef struct selmap {
-    int64_t S;
-    int nb;             /* selection blocks of the sequence */
-    unsigned char *c;   /* [nb][S] cell kinds */
-} selmap;
-
 /* Forced blocks of spec 3: the n_init first and the n_local ending at t's. */
 static int is_forced(const nsa_config *a, int64_t t, int j)
 {
@@ -249,76 +243,105 @@ static int is_forced(const nsa_config *a, int64_t t, int j)
     return j < a->n_init || (j <= cur && j > cur - a->n_local);
 }
 
-/* Fills the map of group g and checks every selection row against the rules
- * of spec 3 (visible, ascending, -1 only as padding, forced included,
- * min(n, visible) entries). Returns the number of bad rows. */
-static int64_t selmap_build(selmap *m, const nsa_config *a, const int32_t *sel, int64_t S,
-                            int g)
+/* How many of the blocks 0..cur are forced for a query in block cur. */
+static int forced_count(const nsa_config *a, int64_t cur)
+{
+    int64_t init = a->n_init < cur + 1 ? a->n_init : cur + 1;
+    int64_t lo = cur - a->n_local + 1; /* local blocks lo..cur, minus init */
+    if (lo < init)
+        lo = init;
+    return (int)(init + (cur >= lo ? cur - lo + 1 : 0));
+}
+
+/* Checks every selection row against the rules of spec 3: indices visible
+ * and strictly ascending, -1 only as trailing padding, min(n, visible)
+ * entries, every forced block present. Returns the number of bad rows. */
+static int64_t selection_check(const nsa_config *a, const int32_t *sel, int64_t S)
 {
     int64_t bad = 0;
-    m->S = S;
-    m->nb = (int)((S + a->l_sel - 1) / a->l_sel);
-    m->c = calloc((size_t)m->nb * (size_t)S, 1);
-    if (!m->c)
-        return -1;
     for (int64_t t = 0; t < S; t++) {
-        int vis = (int)(t / a->l_sel) + 1;
-        for (int j = 0; j < m->nb; j++)
-            m->c[(size_t)j * S + t] = j < vis ? CELL_SKIPPED : CELL_HIDDEN;
-        for (int gg = 0; gg < a->G; gg++) {
-            const int32_t *row = sel + ((size_t)t * a->G + gg) * a->n;
-            int count = 0, ok = 1, forced_seen = 0;
+        int64_t vis = t / a->l_sel + 1;
+        for (int g = 0; g < a->G; g++) {
+            const int32_t *row = sel + ((size_t)t * a->G + g) * a->n;
+            int count = 0, forced = 0, ok = 1;
             for (int k = 0; k < a->n; k++) {
-                int j = row[k];
-                if (j < 0) {
-                    if (k + 1 < a->n && row[k + 1] >= 0)
-                        ok = 0;
+                if (row[k] < 0) {
+                    ok &= k + 1 == a->n || row[k + 1] < 0;
                     continue;
                 }
-                if (j >= vis || (k > 0 && row[k - 1] >= j))
-                    ok = 0;
+                ok &= row[k] < vis && (k == 0 || row[k - 1] < row[k]);
                 count++;
-                forced_seen += is_forced(a, t, j);
-                if (gg == g && j < m->nb)
-                    m->c[(size_t)j * S + t] = is_forced(a, t, j) ? CELL_FORCED : CELL_SELECTED;
+                forced += is_forced(a, t, row[k]);
             }
-            int want_forced = 0;
-            for (int j = 0; j < vis; j++)
-                want_forced += is_forced(a, t, j);
-            if (count != (vis < a->n ? vis : a->n) || forced_seen != want_forced)
-                ok = 0;
+            ok &= count == (vis < a->n ? vis : a->n) && forced == forced_count(a, vis - 1);
             bad += !ok;
         }
     }
     return bad;
 }
 
-/* Counts cell kinds over queries [q0, q1) and blocks [b0, b1). */
-static void selmap_bin(const selmap *m, int64_t q0, int64_t q1, int b0, int b1,
-                       int64_t counts[CELL_KINDS])
+/* The selection map of one group, binned: cols x rows bins over queries
+ * (x) and selection blocks (y), each with the count of its cells of each
+ * kind. Its size is bounded by the bins, not by S x blocks. */
+typedef struct selgrid {
+    int cols, rows;
+    int64_t *k; /* [rows][cols][CELL_KINDS] */
+} selgrid;
+
+static int selgrid_build(selgrid *m, const nsa_config *a, const int32_t *sel, int64_t S,
+                         int g, int max_cols, int max_rows)
 {
-    memset(counts, 0, CELL_KINDS * sizeof counts[0]);
-    for (int j = b0; j < b1; j++)
-        for (int64_t t = q0; t < q1; t++)
-            counts[m->c[(size_t)j * m->S + t]]++;
+    int nb = (int)((S + a->l_sel - 1) / a->l_sel);
+    m->cols = S < max_cols ? (int)S : max_cols;
+    m->rows = nb < max_rows ? nb : max_rows;
+    m->k = calloc((size_t)m->cols * m->rows * CELL_KINDS, sizeof *m->k);
+    int *first = malloc(((size_t)m->rows + 1) * sizeof *first); /* row r: blocks first[r].. */
+    if (!m->k || !first) {
+        free(first);
+        return 0;
+    }
+    for (int r = 0; r <= m->rows; r++)
+        first[r] = (int)(((int64_t)r * nb + m->rows - 1) / m->rows);
+    for (int64_t t = 0; t < S; t++) {
+        int64_t *col = m->k + (size_t)(t * m->cols / S) * CELL_KINDS;
+        int vis = (int)(t / a->l_sel) + 1;
+        for (int r = 0; r < m->rows; r++) {
+            int64_t *cell = col + (size_t)r * m->cols * CELL_KINDS;
+            int in = vis - first[r], size = first[r + 1] - first[r];
+            in = in < 0 ? 0 : in > size ? size : in;
+            cell[CELL_HIDDEN] += size - in;
+            cell[CELL_SKIPPED] += in;
+        }
+        const int32_t *row = sel + ((size_t)t * a->G + g) * a->n;
+        for (int k = 0; k < a->n; k++) {
+            if (row[k] < 0)
+                continue;
+            int r = (int)((int64_t)row[k] * m->rows / nb);
+            int64_t *cell = col + (size_t)r * m->cols * CELL_KINDS;
+            cell[CELL_SKIPPED]--;
+            cell[is_forced(a, t, row[k]) ? CELL_FORCED : CELL_SELECTED]++;
+        }
+    }
+    free(first);
+    return 1;
 }
 
-static void print_text_map(const selmap *m, int g)
+static const int64_t *selgrid_at(const selgrid *m, int r, int c)
 {
-    int cols = m->S < 64 ? (int)m->S : 64;
-    int rows = m->nb < 32 ? m->nb : 32;
-    printf("\nselection map, group %d: %d blocks (rows, block 0 on top) x %lld queries "
+    return m->k + ((size_t)r * m->cols + c) * CELL_KINDS;
+}
+
+static void print_text_map(const selgrid *m, int g, int64_t S, int nb)
+{
+    printf("\nselection map, group %d: %d blocks (%d rows, block 0 on top) x %lld queries "
            "(%d columns)\n",
-           g, m->nb, (long long)m->S, cols);
+           g, nb, m->rows, (long long)S, m->cols);
     printf("  '=' forced; share of the cell selected by score: '#' >= 3/4, '+' >= 1/2,\n"
            "  ':' >= 1/4, '.' less; ' ' block not yet visible\n");
-    for (int r = 0; r < rows; r++) {
-        int b0 = (int)((int64_t)r * m->nb / rows), b1 = (int)((int64_t)(r + 1) * m->nb / rows);
-        printf("  %4d |", b0);
-        for (int c = 0; c < cols; c++) {
-            int64_t q0 = (int64_t)c * m->S / cols, q1 = (int64_t)(c + 1) * m->S / cols;
-            int64_t k[CELL_KINDS];
-            selmap_bin(m, q0, q1, b0, b1, k);
+    for (int r = 0; r < m->rows; r++) {
+        printf("  %4d |", (int)(((int64_t)r * nb + m->rows - 1) / m->rows));
+        for (int c = 0; c < m->cols; c++) {
+            const int64_t *k = selgrid_at(m, r, c);
             int64_t all = k[0] + k[1] + k[2] + k[3], vis = all - k[CELL_HIDDEN];
             char ch;
             if (2 * k[CELL_HIDDEN] > all)
@@ -337,14 +360,14 @@ static void print_text_map(const selmap *m, int g)
         }
         printf("|\n");
     }
-    printf("        query position 0 .. %lld ->\n", (long long)m->S - 1);
+    printf("        query position 0 .. %lld ->\n", (long long)S - 1);
 }
 
 #ifdef NSA_HAVE_PNG
-/* The image: x = query position, y = selection block (0 on top), each pixel
- * the mix of its cells' colours, scaled to about 1024 x 512. Returns an RGB
+/* The image of a grid of at most 1024 x 512 bins: each pixel mixes the
+ * colours of its bin's cells; small grids are scaled up. Returns an RGB
  * buffer of *w x *h pixels (NULL when out of memory). */
-static unsigned char *render_map(const selmap *m, int *w, int *h)
+static unsigned char *render_map(const selgrid *m, int *w, int *h)
 {
     static const double colour[CELL_KINDS][3] = {
         {215, 215, 215}, /* not yet visible: light grey */
@@ -352,25 +375,18 @@ static unsigned char *render_map(const selmap *m, int *w, int *h)
         {20, 30, 90},    /* selected by score: dark blue */
         {205, 95, 20},   /* forced (initial / local): orange */
     };
-    int64_t qpp = (m->S + 1023) / 1024;              /* queries per pixel */
-    int xrep = m->S < 1024 ? (int)(1024 / m->S) : 1; /* pixels per query */
-    int bpp = (m->nb + 511) / 512;                   /* blocks per pixel */
-    int rows = (m->nb + bpp - 1) / bpp;
-    int yrep = rows < 512 ? 512 / rows : 1;
+    int xrep = m->cols < 1024 ? 1024 / m->cols : 1;
+    int yrep = m->rows < 512 ? 512 / m->rows : 1;
     if (yrep > 16)
         yrep = 16;
-    int cols = (int)((m->S + qpp - 1) / qpp);
-    size_t W = (size_t)cols * xrep, stride = W * 3;
-    unsigned char *img = malloc(stride * (size_t)rows * yrep);
+    size_t W = (size_t)m->cols * xrep, stride = W * 3;
+    unsigned char *img = malloc(stride * (size_t)m->rows * yrep);
     if (!img)
         return NULL;
-    for (int r = 0; r < rows; r++) {
-        int b0 = r * bpp, b1 = b0 + bpp < m->nb ? b0 + bpp : m->nb;
+    for (int r = 0; r < m->rows; r++) {
         unsigned char *line = img + stride * (size_t)r * yrep;
-        for (int c = 0; c < cols; c++) {
-            int64_t q0 = c * qpp, q1 = q0 + qpp < m->S ? q0 + qpp : m->S;
-            int64_t k[CELL_KINDS];
-            selmap_bin(m, q0, q1, b0, b1, k);
+        for (int c = 0; c < m->cols; c++) {
+            const int64_t *k = selgrid_at(m, r, c);
             double all = (double)(k[0] + k[1] + k[2] + k[3]);
             for (int ch = 0; ch < 3; ch++) {
                 double v = 0;
@@ -384,7 +400,7 @@ static unsigned char *render_map(const selmap *m, int *w, int *h)
             memcpy(line + stride * y, line, stride);
     }
     *w = (int)W;
-    *h = rows * yrep;
+    *h = m->rows * yrep;
     return img;
 }
 
@@ -442,12 +458,13 @@ static void print_counts_row(const char *label, counts c)
            nsa, c.dense, c.dense / nsa);
 }
 
-/* Averages over all queries (with a progress line for long sequences) and
- * the last position; slc is averaged over the groups. */
+/* Averages over all queries and the last position; slc is averaged over the
+ * groups. A progress line appears only once the count takes over a second
+ * (millions of queries). */
 static void summarize_counts(const nsa_config *a, const int32_t *sel, int64_t S)
 {
     counts mean = {0, 0, 0, 0}, last = {0, 0, 0, 0};
-    int show = !g_quiet && S >= 16384;
+    int shown = 0;
     double t0 = now_s();
     for (int64_t t = 0; t < S; t++) {
         counts c;
@@ -463,12 +480,15 @@ static void summarize_counts(const nsa_config *a, const int32_t *sel, int64_t S)
         mean.win += c.win;
         mean.dense += c.dense;
         last = c;
-        if (show && (t % 4096 == 0 || t == S - 1))
-            fprintf(stderr, "\r[demo] counting tokens: %lld / %lld queries",
+        if (!g_quiet && t % 65536 == 65535 && (shown || now_s() - t0 > 1.0)) {
+            fprintf(stderr, "\r[demo] counting tokens read: %lld / %lld queries",
                     (long long)t + 1, (long long)S);
+            shown = 1;
+        }
     }
-    if (show)
-        fprintf(stderr, " (%.2f s)\n", now_s() - t0);
+    if (shown)
+        fprintf(stderr, "\r[demo] counting tokens read: %lld / %lld queries in %.1f s\n",
+                (long long)S, (long long)S, now_s() - t0);
     mean.cmp /= (double)S;
     mean.slc /= (double)S;
     mean.win /= (double)S;
@@ -529,21 +549,34 @@ static int fail(nsa_context *ctx, const char *what, nsa_status s)
     return 1;
 }
 
-/* Spec 7's invariant on the last token: a decode step after a prefill of
- * the first S-1 tokens gives the prefill's output at S-1 (within spec 9),
- * and the library's read counters match the ones counted here from the
- * prefill's selection. Returns 0 when both hold. */
+/* Which token the decode check steps to: by n l' + w every branch reads
+ * its full share, and a step that emits a compressed token is the harder
+ * case of spec 7; later tokens would only make the check slower. */
+static int64_t decode_check_position(const nsa_config *a, int64_t S)
+{
+    int64_t t = (int64_t)a->n * a->l_sel + a->w - 1;
+    if (t > S - 1)
+        t = S - 1;
+    int64_t e = t;
+    while (e >= a->l - 1 && (e + 1 - a->l) % a->d != 0)
+        e--;
+    return e >= a->l - 1 ? e : t;
+}
+
+/* Spec 7's invariant at position t: a decode step after a prefill of the
+ * first t tokens gives the prefill's output row t (within spec 9), and the
+ * library's read counters match the ones counted here from the prefill's
+ * selection. Returns 0 when both hold. */
 static int decode_check(nsa_context *ctx, nsa_layer *layer, const float *x, const float *y,
-                        const int32_t *sel, int64_t S)
+                        const int32_t *sel, int64_t t)
 {
     const nsa_layer_config *lc = nsa_layer_get_config(layer);
     const nsa_config *a = &lc->attn;
     const int D = lc->D;
-    const int64_t t = S - 1;
     nsa_decode_state *st = NULL;
     float *yt = malloc((size_t)D * sizeof *yt);
     int rc = 1;
-    nsa_status s = yt ? nsa_decode_create(layer, 1, S, &st) : NSA_ERR_NOMEM;
+    nsa_status s = yt ? nsa_decode_create(layer, 1, t + 1, &st) : NSA_ERR_NOMEM;
     if (s == NSA_OK && t > 0)
         s = nsa_decode_prefill(st, 0, x, t, NULL); /* caches only */
     if (s == NSA_OK)
@@ -573,10 +606,12 @@ static int decode_check(nsa_context *ctx, nsa_layer *layer, const float *x, cons
     }
     /* Decode and prefill must agree like two backends do (spec 7, 9). */
     int out_ok = rel <= 1e-5;
-    printf("decode check      : a step at t=%lld after a %lld-token prefill: relative L2 "
-           "%.1e from the prefill output (%s 1e-5); counters %s\n",
-           (long long)t, (long long)t, rel, out_ok ? "<=" : "ABOVE",
-           counters_ok ? "agree" : "DIFFER");
+    int emits = t + 1 >= a->l && (t + 1 - a->l) % a->d == 0;
+    printf("decode check      : a step to t=%lld%s after a %lld-token prefill:\n"
+           "                    relative L2 %.1e from the prefill's row (%s 1e-5), "
+           "counters %s\n",
+           (long long)t, emits ? " (emits a compressed token)" : "", (long long)t, rel,
+           out_ok ? "<=" : "ABOVE", counters_ok ? "agree" : "DIFFER");
     if (!counters_ok)
         fprintf(stderr, "nsa-demo: group %d: decode counters t=%lld cmp=%lld slc=%lld "
                         "win=%lld dense=%lld\n",
@@ -602,7 +637,7 @@ int main(int argc, char **argv)
     nsa_layer *layer = NULL;
     float *x = NULL, *y = NULL, *gates = NULL;
     int32_t *sel = NULL;
-    selmap map = {0, 0, NULL};
+    selgrid text = {0, 0, NULL}, image = {0, 0, NULL};
     char msg[256];
     int status = 1;
     nsa_status s;
@@ -741,11 +776,7 @@ int main(int argc, char **argv)
     print_gate_means(gates, S, a->H);
     summarize_counts(a, sel, S);
 
-    int64_t bad = selmap_build(&map, a, sel, S, o.group);
-    if (bad < 0) {
-        fprintf(stderr, "nsa-demo: out of memory for the selection map\n");
-        goto out;
-    }
+    int64_t bad = selection_check(a, sel, S);
     if (bad) {
         fprintf(stderr, "nsa-demo: %lld selection rows break the rules of spec 3\n",
                 (long long)bad);
@@ -753,16 +784,24 @@ int main(int argc, char **argv)
     }
     printf("selection check   : %lld rows (queries x groups) follow spec 3\n",
            (long long)S * a->G);
-    phase_begin("decode check (prefill of S-1 tokens into caches, one step)");
-    if (decode_check(ctx, layer, x, y, sel, S))
+    phase_begin("decode check (a prefill into caches, one step)");
+    if (decode_check(ctx, layer, x, y, sel, decode_check_position(a, S)))
         goto out;
-    phase_end("decode check (prefill of S-1 tokens into caches, one step)");
-    if (!o.quiet)
-        print_text_map(&map, o.group);
+    phase_end("decode check (a prefill into caches, one step)");
+    int nb = (int)((S + a->l_sel - 1) / a->l_sel);
+    if (!o.quiet) {
+        if (!selgrid_build(&text, a, sel, S, o.group, 64, 32)) {
+            fprintf(stderr, "nsa-demo: out of memory for the selection map\n");
+            goto out;
+        }
+        print_text_map(&text, o.group, S, nb);
+    }
     if (o.png) {
 #ifdef NSA_HAVE_PNG
         int W = 0, Hh = 0;
-        unsigned char *img = render_map(&map, &W, &Hh);
+        unsigned char *img = NULL;
+        if (selgrid_build(&image, a, sel, S, o.group, 1024, 512))
+            img = render_map(&image, &W, &Hh);
         int ok = img && write_png(o.png, img, W, Hh);
         free(img);
         if (!ok) {
@@ -778,7 +817,8 @@ int main(int argc, char **argv)
     }
     status = 0;
 out:
-    free(map.c);
+    free(text.k);
+    free(image.k);
     free(x);
     free(y);
     free(gates);
