@@ -528,7 +528,8 @@ static void print_gate_means(const float *gates, int64_t S, int H)
            (long long)S, H);
 }
 
-/* Rough multiply-add count of one prefill, to tell the user what is coming. */
+/* Rough GFLOP of one prefill (2 per multiply-add of the projections and of
+ * the attention), to tell the user what is coming. */
 static double prefill_gflop(const nsa_layer_config *lc, int64_t S)
 {
     const nsa_config *a = &lc->attn;
