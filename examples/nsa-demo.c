@@ -741,15 +741,15 @@ int main(int argc, char **argv)
                 gf);
     /* A long prefill is one silent call: time a short prefix first and
      * extrapolate by the work estimate, so the wait has a rough end. */
-    const int64_t calib = 512;
-    if (!o.quiet && gf > 20.0 && S > 2 * calib) {
-        phase_begin("calibration: prefill of the first 512 tokens");
+    const int64_t calib = 256;
+    if (!o.quiet && gf > 20.0 && S > 4 * calib) {
+        phase_begin("calibration: prefill of the first 256 tokens");
         s = nsa_layer_forward(layer, x, calib, NULL, 1, y, NULL);
         if (s != NSA_OK) {
             fail(ctx, "nsa_layer_forward", s);
             goto out;
         }
-        double tc = phase_end("calibration: prefill of the first 512 tokens");
+        double tc = phase_end("calibration: prefill of the first 256 tokens");
         double est = tc * gf / prefill_gflop(lc, calib);
         time_t end = time(NULL) + (time_t)est;
         char when[16];
