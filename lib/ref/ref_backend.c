@@ -361,7 +361,10 @@ nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
             ref_query x;
             memset(&x, 0, sizeof x);
             x.t = sq->t;
-            x.cmp = (ref_src){sq->kc + (size_t)g * dk, sq->vc + (size_t)g * dv, krow, vrow, 0};
+            /* No compressed token yet (t < l): kc/vc may be NULL, and NULL + 0
+             * is undefined behaviour in C (UBSan reports it). */
+            x.cmp = (ref_src){sq->kc ? sq->kc + (size_t)g * dk : NULL,
+                              sq->vc ? sq->vc + (size_t)g * dv : NULL, krow, vrow, 0};
             x.slc = (ref_src){sq->ks + (size_t)g * dk, sq->vs + (size_t)g * dv, krow, vrow, 0};
             x.win = (ref_src){sq->kw + (size_t)g * dk, sq->vw + (size_t)g * dv, krow, vrow,
                               c->w};
