@@ -2,6 +2,7 @@
  *
  *   nsa-bench prefill --backend NAME [--config PRESET] [--lens 4096,8192,...]
  *                     [--runs N] [--dense-runs N] [--ref-len S] [--json]
+ *   nsa-bench decode ...   (bench/bench_decode.c)
  *
  * prefill: for each length S, one sequence: the NSA operator forward
  * (phi avg + all branches), the selected branch alone (fed the forward's own
@@ -305,16 +306,21 @@ static double time_forward(const char *backend, const nsa_config *c, int S)
     return r.t_nsa;
 }
 
+int nsa_bench_decode(int argc, char **argv); /* bench/bench_decode.c */
+
 static void usage(void)
 {
     fprintf(stderr, "usage: nsa-bench prefill --backend NAME [--config paper|group|small]\n"
                     "                 [--lens S1,S2,...] [--runs N] [--dense-runs N]\n"
-                    "                 [--ref-len S] [--json]\n");
+                    "                 [--ref-len S] [--json]\n"
+                    "       nsa-bench decode [--backend NAME] ... (nsa-bench decode --help)\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "decode") == 0)
+        return nsa_bench_decode(argc, argv);
     if (argc < 2 || strcmp(argv[1], "prefill") != 0)
         usage();
     const char *backend = "auto", *cfgname = "group", *lens_s = "4096,8192,16384,32768,65536";

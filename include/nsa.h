@@ -135,6 +135,16 @@ NSA_API nsa_status nsa_cpu_set_max_isa(nsa_context *ctx, const char *isa);
  * "avx2", "neon"; "" when ctx's backend is not "cpu"). */
 NSA_API const char *nsa_cpu_isa(const nsa_context *ctx);
 
+/* A context on the "opencl" backend and a chosen device: an index into the
+ * list of all OpenCL devices of all platforms (the order of `clinfo -l`),
+ * "*" for the first device of any type, or a case-insensitive substring of
+ * "platform name / device name". NULL or "" means the environment variable
+ * NSA_OPENCL_DEVICE (same syntax), else the first GPU or accelerator (CPU
+ * runtimes such as PoCL only when named). NSA_ERR_UNAVAILABLE, with the
+ * reason in msg, when libnsa was built without OpenCL or no device matches. */
+NSA_API nsa_status nsa_context_create_opencl(const char *device, nsa_context **out,
+                                             char *msg, size_t msg_len);
+
 /* ---------------------------------------------------------- operator (2-5) */
 typedef enum nsa_phi_kind {
     NSA_PHI_AVG = 0, /* mean of (x_j + pe[g][j]) */

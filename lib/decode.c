@@ -171,6 +171,17 @@ nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float 
     return NSA_OK;
 }
 
+nsa_status nsa_decode_view(const nsa_decode_state *st, int b, nsa_decode_seq *out)
+{
+    if (!st || !out)
+        return NSA_ERR_NULL;
+    if (b < 0 || b >= st->B || st->seq[b].len == 0)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG, "sequence %d is out of range or empty", b);
+    const seq_cache *s = &st->seq[b];
+    *out = (nsa_decode_seq){s->len - 1, s->kc, s->vc, s->ks, s->vs, s->kw, s->vw};
+    return NSA_OK;
+}
+
 /* ------------------------------------------------------------- growth */
 /* New buffers for the sequences that need more room, swapped in only when
  * all of them were allocated. */

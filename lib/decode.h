@@ -9,4 +9,8 @@
  * the state as it was. */
 NSA_HIDDEN void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n);
 
+/* The caches of sequence b as a decode-job row for its last token (t =
+ * length - 1); for benchmarks and tests. NSA_ERR_ARG if b is empty. */
+NSA_HIDDEN nsa_status nsa_decode_view(const nsa_decode_state *st, int b, nsa_decode_seq *out);
+
 #endif

@@ -157,8 +157,11 @@ typedef struct nsa_backend_ops {
     nsa_status (*attend)(nsa_context *ctx, const nsa_attn_job *job);
     nsa_status (*linear)(nsa_context *ctx, const nsa_linear_job *job);
     nsa_status (*decode_attend)(nsa_context *ctx, const nsa_decode_job *job);
+    /* Dense causal attention of each new token over all its raw selection
+     * K/V (seq[b].ks/vs, t+1 rows) into job->out: the decode baseline. */
+    nsa_status (*dense_decode)(nsa_context *ctx, const nsa_decode_job *job);
     /* Room for later pieces (backward). */
-    void *reserved[3];
+    void *reserved[2];
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);
@@ -169,12 +172,14 @@ NSA_HIDDEN nsa_status nsa_ref_compress(nsa_context *ctx, const nsa_cmp_job *job)
 NSA_HIDDEN nsa_status nsa_ref_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_ref_linear(nsa_context *ctx, const nsa_linear_job *job);
 NSA_HIDDEN nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
+NSA_HIDDEN nsa_status nsa_ref_dense_decode(nsa_context *ctx, const nsa_decode_job *job);
 
 /* Dispatch helpers: the context's backend, or the reference. */
 NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
 NSA_HIDDEN nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
+NSA_HIDDEN nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job);
 
 /* Runs phi then attention for checked arguments over a checked batch (the
  * operator's core, shared with the layer). hook, if set, sees the

@@ -169,3 +169,12 @@ nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
         nsa_log(ctx, "backend '%s' has no decode_attend: using ref", ctx->be->name);
     return nsa_ref_decode_attend(ctx, job);
 }
+
+nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job)
+{
+    if (ctx->be->dense_decode)
+        return ctx->be->dense_decode(ctx, job);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no dense_decode: using ref", ctx->be->name);
+    return nsa_ref_dense_decode(ctx, job);
+}

@@ -21,6 +21,7 @@ const nsa_backend_ops nsa_backend_ref = {
     .attend = nsa_ref_attend,
     .linear = nsa_ref_linear,
     .decode_attend = nsa_ref_decode_attend,
+    .dense_decode = nsa_ref_dense_decode,
 };
 
 static double silu(double x) { return x / (1.0 + exp(-x)); }
@@ -360,7 +361,10 @@ nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
             ref_query x;
             memset(&x, 0, sizeof x);
             x.t = sq->t;
-            x.cmp = (ref_src){sq->kc + (size_t)g * dk, sq->vc + (size_t)g * dv, krow, vrow, 0};
+            /* No compressed token yet (t < l): kc/vc may be NULL, and NULL + 0
+             * is undefined behaviour in C (UBSan reports it). */
+            x.cmp = (ref_src){sq->kc ? sq->kc + (size_t)g * dk : NULL,
+                              sq->vc ? sq->vc + (size_t)g * dv : NULL, krow, vrow, 0};
             x.slc = (ref_src){sq->ks + (size_t)g * dk, sq->vs + (size_t)g * dv, krow, vrow, 0};
             x.win = (ref_src){sq->kw + (size_t)g * dk, sq->vw + (size_t)g * dv, krow, vrow,
                               c->w};
@@ -372,6 +376,33 @@ nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
             x.out_slc = at(job->out_slc, h0 * dv);
             x.out_win = at(job->out_win, h0 * dv);
             ref_group(c, job->scale, job->map, &x, &w);
+        }
+    }
+    scratch_free(&w);
+    return NSA_OK;
+}
+
+/* The dense decode baseline: each new token over all t+1 raw K/V rows. */
+nsa_status nsa_ref_dense_decode(nsa_context *ctx, const nsa_decode_job *job)
+{
+    const nsa_config *c = job->cfg;
+    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    int64_t max_t = 0;
+    for (int b = 0; b < job->B; b++)
+        if (job->seq[b].t > max_t)
+            max_t = job->seq[b].t;
+    ref_scratch w;
+    if (!scratch_alloc(&w, c, max_t))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the reference dense decode");
+    for (int b = 0; b < job->B; b++) {
+        const nsa_decode_seq *sq = &job->seq[b];
+        const int64_t lo = 0, hi = sq->t + 1;
+        for (int h = 0; h < H; h++) {
+            const int g = h / hpg;
+            const ref_src src = {sq->ks + (size_t)g * dk, sq->vs + (size_t)g * dv, krow, vrow, 0};
+            attend_spans(job->q + ((size_t)b * H + h) * dk, &src, dk, dv, job->scale, &lo, &hi,
+                         1, &w, job->out + ((size_t)b * H + h) * dv);
         }
     }
     scratch_free(&w);

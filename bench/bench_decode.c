@@ -1,0 +1,201 @@
+/* nsa-bench decode: per-step latency and what a step reads, NSA vs dense.
+ *
+ *   nsa-bench decode [--backend NAME] [--config small|paper] [--lens 8192,...]
+ *                    [--batch B] [--steps N] [--json]
+ *
+ * For each length S: a layer and B sequences whose caches are filled with
+ * S-1 random tokens (prefill without outputs), then N decode steps (the
+ * first at t = S-1) timed one by one; then N dense decode passes (each new
+ * token over all its t+1 raw K/V, the backend's dense_decode) over the same
+ * caches. Reports the median step time of each, the tokens and K/V bytes a
+ * step reads per sequence and group (spec 7's counters, from the state) and
+ * the ratios. On the reference backend the times say little; the token
+ * counts are what matter there. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+#include "decode.h"
+#include "layer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int nsa_bench_decode(int argc, char **argv);
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int preset(const char *name, nsa_layer_config *c)
+{
+    *c = nsa_layer_config_default(); /* paper l, d, l', n, w */
+    if (!strcmp(name, "paper"))
+        c->D = 2048;
+    else if (!strcmp(name, "small")) {
+        c->attn.H = 4;
+        c->attn.G = 1;
+        c->attn.dk = 32;
+        c->attn.dv = 32;
+        c->D = 128;
+    } else
+        return 0;
+    c->rope_dim = c->attn.dk;
+    return 1;
+}
+
+int nsa_bench_decode(int argc, char **argv)
+{
+    const char *backend = "auto", *config = "small", *lens_arg = "8192,16384,32768,65536";
+    int B = 1, steps = 5, json = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (i + 1 < argc && !strcmp(argv[i], "--backend"))
+            backend = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--config"))
+            config = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--lens"))
+            lens_arg = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--batch"))
+            B = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--steps"))
+            steps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: nsa-bench decode [--backend NAME] [--config small|paper] "
+                            "[--lens 8192,16384,...] [--batch B] [--steps N] [--json]\n");
+            return 2;
+        }
+    }
+    nsa_layer_config c;
+    if (!preset(config, &c) || B < 1 || steps < 1) {
+        fprintf(stderr, "nsa-bench decode: unknown config '%s' or bad --batch/--steps\n",
+                config);
+        return 2;
+    }
+    char msg[NSA_MSG_LEN];
+    nsa_context *ctx;
+    if (nsa_context_create(backend, &ctx, msg, sizeof msg) != NSA_OK) {
+        fprintf(stderr, "nsa-bench decode: %s\n", msg);
+        return 1;
+    }
+    nsa_layer *L;
+    if (nsa_layer_create(ctx, &c, &L) != NSA_OK || nsa_layer_init_random(L, 1) != NSA_OK) {
+        fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
+        return 1;
+    }
+    const nsa_config *a = &c.attn;
+    const size_t D = (size_t)c.D;
+    if (!json)
+        printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
+               "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
+               "%8s %11s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s\n",
+               nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
+               a->l_sel, a->n, a->w, B, steps, "S", "nsa ms", "dense ms", "speedup", "cmp",
+               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB");
+    int rc = 0;
+    for (const char *p = lens_arg; *p && rc == 0;) {
+        const long S = strtol(p, (char **)&p, 10);
+        if (*p == ',')
+            p++;
+        if (S < 2) {
+            fprintf(stderr, "nsa-bench decode: lengths must be >= 2\n");
+            rc = 2;
+            break;
+        }
+        nsa_decode_state *st;
+        float *x = malloc(sizeof(float) * (size_t)S * D);
+        float *xt = malloc(sizeof(float) * (size_t)B * D), *yt = malloc(sizeof(float) * B * D);
+        float *q = malloc(sizeof(float) * (size_t)B * a->H * a->dk);
+        float *o = malloc(sizeof(float) * (size_t)B * a->H * a->dv);
+        double *tn = malloc(sizeof(double) * (size_t)steps);
+        double *td = malloc(sizeof(double) * (size_t)steps);
+        nsa_decode_seq *sd = malloc(sizeof *sd * (size_t)B);
+        if (!x || !xt || !yt || !q || !o || !tn || !td || !sd ||
+            nsa_decode_create(L, B, 0, &st) != NSA_OK) {
+            fprintf(stderr, "nsa-bench decode: out of memory at S=%ld\n", S);
+            return 1;
+        }
+        nsa_rng r = {(uint64_t)S};
+        for (size_t i = 0; i < (size_t)S * D; i++)
+            x[i] = nsa_rng_uniform(&r);
+        for (int b = 0; b < B && rc == 0; b++)
+            if (nsa_decode_prefill(st, b, x, S - 1, NULL) != NSA_OK)
+                rc = 1;
+        nsa_decode_counters k0 = {0};
+        for (int s = 0; s < steps && rc == 0; s++) {
+            for (int b = 0; b < B; b++)
+                memcpy(xt + (size_t)b * D, x + (size_t)(S - 1) * D, sizeof(float) * D);
+            const double t0 = now_s();
+            if (nsa_decode_step(L, st, xt, yt, NULL) != NSA_OK)
+                rc = 1;
+            tn[s] = now_s() - t0;
+            if (s == 0)
+                nsa_decode_get_counters(st, 0, 0, &k0);
+        }
+        for (size_t i = 0; i < (size_t)B * a->H * a->dk; i++)
+            q[i] = nsa_rng_uniform(&r);
+        for (int b = 0; b < B && rc == 0; b++)
+            if (nsa_decode_view(st, b, &sd[b]) != NSA_OK)
+                rc = 1;
+        nsa_decode_job job = {a, nsa_config_scale(a), NULL, B, sd, q, NULL, o,
+                              NULL, NULL, NULL, NULL};
+        for (int s = 0; s < steps && rc == 0; s++) {
+            const double t0 = now_s();
+            if (nsa_run_dense_decode(ctx, &job) != NSA_OK)
+                rc = 1;
+            td[s] = now_s() - t0;
+        }
+        if (rc) {
+            fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
+        } else {
+            const double mn = median(tn, steps) * 1e3, md = median(td, steps) * 1e3;
+            const int64_t tot = k0.cmp + k0.slc + k0.win;
+            const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
+            if (json)
+                printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
+                       "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"dense_ms\":%.4f,"
+                       "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
+                       "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f}\n",
+                       nsa_context_backend(ctx), config, S, B, steps, mn, md,
+                       (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
+                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes);
+            else
+                printf("%8ld %11.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
+                       "%10.3f %10.3f\n",
+                       S, mn, md, md / mn, (long long)k0.cmp, (long long)k0.slc,
+                       (long long)k0.win, (long long)tot, (long long)k0.dense,
+                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6);
+            fflush(stdout);
+        }
+        nsa_decode_free(st);
+        free(x);
+        free(xt);
+        free(yt);
+        free(q);
+        free(o);
+        free(tn);
+        free(td);
+        free(sd);
+    }
+    if (!json && rc == 0)
+        printf("tokens and MB are per sequence and group for the step at t = S-1; dense "
+               "reads S tokens.\n");
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+    return rc;
+}

@@ -1,0 +1,332 @@
+/* The attention operator on the device (spec 2-5, cl/attn.cl): compressed
+ * branch with scores, top-n, selected and sliding branches, gates; plus the
+ * dense causal baseline and the top-n test hook. */
+#include "cl_run.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Local floats of nsa_group_attn with hc heads per work-group. */
+static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc, size_t f[6])
+{
+    const size_t h = (size_t)hc, T = (size_t)st->tile, dkp = (size_t)(c->dk | 1);
+    f[0] = h * dkp; /* rows padded to an odd stride (see the kernel) */
+    f[1] = h * c->dv;
+    f[2] = T * dkp;
+    f[3] = T * c->dv;
+    f[4] = h * T;
+    f[5] = 3 * h;
+    return f[0] + f[1] + f[2] + f[3] + f[4] + f[5];
+}
+
+/* Heads per work-group: all of the group's if they fit local memory, else
+ * halves; 0 if not even one head fits. */
+static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, size_t f[6])
+{
+    int hc = c->H / c->G;
+    if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
+        hc = st->max_heads_wg;
+    while (group_attn_local(st, c, hc, f) * sizeof(float) > st->local_mem) {
+        if (hc == 1)
+            return 0;
+        hc = (hc + 1) / 2;
+    }
+    return hc;
+}
+
+/* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
+typedef struct ga_launch {
+    int mode, w, row0, rows;
+    cl_mem q, K, V, row_seq, cu, cmp_off, sel, out;
+    int want_z, max_nc;
+    cl_mem zs, stats; /* mode 2 with want_z */
+} ga_launch;
+
+static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
+                             const ga_launch *L)
+{
+    size_t f[6];
+    const int hc = heads_per_wg(B->st, c, f);
+    if (!hc)
+        return nsa_fail(B->ctx, NSA_ERR_UNSUPPORTED,
+                        "opencl: attention with dk=%d, dv=%d needs more local memory for "
+                        "one head and a tile of %d keys than the device's %llu bytes",
+                        c->dk, c->dv, B->st->tile, (unsigned long long)B->st->local_mem);
+    const int parts = (c->H / c->G + hc - 1) / hc;
+    nsa_clr_args a = {k, 0, CL_SUCCESS};
+    ARG_MEM(&a, L->q);
+    ARG_MEM(&a, L->K);
+    ARG_MEM(&a, L->V);
+    ARG_MEM(&a, L->row_seq);
+    ARG_MEM(&a, L->cu);
+    ARG_MEM(&a, L->cmp_off);
+    ARG_MEM(&a, L->sel);
+    ARG_INT(&a, c->n);
+    ARG_INT(&a, c->l_sel);
+    ARG_INT(&a, L->mode);
+    ARG_INT(&a, L->w);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_INT(&a, L->row0);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, hc);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, c->dv);
+    ARG_FLT(&a, scale);
+    ARG_MEM(&a, L->out);
+    ARG_INT(&a, L->want_z);
+    ARG_INT(&a, L->max_nc);
+    ARG_MEM(&a, L->zs);
+    ARG_MEM(&a, L->stats);
+    for (int i = 0; i < 6; i++)
+        ARG_LOCAL(&a, f[i]);
+    static const char *const label[3] = {"nsa_group_attn(slc)", "nsa_group_attn(win)",
+                                         "nsa_group_attn(cmp)"};
+    return nsa_clr_launch(B, &a, label[L->mode], (size_t)L->rows * c->G * parts * B->st->wg,
+                          B->st->wg);
+}
+
+/* Scratch budget of one chunk of the compressed branch (logits and scores
+ * of the rows in flight), which keeps memory linear in T: 1/16 of the
+ * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
+static size_t chunk_budget(const nsa_cl_state *st)
+{
+    size_t b = (size_t)(st->global_mem / 16);
+    if (b > ((size_t)1 << 30))
+        b = (size_t)1 << 30;
+    if (b < ((size_t)64 << 20))
+        b = (size_t)64 << 20;
+    if (st->max_alloc && b > st->max_alloc)
+        b = (size_t)st->max_alloc;
+    return b;
+}
+
+nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
+{
+    nsa_cl_state *st = ctx->be_state;
+    const nsa_config *c = job->cfg;
+    const nsa_batch *bt = job->batch;
+    const int H = c->H, G = c->G, dk = c->dk, dv = c->dv, n = c->n;
+    const int64_t T = bt->T, C = bt->cmp_off[bt->B];
+    const int max_nc = nsa_bm_n_cmp(c, bt->max_len - 1);
+    const int max_vis = nsa_bm_n_sel_visible(c, bt->max_len - 1);
+    const size_t wg = (size_t)st->wg;
+    const nsa_cl_kv kv = st->kv;
+    nsa_status s = nsa_cl_kernels(ctx, st, kv);
+    if (s != NSA_OK)
+        return s;
+    cl_kernel *K = st->kernel[kv];
+    int32_t *rs = nsa_clr_row_seq(bt), *cmp_off = malloc(sizeof(int32_t) * ((size_t)bt->B + 1));
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    if (!rs || !cmp_off) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl attend");
+        goto done;
+    }
+    for (int b = 0; b <= bt->B; b++)
+        cmp_off[b] = (int32_t)bt->cmp_off[b];
+
+    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val;
+    cl_mem oc, os, ow, out, sel;
+    const size_t tg = (size_t)T * G, th = (size_t)T * H;
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dk, job->q, &q));
+    TRY(nsa_clr_buf_kv(&B, kv, job->kc, (size_t)C * G * dk, &kc));
+    TRY(nsa_clr_buf_kv(&B, kv, job->vc, (size_t)C * G * dv, &vc));
+    TRY(nsa_clr_buf_kv(&B, kv, job->k_slc, tg * dk, &ks));
+    TRY(nsa_clr_buf_kv(&B, kv, job->v_slc, tg * dv, &vs));
+    /* shared KV: one upload serves both branches */
+    if (job->k_win == job->k_slc)
+        kw = ks;
+    else
+        TRY(nsa_clr_buf_kv(&B, kv, job->k_win, tg * dk, &kw));
+    if (job->v_win == job->v_slc)
+        vw = vs;
+    else
+        TRY(nsa_clr_buf_kv(&B, kv, job->v_win, tg * dv, &vw));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * 3, job->gates, &gates));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)T, rs, &rsb));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), cmp_off, &cob));
+    const nsa_csr *m = job->map;
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)m->rows + 1), m->rowptr, &rp));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->col, &col));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->val, &val));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &oc));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &os));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &ow));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &out));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * tg * n, job->sel_in, &sel));
+
+    /* compressed branch and (without sel_in) scores and top-n, in chunks
+     * of rows: logits and statistics of the rows in flight only */
+    const int hpg = H / G;
+    const size_t per_row = sizeof(float) * (size_t)G *
+                           ((size_t)hpg * (size_t)max_nc + 2 * (size_t)hpg + (size_t)max_vis);
+    int64_t chunk = (int64_t)(chunk_budget(st) / per_row);
+    if (chunk < 1)
+        chunk = 1;
+    if (st->max_chunk_rows > 0 && chunk > st->max_chunk_rows)
+        chunk = st->max_chunk_rows;
+    if (chunk > T)
+        chunk = T;
+    const int want = job->sel_in == NULL;
+    cl_mem zs, stats, scores;
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_nc : 4,
+                        NULL, &zs));
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * 2 : 4, NULL,
+                        &stats));
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * (size_t)max_vis : 4,
+                        NULL, &scores));
+    ga_launch L = {2, 0, 0, 0, q, kc, vc, rsb, cub, cob, sel, oc, want, max_nc, zs, stats};
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+        const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
+        L.row0 = (int)r0;
+        L.rows = rows;
+        TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &L));
+        if (!want)
+            continue;
+        nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
+        ARG_MEM(&a, zs);
+        ARG_MEM(&a, stats);
+        ARG_MEM(&a, rsb);
+        ARG_MEM(&a, cub);
+        ARG_MEM(&a, rp);
+        ARG_MEM(&a, col);
+        ARG_MEM(&a, val);
+        ARG_INT(&a, H);
+        ARG_INT(&a, G);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+        ARG_INT(&a, c->l_sel);
+        ARG_INT(&a, r0);
+        ARG_INT(&a, rows);
+        ARG_INT(&a, max_nc);
+        ARG_INT(&a, max_vis);
+        ARG_MEM(&a, scores);
+        TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
+        nsa_clr_args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
+        ARG_MEM(&t, scores);
+        ARG_MEM(&t, rsb);
+        ARG_MEM(&t, cub);
+        ARG_INT(&t, G);
+        ARG_INT(&t, c->l_sel);
+        ARG_INT(&t, n);
+        ARG_INT(&t, c->n_init);
+        ARG_INT(&t, c->n_local);
+        ARG_INT(&t, r0);
+        ARG_INT(&t, rows);
+        ARG_INT(&t, max_vis);
+        ARG_MEM(&t, sel);
+        TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G, wg));
+    }
+    /* selected branch (group-centric over the selected blocks), window */
+    ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
+    ga_launch W = {1, c->w, 0, (int)T, q, kw, vw, rsb, cub, cob, sel, ow, 0, 0, zs, stats};
+    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
+    {
+        nsa_clr_args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
+        cl_ulong total = (cl_ulong)th * dv;
+        ARG_MEM(&a, gates);
+        ARG_MEM(&a, oc);
+        ARG_MEM(&a, os);
+        ARG_MEM(&a, ow);
+        ARG_INT(&a, dv);
+        nsa_clr_arg(&a, sizeof total, &total);
+        ARG_MEM(&a, out);
+        TRY(nsa_clr_launch(&B, &a, "nsa_gate", (size_t)total, wg));
+    }
+    TRY(nsa_clr_download(&B, out, sizeof(float) * th * dv, job->out));
+    if (job->out_cmp)
+        TRY(nsa_clr_download(&B, oc, sizeof(float) * th * dv, job->out_cmp));
+    if (job->out_slc)
+        TRY(nsa_clr_download(&B, os, sizeof(float) * th * dv, job->out_slc));
+    if (job->out_win)
+        TRY(nsa_clr_download(&B, ow, sizeof(float) * th * dv, job->out_win));
+    if (job->sel_out)
+        TRY(nsa_clr_download(&B, sel, sizeof(int32_t) * tg * n, job->sel_out));
+done:
+    nsa_clr_bufs_free(&B);
+    free(rs);
+    free(cmp_off);
+    return s;
+}
+
+nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                       const float *scores, int max_vis, int32_t *sel)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const size_t tg = (size_t)bt->T * cfg->G;
+    int32_t *rs = nsa_clr_row_seq(bt);
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    cl_mem sb, rsb, cub, selb;
+    if (!rs) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl top-n");
+        goto done;
+    }
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * tg * (size_t)max_vis, scores, &sb));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)bt->T, rs, &rsb));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * tg * cfg->n, NULL, &selb));
+    nsa_clr_args t = {st->kernel[st->kv][NSA_CLK_TOPN], 0, CL_SUCCESS};
+    ARG_MEM(&t, sb);
+    ARG_MEM(&t, rsb);
+    ARG_MEM(&t, cub);
+    ARG_INT(&t, cfg->G);
+    ARG_INT(&t, cfg->l_sel);
+    ARG_INT(&t, cfg->n);
+    ARG_INT(&t, cfg->n_init);
+    ARG_INT(&t, cfg->n_local);
+    ARG_INT(&t, 0);
+    ARG_INT(&t, bt->T);
+    ARG_INT(&t, max_vis);
+    ARG_MEM(&t, selb);
+    TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg, (size_t)st->wg));
+    TRY(nsa_clr_download(&B, selb, sizeof(int32_t) * tg * cfg->n, sel));
+done:
+    nsa_clr_bufs_free(&B);
+    free(rs);
+    return s;
+}
+
+/* The dense causal baseline: the group kernel in window mode with w = the
+ * longest sequence, so every position 0..t is read. */
+nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                        const float *q, const float *k, const float *v, float *out)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const size_t th = (size_t)bt->T * cfg->H, tg = (size_t)bt->T * cfg->G;
+    int32_t *rs = nsa_clr_row_seq(bt);
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    cl_mem qb, kb, vb, rsb, cub, ob, dummy;
+    if (!rs) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl dense");
+        goto done;
+    }
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * cfg->dk, q, &qb));
+    TRY(nsa_clr_buf_kv(&B, st->kv, k, tg * cfg->dk, &kb));
+    TRY(nsa_clr_buf_kv(&B, st->kv, v, tg * cfg->dv, &vb));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)bt->T, rs, &rsb));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
+    TRY(nsa_clr_buf_new(&B, 4, NULL, &dummy));
+    ga_launch L = {1,   bt->max_len, 0,     (int)bt->T, qb, kb, vb,    rsb,
+                   cub, dummy,       dummy, ob,         0,  0,  dummy, dummy};
+    TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
+    TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
+done:
+    nsa_clr_bufs_free(&B);
+    free(rs);
+    return s;
+}

@@ -1,0 +1,209 @@
+/* The "opencl" backend: its registry entry, device state (init, fini), and
+ * the kernels of each storage kind. The jobs run as kernels from cl/
+ * (upload, run, download: the operator API works on host memory): phi in
+ * cl_phi.c, attention in cl_attend.c, linear in cl_linear.c. Environment:
+ * NSA_OPENCL_DEVICE picks the device (see nsa_cl_pick_device),
+ * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_PROFILE=1 times
+ * every kernel. */
+#include "cl_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kernel_names[NSA_CLK_COUNT] = {
+    "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
+    "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear"};
+
+static int cl_probe(char *why, size_t len)
+{
+    cl_platform_id p;
+    cl_device_id d;
+    return nsa_cl_pick_device(getenv("NSA_OPENCL_DEVICE"), &p, &d, why, len);
+}
+
+static void cl_fini(void *state)
+{
+    nsa_cl_state *st = state;
+    if (!st)
+        return;
+    for (int kv = 0; kv < NSA_CL_KV_COUNT; kv++) {
+        for (int k = 0; k < NSA_CLK_COUNT; k++)
+            if (st->kernel[kv][k])
+                clReleaseKernel(st->kernel[kv][k]);
+        if (st->program[kv])
+            clReleaseProgram(st->program[kv]);
+    }
+    if (st->queue)
+        clReleaseCommandQueue(st->queue);
+    if (st->context)
+        clReleaseContext(st->context);
+    free(st->build_log);
+    free(st);
+}
+
+nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
+{
+    if (st->program[kv])
+        return NSA_OK;
+    char opts[256];
+    nsa_cl_options(st, kv, opts, sizeof opts);
+    cl_program prog;
+    nsa_status s = nsa_cl_build(ctx, st, nsa_cl_source(), opts, &prog);
+    if (s != NSA_OK)
+        return s;
+    cl_kernel ks[NSA_CLK_COUNT] = {0};
+    for (int k = 0; k < NSA_CLK_COUNT; k++) {
+        cl_int err;
+        ks[k] = clCreateKernel(prog, kernel_names[k], &err);
+        size_t most = 0;
+        if (err == CL_SUCCESS)
+            err = clGetKernelWorkGroupInfo(ks[k], st->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                           sizeof most, &most, NULL);
+        const size_t need =
+            k == NSA_CLK_LINEAR ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS : (size_t)st->wg;
+        if (err == CL_SUCCESS && most < need) {
+            s = nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
+                         "OpenCL kernel %s allows work-groups of %zu, libnsa needs %zu on %s",
+                         kernel_names[k], most, need, st->device_name);
+        } else if (err != CL_SUCCESS) {
+            s = nsa_cl_fail(ctx, "clCreateKernel", err);
+        }
+        if (s != NSA_OK) {
+            for (int j = 0; j <= k; j++)
+                if (ks[j])
+                    clReleaseKernel(ks[j]);
+            clReleaseProgram(prog);
+            return s;
+        }
+    }
+    st->program[kv] = prog;
+    memcpy(st->kernel[kv], ks, sizeof ks);
+    nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
+    return NSA_OK;
+}
+
+static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)
+{
+    if (!v || !*v || strcmp(v, "fp32") == 0)
+        *kv = NSA_CL_KV_F32;
+    else if (strcmp(v, "fp16") == 0)
+        *kv = NSA_CL_KV_F16;
+    else if (strcmp(v, "bf16") == 0)
+        *kv = NSA_CL_KV_BF16;
+    else
+        return nsa_fail(ctx, NSA_ERR_ENUM, "NSA_OPENCL_KV=%s must be fp32, fp16 or bf16", v);
+    return NSA_OK;
+}
+
+/* The device named by spec (NULL or "" = NSA_OPENCL_DEVICE). */
+static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
+{
+    *state = NULL;
+    if (!spec || !*spec)
+        spec = getenv("NSA_OPENCL_DEVICE");
+    nsa_cl_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the OpenCL state");
+    nsa_status s = parse_kv(ctx, getenv("NSA_OPENCL_KV"), &st->kv);
+    char why[300];
+    if (s == NSA_OK && !nsa_cl_pick_device(spec, &st->platform, &st->device, why, sizeof why))
+        s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "%s", why);
+    if (s != NSA_OK) {
+        cl_fini(st);
+        return s;
+    }
+    clGetPlatformInfo(st->platform, CL_PLATFORM_NAME, sizeof st->platform_name,
+                      st->platform_name, NULL);
+    clGetPlatformInfo(st->platform, CL_PLATFORM_VERSION, sizeof st->platform_version,
+                      st->platform_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_NAME, sizeof st->device_name, st->device_name, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_VENDOR, sizeof st->vendor, st->vendor, NULL);
+    clGetDeviceInfo(st->device, CL_DRIVER_VERSION, sizeof st->driver_version,
+                    st->driver_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_VERSION, sizeof st->device_version,
+                    st->device_version, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_TYPE, sizeof st->type, &st->type, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof st->local_mem, &st->local_mem,
+                    NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof st->max_wg, &st->max_wg,
+                    NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof st->global_mem,
+                    &st->global_mem, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof st->max_alloc,
+                    &st->max_alloc, NULL);
+    nsa_cl_tune(st);
+
+    cl_int err;
+    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)st->platform,
+                                     0};
+    st->context = clCreateContext(props, 1, &st->device, NULL, NULL, &err);
+    if (err != CL_SUCCESS) {
+        cl_fini(st);
+        return nsa_cl_fail(ctx, "clCreateContext", err);
+    }
+    const char *prof = getenv("NSA_OPENCL_PROFILE");
+    st->profile = prof && *prof && strcmp(prof, "0") != 0;
+    st->queue = clCreateCommandQueue(st->context, st->device,
+                                     st->profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
+    if (err != CL_SUCCESS) {
+        cl_fini(st);
+        return nsa_cl_fail(ctx, "clCreateCommandQueue", err);
+    }
+    nsa_log(ctx, "opencl: %s / %s (%s), local memory %llu, work-group %d, tile %d",
+            st->platform_name, st->device_name, st->driver_version,
+            (unsigned long long)st->local_mem, st->wg, st->tile);
+    /* phi always uses the fp32 program; the chosen storage is built now too
+     * so that a broken compiler shows at context creation */
+    if ((s = nsa_cl_kernels(ctx, st, NSA_CL_KV_F32)) != NSA_OK ||
+        (s = nsa_cl_kernels(ctx, st, st->kv)) != NSA_OK) {
+        /* the state (and its build log) is gone with the context: keep the
+         * message, which quotes the log's start */
+        cl_fini(st);
+        return s;
+    }
+    *state = st;
+    return NSA_OK;
+}
+
+static nsa_status cl_init(nsa_context *ctx, void **state)
+{
+    return cl_init_on(ctx, state, NULL);
+}
+
+nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
+                                 size_t msg_len)
+{
+    nsa_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
+    ctx->be = &nsa_backend_opencl;
+    ctx->verbose = nsa_env_verbose();
+    nsa_status s = cl_init_on(ctx, &ctx->be_state, device);
+    if (s != NSA_OK) {
+        nsa_fail_buf(msg, msg_len, s, "backend 'opencl' failed to start: %s", ctx->msg);
+        free(ctx);
+        return s;
+    }
+    nsa_log(ctx, "using backend 'opencl'");
+    if (msg && msg_len)
+        msg[0] = '\0';
+    *out = ctx;
+    return NSA_OK;
+}
+
+nsa_cl_state *nsa_cl_state_of(nsa_context *ctx)
+{
+    return ctx && ctx->be == &nsa_backend_opencl ? ctx->be_state : NULL;
+}
+
+const nsa_backend_ops nsa_backend_opencl = {
+    .name = "opencl",
+    .description = "OpenCL kernels (GPU; CPU runtimes such as PoCL on request)",
+    .probe = cl_probe,
+    .init = cl_init,
+    .fini = cl_fini,
+    .compress = nsa_cl_compress,
+    .attend = nsa_cl_attend,
+    .linear = nsa_cl_linear,
+};

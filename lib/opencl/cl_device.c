@@ -1,0 +1,146 @@
+/* Device choice (NSA_OPENCL_DEVICE) and the per-device tuning table whose
+ * entries reach the kernels as -D defines. */
+#include "cl_internal.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PLATFORMS 16
+#define MAX_DEVICES 64
+
+static int has_substr_ci(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] &&
+               tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            i++;
+        if (i == n)
+            return 1;
+    }
+    return n == 0;
+}
+
+static int all_digits(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return 0;
+    return 1;
+}
+
+/* spec: NULL or "" = the first GPU or accelerator (CPU devices are skipped
+ * so that "auto" does not pick a CPU OpenCL runtime over the native CPU
+ * backends); "*" = the first device of any type; all digits = that index in
+ * the list of all devices of all platforms (clinfo -l order); anything else =
+ * the first device whose "platform / device" name contains it (any case). */
+int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev, char *why,
+                       size_t why_len)
+{
+    cl_platform_id plats[MAX_PLATFORMS];
+    cl_uint np = 0;
+    cl_int err = clGetPlatformIDs(MAX_PLATFORMS, plats, &np);
+    if (err != CL_SUCCESS || np == 0) {
+        snprintf(why, why_len, "no OpenCL platform found (clGetPlatformIDs: %s)",
+                 err != CL_SUCCESS ? nsa_cl_error_name(err) : "0 platforms");
+        return 0;
+    }
+    if (np > MAX_PLATFORMS)
+        np = MAX_PLATFORMS;
+    const int want_index = spec && all_digits(spec);
+    const long index = want_index ? strtol(spec, NULL, 10) : -1;
+    const int any = spec && strcmp(spec, "*") == 0;
+    const int by_name = spec && *spec && !want_index && !any;
+    int seen = 0, cpus = 0;
+    for (cl_uint p = 0; p < np; p++) {
+        cl_device_id devs[MAX_DEVICES];
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, MAX_DEVICES, devs, &nd) != CL_SUCCESS)
+            continue;
+        if (nd > MAX_DEVICES)
+            nd = MAX_DEVICES;
+        char pname[256] = "", dname[256] = "", full[520];
+        clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname, pname, NULL);
+        for (cl_uint i = 0; i < nd; i++, seen++) {
+            cl_device_type type = 0;
+            clGetDeviceInfo(devs[i], CL_DEVICE_TYPE, sizeof type, &type, NULL);
+            clGetDeviceInfo(devs[i], CL_DEVICE_NAME, sizeof dname, dname, NULL);
+            snprintf(full, sizeof full, "%s / %s", pname, dname);
+            int ok;
+            if (want_index)
+                ok = seen == index;
+            else if (by_name)
+                ok = has_substr_ci(full, spec);
+            else if (any)
+                ok = 1;
+            else
+                ok = (type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)) != 0;
+            cpus += (type & CL_DEVICE_TYPE_CPU) != 0;
+            if (ok) {
+                *plat = plats[p];
+                *dev = devs[i];
+                snprintf(why, why_len, "%s", full);
+                return 1;
+            }
+        }
+    }
+    if (seen == 0)
+        snprintf(why, why_len, "OpenCL platforms found but no devices");
+    else if (want_index)
+        snprintf(why, why_len, "NSA_OPENCL_DEVICE=%s: no such device (%d found)", spec, seen);
+    else if (by_name)
+        snprintf(why, why_len, "NSA_OPENCL_DEVICE=%s: no device name contains it", spec);
+    else
+        snprintf(why, why_len,
+                 "only CPU OpenCL devices (%d); set NSA_OPENCL_DEVICE ('*', an index or "
+                 "a name) to use one",
+                 cpus);
+    return 0;
+}
+
+/* Work-group size and key tile per device class; the first matching row
+ * wins. Tiles keep the group attention's local memory well under 32 KiB for
+ * the paper's shapes on GPUs (H/G = 16, dk = 192, dv = 128). */
+static const struct tune {
+    const char *vendor; /* substring of CL_DEVICE_VENDOR, NULL = any */
+    cl_device_type type;
+    cl_ulong min_local;
+    int wg, tile;
+} tune_table[] = {
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 16},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 16},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 8},
+    {NULL, CL_DEVICE_TYPE_CPU, 0, 16, 32},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 8},
+};
+
+void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
+{
+    snprintf(buf, len, "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d", (int)kv, st->wg,
+             st->tile);
+}
+
+void nsa_cl_tune(nsa_cl_state *st)
+{
+    st->wg = 64;
+    st->tile = 8;
+    for (size_t i = 0; i < sizeof tune_table / sizeof tune_table[0]; i++) {
+        const struct tune *t = &tune_table[i];
+        if (t->vendor && !has_substr_ci(st->vendor, t->vendor))
+            continue;
+        if (!(st->type & t->type) || st->local_mem < t->min_local)
+            continue;
+        st->wg = t->wg;
+        st->tile = t->tile;
+        break;
+    }
+    /* the reductions need a power of two the device can launch */
+    while ((size_t)st->wg > st->max_wg && st->wg > 1)
+        st->wg /= 2;
+}

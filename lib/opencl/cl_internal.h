@@ -1,0 +1,135 @@
+/* Private to the OpenCL backend (lib/opencl/): its per-context state and
+ * the runtime helpers shared by the host files and the tests. */
+#ifndef NSA_CL_INTERNAL_H
+#define NSA_CL_INTERNAL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#ifdef __APPLE__
+#include <OpenCL/opencl.h>
+#else
+#include <CL/cl.h>
+#endif
+
+#include "nsa_internal.h"
+
+/* How K/V live on the device (the host API is fp32; values are rounded
+ * to nearest even on upload). */
+typedef enum nsa_cl_kv {
+    NSA_CL_KV_F32 = 0,
+    NSA_CL_KV_F16 = 1,
+    NSA_CL_KV_BF16 = 2,
+    NSA_CL_KV_COUNT
+} nsa_cl_kv;
+
+enum {
+    NSA_CLK_PHI_AVG,
+    NSA_CLK_PHI_LIN,
+    NSA_CLK_PHI_OUT,
+    NSA_CLK_CMP_SCORES,
+    NSA_CLK_TOPN,
+    NSA_CLK_GROUP_ATTN,
+    NSA_CLK_GATE,
+    NSA_CLK_LINEAR,
+    NSA_CLK_COUNT
+};
+
+/* What the binary cache did on the last program build. */
+typedef enum nsa_cl_cache_event {
+    NSA_CL_CACHE_OFF = 0,    /* disabled (NSA_OPENCL_CACHE=0) or no cache dir */
+    NSA_CL_CACHE_HIT = 1,    /* loaded a cached binary */
+    NSA_CL_CACHE_MISS = 2,   /* built from source, entry written */
+    NSA_CL_CACHE_REBUILT = 3 /* entry unusable (corrupt, stale): rebuilt */
+} nsa_cl_cache_event;
+
+/* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
+#define NSA_CL_PROF_MAX 16
+typedef struct nsa_cl_prof {
+    char label[32];
+    double ns;
+    long calls;
+} nsa_cl_prof;
+
+typedef struct nsa_cl_state {
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queue;
+    char device_name[256], platform_name[256], vendor[256];
+    char platform_version[256], driver_version[256], device_version[256];
+    cl_device_type type;
+    cl_ulong local_mem, global_mem, max_alloc;
+    size_t max_wg;
+    int wg, tile;       /* from the per-device table, as -D defines */
+    nsa_cl_kv kv;       /* storage of K/V for attend */
+    int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
+    int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
+    cl_program program[NSA_CL_KV_COUNT];
+    cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT];
+    nsa_cl_cache_event cache_event;
+    char cache_path[1024]; /* the entry of the last build ("" if none) */
+    char *build_log;       /* of the last failed build, NULL if none */
+    int profile;           /* NSA_OPENCL_PROFILE set: kernels are timed */
+    int n_prof;
+    nsa_cl_prof prof[NSA_CL_PROF_MAX];
+} nsa_cl_state;
+
+extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
+
+/* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
+#define NSA_CL_GEMM_TS 16
+
+/* The jobs of the vtable. */
+NSA_HIDDEN nsa_status nsa_cl_compress(nsa_context *ctx, const nsa_cmp_job *job);
+NSA_HIDDEN nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job);
+NSA_HIDDEN nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *job);
+
+/* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
+NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);
+NSA_HIDDEN const char *nsa_cl_error_name(cl_int err);
+
+/* Picks the device named by spec (NSA_OPENCL_DEVICE syntax; NULL = first
+ * GPU or accelerator). On failure writes why and returns 0. */
+NSA_HIDDEN int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev,
+                                  char *why, size_t why_len);
+
+/* Builds src with options for st's device, through the binary cache.
+ * A failed compile keeps the log in st->build_log. */
+NSA_HIDDEN nsa_status nsa_cl_build(nsa_context *ctx, nsa_cl_state *st, const char *src,
+                                   const char *options, cl_program *out);
+
+/* Fills st->wg and st->tile from the per-device table. */
+NSA_HIDDEN void nsa_cl_tune(nsa_cl_state *st);
+/* The compile options of storage kind kv for st's device. */
+NSA_HIDDEN void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len);
+
+/* The program and kernels of storage kind kv, built on first use. */
+NSA_HIDDEN nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv);
+
+/* The embedded kernel source and its hash (generated from cl/). */
+NSA_HIDDEN const char *nsa_cl_source(void);
+NSA_HIDDEN const char *nsa_cl_source_hash(void);
+
+/* nsa_context_create_opencl when OpenCL is built in. */
+NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
+                                            size_t msg_len);
+
+/* Test and bench hooks. */
+NSA_HIDDEN nsa_cl_state *nsa_cl_state_of(nsa_context *ctx);
+/* Dense causal attention over one group-shaped problem (the baseline):
+ * q[T][H][dk], k[T][G][dk], v[T][G][dv] -> out[T][H][dv], per sequence. */
+NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                   const float *q, const float *k, const float *v, float *out);
+
+/* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
+NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
+                                  const float *scores, int max_vis, int32_t *sel);
+
+/* fp32 -> fp16 / bf16 bits, round to nearest even (also used by tests). */
+NSA_HIDDEN uint16_t nsa_cl_f32_to_f16(float f);
+NSA_HIDDEN uint16_t nsa_cl_f32_to_bf16(float f);
+NSA_HIDDEN float nsa_cl_f16_to_f32(uint16_t h);
+NSA_HIDDEN float nsa_cl_bf16_to_f32(uint16_t h);
+
+#endif

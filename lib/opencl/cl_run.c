@@ -1,0 +1,124 @@
+/* Plumbing of the OpenCL jobs (see cl_run.h). */
+#include "cl_run.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void nsa_clr_bufs_free(nsa_clr_bufs *b)
+{
+    for (int i = 0; i < b->n; i++)
+        clReleaseMemObject(b->m[i]);
+    b->n = 0;
+}
+
+/* A buffer of bytes (at least 4), filled from host when given. */
+nsa_status nsa_clr_buf_new(nsa_clr_bufs *b, size_t bytes, const void *host, cl_mem *out)
+{
+    cl_int err;
+    if (b->n == NSA_CLR_MAX_BUFS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND, "opencl: too many buffers in one job");
+    if (bytes == 0)
+        host = NULL; /* an empty tensor: nothing to copy, not even 4 bytes */
+    *out = clCreateBuffer(b->st->context,
+                          host ? CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR : CL_MEM_READ_WRITE,
+                          bytes ? bytes : 4, (void *)(uintptr_t)host, &err);
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(b->ctx, "clCreateBuffer", err);
+    b->m[b->n++] = *out;
+    return NSA_OK;
+}
+
+/* K/V upload in the storage kind (rounded to nearest even). */
+nsa_status nsa_clr_buf_kv(nsa_clr_bufs *b, nsa_cl_kv kv, const float *x, size_t count,
+                          cl_mem *out)
+{
+    if (kv == NSA_CL_KV_F32)
+        return nsa_clr_buf_new(b, count * sizeof(float), x, out);
+    uint16_t *h = malloc(sizeof(uint16_t) * (count ? count : 1));
+    if (!h)
+        return nsa_fail(b->ctx, NSA_ERR_NOMEM, "out of memory converting K/V");
+    for (size_t i = 0; i < count; i++)
+        h[i] = kv == NSA_CL_KV_F16 ? nsa_cl_f32_to_f16(x[i]) : nsa_cl_f32_to_bf16(x[i]);
+    nsa_status s = nsa_clr_buf_new(b, count * sizeof(uint16_t), h, out);
+    free(h);
+    return s;
+}
+
+nsa_status nsa_clr_download(nsa_clr_bufs *b, cl_mem m, size_t bytes, void *host)
+{
+    if (!bytes)
+        return NSA_OK;
+    cl_int err = clEnqueueReadBuffer(b->st->queue, m, CL_TRUE, 0, bytes, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(b->ctx, "clEnqueueReadBuffer", err);
+}
+
+void nsa_clr_arg(nsa_clr_args *a, size_t size, const void *v)
+{
+    if (a->err == CL_SUCCESS)
+        a->err = clSetKernelArg(a->k, a->i, size, v);
+    a->i++;
+}
+
+/* Enqueues a->k over dims dimensions (global already a multiple of local). */
+nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name, cl_uint dims,
+                             const size_t *global, const size_t *local)
+{
+    if (a->err != CL_SUCCESS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND,
+                        "OpenCL clSetKernelArg failed for %s argument %u: %s (%d)", name,
+                        a->i - 1, nsa_cl_error_name(a->err), (int)a->err);
+    for (cl_uint d = 0; d < dims; d++)
+        if (global[d] == 0)
+            return NSA_OK;
+    nsa_cl_state *st = b->st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(st->queue, a->k, dims, NULL, global, local, 0, NULL,
+                                        st->profile ? &ev : NULL);
+    if (err != CL_SUCCESS)
+        return nsa_fail(b->ctx, NSA_ERR_BACKEND,
+                        "OpenCL clEnqueueNDRangeKernel failed for %s: %s (%d)", name,
+                        nsa_cl_error_name(err), (int)err);
+    if (ev) {
+        /* profiling: wait, and add the kernel's device time to its label */
+        cl_ulong t0 = 0, t1 = 0;
+        err = clWaitForEvents(1, &ev);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
+        clReleaseEvent(ev);
+        if (err != CL_SUCCESS)
+            return nsa_cl_fail(b->ctx, "clGetEventProfilingInfo", err);
+        int i = 0;
+        while (i < st->n_prof && strcmp(st->prof[i].label, name) != 0)
+            i++;
+        if (i < NSA_CL_PROF_MAX) {
+            if (i == st->n_prof) {
+                snprintf(st->prof[i].label, sizeof st->prof[i].label, "%s", name);
+                st->prof[i].ns = 0;
+                st->prof[i].calls = 0;
+                st->n_prof++;
+            }
+            st->prof[i].ns += (double)(t1 - t0);
+            st->prof[i].calls++;
+        }
+    }
+    return NSA_OK;
+}
+
+nsa_status nsa_clr_launch(nsa_clr_bufs *b, nsa_clr_args *a, const char *name, size_t global,
+                          size_t local)
+{
+    global = (global + local - 1) / local * local;
+    return nsa_clr_launch_nd(b, a, name, 1, &global, &local);
+}
+
+int32_t *nsa_clr_row_seq(const nsa_batch *bt)
+{
+    int32_t *rs = malloc(sizeof(int32_t) * (size_t)bt->T);
+    if (rs)
+        for (int b = 0; b < bt->B; b++)
+            for (int32_t r = bt->cu[b]; r < bt->cu[b + 1]; r++)
+                rs[r] = b;
+    return rs;
+}
