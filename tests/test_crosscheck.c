@@ -483,8 +483,11 @@ static void test_linear(void **state)
     const char *isas[4];
     const int nisa = isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
-        if (isas[ii])
+        if (isas[ii]) {
             assert_int_equal(nsa_cpu_set_max_isa(be, isas[ii]), NSA_OK);
+            print_message("backend %s: kernel set '%s' (cap '%s')\n", backend_name(),
+                          nsa_cpu_isa(be), isas[ii]);
+        }
         for (int s = 0; s < 3; s++)
             for (int bias = 0; bias < 2; bias++) {
                 const int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
