@@ -444,6 +444,33 @@ static void test_block_shapes(void **state)
     }
 }
 
+/* Head dims that are not multiples of any vector width, odd head counts:
+ * every kernel tail and the scalar remainder paths. */
+static void test_odd_dims(void **state)
+{
+    (void)state;
+    case_spec cs;
+    memset(&cs, 0, sizeof cs);
+    cs.cfg = nsa_config_default();
+    cs.cfg.l = 16;
+    cs.cfg.d = 8;
+    cs.cfg.l_sel = 32;
+    cs.cfg.H = 15;
+    cs.cfg.G = 3;
+    cs.cfg.dk = 20;
+    cs.cfg.dv = 13;
+    cs.cfg.n = 5;
+    cs.cfg.w = 33;
+    cs.B = 2;
+    cs.lens[0] = 211;
+    cs.lens[1] = 45;
+    cs.phi_kind = 1;
+    cs.phi_hidden = 7;
+    cs.phi_pe = 1;
+    cs.seed = 777;
+    run_case(&cs, "odd dims H=15 G=3 dk=20 dv=13");
+}
+
 /* The paper's configuration (spec 1) at a moderate length, with enough
  * selection blocks (S / l' = 20 > n = 16) that top-n really chooses. The
  * reference needs ~30 s for all 64 heads, so make check runs 16 heads in 4
@@ -522,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_block_shapes),
         cmocka_unit_test(test_random_configs),
+        cmocka_unit_test(test_odd_dims),
         cmocka_unit_test(test_paper_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
