@@ -67,6 +67,7 @@ static void usage(FILE *f)
             "                      '-' writes none)\n"
             "  --group g           which key/value group to draw (default 0)\n"
             "  --quiet             no progress and no text map, just the summary\n"
+            "  --backends          list the backends and whether each runs here\n"
             "  --help              this text\n\npresets:\n");
     for (int i = 0; i < N_PRESETS; i++) {
         const preset *p = &presets[i];
@@ -108,6 +109,16 @@ static int parse_args(int argc, char **argv, options *o)
         if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             o->quiet = 1;
             continue;
+        }
+        if (!strcmp(a, "--backends")) {
+            /* registered backends, best first: name, available here, why */
+            for (int b = 0; b < nsa_backend_count(); b++) {
+                nsa_backend_info info;
+                if (nsa_backend_get_info(b, &info) == NSA_OK)
+                    printf("%-8s %-3s %s\n", info.name, info.available ? "yes" : "no",
+                           info.reason);
+            }
+            return 1;
         }
         /* Every other option takes a value: "--opt value" or "--opt=value". */
         const char *val = NULL;
