@@ -10,6 +10,7 @@
  * the reference's selection fed in as selection_in, so outputs after the
  * selection are compared on the same blocks: every branch and the gated
  * output must match. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 
 #include "cpu/cpu_internal.h"
@@ -498,10 +499,37 @@ static void test_paper_config(void **state)
 
 /* The layer pieces: linear y = x W^T + b against the reference, with and
  * without bias, on sizes with vector tails. */
+static void linear_checks(nsa_context *be, nsa_context *ref, const char *mode)
+{
+    static const int shapes[3][3] = {{37, 129, 65}, {1, 8, 1}, {300, 192, 256}};
+    for (int s = 0; s < 3; s++)
+        for (int bias = 0; bias < 2; bias++) {
+            const int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+            float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in);
+            float *b = malloc(sizeof(float) * out);
+            float *y = tl_poisoned((size_t)rows * out), *yr = tl_poisoned((size_t)rows * out);
+            tl_fill(x, (size_t)rows * in, 11 + s, -1.0f, 1.0f);
+            tl_fill(w, (size_t)out * in, 12 + s, -1.0f, 1.0f);
+            tl_fill(b, (size_t)out, 13 + s, -1.0f, 1.0f);
+            nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y};
+            nsa_linear_job jr = {x, rows, in, out, w, bias ? b : NULL, yr};
+            assert_int_equal(nsa_run_linear(be, &j), NSA_OK);
+            assert_int_equal(nsa_run_linear(ref, &jr), NSA_OK);
+            char label[128];
+            snprintf(label, sizeof label, "linear %dx%d->%d bias=%d [%s/%s]", rows, in, out, bias,
+                     nsa_context_backend(be), mode);
+            expect_close("y", label, y, yr, (size_t)rows * out);
+            free(x);
+            free(w);
+            free(b);
+            free(y);
+            free(yr);
+        }
+}
+
 static void test_linear(void **state)
 {
     (void)state;
-    static const int shapes[3][3] = {{37, 129, 65}, {1, 8, 1}, {300, 192, 256}};
     nsa_context *ref, *be;
     char msg[256];
     assert_int_equal(nsa_context_create("ref", &ref, msg, sizeof msg), NSA_OK);
@@ -515,32 +543,27 @@ static void test_linear(void **state)
             print_message("backend %s: kernel set '%s' (cap '%s')\n", backend_name(),
                           nsa_cpu_isa(be), isas[ii]);
         }
-        for (int s = 0; s < 3; s++)
-            for (int bias = 0; bias < 2; bias++) {
-                const int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
-                float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in);
-                float *b = malloc(sizeof(float) * out);
-                float *y = tl_poisoned((size_t)rows * out), *yr = tl_poisoned((size_t)rows * out);
-                tl_fill(x, (size_t)rows * in, 11 + s, -1.0f, 1.0f);
-                tl_fill(w, (size_t)out * in, 12 + s, -1.0f, 1.0f);
-                tl_fill(b, (size_t)out, 13 + s, -1.0f, 1.0f);
-                nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y};
-                nsa_linear_job jr = {x, rows, in, out, w, bias ? b : NULL, yr};
-                assert_int_equal(nsa_run_linear(be, &j), NSA_OK);
-                assert_int_equal(nsa_run_linear(ref, &jr), NSA_OK);
-                char label[96];
-                snprintf(label, sizeof label, "linear %dx%d->%d bias=%d [%s]", rows, in, out,
-                         bias, nsa_context_backend(be));
-                expect_close("y", label, y, yr, (size_t)rows * out);
-                free(x);
-                free(w);
-                free(b);
-                free(y);
-                free(yr);
-            }
+        linear_checks(be, ref, isas[ii] ? nsa_cpu_isa(be) : "default");
+    }
+    nsa_context_free(be);
+    /* the cpu backend's OpenBLAS path, when built with it */
+    if (strcmp(backend_name(), "cpu") == 0) {
+        const char *old = getenv("NSA_CPU_BLAS");
+        setenv("NSA_CPU_BLAS", "openblas", 1);
+        nsa_status s = nsa_context_create("cpu", &be, msg, sizeof msg);
+        if (old)
+            setenv("NSA_CPU_BLAS", old, 1);
+        else
+            unsetenv("NSA_CPU_BLAS");
+        if (s == NSA_OK) {
+            linear_checks(be, ref, "openblas");
+            nsa_context_free(be);
+        } else {
+            assert_int_equal(s, NSA_ERR_UNAVAILABLE); /* built without OpenBLAS */
+            print_message("no OpenBLAS in this build: %s\n", msg);
+        }
     }
     nsa_context_free(ref);
-    nsa_context_free(be);
 }
 
 int main(void)

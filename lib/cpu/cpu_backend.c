@@ -22,7 +22,7 @@ static int cpu_probe(char *why, size_t len)
              "one thread (built without OpenMP)",
 #endif
 #ifdef NSA_HAVE_OPENBLAS
-             "OpenBLAS sgemm"
+             "own GEMM (OpenBLAS with NSA_CPU_BLAS=openblas)"
 #else
              "own GEMM (built without OpenBLAS)"
 #endif
@@ -47,8 +47,25 @@ static nsa_status cpu_init(nsa_context *ctx, void **state)
         }
         st->k = nsa_cpu_kernels_capped(st->best, (nsa_isa)isa);
     }
-    nsa_log(ctx, "cpu: kernels '%s' (best here: '%s')", st->k->isa,
-            nsa_cpu_isa_name(st->best));
+    /* The default GEMM gives each row the same bits whatever the batch
+     * (decode's compressed tokens equal prefill's exactly); OpenBLAS is
+     * faster on big batches but its rounding depends on the row count. */
+    const char *blas = getenv("NSA_CPU_BLAS");
+    if (blas && *blas && strcmp(blas, "own") != 0) {
+        if (strcmp(blas, "openblas") != 0) {
+            free(st);
+            return nsa_fail(ctx, NSA_ERR_ARG, "NSA_CPU_BLAS='%s' must be own or openblas", blas);
+        }
+#ifdef NSA_HAVE_OPENBLAS
+        st->blas = 1;
+#else
+        free(st);
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE,
+                        "NSA_CPU_BLAS=openblas, but libnsa was built without OpenBLAS");
+#endif
+    }
+    nsa_log(ctx, "cpu: kernels '%s' (best here: '%s'), linear on %s", st->k->isa,
+            nsa_cpu_isa_name(st->best), st->blas ? "OpenBLAS" : "own GEMM");
     *state = st;
     return NSA_OK;
 }
@@ -119,12 +136,15 @@ static void own_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, cons
     }
 }
 
-void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, const float *A,
-                     size_t lda, const float *B, size_t ldb, const float *bias, float *C,
-                     size_t ldc)
+void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int blas, int64_t M, int N, int K,
+                     const float *A, size_t lda, const float *B, size_t ldb, const float *bias,
+                     float *C, size_t ldc)
 {
 #ifdef NSA_HAVE_OPENBLAS
-    (void)k;
+    if (!blas) {
+        own_gemm_nt(k, M, N, K, A, lda, B, ldb, bias, C, ldc);
+        return;
+    }
     /* cblas takes int sizes: go in slices of rows. */
     const int64_t step = 1 << 20;
     for (int64_t r0 = 0; r0 < M; r0 += step) {
@@ -138,6 +158,7 @@ void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, const f
                     (int)ldc);
     }
 #else
+    (void)blas;
     own_gemm_nt(k, M, N, K, A, lda, B, ldb, bias, C, ldc);
 #endif
 }
@@ -149,7 +170,8 @@ static const nsa_simd_kernels *kernels_of(const nsa_context *ctx)
 
 nsa_status nsa_cpu_linear(nsa_context *ctx, const nsa_linear_job *j)
 {
-    nsa_cpu_gemm_nt(kernels_of(ctx), j->rows, j->out, j->in, j->x, (size_t)j->in, j->w,
+    const nsa_cpu_state *st = ctx->be_state;
+    nsa_cpu_gemm_nt(st->k, st->blas, j->rows, j->out, j->in, j->x, (size_t)j->in, j->w,
                     (size_t)j->in, j->b, j->y, (size_t)j->out);
     return NSA_OK;
 }

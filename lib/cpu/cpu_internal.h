@@ -12,6 +12,7 @@ typedef enum nsa_isa { NSA_ISA_SCALAR = 0, NSA_ISA_AVX2 = 1, NSA_ISA_NEON = 2 } 
 typedef struct nsa_cpu_state {
     nsa_isa best;                /* the best set this build and processor allow */
     const nsa_simd_kernels *k;   /* the set in use: best, lowered by the cap */
+    int blas;                    /* 1: linear maps on OpenBLAS (NSA_CPU_BLAS=openblas) */
 } nsa_cpu_state;
 
 /* The best kernel set usable here: built in, and the processor and OS have
@@ -29,10 +30,10 @@ NSA_HIDDEN const nsa_simd_kernels *nsa_cpu_kernels(nsa_isa isa);
 NSA_HIDDEN const nsa_simd_kernels *nsa_cpu_kernels_capped(nsa_isa best, nsa_isa cap);
 
 /* C[M][N] (row stride ldc) = A[M][K] B[N][K]^T + bias[N] (bias may be
- * NULL): OpenBLAS when built with it (never called inside an OpenMP
- * region, so OpenBLAS may use its own threads), else the kernels spread
- * over OpenMP threads. */
-NSA_HIDDEN void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K,
+ * NULL): with blas, OpenBLAS (never called inside an OpenMP region, so it
+ * may use its own threads); else the kernels spread over OpenMP threads,
+ * each row's result independent of M. */
+NSA_HIDDEN void nsa_cpu_gemm_nt(const nsa_simd_kernels *k, int blas, int64_t M, int N, int K,
                                 const float *A, size_t lda, const float *B, size_t ldb,
                                 const float *bias, float *C, size_t ldc);
 
