@@ -119,7 +119,7 @@ static void own_gemm_nt(const nsa_simd_kernels *k, int64_t M, int N, int K, cons
                         size_t lda, const float *B, size_t ldb, const float *bias, float *C,
                         size_t ldc)
 {
-    const int64_t RB = 16; /* rows a task: B streams once per task */
+    const int64_t RB = 48; /* rows a task (16 row tiles): B streams once per task */
     const int64_t tasks = (M + RB - 1) / RB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
