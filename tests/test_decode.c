@@ -329,9 +329,61 @@ static void test_nonfinite_input(void **state)
     nsa_context_free(ctx);
 }
 
+/* The test backend's decode against the reference's, step by step, from
+ * the same weights and prompts (spec 9: relative L2 <= 1e-5 per step). */
+static void test_decode_vs_reference(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx(), *rctx;
+    assert_int_equal(nsa_context_create("ref", &rctx, NULL, 0), NSA_OK);
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    c.attn.H = 8;
+    c.attn.G = 2;
+    c.attn.dk = 16;
+    c.attn.dv = 12;
+    nsa_layer *L, *R;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_create(rctx, &c, &R), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 8), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(R, 8), NSA_OK);
+    enum { B = 2, P = 150, STEPS = 60 };
+    const size_t D = (size_t)c.D;
+    float *x = malloc(sizeof(float) * (P + STEPS) * B * D);
+    tl_fill(x, (P + STEPS) * B * D, 31, -1, 1);
+    nsa_decode_state *sl, *sr;
+    assert_int_equal(nsa_decode_create(L, B, 0, &sl), NSA_OK);
+    assert_int_equal(nsa_decode_create(R, B, 0, &sr), NSA_OK);
+    for (int b = 0; b < B; b++) {
+        assert_int_equal(nsa_decode_prefill(sl, b, x + (size_t)b * P * D, P - 40 * b, NULL), NSA_OK);
+        assert_int_equal(nsa_decode_prefill(sr, b, x + (size_t)b * P * D, P - 40 * b, NULL), NSA_OK);
+    }
+    float yl[B * 12], yr[B * 12];
+    const float *xs = x + (size_t)B * P * D;
+    double worst = 0;
+    for (int s = 0; s < STEPS; s++) {
+        for (size_t i = 0; i < B * D; i++)
+            yl[i] = NAN;
+        assert_int_equal(nsa_decode_step(L, sl, xs + (size_t)s * B * D, yl, NULL), NSA_OK);
+        assert_int_equal(nsa_decode_step(R, sr, xs + (size_t)s * B * D, yr, NULL), NSA_OK);
+        const double e = tl_rel_l2(yl, yr, B * D);
+        worst = e > worst ? e : worst;
+        assert_true(e <= 1e-5);
+    }
+    print_message("decode on %s vs ref: worst relative L2 %.3g\n", nsa_context_backend(ctx),
+                  worst);
+    free(x);
+    nsa_decode_free(sl);
+    nsa_decode_free(sr);
+    nsa_layer_free(L);
+    nsa_layer_free(R);
+    nsa_context_free(ctx);
+    nsa_context_free(rctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),
         cmocka_unit_test(test_counters),
         cmocka_unit_test(test_failures_leave_state),

@@ -240,6 +240,28 @@ static void cmp_tile(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     k->gemm_nn_acc(rows, dv, nc_hi, w->pc, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
 }
 
+/* s = M (sum over the group's heads of p_cmp) (M is linear), then top-n,
+ * into w->sel; prob holds hpg rows of stride ldp. */
+static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
+                       const float *prob, scratch *w)
+{
+    const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
+    memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
+    for (int i = 0; i < hpg; i++) {
+        const float *p = prob + (size_t)i * ldp;
+        for (int j = 0; j < nc; j++)
+            w->ps[j] += p[j];
+    }
+    for (int j = 0; j < vis; j++) {
+        float acc = 0.0f;
+        for (int32_t e = M->rowptr[j]; e < M->rowptr[j + 1]; e++)
+            if (M->col[e] < nc)
+                acc += (float)M->val[e] * w->ps[M->col[e]];
+        w->score[j] = acc;
+    }
+    nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+}
+
 /* Importance (spec 3, Eq. 9-10) and top-n for position t from its group's
  * probability rows prob (stride ldp); or the given selection. */
 static void select_blocks(const nsa_attn_job *job, int b, int64_t t, int g, int ldp,
@@ -252,37 +274,21 @@ static void select_blocks(const nsa_attn_job *job, int b, int64_t t, int g, int 
     if (job->sel_in) {
         memcpy(w->sel, job->sel_in + sel_at, sizeof(int32_t) * c->n);
     } else {
-        const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
-        /* s = M (sum over the group's heads of p_cmp): M is linear */
-        memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
-        for (int i = 0; i < hpg; i++) {
-            const float *p = prob + (size_t)i * ldp;
-            for (int j = 0; j < nc; j++)
-                w->ps[j] += p[j];
-        }
-        const nsa_csr *M = job->map;
-        for (int j = 0; j < vis; j++) {
-            float acc = 0.0f;
-            for (int32_t e = M->rowptr[j]; e < M->rowptr[j + 1]; e++)
-                if (M->col[e] < nc)
-                    acc += (float)M->val[e] * w->ps[M->col[e]];
-            w->score[j] = acc;
-        }
-        nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+        select_top(c, job->map, t, hpg, ldp, prob, w);
     }
     if (job->sel_out)
         memcpy(job->sel_out + sel_at, w->sel, sizeof(int32_t) * c->n);
 }
 
 /* Selected branch for one position: the selected blocks clipped to <= t,
- * adjacent blocks merged into one span. */
-static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t,
-                     int g, const float *qh, scratch *w, float *oslc)
+ * adjacent blocks merged into one span; K and V point at the group's key
+ * and value of position 0 of the sequence (row strides krow, vrow). */
+static void selected_at(const nsa_simd_kernels *k, const nsa_config *c, float scale, int64_t t,
+                        const float *K, const float *V, const float *qh, scratch *w,
+                        float *oslc)
 {
-    const nsa_config *c = job->cfg;
     const int hpg = c->H / c->G, G = c->G;
     const size_t krow = (size_t)G * c->dk, vrow = (size_t)G * c->dv;
-    const int64_t base = job->batch->cu[b];
     int nsp = 0;
     for (int u = 0; u < c->n; u++) {
         if (w->sel[u] < 0)
@@ -298,10 +304,18 @@ static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
         else
             w->sp[nsp++] = (span){lo, hi};
     }
-    flash(k, hpg, c->dk, c->dv, job->scale, qh, (size_t)c->dk,
-          job->k_slc + (size_t)base * krow + (size_t)g * c->dk, krow,
-          job->v_slc + (size_t)base * vrow + (size_t)g * c->dv, vrow, w->sp, nsp, NULL, NULL,
-          w->s, w->mrow, w->lrow, oslc);
+    flash(k, hpg, c->dk, c->dv, scale, qh, (size_t)c->dk, K, krow, V, vrow, w->sp, nsp, NULL,
+          NULL, w->s, w->mrow, w->lrow, oslc);
+}
+
+static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t,
+                     int g, const float *qh, scratch *w, float *oslc)
+{
+    const nsa_config *c = job->cfg;
+    const size_t krow = (size_t)c->G * c->dk, vrow = (size_t)c->G * c->dv;
+    const int64_t base = job->batch->cu[b];
+    selected_at(k, c, job->scale, t, job->k_slc + (size_t)base * krow + (size_t)g * c->dk,
+                job->v_slc + (size_t)base * vrow + (size_t)g * c->dv, qh, w, oslc);
 }
 
 static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
@@ -484,4 +498,122 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
     if (failed)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the dense attention scratch");
     return NSA_OK;
+}
+
+/* ---------------------------------------------------------------- decode */
+/* One new token of sequence b, group g, over its caches (spec 7): the same
+ * pieces as prefill (compressed rows, select_top, selected_at, flash), the
+ * window read from its ring in at most two runs of rows. dense: the
+ * baseline instead, all t+1 raw keys. */
+static void decode_item(const nsa_simd_kernels *k, const nsa_decode_job *job, int b, int g,
+                        int dense, scratch *w)
+{
+    const nsa_config *c = job->cfg;
+    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv, n = c->n;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    const nsa_decode_seq *sq = &job->seq[b];
+    const int64_t t = sq->t;
+    const float *qh = job->q + ((size_t)b * H + (size_t)g * hpg) * dk;
+    const size_t at = ((size_t)b * H + (size_t)g * hpg) * dv, len = (size_t)hpg * dv;
+    if (dense) {
+        const span all = {0, t + 1};
+        flash(k, hpg, dk, dv, job->scale, qh, (size_t)dk, sq->ks + (size_t)g * dk, krow,
+              sq->vs + (size_t)g * dv, vrow, &all, 1, NULL, NULL, w->s, w->mrow, w->lrow,
+              job->out + at);
+        return;
+    }
+    /* compressed branch: whole probability rows, they feed the selection */
+    const int nc = nsa_bm_n_cmp(c, t), ldp = nc > 0 ? nc : 1;
+    memset(w->ocmp, 0, sizeof(float) * len);
+    if (nc > 0) {
+        k->gemm_nt(hpg, nc, dk, job->scale, qh, (size_t)dk, sq->kc + (size_t)g * dk, krow,
+                   w->pc, (size_t)ldp);
+        for (int r = 0; r < hpg; r++) {
+            float *p = w->pc + (size_t)r * ldp;
+            const float inv = 1.0f / k->exp_sum(p, nc, k->max(p, nc));
+            for (int j = 0; j < nc; j++)
+                p[j] *= inv;
+        }
+        k->gemm_nn_acc(hpg, dv, nc, w->pc, (size_t)ldp, sq->vc + (size_t)g * dv, vrow, w->ocmp,
+                       (size_t)dv);
+    }
+    select_top(c, job->map, t, hpg, ldp, w->pc, w);
+    memcpy(job->sel_out + ((size_t)b * G + g) * n, w->sel, sizeof(int32_t) * n);
+    selected_at(k, c, job->scale, t, sq->ks + (size_t)g * dk, sq->vs + (size_t)g * dv, qh, w,
+                w->oslc);
+    /* window: positions lo..t live at ring rows p % w */
+    const int64_t lo = t - c->w + 1 > 0 ? t - c->w + 1 : 0;
+    const int64_t a = lo % c->w, e = t % c->w;
+    span ring[2] = {{a, e + 1}, {0, 0}};
+    int nsp = 1;
+    if (a > e) {
+        ring[0].hi = c->w;
+        ring[1].hi = e + 1;
+        nsp = 2;
+    }
+    flash(k, hpg, dk, dv, job->scale, qh, (size_t)dk, sq->kw + (size_t)g * dk, krow,
+          sq->vw + (size_t)g * dv, vrow, ring, nsp, NULL, NULL, w->s, w->mrow, w->lrow,
+          w->owin);
+    if (job->out_cmp)
+        memcpy(job->out_cmp + at, w->ocmp, sizeof(float) * len);
+    if (job->out_slc)
+        memcpy(job->out_slc + at, w->oslc, sizeof(float) * len);
+    if (job->out_win)
+        memcpy(job->out_win + at, w->owin, sizeof(float) * len);
+    const float *gt = job->gates + ((size_t)b * H + (size_t)g * hpg) * 3;
+    for (int i = 0; i < hpg; i++) {
+        const float g0 = gt[3 * i], g1 = gt[3 * i + 1], g2 = gt[3 * i + 2];
+        const float *oc = w->ocmp + (size_t)i * dv, *os = w->oslc + (size_t)i * dv,
+                    *ow = w->owin + (size_t)i * dv;
+        float *o = job->out + at + (size_t)i * dv;
+        for (int x = 0; x < dv; x++)
+            o[x] = g0 * oc[x] + g1 * os[x] + g2 * ow[x];
+    }
+}
+
+static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int dense)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    int64_t max_t = 0;
+    for (int b = 0; b < job->B; b++)
+        if (job->seq[b].t > max_t)
+            max_t = job->seq[b].t;
+    const int max_nc = nsa_bm_n_cmp(c, max_t), max_vis = nsa_bm_n_sel_visible(c, max_t);
+    const int64_t items = (int64_t)job->B * c->G;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel if (items > 1)
+#endif
+    {
+        scratch w;
+        const int ok = scratch_alloc(&w, c, max_nc, max_vis);
+        if (!ok) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t i = 0; i < items; i++)
+            if (ok)
+                decode_item(k, job, (int)(i / c->G), (int)(i % c->G), dense, &w);
+        if (ok)
+            scratch_free(&w);
+    }
+    if (failed)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode scratch");
+    return NSA_OK;
+}
+
+nsa_status nsa_cpu_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
+{
+    return decode_run(ctx, job, 0);
+}
+
+nsa_status nsa_cpu_dense_decode(nsa_context *ctx, const nsa_decode_job *job)
+{
+    return decode_run(ctx, job, 1);
 }

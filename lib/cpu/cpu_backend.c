@@ -81,6 +81,8 @@ const nsa_backend_ops nsa_backend_cpu = {
     .compress = nsa_cpu_compress,
     .attend = nsa_cpu_attend,
     .linear = nsa_cpu_linear,
+    .decode_attend = nsa_cpu_decode_attend,
+    .dense_decode = nsa_cpu_dense_decode,
 };
 
 nsa_status nsa_cpu_set_max_isa(nsa_context *ctx, const char *isa)

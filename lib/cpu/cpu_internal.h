@@ -43,6 +43,9 @@ enum { NSA_CPU_CMP = 1, NSA_CPU_SLC = 2, NSA_CPU_WIN = 4, NSA_CPU_ALL = 7 };
 NSA_HIDDEN nsa_status nsa_cpu_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_cpu_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_cpu_linear(nsa_context *ctx, const nsa_linear_job *job);
+/* Decode (spec 7) and its dense baseline, one item per (sequence, group). */
+NSA_HIDDEN nsa_status nsa_cpu_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
+NSA_HIDDEN nsa_status nsa_cpu_dense_decode(nsa_context *ctx, const nsa_decode_job *job);
 /* attend restricted to some branches: with NSA_CPU_SLC but not NSA_CPU_CMP
  * the selection must come from job->sel_in; out (the gated sum) is written
  * only when all three are computed. */
