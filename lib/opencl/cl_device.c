@@ -102,34 +102,41 @@ int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev
     return 0;
 }
 
-/* Work-group size and key tile per device class; the first matching row
- * wins. Tiles keep the group attention's local memory well under 32 KiB for
- * the paper's shapes on GPUs (H/G = 16, dk = 192, dv = 128). */
+/* Work-group size, largest key tile (a multiple of NSA_CL_SK * NSA_CL_RK)
+ * and P V items per lane per device class; the first matching row wins.
+ * NVIDIA: 128 lanes cover the paper's 16 heads x 64 keys (one selection
+ * block) in 2 x 4 logit tiles and 16 heads x 128 dv in 4 x 4 output tiles;
+ * the host halves the tile (dk = 192) or the heads when local memory is
+ * short. */
 static const struct tune {
     const char *vendor; /* substring of CL_DEVICE_VENDOR, NULL = any */
     cl_device_type type;
     cl_ulong min_local;
-    int wg, tile;
+    int wg, tile, pvi;
 } tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 16},
-    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
-    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
-    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 16},
-    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 8},
-    {NULL, CL_DEVICE_TYPE_CPU, 0, 16, 32},
-    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 8},
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4},
+    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4},
 };
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
-    snprintf(buf, len, "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d", (int)kv, st->wg,
-             st->tile);
+    snprintf(buf, len,
+             "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_SK=%d "
+             "-DNSA_RK=%d -DNSA_RH=%d -DNSA_RHO=%d -DNSA_PE=%d -DNSA_NP=%d",
+             (int)kv, st->wg, st->tile, st->pvi, NSA_CL_SK, NSA_CL_RK, NSA_CL_RH, NSA_CL_RHO,
+             NSA_CL_PE, NSA_CL_NP);
 }
 
 void nsa_cl_tune(nsa_cl_state *st)
 {
     st->wg = 64;
-    st->tile = 8;
+    st->tile = 32;
+    st->pvi = 4;
     for (size_t i = 0; i < sizeof tune_table / sizeof tune_table[0]; i++) {
         const struct tune *t = &tune_table[i];
         if (t->vendor && !has_substr_ci(st->vendor, t->vendor))
@@ -138,9 +145,13 @@ void nsa_cl_tune(nsa_cl_state *st)
             continue;
         st->wg = t->wg;
         st->tile = t->tile;
+        st->pvi = t->pvi;
         break;
     }
-    /* the reductions need a power of two the device can launch */
-    while ((size_t)st->wg > st->max_wg && st->wg > 1)
+    /* the reductions need a power of two the device can launch; fewer
+     * lanes take more P V items each */
+    while ((size_t)st->wg > st->max_wg && st->wg > 1) {
         st->wg /= 2;
+        st->pvi *= 2;
+    }
 }
