@@ -101,7 +101,8 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * keys, NSA_SK lanes side by side on keys, so a warp-sized run of lanes
  * reads few q rows and few k rows (broadcasts, no bank conflicts with the
  * padded strides). Softmax: NSA_NP lanes per head row. P V: a lane owns
- * NSA_RHO heads x 4 dv outputs (float4), NSA_PE lanes side by side on dv,
+ * NSA_RHO heads x NSA_RE float4 columns of dv outputs, NSA_PE lanes side
+ * by side on dv,
  * and at most NSA_PVI such items (its accumulators stay in registers). */
 #ifndef NSA_SK
 #define NSA_SK 8
@@ -117,6 +118,9 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
 #endif
 #ifndef NSA_PE
 #define NSA_PE 8
+#endif
+#ifndef NSA_RE
+#define NSA_RE 1
 #endif
 #ifndef NSA_NP
 #define NSA_NP 8
@@ -194,14 +198,16 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
         mo[i] = -INFINITY;
         mn[i] = -INFINITY;
     }
-    /* P V items of this lane: (el, hl, eg) -> columns e4 = eg NSA_PE + el,
+    /* P V items of this lane: (el, hl, eg) -> columns
+     * e4 = eg NSA_PE NSA_RE + el + x NSA_PE (x < NSA_RE),
      * heads hl + i nho (interleaved: neighbouring lanes read neighbouring
      * probability rows) */
-    const int npv = NSA_PE * nho * ((dv4 + NSA_PE - 1) / NSA_PE);
-    float4 acc[NSA_PVI][NSA_RHO];
+    const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
+    float4 acc[NSA_PVI][NSA_RHO][NSA_RE];
     for (int it = 0; it < NSA_PVI; it++)
         for (int i = 0; i < NSA_RHO; i++)
-            acc[it][i] = (float4)(0.0f);
+            for (int x = 0; x < NSA_RE; x++)
+                acc[it][i][x] = (float4)(0.0f);
     barrier(CLK_LOCAL_MEM_FENCE);
     const int nspan = mode == 0 ? n : 1;
     const int nsi = nhl * NSA_SK * (tile / (NSA_SK * NSA_RK)); /* logit items */
@@ -354,29 +360,39 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             for (int ix = 0; ix < NSA_PVI; ix++) {
                 const int it = lid + ix * NSA_WG;
                 const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
-                          e4 = r / nho * NSA_PE + el;
-                if (it >= npv || e4 >= dv4)
+                          e0 = r / nho * NSA_PE * NSA_RE + el;
+                if (it >= npv)
                     continue;
-                float4 a[NSA_RHO];
+                int ec[NSA_RE]; /* columns past dv4 read a valid one, unused */
+                for (int x = 0; x < NSA_RE; x++)
+                    ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
+                float4 a[NSA_RHO][NSA_RE];
                 for (int i = 0; i < NSA_RHO; i++) {
                     const int hh = hl + i * nho;
                     const float m1 = mn[hh];
-                    a[i] = acc[ix][i] * (m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1));
+                    const float al = m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1);
+                    for (int x = 0; x < NSA_RE; x++)
+                        a[i][x] = acc[ix][i][x] * al;
                 }
                 for (int k4 = 0; k4 < c4; k4++) {
-                    const float4 v0 = kv[(4 * k4) * kst + e4], v1 = kv[(4 * k4 + 1) * kst + e4],
-                                 v2 = kv[(4 * k4 + 2) * kst + e4],
-                                 v3 = kv[(4 * k4 + 3) * kst + e4];
-                    for (int i = 0; i < NSA_RHO; i++) {
-                        const float4 p = ps4[(hl + i * nho) * tp4 + k4];
-                        a[i] = mad((float4)(p.x), v0, a[i]);
-                        a[i] = mad((float4)(p.y), v1, a[i]);
-                        a[i] = mad((float4)(p.z), v2, a[i]);
-                        a[i] = mad((float4)(p.w), v3, a[i]);
+                    float4 p[NSA_RHO];
+                    for (int i = 0; i < NSA_RHO; i++)
+                        p[i] = ps4[(hl + i * nho) * tp4 + k4];
+                    for (int x = 0; x < NSA_RE; x++) {
+                        __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
+                        const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
+                                     v3 = vr[3 * kst];
+                        for (int i = 0; i < NSA_RHO; i++) {
+                            a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].z), v2, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].w), v3, a[i][x]);
+                        }
                     }
                 }
                 for (int i = 0; i < NSA_RHO; i++)
-                    acc[ix][i] = a[i];
+                    for (int x = 0; x < NSA_RE; x++)
+                        acc[ix][i][x] = a[i][x];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
@@ -395,15 +411,17 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int ix = 0; ix < NSA_PVI; ix++) {
         const int it = lid + ix * NSA_WG;
-        const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho, e4 = r / nho * NSA_PE + el;
-        if (it >= npv || e4 >= dv4)
+        const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                  e0 = r / nho * NSA_PE * NSA_RE + el;
+        if (it >= npv)
             continue;
-        for (int i = 0; i < NSA_RHO; i++) {
-            const int hh = hl + i * nho;
-            if (hh >= nh)
+        for (int i = 0; i < NSA_RHO; i++)
+            for (int x = 0; x < NSA_RE; x++) {
+            const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
+            if (hh >= nh || e4 >= dv4)
                 continue;
             const float sum = mo[hh];
-            const float4 o = sum > 0.0f ? acc[ix][i] / sum : (float4)(0.0f);
+            const float4 o = sum > 0.0f ? acc[ix][i][x] / sum : (float4)(0.0f);
             __global float *dst = out + (hbase + hh) * dv + e4 * 4;
             dst[0] = o.x;
             if (e4 * 4 + 1 < dv)

@@ -9,11 +9,12 @@
 
 /* Local bytes of nsa_group_attn's four buffers with hc heads per
  * work-group and a key tile of `tile` (the layout in cl/attn.cl). */
-static size_t group_attn_local(const nsa_config *c, int hc, int tile, size_t f[4])
+static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc, int tile,
+                               size_t f[4])
 {
-    const size_t nhl = (size_t)(hc + NSA_CL_RH - 1) / NSA_CL_RH;
-    const size_t nho = (size_t)(hc + NSA_CL_RHO - 1) / NSA_CL_RHO;
-    const size_t nhp = nhl * NSA_CL_RH > nho * NSA_CL_RHO ? nhl * NSA_CL_RH : nho * NSA_CL_RHO;
+    const size_t nhl = (size_t)(hc + st->rh - 1) / st->rh;
+    const size_t nho = (size_t)(hc + st->rho - 1) / st->rho;
+    const size_t nhp = nhl * st->rh > nho * st->rho ? nhl * st->rh : nho * st->rho;
     const size_t qst = (size_t)(c->dk + 3) / 4 + 1, dv4 = (size_t)(c->dv + 3) / 4;
     f[0] = 16 * nhp * qst;
     f[1] = 16 * (size_t)tile * (qst > dv4 ? qst : dv4);
@@ -30,13 +31,14 @@ static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, 
     int hc = c->H / c->G;
     if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
         hc = st->max_heads_wg;
-    const int dv4 = (c->dv + 3) / 4, min_tile = NSA_CL_SK * NSA_CL_RK;
+    const int dv4 = (c->dv + 3) / 4, cols = st->pe * st->re;
+    const int min_tile = st->sk * st->rk > NSA_CL_NP ? st->sk * st->rk : NSA_CL_NP;
     for (;;) {
-        const int nho = (hc + NSA_CL_RHO - 1) / NSA_CL_RHO;
-        const long npv = (long)NSA_CL_PE * nho * ((dv4 + NSA_CL_PE - 1) / NSA_CL_PE);
+        const int nho = (hc + st->rho - 1) / st->rho;
+        const long npv = (long)st->pe * nho * ((dv4 + cols - 1) / cols);
         if (npv <= (long)st->wg * st->pvi)
             for (int t = st->tile; t >= min_tile; t /= 2)
-                if (group_attn_local(c, hc, t, f) <= st->local_mem) {
+                if (group_attn_local(st, c, hc, t, f) <= st->local_mem) {
                     *tile = t;
                     return hc;
                 }
@@ -65,7 +67,7 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
                         "opencl: attention with dk=%d, dv=%d needs more local memory for "
                         "one head and a tile of %d keys than the device's %llu bytes, or "
                         "more than %d x %d output items",
-                        c->dk, c->dv, NSA_CL_SK * NSA_CL_RK,
+                        c->dk, c->dv, B->st->sk * B->st->rk,
                         (unsigned long long)B->st->local_mem, B->st->wg, B->st->pvi);
     const int parts = (c->H / c->G + hc - 1) / hc;
     nsa_clr_args a = {k, 0, CL_SUCCESS};

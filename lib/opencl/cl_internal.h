@@ -62,7 +62,11 @@ typedef struct nsa_cl_state {
     cl_ulong local_mem, global_mem, max_alloc;
     size_t max_wg;
     int wg, tile;       /* from the per-device table, as -D defines */
-    int pvi;            /* P V items per lane of nsa_group_attn (table, -D) */
+    /* register tiles of nsa_group_attn (cl/attn.cl), table or
+     * NSA_OPENCL_TUNE, as -D defines: logits rh heads x rk keys a lane, sk
+     * lanes along keys (the key tile is a multiple of sk rk); P V rho heads
+     * x re float4 columns a lane, pe lanes along dv, pvi such items a lane */
+    int pvi, rh, rk, sk, rho, re, pe;
     nsa_cl_kv kv;       /* storage of K/V for attend */
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
@@ -78,15 +82,7 @@ typedef struct nsa_cl_state {
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
 
-/* Register tiles of nsa_group_attn (cl/attn.cl), passed as -D defines:
- * logits NSA_RH heads x NSA_RK keys a lane, NSA_SK lanes along keys (the
- * key tile is a multiple of NSA_SK NSA_RK); P V NSA_RHO heads x 4 dv a
- * lane, NSA_PE lanes along dv; softmax NSA_NP lanes a head. */
-#define NSA_CL_SK 8
-#define NSA_CL_RK 4
-#define NSA_CL_RH 2
-#define NSA_CL_RHO 4
-#define NSA_CL_PE 8
+/* Lanes per head row in nsa_group_attn's softmax (NSA_NP). */
 #define NSA_CL_NP 8
 
 /* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
