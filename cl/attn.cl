@@ -41,8 +41,8 @@ __kernel void nsa_cmp_scores(__global const float *zs, __global const float *sta
  * written sorted ascending and padded with -1. The k-th pick is the best
  * block after the previous pick in that order, so no per-block flags. */
 __kernel void nsa_topn(__global const float *scores, __global const int *row_seq,
-                       __global const int *cu, int G, int lsel, int n, int n_init,
-                       int n_local, int row0, int rows, int max_vis, __global int *sel)
+                       __global const int *cu, int G, int lsel, int n, int n_init, int n_local,
+                       int row0, int rows, int max_vis, __global int *sel)
 {
     const int gid = get_global_id(0);
     if (gid >= rows * G)
@@ -170,15 +170,13 @@ static float4 ld4(__global const kv_t *p, size_t at, int rem)
  *   ps  nhp x (tile/4 + 1)     logits, then probabilities
  *   red 2 nhp NSA_NP + 2 nhp floats: partial maxima, running partial sums,
  *       the running max before and after the tile */
-__kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn(__global const float *q, __global const kv_t *K,
-                             __global const kv_t *V, __global const int *row_seq,
-                             __global const int *cu, __global const int *cmp_off,
-                             __global const int *sel, int n, int lsel, int mode, int w, int l,
-                             int d, int row0, int H, int G, int hc, int dk, int dv,
-                             float scale, __global float *out, int want_z, int max_nc,
-                             __global float *zs, __global float *stats, int tile,
-                             __local float4 *qs, __local float4 *kv, __local float4 *ps4,
-                             __local float *red)
+__kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void
+nsa_group_attn(__global const float *q, __global const kv_t *K, __global const kv_t *V,
+               __global const int *row_seq, __global const int *cu, __global const int *cmp_off,
+               __global const int *sel, int n, int lsel, int mode, int w, int l, int d,
+               int row0, int H, int G, int hc, int dk, int dv, float scale, __global float *out,
+               int want_z, int max_nc, __global float *zs, __global float *stats, int tile,
+               __local float4 *qs, __local float4 *kv, __local float4 *ps4, __local float *red)
 {
     const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
     const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
@@ -234,11 +232,11 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
      * probability rows) */
     const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
     float4 acc[NSA_PVI][NSA_RHO][NSA_RE];
-    #pragma unroll
+#pragma unroll
     for (int it = 0; it < NSA_PVI; it++)
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < NSA_RHO; i++)
-            #pragma unroll
+#pragma unroll
             for (int x = 0; x < NSA_RE; x++)
                 acc[it][i][x] = (float4)(0.0f);
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -280,8 +278,8 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
             if (dk4 <= NSA_WG) {
                 if (kk0 < kstep)
                     for (int k = kk0; k < cnt; k += kstep)
-                        kv[k * kst + ke] =
-                            ld4(K, ((size_t)(base + p0 + k) * G + g) * dk + ke * 4, dk - ke * 4);
+                        kv[k * kst + ke] = ld4(
+                            K, ((size_t)(base + p0 + k) * G + g) * dk + ke * 4, dk - ke * 4);
             } else {
                 for (int i = lid; i < cnt * dk4; i += NSA_WG) {
                     const int k = i / dk4, e4 = i % dk4;
@@ -296,24 +294,24 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
                 const int kl = it % NSA_SK, r = it / NSA_SK, hl = r % nhl, kg = r / nhl;
                 const int k0 = kg * NSA_SK * NSA_RK + kl;
                 float s[NSA_RH][NSA_RK];
-                #pragma unroll
+#pragma unroll
                 for (int i = 0; i < NSA_RH; i++)
-                    #pragma unroll
+#pragma unroll
                     for (int j = 0; j < NSA_RK; j++)
                         s[i][j] = 0.0f;
                 if (kg * NSA_SK * NSA_RK < cnt) {
                     __local const float4 *qr = qs + hl * qst, *kr = kv + k0 * kst;
                     for (int e4 = 0; e4 < dk4; e4++) {
                         float4 qv[NSA_RH], kk[NSA_RK];
-                        #pragma unroll
+#pragma unroll
                         for (int i = 0; i < NSA_RH; i++)
                             qv[i] = qr[i * nhl * qst + e4];
-                        #pragma unroll
+#pragma unroll
                         for (int j = 0; j < NSA_RK; j++)
                             kk[j] = kr[j * NSA_SK * kst + e4];
-                        #pragma unroll
+#pragma unroll
                         for (int i = 0; i < NSA_RH; i++)
-                            #pragma unroll
+#pragma unroll
                             for (int j = 0; j < NSA_RK; j++) {
                                 float a = s[i][j];
                                 a = mad(qv[i].x, kk[j].x, a);
@@ -324,12 +322,12 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
                             }
                     }
                 }
-                #pragma unroll
+#pragma unroll
                 for (int i = 0; i < NSA_RH; i++) {
                     const int hh = hl + i * nhl;
                     if (hh >= nh)
                         continue;
-                    #pragma unroll
+#pragma unroll
                     for (int j = 0; j < NSA_RK; j++) {
                         const int k = k0 + j * NSA_SK;
                         float z = -INFINITY;
@@ -391,7 +389,7 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
                             kv[(vk0 + r * vstep) * kst + ve] = vpf[r];
             } else
 #endif
-            if (dv4 <= NSA_WG) {
+                if (dv4 <= NSA_WG) {
                 if (vk0 < vstep)
                     for (int k = vk0; k < tile; k += vstep)
                         kv[k * kst + ve] =
@@ -410,7 +408,7 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
             barrier(CLK_LOCAL_MEM_FENCE);
             /* P V into the lane's registers */
             const int c4 = (cnt + 3) / 4;
-            #pragma unroll
+#pragma unroll
             for (int ix = 0; ix < NSA_PVI; ix++) {
                 const int it = lid + ix * NSA_WG;
                 const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
@@ -418,30 +416,30 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
                 if (it >= npv)
                     continue;
                 int ec[NSA_RE]; /* columns past dv4 read a valid one, unused */
-                #pragma unroll
+#pragma unroll
                 for (int x = 0; x < NSA_RE; x++)
                     ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
                 float4 a[NSA_RHO][NSA_RE];
-                #pragma unroll
+#pragma unroll
                 for (int i = 0; i < NSA_RHO; i++) {
                     const int hh = hl + i * nho;
                     const float m1 = mn[hh];
                     const float al = m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1);
-                    #pragma unroll
+#pragma unroll
                     for (int x = 0; x < NSA_RE; x++)
                         a[i][x] = acc[ix][i][x] * al;
                 }
                 for (int k4 = 0; k4 < c4; k4++) {
                     float4 p[NSA_RHO];
-                    #pragma unroll
+#pragma unroll
                     for (int i = 0; i < NSA_RHO; i++)
                         p[i] = ps4[(hl + i * nho) * tp4 + k4];
-                    #pragma unroll
+#pragma unroll
                     for (int x = 0; x < NSA_RE; x++) {
                         __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
                         const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
                                      v3 = vr[3 * kst];
-                        #pragma unroll
+#pragma unroll
                         for (int i = 0; i < NSA_RHO; i++) {
                             a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
                             a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
@@ -450,9 +448,9 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
                         }
                     }
                 }
-                #pragma unroll
+#pragma unroll
                 for (int i = 0; i < NSA_RHO; i++)
-                    #pragma unroll
+#pragma unroll
                     for (int x = 0; x < NSA_RE; x++)
                         acc[ix][i][x] = a[i][x];
             }
@@ -471,38 +469,38 @@ __kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void nsa_group_attn
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    #pragma unroll
+#pragma unroll
     for (int ix = 0; ix < NSA_PVI; ix++) {
         const int it = lid + ix * NSA_WG;
         const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
                   e0 = r / nho * NSA_PE * NSA_RE + el;
         if (it >= npv)
             continue;
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < NSA_RHO; i++)
-            #pragma unroll
+#pragma unroll
             for (int x = 0; x < NSA_RE; x++) {
-            const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
-            if (hh >= nh || e4 >= dv4)
-                continue;
-            const float sum = mo[hh];
-            const float4 o = sum > 0.0f ? acc[ix][i][x] / sum : (float4)(0.0f);
-            __global float *dst = out + (hbase + hh) * dv + e4 * 4;
-            dst[0] = o.x;
-            if (e4 * 4 + 1 < dv)
-                dst[1] = o.y;
-            if (e4 * 4 + 2 < dv)
-                dst[2] = o.z;
-            if (e4 * 4 + 3 < dv)
-                dst[3] = o.w;
-        }
+                const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
+                if (hh >= nh || e4 >= dv4)
+                    continue;
+                const float sum = mo[hh];
+                const float4 o = sum > 0.0f ? acc[ix][i][x] / sum : (float4)(0.0f);
+                __global float *dst = out + (hbase + hh) * dv + e4 * 4;
+                dst[0] = o.x;
+                if (e4 * 4 + 1 < dv)
+                    dst[1] = o.y;
+                if (e4 * 4 + 2 < dv)
+                    dst[2] = o.z;
+                if (e4 * 4 + 3 < dv)
+                    dst[3] = o.w;
+            }
     }
 }
 
 /* Gated output (spec 5): out = g_cmp o_cmp + g_slc o_slc + g_win o_win. */
 __kernel void nsa_gate(__global const float *gates, __global const float *oc,
-                       __global const float *os, __global const float *ow, int dv,
-                       ulong total, __global float *out)
+                       __global const float *os, __global const float *ow, int dv, ulong total,
+                       __global float *out)
 {
     const size_t i = get_global_id(0);
     if (i >= total)

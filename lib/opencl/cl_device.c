@@ -106,8 +106,8 @@ int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev
  * attention per device class (fields of nsa_cl_state); the first matching
  * row wins. NVIDIA: 128 lanes cover the paper's 16 heads x 64 keys (one
  * selection block) in 4 x 2 logit tiles (16 lanes along keys) and 16 heads
- * x 128 dv in 4 x 4 output tiles, and prefetch the value tile (16 float4
- * a lane); the fastest of the variants measured on an H200 (doc/opencl.md).
+ * x 128 dv in 4 x 4 output tiles, no value prefetch: the fastest of the
+ * variants measured on an H200 (doc/opencl.md).
  * The host halves the tile (dk = 192) or the heads when local memory is
  * short. */
 typedef struct tune {
@@ -117,7 +117,7 @@ typedef struct tune {
     int wg, tile, pvi, rh, rk, sk, rho, re, pe, pf;
 } tune;
 static const tune tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 16},
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 0},
     {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
     {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
     {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8, 0},
@@ -128,11 +128,12 @@ static const tune tune_table[] = {
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
-    snprintf(buf, len,
-             "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
-             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_PF=%d",
-             (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re, st->pe,
-             NSA_CL_NP, st->pf);
+    snprintf(
+        buf, len,
+        "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
+        "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_PF=%d",
+        (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re, st->pe,
+        NSA_CL_NP, st->pf);
     /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
     const char *extra = getenv("NSA_OPENCL_OPTIONS");
     const size_t used = strlen(buf);
