@@ -122,35 +122,12 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
 #ifndef NSA_RE
 #define NSA_RE 1
 #endif
-/* float4 registers a lane for prefetching the value tile (0: no prefetch) */
-#ifndef NSA_PF
-#define NSA_PF 0
-#endif
 #ifndef NSA_NP
 #define NSA_NP 8
 #endif
 #ifndef NSA_PVI
 #define NSA_PVI 2
 #endif
-
-/* Up to 4 consecutive K/V elements from p[at] (rem of them exist), as fp32;
- * the missing ones are 0. */
-static float4 ld4(__global const kv_t *p, size_t at, int rem)
-{
-#if NSA_KV == 0
-    if (rem >= 4 && (at & 3) == 0) /* buffers are aligned: a 16-byte load */
-        return *(__global const float4 *)(p + at);
-#endif
-    float4 v = (float4)(0.0f);
-    v.x = LDKV(p, at);
-    if (rem > 1)
-        v.y = LDKV(p, at + 1);
-    if (rem > 2)
-        v.z = LDKV(p, at + 2);
-    if (rem > 3)
-        v.w = LDKV(p, at + 3);
-    return v;
-}
 
 /* Group-centric attention: one work-group per (row, group) holds the queries
  * of all heads of the group and streams tiles of `tile` keys (a multiple of
@@ -170,13 +147,14 @@ static float4 ld4(__global const kv_t *p, size_t at, int rem)
  *   ps  nhp x (tile/4 + 1)     logits, then probabilities
  *   red 2 nhp NSA_NP + 2 nhp floats: partial maxima, running partial sums,
  *       the running max before and after the tile */
-__kernel __attribute__((reqd_work_group_size(NSA_WG, 1, 1))) void
-nsa_group_attn(__global const float *q, __global const kv_t *K, __global const kv_t *V,
-               __global const int *row_seq, __global const int *cu, __global const int *cmp_off,
-               __global const int *sel, int n, int lsel, int mode, int w, int l, int d,
-               int row0, int H, int G, int hc, int dk, int dv, float scale, __global float *out,
-               int want_z, int max_nc, __global float *zs, __global float *stats, int tile,
-               __local float4 *qs, __local float4 *kv, __local float4 *ps4, __local float *red)
+__kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
+                             __global const kv_t *V, __global const int *row_seq,
+                             __global const int *cu, __global const int *cmp_off,
+                             __global const int *sel, int n, int lsel, int mode, int w, int l,
+                             int d, int row0, int H, int G, int hc, int dk, int dv, float scale,
+                             __global float *out, int want_z, int max_nc, __global float *zs,
+                             __global float *stats, int tile, __local float4 *qs,
+                             __local float4 *kv, __local float4 *ps4, __local float *red)
 {
     const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
     const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
@@ -188,13 +166,6 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
     const size_t hbase = (size_t)row * H + (size_t)g * hpg + h0; /* first head row */
     const int dk4 = (dk + 3) / 4, dv4 = (dv + 3) / 4, qst = dk4 + 1;
     const int kst = qst > dv4 ? qst : dv4, tp4 = tile / 4 + 1;
-    /* tile loads: lane -> (row, float4 column), rows stepping by kstep */
-    const int kstep = NSA_WG / dk4, kk0 = lid / max(dk4, 1), ke = lid % max(dk4, 1);
-    const int vstep = NSA_WG / dv4, vk0 = lid / max(dv4, 1), ve = lid % max(dv4, 1);
-#if NSA_PF
-    /* value prefetch into NSA_PF registers a lane when they hold its rows */
-    const int pf = dv4 <= NSA_WG && vstep * NSA_PF >= tile;
-#endif
     /* heads padded to whole register tiles of both phases */
     const int nhl = (nh + NSA_RH - 1) / NSA_RH, nho = (nh + NSA_RHO - 1) / NSA_RHO;
     const int nhp = max(nhl * NSA_RH, nho * NSA_RHO);
@@ -232,11 +203,8 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
      * probability rows) */
     const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
     float4 acc[NSA_PVI][NSA_RHO][NSA_RE];
-#pragma unroll
     for (int it = 0; it < NSA_PVI; it++)
-#pragma unroll
         for (int i = 0; i < NSA_RHO; i++)
-#pragma unroll
             for (int x = 0; x < NSA_RE; x++)
                 acc[it][i][x] = (float4)(0.0f);
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -259,33 +227,26 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
         }
         for (int p0 = lo; p0 < hi; p0 += tile) {
             const int cnt = min(tile, hi - p0);
-#if NSA_PF
-            /* the value tile's rows of this lane, loaded now so that their
-             * latency overlaps the key tile's and the logits */
-            float4 vpf[NSA_PF];
-            if (pf) {
-#pragma unroll
-                for (int r = 0; r < NSA_PF; r++) {
-                    const int k = vk0 + r * vstep;
-                    vpf[r] = (float4)(0.0f);
-                    if (vk0 < vstep && k < cnt)
-                        vpf[r] = ld4(V, ((size_t)(base + p0 + k) * G + g) * dv + ve * 4,
-                                     dv - ve * 4);
-                }
-            }
-#endif
             /* the key tile (rows past cnt are never used: masked) */
-            if (dk4 <= NSA_WG) {
-                if (kk0 < kstep)
-                    for (int k = kk0; k < cnt; k += kstep)
-                        kv[k * kst + ke] = ld4(
-                            K, ((size_t)(base + p0 + k) * G + g) * dk + ke * 4, dk - ke * 4);
-            } else {
-                for (int i = lid; i < cnt * dk4; i += NSA_WG) {
-                    const int k = i / dk4, e4 = i % dk4;
-                    kv[k * kst + e4] =
-                        ld4(K, ((size_t)(base + p0 + k) * G + g) * dk + e4 * 4, dk - e4 * 4);
+            for (int i = lid; i < cnt * dk4; i += NSA_WG) {
+                const int k = i / dk4, e4 = i % dk4;
+                const size_t at = ((size_t)(base + p0 + k) * G + g) * dk + e4 * 4;
+                float4 v = (float4)(0.0f);
+#if NSA_KV == 0
+                if ((dk & 3) == 0)
+                    v = vload4(0, K + at);
+                else
+#endif
+                {
+                    v.x = LDKV(K, at);
+                    if (e4 * 4 + 1 < dk)
+                        v.y = LDKV(K, at + 1);
+                    if (e4 * 4 + 2 < dk)
+                        v.z = LDKV(K, at + 2);
+                    if (e4 * 4 + 3 < dk)
+                        v.w = LDKV(K, at + 3);
                 }
+                kv[k * kst + e4] = v;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* logits: item (kl, hl, kg) -> keys kg SK RK + kl + j SK,
@@ -294,24 +255,18 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                 const int kl = it % NSA_SK, r = it / NSA_SK, hl = r % nhl, kg = r / nhl;
                 const int k0 = kg * NSA_SK * NSA_RK + kl;
                 float s[NSA_RH][NSA_RK];
-#pragma unroll
                 for (int i = 0; i < NSA_RH; i++)
-#pragma unroll
                     for (int j = 0; j < NSA_RK; j++)
                         s[i][j] = 0.0f;
                 if (kg * NSA_SK * NSA_RK < cnt) {
                     __local const float4 *qr = qs + hl * qst, *kr = kv + k0 * kst;
                     for (int e4 = 0; e4 < dk4; e4++) {
                         float4 qv[NSA_RH], kk[NSA_RK];
-#pragma unroll
                         for (int i = 0; i < NSA_RH; i++)
                             qv[i] = qr[i * nhl * qst + e4];
-#pragma unroll
                         for (int j = 0; j < NSA_RK; j++)
                             kk[j] = kr[j * NSA_SK * kst + e4];
-#pragma unroll
                         for (int i = 0; i < NSA_RH; i++)
-#pragma unroll
                             for (int j = 0; j < NSA_RK; j++) {
                                 float a = s[i][j];
                                 a = mad(qv[i].x, kk[j].x, a);
@@ -322,12 +277,10 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                             }
                     }
                 }
-#pragma unroll
                 for (int i = 0; i < NSA_RH; i++) {
                     const int hh = hl + i * nhl;
                     if (hh >= nh)
                         continue;
-#pragma unroll
                     for (int j = 0; j < NSA_RK; j++) {
                         const int k = k0 + j * NSA_SK;
                         float z = -INFINITY;
@@ -341,7 +294,9 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                 }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* softmax, NSA_NP lanes per head row: partial maxima */
+            /* softmax, NSA_NP lanes per head row: partial maxima (these two
+             * loops step from 0 and test the lane's item inside: PoCL 3.1
+             * ran the lid-strided form past its bound here) */
             for (int it0 = 0; it0 < nh * NSA_NP; it0 += NSA_WG) {
                 const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
                 if (it >= nh * NSA_NP)
@@ -378,37 +333,31 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                 if (pt == 0)
                     mn[hh] = mt;
             }
-            /* rows past cnt: 0 (their p is 0, but stale values could be
-             * infinite) */
-#if NSA_PF
-            if (pf) {
-                if (vk0 < vstep)
-#pragma unroll
-                    for (int r = 0; r < NSA_PF; r++)
-                        if (vk0 + r * vstep < tile)
-                            kv[(vk0 + r * vstep) * kst + ve] = vpf[r];
-            } else
+            for (int i = lid; i < tile * dv4; i += NSA_WG) {
+                const int k = i / dv4, e4 = i % dv4;
+                float4 v = (float4)(0.0f);
+                if (k < cnt) {
+                    const size_t at = ((size_t)(base + p0 + k) * G + g) * dv + e4 * 4;
+#if NSA_KV == 0
+                    if ((dv & 3) == 0)
+                        v = vload4(0, V + at);
+                    else
 #endif
-                if (dv4 <= NSA_WG) {
-                if (vk0 < vstep)
-                    for (int k = vk0; k < tile; k += vstep)
-                        kv[k * kst + ve] =
-                            k < cnt ? ld4(V, ((size_t)(base + p0 + k) * G + g) * dv + ve * 4,
-                                          dv - ve * 4)
-                                    : (float4)(0.0f);
-            } else {
-                for (int i = lid; i < tile * dv4; i += NSA_WG) {
-                    const int k = i / dv4, e4 = i % dv4;
-                    kv[k * kst + e4] =
-                        k < cnt ? ld4(V, ((size_t)(base + p0 + k) * G + g) * dv + e4 * 4,
-                                      dv - e4 * 4)
-                                : (float4)(0.0f);
+                    {
+                        v.x = LDKV(V, at);
+                        if (e4 * 4 + 1 < dv)
+                            v.y = LDKV(V, at + 1);
+                        if (e4 * 4 + 2 < dv)
+                            v.z = LDKV(V, at + 2);
+                        if (e4 * 4 + 3 < dv)
+                            v.w = LDKV(V, at + 3);
+                    }
                 }
+                kv[k * kst + e4] = v; /* rows past cnt: 0 (their p is 0) */
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* P V into the lane's registers */
             const int c4 = (cnt + 3) / 4;
-#pragma unroll
             for (int ix = 0; ix < NSA_PVI; ix++) {
                 const int it = lid + ix * NSA_WG;
                 const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
@@ -416,30 +365,24 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                 if (it >= npv)
                     continue;
                 int ec[NSA_RE]; /* columns past dv4 read a valid one, unused */
-#pragma unroll
                 for (int x = 0; x < NSA_RE; x++)
                     ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
                 float4 a[NSA_RHO][NSA_RE];
-#pragma unroll
                 for (int i = 0; i < NSA_RHO; i++) {
                     const int hh = hl + i * nho;
                     const float m1 = mn[hh];
                     const float al = m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1);
-#pragma unroll
                     for (int x = 0; x < NSA_RE; x++)
                         a[i][x] = acc[ix][i][x] * al;
                 }
                 for (int k4 = 0; k4 < c4; k4++) {
                     float4 p[NSA_RHO];
-#pragma unroll
                     for (int i = 0; i < NSA_RHO; i++)
                         p[i] = ps4[(hl + i * nho) * tp4 + k4];
-#pragma unroll
                     for (int x = 0; x < NSA_RE; x++) {
                         __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
                         const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
                                      v3 = vr[3 * kst];
-#pragma unroll
                         for (int i = 0; i < NSA_RHO; i++) {
                             a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
                             a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
@@ -448,9 +391,7 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
                         }
                     }
                 }
-#pragma unroll
                 for (int i = 0; i < NSA_RHO; i++)
-#pragma unroll
                     for (int x = 0; x < NSA_RE; x++)
                         acc[ix][i][x] = a[i][x];
             }
@@ -469,16 +410,13 @@ nsa_group_attn(__global const float *q, __global const kv_t *K, __global const k
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-#pragma unroll
     for (int ix = 0; ix < NSA_PVI; ix++) {
         const int it = lid + ix * NSA_WG;
         const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
                   e0 = r / nho * NSA_PE * NSA_RE + el;
         if (it >= npv)
             continue;
-#pragma unroll
         for (int i = 0; i < NSA_RHO; i++)
-#pragma unroll
             for (int x = 0; x < NSA_RE; x++) {
                 const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
                 if (hh >= nh || e4 >= dv4)

@@ -65,9 +65,8 @@ typedef struct nsa_cl_state {
     /* register tiles of nsa_group_attn (cl/attn.cl), table or
      * NSA_OPENCL_TUNE, as -D defines: logits rh heads x rk keys a lane, sk
      * lanes along keys (the key tile is a multiple of sk rk); P V rho heads
-     * x re float4 columns a lane, pe lanes along dv, pvi such items a lane;
-     * pf float4 registers a lane prefetch the value tile (0: none) */
-    int pvi, rh, rk, sk, rho, re, pe, pf;
+     * x re float4 columns a lane, pe lanes along dv, pvi such items a lane */
+    int pvi, rh, rk, sk, rho, re, pe;
     nsa_cl_kv kv;       /* storage of K/V for attend */
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
