@@ -217,9 +217,11 @@ int main(int argc, char **argv)
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     printf("device: %s / %s (driver %s)\n", st->platform_name, st->device_name,
            st->driver_version);
-    printf("setup: %.0f ms (program cache: %s), wg %d, tile %d, kv %s\n", now_ms() - t0,
-           st->cache_event == NSA_CL_CACHE_HIT ? "hit" : "miss/off", st->wg, st->tile,
-           kv ? kv : "fp32");
+    printf("setup: %.0f ms (program cache: %s), kv %s\n", now_ms() - t0,
+           st->cache_event == NSA_CL_CACHE_HIT ? "hit" : "miss/off", kv ? kv : "fp32");
+    printf(
+        "tune (NSA_OPENCL_TUNE=wg,tile,pvi,rh,rk,sk,rho,re,pe): %d,%d,%d,%d,%d,%d,%d,%d,%d\n",
+        st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re, st->pe);
     printf("config: H=%d G=%d dk=%d dv=%d l=%d d=%d l'=%d n=%d n_init=%d n_local=%d w=%d\n",
            c.H, c.G, c.dk, c.dv, c.l, c.d, c.l_sel, c.n, c.n_init, c.n_local, c.w);
     result res[MAX_T];

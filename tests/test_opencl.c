@@ -575,6 +575,47 @@ static void test_cross_paper_blocks(void **st)
     cross_case(101, &c, lens, 2, 1, 3, 78);
 }
 
+/* Other register tiles of the group attention (NSA_OPENCL_TUNE, as tuned
+ * per device): few lanes with many P V items each, warp-wide key and dv
+ * rows, 64 lanes with 4 x 4 and 8 x 2 tiles. Every shape must give the reference's
+ * outputs (cross_case, spec 9 tolerance). */
+static void test_tile_shapes(void **st)
+{
+    (void)st;
+    NEED_CTX();
+    if (!nsa_cl_state_of(g_ctx))
+        skip();
+    static const char *const shapes[] = {"32,32,1,4,4,8,4,4,4", "128,64,2,4,2,32,4,1,32",
+                                         "64,64,2,8,2,32,4,2,32"};
+    nsa_context *const saved = g_ctx;
+    for (int i = 0; i < 3; i++) {
+        char msg[NSA_MSG_LEN];
+        nsa_context *c = NULL;
+        setenv("NSA_OPENCL_TUNE", shapes[i], 1);
+        nsa_status s = nsa_context_create(backend_name(), &c, msg, sizeof msg);
+        unsetenv("NSA_OPENCL_TUNE");
+        if (s != NSA_OK)
+            fail_msg("%s: %s", shapes[i], msg);
+        const nsa_cl_state *cs = nsa_cl_state_of(c);
+        char got[64];
+        snprintf(got, sizeof got, "%d,%d,%d,%d,%d,%d,%d,%d,%d", cs->wg, cs->tile, cs->pvi,
+                 cs->rh, cs->rk, cs->sk, cs->rho, cs->re, cs->pe);
+        if ((size_t)atoi(shapes[i]) <= cs->max_wg) /* else halved for the device */
+            assert_string_equal(got, shapes[i]);
+        g_ctx = c;
+        nsa_rng r = {0x711e5ull + (uint64_t)i};
+        for (int cas = 0; cas < 4; cas++) {
+            nsa_config cfg;
+            int lens[3], B, shared;
+            random_case(&r, &cfg, lens, &B, &shared);
+            cross_case(300 + 10 * i + cas, &cfg, lens, B, shared, cas % 4,
+                       3000 + 31 * (uint64_t)cas);
+        }
+        g_ctx = saved;
+        nsa_context_free(c);
+    }
+}
+
 /* Spec 10: NaN and Inf in the inputs never crash the backend, and the
  * device's selection stays well formed (visible, ascending, -1 padded). */
 static void test_nonfinite_inputs(void **st)
@@ -938,6 +979,7 @@ int main(void)
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_cross_no_cmp_tokens),
         cmocka_unit_test(test_cross_paper_blocks),
+        cmocka_unit_test(test_tile_shapes),
         cmocka_unit_test(test_nonfinite_inputs),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_binary_cache),

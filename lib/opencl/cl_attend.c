@@ -7,32 +7,45 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Local floats of nsa_group_attn with hc heads per work-group. */
-static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc, size_t f[6])
+/* Local bytes of nsa_group_attn's four buffers with hc heads per
+ * work-group and a key tile of `tile` (the layout in cl/attn.cl). */
+static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int hc, int tile,
+                               size_t f[4])
 {
-    const size_t h = (size_t)hc, T = (size_t)st->tile, dkp = (size_t)(c->dk | 1);
-    f[0] = h * dkp; /* rows padded to an odd stride (see the kernel) */
-    f[1] = h * c->dv;
-    f[2] = T * dkp;
-    f[3] = T * c->dv;
-    f[4] = h * T;
-    f[5] = 3 * h;
-    return f[0] + f[1] + f[2] + f[3] + f[4] + f[5];
+    const size_t nhl = (size_t)(hc + st->rh - 1) / st->rh;
+    const size_t nho = (size_t)(hc + st->rho - 1) / st->rho;
+    const size_t nhp = nhl * st->rh > nho * st->rho ? nhl * st->rh : nho * st->rho;
+    const size_t qst = (size_t)(c->dk + 3) / 4 + 1, dv4 = (size_t)(c->dv + 3) / 4;
+    f[0] = 16 * nhp * qst;
+    f[1] = 16 * (size_t)tile * (qst > dv4 ? qst : dv4);
+    f[2] = 16 * nhp * ((size_t)tile / 4 + 1);
+    f[3] = sizeof(float) * (2 * nhp * NSA_CL_NP + 2 * nhp);
+    return f[0] + f[1] + f[2] + f[3];
 }
 
-/* Heads per work-group: all of the group's if they fit local memory, else
- * halves; 0 if not even one head fits. */
-static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, size_t f[6])
+/* Heads per work-group and key tile: all of the group's heads if they fit
+ * local memory and the lanes' P V registers, with the largest tile that
+ * fits; else halves of the heads. 0 if not even one head fits. */
+static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, size_t f[4])
 {
     int hc = c->H / c->G;
     if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
         hc = st->max_heads_wg;
-    while (group_attn_local(st, c, hc, f) * sizeof(float) > st->local_mem) {
+    const int dv4 = (c->dv + 3) / 4, cols = st->pe * st->re;
+    const int min_tile = st->sk * st->rk > NSA_CL_NP ? st->sk * st->rk : NSA_CL_NP;
+    for (;;) {
+        const int nho = (hc + st->rho - 1) / st->rho;
+        const long npv = (long)st->pe * nho * ((dv4 + cols - 1) / cols);
+        if (npv <= (long)st->wg * st->pvi)
+            for (int t = st->tile; t >= min_tile; t /= 2)
+                if (group_attn_local(st, c, hc, t, f) <= st->local_mem) {
+                    *tile = t;
+                    return hc;
+                }
         if (hc == 1)
             return 0;
         hc = (hc + 1) / 2;
     }
-    return hc;
 }
 
 /* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
@@ -46,13 +59,16 @@ typedef struct ga_launch {
 static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
                              const ga_launch *L)
 {
-    size_t f[6];
-    const int hc = heads_per_wg(B->st, c, f);
+    size_t f[4];
+    int tile = 0;
+    const int hc = heads_per_wg(B->st, c, &tile, f);
     if (!hc)
         return nsa_fail(B->ctx, NSA_ERR_UNSUPPORTED,
                         "opencl: attention with dk=%d, dv=%d needs more local memory for "
-                        "one head and a tile of %d keys than the device's %llu bytes",
-                        c->dk, c->dv, B->st->tile, (unsigned long long)B->st->local_mem);
+                        "one head and a tile of %d keys than the device's %llu bytes, or "
+                        "more than %d x %d output items",
+                        c->dk, c->dv, B->st->sk * B->st->rk,
+                        (unsigned long long)B->st->local_mem, B->st->wg, B->st->pvi);
     const int parts = (c->H / c->G + hc - 1) / hc;
     nsa_clr_args a = {k, 0, CL_SUCCESS};
     ARG_MEM(&a, L->q);
@@ -80,8 +96,9 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_INT(&a, L->max_nc);
     ARG_MEM(&a, L->zs);
     ARG_MEM(&a, L->stats);
-    for (int i = 0; i < 6; i++)
-        ARG_LOCAL(&a, f[i]);
+    ARG_INT(&a, tile);
+    for (int i = 0; i < 4; i++)
+        nsa_clr_arg(&a, f[i], NULL);
     static const char *const label[3] = {"nsa_group_attn(slc)", "nsa_group_attn(win)",
                                          "nsa_group_attn(cmp)"};
     return nsa_clr_launch(B, &a, label[L->mode], (size_t)L->rows * c->G * parts * B->st->wg,

@@ -46,7 +46,7 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 {
     if (st->program[kv])
         return NSA_OK;
-    char opts[256];
+    char opts[512];
     nsa_cl_options(st, kv, opts, sizeof opts);
     cl_program prog;
     nsa_status s = nsa_cl_build(ctx, st, nsa_cl_source(), opts, &prog);

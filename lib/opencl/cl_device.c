@@ -102,45 +102,98 @@ int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev
     return 0;
 }
 
-/* Work-group size and key tile per device class; the first matching row
- * wins. Tiles keep the group attention's local memory well under 32 KiB for
- * the paper's shapes on GPUs (H/G = 16, dk = 192, dv = 128). */
-static const struct tune {
+/* Work-group size, largest key tile and register tiles of the group
+ * attention per device class (fields of nsa_cl_state); the first matching
+ * row wins. NVIDIA: 128 lanes cover the paper's 16 heads x 64 keys (one
+ * selection block) in 4 x 2 logit tiles (16 lanes along keys) and 16 heads
+ * x 128 dv in 4 x 4 output tiles: the fastest of the variants measured
+ * on an H200 (doc/opencl.md).
+ * The host halves the tile (dk = 192) or the heads when local memory is
+ * short. */
+typedef struct tune {
     const char *vendor; /* substring of CL_DEVICE_VENDOR, NULL = any */
     cl_device_type type;
     cl_ulong min_local;
-    int wg, tile;
-} tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 16},
-    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
-    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 16},
-    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 16},
-    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 8},
-    {NULL, CL_DEVICE_TYPE_CPU, 0, 16, 32},
-    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 8},
+    int wg, tile, pvi, rh, rk, sk, rho, re, pe;
+} tune;
+static const tune tune_table[] = {
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8},
+    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
 };
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
-    snprintf(buf, len, "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d", (int)kv, st->wg,
-             st->tile);
+    snprintf(buf, len,
+             "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
+             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d",
+             (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re,
+             st->pe, NSA_CL_NP);
+    /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
+    const char *extra = getenv("NSA_OPENCL_OPTIONS");
+    const size_t used = strlen(buf);
+    if (extra && *extra && used + 1 < len)
+        snprintf(buf + used, len - used, " %s", extra);
+}
+
+static void tune_set(nsa_cl_state *st, const tune *t)
+{
+    st->wg = t->wg;
+    st->tile = t->tile;
+    st->pvi = t->pvi;
+    st->rh = t->rh;
+    st->rk = t->rk;
+    st->sk = t->sk;
+    st->rho = t->rho;
+    st->re = t->re;
+    st->pe = t->pe;
+}
+
+static int pow2(int v)
+{
+    return v > 0 && (v & (v - 1)) == 0;
+}
+
+/* NSA_OPENCL_TUNE="wg,tile,pvi,rh,rk,sk,rho,re,pe" replaces the table's row
+ * (for tuning with nsa-cl-bench); ignored unless every value is a power of
+ * two up to 256 and the tile a multiple of sk rk and of NSA_CL_NP. */
+static void tune_env(nsa_cl_state *st)
+{
+    const char *e = getenv("NSA_OPENCL_TUNE");
+    int v[9];
+    if (!e || sscanf(e, "%d,%d,%d,%d,%d,%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                     &v[6], &v[7], &v[8]) != 9)
+        return;
+    for (int i = 0; i < 9; i++)
+        if (!pow2(v[i]) || v[i] > 256)
+            return;
+    if (v[1] % (v[4] * v[5]) || v[1] % NSA_CL_NP)
+        return;
+    const tune t = {NULL, 0, 0, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    tune_set(st, &t);
 }
 
 void nsa_cl_tune(nsa_cl_state *st)
 {
-    st->wg = 64;
-    st->tile = 8;
+    tune_set(st, &tune_table[sizeof tune_table / sizeof tune_table[0] - 1]);
     for (size_t i = 0; i < sizeof tune_table / sizeof tune_table[0]; i++) {
-        const struct tune *t = &tune_table[i];
+        const tune *t = &tune_table[i];
         if (t->vendor && !has_substr_ci(st->vendor, t->vendor))
             continue;
         if (!(st->type & t->type) || st->local_mem < t->min_local)
             continue;
-        st->wg = t->wg;
-        st->tile = t->tile;
+        tune_set(st, t);
         break;
     }
-    /* the reductions need a power of two the device can launch */
-    while ((size_t)st->wg > st->max_wg && st->wg > 1)
+    tune_env(st);
+    /* the reductions need a power of two the device can launch; fewer
+     * lanes take more P V items each */
+    while ((size_t)st->wg > st->max_wg && st->wg > 1) {
         st->wg /= 2;
+        st->pvi *= 2;
+    }
 }

@@ -61,7 +61,12 @@ typedef struct nsa_cl_state {
     cl_device_type type;
     cl_ulong local_mem, global_mem, max_alloc;
     size_t max_wg;
-    int wg, tile;       /* from the per-device table, as -D defines */
+    int wg, tile; /* from the per-device table, as -D defines */
+    /* register tiles of nsa_group_attn (cl/attn.cl), table or
+     * NSA_OPENCL_TUNE, as -D defines: logits rh heads x rk keys a lane, sk
+     * lanes along keys (the key tile is a multiple of sk rk); P V rho heads
+     * x re float4 columns a lane, pe lanes along dv, pvi such items a lane */
+    int pvi, rh, rk, sk, rho, re, pe;
     nsa_cl_kv kv;       /* storage of K/V for attend */
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
@@ -76,6 +81,9 @@ typedef struct nsa_cl_state {
 } nsa_cl_state;
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
+
+/* Lanes per head row in nsa_group_attn's softmax (NSA_NP). */
+#define NSA_CL_NP 8
 
 /* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
 #define NSA_CL_GEMM_TS 16

@@ -227,6 +227,19 @@ nsa_status nsa_cl_build(nsa_context *ctx, nsa_cl_state *st, const char *src,
         clReleaseProgram(p);
         return s;
     }
+    if (ctx->verbose) { /* compiler notes (registers, spills with -cl-nv-verbose) */
+        size_t n = 0;
+        char *log = NULL;
+        if (clGetProgramBuildInfo(p, st->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) ==
+                CL_SUCCESS &&
+            n > 1 && (log = malloc(n + 1)) &&
+            clGetProgramBuildInfo(p, st->device, CL_PROGRAM_BUILD_LOG, n, log, NULL) ==
+                CL_SUCCESS) {
+            log[n] = '\0';
+            nsa_log(ctx, "opencl: build log: %s", log);
+        }
+        free(log);
+    }
     if (use_cache) {
         size_t bin_len = 0;
         unsigned char *bin = NULL;
