@@ -1,13 +1,15 @@
 /* nsa-bench decode: per-step latency and what a step reads, NSA vs dense.
  *
- *   nsa-bench decode [--backend NAME] [--config small|paper] [--lens 8192,...]
+ *   nsa-bench decode [--backend NAME] [--config small|group|paper] [--lens 8192,...]
  *                    [--batch B] [--steps N] [--json]
  *
  * For each length S: a layer and B sequences whose caches are filled with
  * S-1 random tokens (prefill without outputs), then N decode steps (the
  * first at t = S-1) timed one by one; then N dense decode passes (each new
  * token over all its t+1 raw K/V, the backend's dense_decode) over the same
- * caches. Reports the median step time of each, the tokens and K/V bytes a
+ * caches, and N passes of the NSA decode attention alone (no projections)
+ * over the same caches and queries. Reports the median time of each, the
+ * tokens and K/V bytes a
  * step reads per sequence and group (spec 7's counters, from the state) and
  * the ratios. On the reference backend the times say little; the token
  * counts are what matter there. */
@@ -46,6 +48,11 @@ static int preset(const char *name, nsa_layer_config *c)
     *c = nsa_layer_config_default(); /* paper l, d, l', n, w */
     if (!strcmp(name, "paper"))
         c->D = 2048;
+    else if (!strcmp(name, "group")) { /* one GQA group of the paper */
+        c->attn.H = 16;
+        c->attn.G = 1;
+        c->D = 1024;
+    }
     else if (!strcmp(name, "small")) {
         c->attn.H = 4;
         c->attn.G = 1;
@@ -76,7 +83,7 @@ int nsa_bench_decode(int argc, char **argv)
         else if (i + 1 < argc && !strcmp(argv[i], "--steps"))
             steps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: nsa-bench decode [--backend NAME] [--config small|paper] "
+            fprintf(stderr, "usage: nsa-bench decode [--backend NAME] [--config small|group|paper] "
                             "[--lens 8192,16384,...] [--batch B] [--steps N] [--json]\n");
             return 2;
         }
@@ -103,9 +110,9 @@ int nsa_bench_decode(int argc, char **argv)
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
-               "%8s %11s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s\n",
+               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
-               a->l_sel, a->n, a->w, B, steps, "S", "nsa ms", "dense ms", "speedup", "cmp",
+               a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
                "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB");
     int rc = 0;
     for (const char *p = lens_arg; *p && rc == 0;) {
@@ -124,8 +131,11 @@ int nsa_bench_decode(int argc, char **argv)
         float *o = malloc(sizeof(float) * (size_t)B * a->H * a->dv);
         double *tn = malloc(sizeof(double) * (size_t)steps);
         double *td = malloc(sizeof(double) * (size_t)steps);
+        double *ta = malloc(sizeof(double) * (size_t)steps);
+        float *gates = malloc(sizeof(float) * (size_t)B * a->H * 3);
+        int32_t *sel = malloc(sizeof(int32_t) * (size_t)B * a->G * a->n);
         nsa_decode_seq *sd = malloc(sizeof *sd * (size_t)B);
-        if (!x || !xt || !yt || !q || !o || !tn || !td || !sd ||
+        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !gates || !sel || !sd ||
             nsa_decode_create(L, B, 0, &st) != NSA_OK) {
             fprintf(stderr, "nsa-bench decode: out of memory at S=%ld\n", S);
             return 1;
@@ -152,32 +162,48 @@ int nsa_bench_decode(int argc, char **argv)
         for (int b = 0; b < B && rc == 0; b++)
             if (nsa_decode_view(st, b, &sd[b]) != NSA_OK)
                 rc = 1;
-        nsa_decode_job job = {a, nsa_config_scale(a), NULL, B, sd, q, NULL, o,
-                              NULL, NULL, NULL, NULL};
+        for (size_t i = 0; i < (size_t)B * a->H * 3; i++)
+            gates[i] = 1.0f / 3.0f;
+        nsa_csr map;
+        int64_t max_t = 0;
+        for (int b = 0; b < B; b++)
+            max_t = sd[b].t > max_t ? sd[b].t : max_t;
+        if (rc == 0 && nsa_bm_map_build(a, nsa_bm_n_sel_visible(a, max_t),
+                                        nsa_bm_n_cmp(a, max_t), &map) != NSA_OK)
+            rc = 1;
+        nsa_decode_job job = {a, nsa_config_scale(a), rc ? NULL : &map, B, sd, q, gates, o,
+                              NULL, NULL, NULL, sel};
         for (int s = 0; s < steps && rc == 0; s++) {
-            const double t0 = now_s();
+            double t0 = now_s();
             if (nsa_run_dense_decode(ctx, &job) != NSA_OK)
                 rc = 1;
             td[s] = now_s() - t0;
+            t0 = now_s();
+            if (rc == 0 && nsa_run_decode_attend(ctx, &job) != NSA_OK)
+                rc = 1;
+            ta[s] = now_s() - t0;
         }
+        if (job.map)
+            nsa_bm_map_free(&map);
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
         } else {
             const double mn = median(tn, steps) * 1e3, md = median(td, steps) * 1e3;
+            const double ma = median(ta, steps) * 1e3;
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
             if (json)
                 printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
-                       "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"dense_ms\":%.4f,"
+                       "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
                        "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
                        "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f}\n",
-                       nsa_context_backend(ctx), config, S, B, steps, mn, md,
+                       nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
                        (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes);
             else
-                printf("%8ld %11.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
+                printf("%8ld %11.3f %9.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
                        "%10.3f %10.3f\n",
-                       S, mn, md, md / mn, (long long)k0.cmp, (long long)k0.slc,
+                       S, mn, ma, md, md / ma, (long long)k0.cmp, (long long)k0.slc,
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
                        (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6);
             fflush(stdout);
@@ -190,11 +216,16 @@ int nsa_bench_decode(int argc, char **argv)
         free(o);
         free(tn);
         free(td);
+        free(ta);
+        free(gates);
+        free(sel);
         free(sd);
     }
     if (!json && rc == 0)
-        printf("tokens and MB are per sequence and group for the step at t = S-1; dense "
-               "reads S tokens.\n");
+        printf("step: a whole nsa_decode_step (projections, caches, attention, Wo); attn: the "
+               "NSA decode attention alone;\ndense: dense decode attention alone; speedup = "
+               "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
+               "t = S-1 (K and V bytes read); dense reads S tokens.\n");
     nsa_layer_free(L);
     nsa_context_free(ctx);
     return rc;
