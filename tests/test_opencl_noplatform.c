@@ -9,9 +9,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define CL_TARGET_OPENCL_VERSION 120
+#ifdef __APPLE__
+#include <OpenCL/cl.h>
+#else
+#include <CL/cl.h>
+#endif
+
 static void test_no_platform(void **s)
 {
     (void)s;
+    /* A loader that ignores OCL_ICD_VENDORS (some vendor-supplied
+     * libOpenCL builds do) still shows its platforms: the precondition of
+     * this test cannot be made, so say so rather than pass or fail. */
+    cl_uint np = 0;
+    if (clGetPlatformIDs(0, NULL, &np) == CL_SUCCESS && np > 0) {
+        print_message("the OpenCL loader ignores OCL_ICD_VENDORS (%u platform(s) visible): "
+                      "cannot hide the platforms, skipping\n", np);
+        skip();
+    }
     int found = 0;
     for (int i = 0; i < nsa_backend_count(); i++) {
         nsa_backend_info info;
