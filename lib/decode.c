@@ -321,27 +321,7 @@ nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64
     nsa_kc_hook hook = act.kraw ? nsa_layer_rope_after : NULL;
     if (y) {
         /* the prompt's outputs; phi writes straight into the cache */
-        nsa_op_args a;
-        memset(&a, 0, sizeof a);
-        a.T = S;
-        a.B = 1;
-        a.cu_seqlens = cu;
-        a.q = act.q;
-        a.k_cmp = act.k_for_phi;
-        a.v_cmp = act.v[NSA_BR_CMP];
-        a.k_slc = act.k[NSA_BR_SLC];
-        a.v_slc = act.v[NSA_BR_SLC];
-        a.k_win = act.k[NSA_BR_WIN];
-        a.v_win = act.v[NSA_BR_WIN];
-        a.gates = act.gates;
-        a.phi_k = &L->phi_k;
-        a.phi_v = &L->phi_v;
-        a.out = o;
-        a.k_cmp_out = sq->kc;
-        a.v_cmp_out = sq->vc;
-        s = nsa_op_core(ctx, c, &bt, &a, hook, (void *)&L->cfg);
-        if (s == NSA_OK)
-            s = nsa_layer_output(L, o, S, y);
+        s = nsa_layer_attend(L, &bt, &act, NULL, sq->kc, sq->vc, o, y);
     } else if (C > 0) {
         /* caches only: phi, no attention */
         nsa_cmp_job ck = {c, &bt, act.k_for_phi, c->dk, &L->phi_k, sq->kc};

@@ -412,6 +412,38 @@ nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y
     return linear(L->ctx, o, rows, c->attn.H * c->attn.dv, c->D, L->wo, NULL, y);
 }
 
+nsa_status nsa_layer_attend(nsa_layer *L, const nsa_batch *bt, const nsa_acts *act,
+                            const nsa_layer_aux *aux, float *kc, float *vc, float *o, float *y)
+{
+    nsa_op_args a;
+    memset(&a, 0, sizeof a);
+    a.T = bt->T;
+    a.B = bt->B;
+    a.cu_seqlens = bt->cu;
+    a.q = act->q;
+    a.k_cmp = act->k_for_phi;
+    a.v_cmp = act->v[NSA_BR_CMP];
+    a.k_slc = act->k[NSA_BR_SLC];
+    a.v_slc = act->v[NSA_BR_SLC];
+    a.k_win = act->k[NSA_BR_WIN];
+    a.v_win = act->v[NSA_BR_WIN];
+    a.gates = act->gates;
+    a.phi_k = &L->phi_k;
+    a.phi_v = &L->phi_v;
+    a.out = o;
+    a.k_cmp_out = kc;
+    a.v_cmp_out = vc;
+    if (aux) {
+        a.out_cmp = aux->out_cmp;
+        a.out_slc = aux->out_slc;
+        a.out_win = aux->out_win;
+        a.selection_out = aux->selection;
+    }
+    nsa_status s = nsa_op_core(L->ctx, &L->cfg.attn, bt, &a,
+                               act->kraw ? nsa_layer_rope_after : NULL, (void *)&L->cfg);
+    return s == NSA_OK ? nsa_layer_output(L, o, bt->T, y) : s;
+}
+
 nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int32_t *cu,
                              int B, float *y, const nsa_layer_aux *aux)
 {
@@ -439,33 +471,8 @@ nsa_status nsa_layer_forward(nsa_layer *L, const float *x, int64_t T, const int3
             pos[t] = t - bt.cu[b];
     if ((s = nsa_layer_project(L, x, T, pos, aux ? aux->gates : NULL, &act)) != NSA_OK)
         goto done;
-    nsa_op_args a;
-    memset(&a, 0, sizeof a);
-    a.T = T;
-    a.B = bt.B;
-    a.cu_seqlens = bt.cu;
-    a.q = act.q;
-    a.k_cmp = act.k_for_phi;
-    a.v_cmp = act.v[NSA_BR_CMP];
-    a.k_slc = act.k[NSA_BR_SLC];
-    a.v_slc = act.v[NSA_BR_SLC];
-    a.k_win = act.k[NSA_BR_WIN];
-    a.v_win = act.v[NSA_BR_WIN];
-    a.gates = act.gates;
-    a.phi_k = &L->phi_k;
-    a.phi_v = &L->phi_v;
-    a.out = o;
-    if (aux) {
-        a.out_cmp = aux->out_cmp;
-        a.out_slc = aux->out_slc;
-        a.out_win = aux->out_win;
-        a.selection_out = aux->selection;
-        a.k_cmp_out = aux->k_cmp;
-        a.v_cmp_out = aux->v_cmp;
-    }
-    s = nsa_op_core(ctx, ac, &bt, &a, act.kraw ? nsa_layer_rope_after : NULL, (void *)c);
-    if (s == NSA_OK)
-        s = nsa_layer_output(L, o, T, y);
+    s = nsa_layer_attend(L, &bt, &act, aux, aux ? aux->k_cmp : NULL, aux ? aux->v_cmp : NULL, o,
+                         y);
 done:
     nsa_acts_free(&act);
     free(pos);

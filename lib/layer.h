@@ -52,6 +52,12 @@ typedef struct nsa_acts {
 NSA_HIDDEN nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows,
                                         const int64_t *pos, float *gates, nsa_acts *a);
 NSA_HIDDEN void nsa_acts_free(nsa_acts *a);
+/* The operator over projected activations (o[T][H][dv]), then y = o Wo^T;
+ * kc, vc (optional) receive the compressed tokens, aux the branch outputs
+ * and the selection. */
+NSA_HIDDEN nsa_status nsa_layer_attend(nsa_layer *L, const nsa_batch *bt, const nsa_acts *act,
+                                       const nsa_layer_aux *aux, float *kc, float *vc, float *o,
+                                       float *y);
 /* y = o Wo^T. */
 NSA_HIDDEN nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y);
 /* The kc hook for RoPE "after" (user = the layer config). */
