@@ -341,18 +341,22 @@ nsa_status nsa_ref_attend(nsa_context *ctx, const nsa_attn_job *job)
     return NSA_OK;
 }
 
+static int64_t decode_max_t(const nsa_decode_job *job)
+{
+    int64_t m = 0;
+    for (int b = 0; b < job->B; b++)
+        m = job->seq[b].t > m ? job->seq[b].t : m;
+    return m;
+}
+
 /* One new token per sequence over the decode caches (spec 7). */
 nsa_status nsa_ref_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
 {
     const nsa_config *c = job->cfg;
     const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv, n = c->n;
     const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
-    int64_t max_t = 0;
-    for (int b = 0; b < job->B; b++)
-        if (job->seq[b].t > max_t)
-            max_t = job->seq[b].t;
     ref_scratch w;
-    if (!scratch_alloc(&w, c, max_t))
+    if (!scratch_alloc(&w, c, decode_max_t(job)))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the reference decode");
     for (int b = 0; b < job->B; b++) {
         const nsa_decode_seq *sq = &job->seq[b];
@@ -388,12 +392,8 @@ nsa_status nsa_ref_dense_decode(nsa_context *ctx, const nsa_decode_job *job)
     const nsa_config *c = job->cfg;
     const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
     const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
-    int64_t max_t = 0;
-    for (int b = 0; b < job->B; b++)
-        if (job->seq[b].t > max_t)
-            max_t = job->seq[b].t;
     ref_scratch w;
-    if (!scratch_alloc(&w, c, max_t))
+    if (!scratch_alloc(&w, c, decode_max_t(job)))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the reference dense decode");
     for (int b = 0; b < job->B; b++) {
         const nsa_decode_seq *sq = &job->seq[b];
