@@ -22,26 +22,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 int nsa_bench_decode(int argc, char **argv);
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static int preset(const char *name, nsa_layer_config *c)
 {
@@ -150,10 +134,10 @@ int nsa_bench_decode(int argc, char **argv)
         for (int s = 0; s < steps && rc == 0; s++) {
             for (int b = 0; b < B; b++)
                 memcpy(xt + (size_t)b * D, x + (size_t)(S - 1) * D, sizeof(float) * D);
-            const double t0 = now_s();
+            const double t0 = bench_now();
             if (nsa_decode_step(L, st, xt, yt, NULL) != NSA_OK)
                 rc = 1;
-            tn[s] = now_s() - t0;
+            tn[s] = bench_now() - t0;
             if (s == 0)
                 nsa_decode_get_counters(st, 0, 0, &k0);
         }
@@ -174,22 +158,22 @@ int nsa_bench_decode(int argc, char **argv)
         nsa_decode_job job = {a, nsa_config_scale(a), rc ? NULL : &map, B, sd, q, gates, o,
                               NULL, NULL, NULL, sel};
         for (int s = 0; s < steps && rc == 0; s++) {
-            double t0 = now_s();
+            double t0 = bench_now();
             if (nsa_run_dense_decode(ctx, &job) != NSA_OK)
                 rc = 1;
-            td[s] = now_s() - t0;
-            t0 = now_s();
+            td[s] = bench_now() - t0;
+            t0 = bench_now();
             if (rc == 0 && nsa_run_decode_attend(ctx, &job) != NSA_OK)
                 rc = 1;
-            ta[s] = now_s() - t0;
+            ta[s] = bench_now() - t0;
         }
         if (job.map)
             nsa_bm_map_free(&map);
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
         } else {
-            const double mn = median(tn, steps) * 1e3, md = median(td, steps) * 1e3;
-            const double ma = median(ta, steps) * 1e3;
+            const double mn = bench_median(tn, steps) * 1e3, md = bench_median(td, steps) * 1e3;
+            const double ma = bench_median(ta, steps) * 1e3;
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
             if (json)

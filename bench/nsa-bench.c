@@ -24,28 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "bench_util.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static int threads(void)
 {
@@ -76,7 +60,7 @@ static double peak_gflops(const nsa_simd_kernels *k)
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
         volatile float sink = 0.0f;
-        const double t0 = now();
+        const double t0 = bench_now();
 #ifdef _OPENMP
 #pragma omp parallel
 #endif
@@ -85,7 +69,7 @@ static double peak_gflops(const nsa_simd_kernels *k)
             if (v == 12345.0f)
                 sink = v;
         }
-        const double dt = now() - t0;
+        const double dt = bench_now() - t0;
         (void)sink;
         const double fl = 2.0 * NSA_FMA_CHAINS * k->lanes * (double)n * threads();
         if (fl / dt > best)
@@ -101,7 +85,7 @@ static double read_gbs(const nsa_simd_kernels *k)
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
         volatile float sink = 0.0f;
-        const double t0 = now();
+        const double t0 = bench_now();
 #ifdef _OPENMP
 #pragma omp parallel
 #endif
@@ -120,7 +104,7 @@ static double read_gbs(const nsa_simd_kernels *k)
             if (m == 12345.0f)
                 sink = m;
         }
-        const double dt = now() - t0;
+        const double dt = bench_now() - t0;
         (void)sink;
         if (4.0 * n / dt > best)
             best = 4.0 * n / dt;
@@ -194,13 +178,13 @@ static void bench_len(nsa_context *ctx, const nsa_config *c, int S, int runs, in
     memset(r, 0, sizeof *r);
     r->S = S;
     for (int i = 0; i < runs; i++) {
-        const double t0 = now();
+        const double t0 = bench_now();
         nsa_status s = nsa_attention_forward(ctx, c, &a);
-        ts[i] = now() - t0;
+        ts[i] = bench_now() - t0;
         if (s != NSA_OK)
             fail(ctx, s, "forward");
     }
-    r->t_nsa = median(ts, runs);
+    r->t_nsa = bench_median(ts, runs);
 
     /* tokens read (spec 7 counters) and work, per query position and group */
     const double hpg = (double)(c->H / c->G), dkv = c->dk + c->dv;
@@ -260,19 +244,19 @@ static void bench_len(nsa_context *ctx, const nsa_config *c, int S, int runs, in
         job.out = out;
         job.out_slc = out;
         for (int i = 0; i < runs; i++) {
-            const double t0 = now();
+            const double t0 = bench_now();
             if ((s = nsa_cpu_attend_part(ctx, &job, NSA_CPU_SLC)) != NSA_OK)
                 fail(ctx, s, "selected branch");
-            ts[i] = now() - t0;
+            ts[i] = bench_now() - t0;
         }
-        r->t_slc = median(ts, runs);
+        r->t_slc = bench_median(ts, runs);
         for (int i = 0; i < dense_runs; i++) {
-            const double t0 = now();
+            const double t0 = bench_now();
             if ((s = nsa_cpu_dense_attention(ctx, c, &bt, q, ks, vs, out)) != NSA_OK)
                 fail(ctx, s, "dense");
-            ts[i] = now() - t0;
+            ts[i] = bench_now() - t0;
         }
-        r->t_dense = dense_runs ? median(ts, dense_runs) : 0.0;
+        r->t_dense = dense_runs ? bench_median(ts, dense_runs) : 0.0;
         nsa_bm_map_free(&map);
         free(kcc);
         free(vcc);
