@@ -385,21 +385,17 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     }
 }
 
-nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *job, int branches)
+/* Runs fn(i) for every i < n over the OpenMP threads, each thread with its
+ * own scratch sized for max_nc / max_vis; 0 if some thread's scratch could
+ * not be allocated (its items are then skipped). */
+typedef void (*item_fn)(int64_t i, scratch *w, const void *arg);
+
+static int parallel_items(const nsa_config *c, int max_nc, int max_vis, int64_t n, item_fn fn,
+                          const void *arg)
 {
-    const nsa_config *c = job->cfg;
-    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
-    if ((branches & NSA_CPU_SLC) && !(branches & NSA_CPU_CMP) && !job->sel_in)
-        return nsa_fail(ctx, NSA_ERR_ARG, "the selected branch alone needs a selection_in");
-    const int64_t maxlen = job->batch->max_len;
-    const int max_nc = nsa_bm_n_cmp(c, maxlen - 1);
-    const int max_vis = nsa_bm_n_sel_visible(c, maxlen - 1);
-    items it;
-    if (!items_make(&it, job->batch, c->G))
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the cpu attention");
     int failed = 0;
 #ifdef _OPENMP
-#pragma omp parallel
+#pragma omp parallel if (n > 1)
 #endif
     {
         scratch w;
@@ -413,19 +409,47 @@ nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *job, int br
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t i = 0; i < it.n; i++) {
-            if (!ok)
-                continue;
-            int b, g;
-            int64_t t0;
-            item_at(&it, i, &b, &t0, &g);
-            run_item(k, job, b, t0, g, branches, max_nc, &w);
-        }
+        for (int64_t i = 0; i < n; i++)
+            if (ok)
+                fn(i, &w, arg);
         if (ok)
             scratch_free(&w);
     }
+    return !failed;
+}
+
+typedef struct attend_arg {
+    const nsa_simd_kernels *k;
+    const nsa_attn_job *job;
+    const items *it;
+    int branches, max_nc;
+} attend_arg;
+
+static void attend_item(int64_t i, scratch *w, const void *arg)
+{
+    const attend_arg *a = arg;
+    int b, g;
+    int64_t t0;
+    item_at(a->it, i, &b, &t0, &g);
+    run_item(a->k, a->job, b, t0, g, a->branches, a->max_nc, w);
+}
+
+nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *job, int branches)
+{
+    const nsa_config *c = job->cfg;
+    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    if ((branches & NSA_CPU_SLC) && !(branches & NSA_CPU_CMP) && !job->sel_in)
+        return nsa_fail(ctx, NSA_ERR_ARG, "the selected branch alone needs a selection_in");
+    const int64_t maxlen = job->batch->max_len;
+    const int max_nc = nsa_bm_n_cmp(c, maxlen - 1);
+    const int max_vis = nsa_bm_n_sel_visible(c, maxlen - 1);
+    items it;
+    if (!items_make(&it, job->batch, c->G))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the cpu attention");
+    const attend_arg arg = {k, job, &it, branches, max_nc};
+    const int ok = parallel_items(c, max_nc, max_vis, it.n, attend_item, &arg);
     free(it.tile_off);
-    if (failed)
+    if (!ok)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu attention scratch");
     return NSA_OK;
 }
@@ -571,6 +595,19 @@ static void decode_item(const nsa_simd_kernels *k, const nsa_decode_job *job, in
     }
 }
 
+typedef struct decode_arg {
+    const nsa_simd_kernels *k;
+    const nsa_decode_job *job;
+    int dense;
+} decode_arg;
+
+static void decode_one(int64_t i, scratch *w, const void *arg)
+{
+    const decode_arg *a = arg;
+    const int G = a->job->cfg->G;
+    decode_item(a->k, a->job, (int)(i / G), (int)(i % G), a->dense, w);
+}
+
 static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int dense)
 {
     const nsa_config *c = job->cfg;
@@ -580,30 +617,8 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
         if (job->seq[b].t > max_t)
             max_t = job->seq[b].t;
     const int max_nc = nsa_bm_n_cmp(c, max_t), max_vis = nsa_bm_n_sel_visible(c, max_t);
-    const int64_t items = (int64_t)job->B * c->G;
-    int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel if (items > 1)
-#endif
-    {
-        scratch w;
-        const int ok = scratch_alloc(&w, c, max_nc, max_vis);
-        if (!ok) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t i = 0; i < items; i++)
-            if (ok)
-                decode_item(k, job, (int)(i / c->G), (int)(i % c->G), dense, &w);
-        if (ok)
-            scratch_free(&w);
-    }
-    if (failed)
+    const decode_arg arg = {k, job, dense};
+    if (!parallel_items(c, max_nc, max_vis, (int64_t)job->B * c->G, decode_one, &arg))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode scratch");
     return NSA_OK;
 }
