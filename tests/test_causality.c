@@ -66,24 +66,6 @@ static void run(nsa_context *ctx, const ccase *cc, const tl_problem *p, tl_outpu
         phi_free(&ps);
 }
 
-static nsa_config mk(int H, int G, int dk, int dv, int l, int d, int ls, int n, int ni,
-                     int nl, int w, nsa_mapping m)
-{
-    nsa_config c = nsa_config_default();
-    c.H = H;
-    c.G = G;
-    c.dk = dk;
-    c.dv = dv;
-    c.l = l;
-    c.d = d;
-    c.l_sel = ls;
-    c.n = n;
-    c.n_init = ni;
-    c.n_local = nl;
-    c.w = w;
-    c.mapping = m;
-    return c;
-}
 
 /* Configurations chosen so that the top-n really chooses (more visible
  * blocks than n), plus edge shapes: l' < l, no forced blocks, l = d = l'. */
@@ -94,14 +76,14 @@ static ccase cases(int i)
     switch (i) {
     case 0:
         c.name = "overlap G=2 single sequence";
-        c.cfg = mk(4, 2, 16, 8, 8, 4, 16, 4, 1, 2, 12, NSA_MAPPING_OVERLAP);
+        c.cfg = tl_config(4, 2, 16, 8, 8, 4, 16, 4, 1, 2, 12, NSA_MAPPING_OVERLAP);
         c.lens[0] = 150;
         c.B = 1;
         c.seq = 0;
         break;
     case 1:
         c.name = "paper mapping, 3 groups of 2, mlp phi with pe, varlen";
-        c.cfg = mk(6, 3, 8, 12, 8, 4, 16, 3, 1, 1, 9, NSA_MAPPING_PAPER);
+        c.cfg = tl_config(6, 3, 8, 12, 8, 4, 16, 3, 1, 1, 9, NSA_MAPPING_PAPER);
         c.lens[0] = 37;
         c.lens[1] = 130;
         c.lens[2] = 9;
@@ -111,7 +93,7 @@ static ccase cases(int i)
         break;
     case 2:
         c.name = "identity l=d=l', shared KV, varlen";
-        c.cfg = mk(4, 1, 8, 8, 4, 4, 4, 3, 1, 1, 5, NSA_MAPPING_OVERLAP);
+        c.cfg = tl_config(4, 1, 8, 8, 4, 4, 4, 3, 1, 1, 5, NSA_MAPPING_OVERLAP);
         c.lens[0] = 61;
         c.lens[1] = 90;
         c.B = 2;
@@ -120,7 +102,7 @@ static ccase cases(int i)
         break;
     default:
         c.name = "l' < l, no forced blocks, varlen";
-        c.cfg = mk(2, 2, 8, 4, 16, 8, 8, 2, 0, 0, 3, NSA_MAPPING_OVERLAP);
+        c.cfg = tl_config(2, 2, 8, 4, 16, 8, 8, 2, 0, 0, 3, NSA_MAPPING_OVERLAP);
         c.lens[0] = 20;
         c.lens[1] = 100;
         c.lens[2] = 33;

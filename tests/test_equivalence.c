@@ -20,22 +20,11 @@
 
 #define EQ_TOL 1e-6
 
+/* The overlap mapping throughout. */
 static nsa_config mk(int H, int G, int dk, int dv, int l, int d, int ls, int n, int ni,
                      int nl, int w)
 {
-    nsa_config c = nsa_config_default();
-    c.H = H;
-    c.G = G;
-    c.dk = dk;
-    c.dv = dv;
-    c.l = l;
-    c.d = d;
-    c.l_sel = ls;
-    c.n = n;
-    c.n_init = ni;
-    c.n_local = nl;
-    c.w = w;
-    return c;
+    return tl_config(H, G, dk, dv, l, d, ls, n, ni, nl, w, NSA_MAPPING_OVERLAP);
 }
 
 /* Dense causal attention of every query over its sequence's positions

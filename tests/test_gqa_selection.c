@@ -11,24 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static nsa_config mk(int H, int G, int dk, int dv, int l, int d, int ls, int n, int ni,
-                     int nl, int w, nsa_mapping m)
-{
-    nsa_config c = nsa_config_default();
-    c.H = H;
-    c.G = G;
-    c.dk = dk;
-    c.dv = dv;
-    c.l = l;
-    c.d = d;
-    c.l_sel = ls;
-    c.n = n;
-    c.n_init = ni;
-    c.n_local = nl;
-    c.w = w;
-    c.mapping = m;
-    return c;
-}
 
 /* Selection scores computed by this test and by the reference in double
  * agree to rounding (~1e-16); an other backend may score in float32, and
@@ -225,31 +207,31 @@ static gcase gcases(int i)
     switch (i) {
     case 0: /* S = 1, S < l, S = l, fewer visible blocks than n, long */
         g.name = "overlap, 2 heads per group, edge lengths";
-        g.cfg = mk(4, 2, 16, 8, 8, 4, 16, 4, 1, 2, 12, NSA_MAPPING_OVERLAP);
+        g.cfg = tl_config(4, 2, 16, 8, 8, 4, 16, 4, 1, 2, 12, NSA_MAPPING_OVERLAP);
         L[0] = 1, L[1] = 7, L[2] = 8, L[3] = 9, L[4] = 16, L[5] = 50, L[6] = 200;
         g.B = 7;
         break;
     case 1:
         g.name = "paper mapping, 4 heads per group, l' = l";
-        g.cfg = mk(8, 2, 8, 8, 8, 4, 8, 5, 2, 1, 6, NSA_MAPPING_PAPER);
+        g.cfg = tl_config(8, 2, 8, 8, 8, 4, 8, 5, 2, 1, 6, NSA_MAPPING_PAPER);
         L[0] = 3, L[1] = 150;
         g.B = 2;
         break;
     case 2:
         g.name = "1 head per group, l' < l, no initial block";
-        g.cfg = mk(3, 3, 8, 4, 16, 8, 8, 3, 0, 1, 4, NSA_MAPPING_OVERLAP);
+        g.cfg = tl_config(3, 3, 8, 4, 16, 8, 8, 3, 0, 1, 4, NSA_MAPPING_OVERLAP);
         L[0] = 15, L[1] = 120;
         g.B = 2;
         break;
     case 3:
         g.name = "identity l = d = l', 4 heads per group";
-        g.cfg = mk(4, 1, 8, 8, 4, 4, 4, 4, 1, 1, 4, NSA_MAPPING_OVERLAP);
+        g.cfg = tl_config(4, 1, 8, 8, 4, 4, 4, 4, 1, 1, 4, NSA_MAPPING_OVERLAP);
         L[0] = 70;
         g.B = 1;
         break;
     default:
         g.name = "small l, d; large l'";
-        g.cfg = mk(2, 1, 8, 8, 4, 2, 32, 3, 1, 1, 8, NSA_MAPPING_OVERLAP);
+        g.cfg = tl_config(2, 1, 8, 8, 4, 2, 32, 3, 1, 1, 8, NSA_MAPPING_OVERLAP);
         L[0] = 300;
         g.B = 1;
         break;
@@ -400,7 +382,7 @@ static void test_tie_rule(void **state)
     (void)state;
     nsa_context *ctx = tl_context();
     {
-        nsa_config c = mk(4, 2, 8, 8, 4, 4, 4, 4, 1, 1, 5, NSA_MAPPING_OVERLAP);
+        nsa_config c = tl_config(4, 2, 8, 8, 4, 4, 4, 4, 1, 1, 5, NSA_MAPPING_OVERLAP);
         int lens[2] = {60, 33};
         tl_problem p;
         tl_problem_make(&p, &c, lens, 2, 0, 41);
@@ -415,7 +397,7 @@ static void test_tie_rule(void **state)
         tl_problem_free(&p);
     }
     {
-        nsa_config c = mk(2, 1, 8, 8, 16, 4, 4, 3, 1, 1, 5, NSA_MAPPING_OVERLAP);
+        nsa_config c = tl_config(2, 1, 8, 8, 16, 4, 4, 3, 1, 1, 5, NSA_MAPPING_OVERLAP);
         int lens[1] = {15};
         tl_problem p;
         tl_problem_make(&p, &c, lens, 1, 0, 43);

@@ -4,6 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+nsa_config tl_config(int H, int G, int dk, int dv, int l, int d, int l_sel, int n, int n_init,
+                     int n_local, int w, nsa_mapping m)
+{
+    nsa_config c = nsa_config_default();
+    c.H = H;
+    c.G = G;
+    c.dk = dk;
+    c.dv = dv;
+    c.l = l;
+    c.d = d;
+    c.l_sel = l_sel;
+    c.n = n;
+    c.n_init = n_init;
+    c.n_local = n_local;
+    c.w = w;
+    c.mapping = m;
+    return c;
+}
+
 void tl_fill(float *x, size_t n, uint64_t seed, float lo, float hi)
 {
     nsa_rng r = {seed};

@@ -11,6 +11,9 @@
 #include "nsa.h"
 #include "nsa_internal.h"
 
+/* The paper defaults with every size and the mapping given. */
+nsa_config tl_config(int H, int G, int dk, int dv, int l, int d, int l_sel, int n, int n_init,
+                     int n_local, int w, nsa_mapping m);
 /* Fills n floats uniform in [lo, hi) from a seeded generator. */
 void tl_fill(float *x, size_t n, uint64_t seed, float lo, float hi);
 /* Allocates n floats filled with a NaN pattern, so unwritten outputs fail. */
