@@ -11,8 +11,12 @@
 #include "cpu/cpu_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TQ 16  /* query positions an item */
 #define BK 128 /* keys a tile: S[TQ*hpg][BK] stays within L2 */
@@ -126,7 +130,7 @@ typedef struct scratch {
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
     int32_t *sel; /* [n] */
-    span *sp;     /* [2n]: spans of the selected blocks, a decode chunk's cut of them */
+    span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
     float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
     float *mrow, *lrow;        /* [TQ*hpg] */
     int64_t *rlo, *rhi;        /* [TQ*hpg] */
@@ -160,7 +164,7 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
     w->score = malloc(sizeof(float) * (size_t)max_vis);
     w->work = malloc((size_t)max_vis);
     w->sel = malloc(sizeof(int32_t) * (size_t)c->n);
-    w->sp = malloc(sizeof(span) * 2 * (size_t)c->n);
+    w->sp = malloc(sizeof(span) * (size_t)c->n);
     w->ocmp = malloc(sizeof(float) * 3 * mt * (size_t)c->dv);
     w->mrow = malloc(sizeof(float) * 2 * mt);
     w->rlo = malloc(sizeof(int64_t) * 2 * mt);
@@ -787,9 +791,18 @@ static void dec_finish(const dplan *p, int it, scratch *w)
     }
 }
 
+/* Carves n bytes, 64-byte aligned, from *at. */
+static void *carve(char **at, size_t n)
+{
+    void *p = *at;
+    *at += (n + 63) / 64 * 64;
+    return p;
+}
+
 static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int dense)
 {
     const nsa_config *c = job->cfg;
+    nsa_cpu_state *st = ctx->be_state;
     int64_t max_t = 0;
     for (int b = 0; b < job->B; b++)
         if (job->seq[b].t > max_t)
@@ -798,7 +811,7 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     const int64_t slc_keys = (int64_t)c->n * c->l_sel; /* at most, whatever is selected */
     dplan p;
     memset(&p, 0, sizeof p);
-    p.k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    p.k = st->k;
     p.job = job;
     p.dense = dense;
     p.hpg = c->H / c->G;
@@ -808,76 +821,84 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     p.nwin = dense ? 0 : ceil_div(c->w < max_t + 1 ? c->w : max_t + 1, DCH);
     p.ldp = (size_t)(max_nc > 0 ? max_nc : 1);
     p.pstride = (size_t)p.hpg * (2 + (size_t)c->dv);
-    const size_t rows = (size_t)p.nitem * p.hpg;
-    p.pc = malloc(sizeof(float) * (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride);
-    int failed = !p.pc;
-    if (!dense) {
-        p.prob = malloc(sizeof(float) * rows * p.ldp);
-        p.ocmp = malloc(sizeof(float) * rows * (size_t)c->dv);
-        p.pa = malloc(sizeof(float) * ((size_t)p.nitem * p.ncmp * p.pstride + 1));
-        failed |= !p.prob || !p.ocmp || !p.pa;
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    /* one block: shared [prob, ocmp, pa, pc], then per thread [s, oslc,
+     * owin, ps, score, work, sel, sp, fac] */
+    const size_t rows = (size_t)p.nitem * p.hpg, f = sizeof(float), a = 64;
+    const size_t sz_prob = dense ? 0 : rows * p.ldp * f, sz_ocmp = dense ? 0 : rows * c->dv * f;
+    const size_t sz_pa = (size_t)p.nitem * p.ncmp * p.pstride * f;
+    const size_t sz_pc = (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride * f;
+    const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
+    const size_t per[9] = {(size_t)p.hpg * BK * f, (size_t)p.hpg * c->dv * f,
+                           (size_t)p.hpg * c->dv * f, p.ldp * f, vis * f, vis,
+                           sizeof(int32_t) * c->n, sizeof(span) * 2 * c->n,
+                           ((size_t)p.ncmp * p.hpg + 1) * f};
+    size_t thread_bytes = 0;
+    for (int i = 0; i < 9; i++)
+        thread_bytes += (per[i] + a - 1) / a * a;
+    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) +
+                         (size_t)nth * thread_bytes + a;
+    if (st->ws_size < bytes) {
+        free(st->ws);
+        st->ws_size = 0;
+        st->ws = malloc(bytes);
+        if (!st->ws)
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode workspace");
+        st->ws_size = bytes;
     }
+    char *at = (char *)(((uintptr_t)st->ws + a - 1) / a * a);
+    p.prob = carve(&at, sz_prob);
+    p.ocmp = carve(&at, sz_ocmp);
+    p.pa = carve(&at, sz_pa);
+    p.pc = carve(&at, sz_pc);
+    char *const thread_base = at;
     const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
 #ifdef _OPENMP
-#pragma omp parallel if (!failed && nu_c > 1)
+#pragma omp parallel if (nu_c > 1)
 #endif
     {
+        int id = 0;
+#ifdef _OPENMP
+        id = omp_get_thread_num();
+#endif
+        char *tat = thread_base + (size_t)id * thread_bytes;
         scratch w;
-        int ok = !failed && scratch_alloc(&w, c, max_nc, max_vis > 0 ? max_vis : 1);
-        float *fac = ok ? malloc(sizeof(float) * ((size_t)p.ncmp * p.hpg + 1)) : NULL;
-        if (ok && !fac) {
-            scratch_free(&w);
-            ok = 0;
-        }
-        if (!ok) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        int bad;
-#ifdef _OPENMP
-#pragma omp atomic read
-#endif
-        bad = failed;
-        if (!bad) { /* the same for every thread: all meet the same loops */
-            if (!dense) {
+        memset(&w, 0, sizeof w);
+        w.s = carve(&tat, per[0]);
+        w.oslc = carve(&tat, per[1]);
+        w.owin = carve(&tat, per[2]);
+        w.ps = carve(&tat, per[3]);
+        w.score = carve(&tat, per[4]);
+        w.work = carve(&tat, per[5]);
+        w.sel = carve(&tat, per[6]);
+        w.sp = carve(&tat, per[7]);
+        float *fac = carve(&tat, per[8]);
+        if (!dense) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-                for (int u = 0; u < nu_a; u++)
-                    dec_cmp_chunk(&p, u / p.ncmp, u % p.ncmp);
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-                for (int it = 0; it < p.nitem; it++)
-                    dec_select(&p, it, &w, fac);
-            }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (int u = 0; u < nu_c; u++)
-                dec_attn_chunk(&p, u / (p.nslc + p.nwin), u % (p.nslc + p.nwin), &w);
+            for (int u = 0; u < nu_a; u++)
+                dec_cmp_chunk(&p, u / p.ncmp, u % p.ncmp);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
             for (int it = 0; it < p.nitem; it++)
-                dec_finish(&p, it, &w);
+                dec_select(&p, it, &w, fac);
         }
-        if (ok) {
-            scratch_free(&w);
-            free(fac);
-        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int u = 0; u < nu_c; u++)
+            dec_attn_chunk(&p, u / (p.nslc + p.nwin), u % (p.nslc + p.nwin), &w);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int it = 0; it < p.nitem; it++)
+            dec_finish(&p, it, &w);
     }
-    free(p.pc);
-    free(p.prob);
-    free(p.ocmp);
-    free(p.pa);
-    if (failed)
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode scratch");
     return NSA_OK;
 }
 
