@@ -266,18 +266,11 @@ static void cmp_tile(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     k->gemm_nn_acc(rows, dv, nc_hi, w->pc, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
 }
 
-/* s = M (sum over the group's heads of p_cmp) (M is linear), then top-n,
- * into w->sel; prob holds hpg rows of stride ldp. */
-static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
-                       const float *prob, scratch *w)
+/* s = M ps (M is linear), then top-n, into w->sel; w->ps holds the sum
+ * over the group's heads of p_cmp. */
+static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scratch *w)
 {
     const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
-    memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
-    for (int i = 0; i < hpg; i++) {
-        const float *p = prob + (size_t)i * ldp;
-        for (int j = 0; j < nc; j++)
-            w->ps[j] += p[j];
-    }
     for (int j = 0; j < vis; j++) {
         float acc = 0.0f;
         for (int32_t e = M->rowptr[j]; e < M->rowptr[j + 1]; e++)
@@ -286,6 +279,21 @@ static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg
         w->score[j] = acc;
     }
     nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+}
+
+/* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
+ * prob holds hpg rows of stride ldp. */
+static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
+                       const float *prob, scratch *w)
+{
+    const int nc = nsa_bm_n_cmp(c, t);
+    memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
+    for (int i = 0; i < hpg; i++) {
+        const float *p = prob + (size_t)i * ldp;
+        for (int j = 0; j < nc; j++)
+            w->ps[j] += p[j];
+    }
+    score_select(c, M, t, w);
 }
 
 /* Importance (spec 3, Eq. 9-10) and top-n for position t from its group's
@@ -663,7 +671,9 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
                       o, (size_t)dv);
 }
 
-/* B: o_cmp, p_cmp and the selection of item it; fac holds ncmp*hpg floats. */
+/* B: o_cmp and the selection of item it; fac holds ncmp*hpg floats. The
+ * rows hold exp(s - m_c) per chunk c: p_cmp = f_c exp(s - m_c) with merge's
+ * factors f_c, summed over the heads straight into ps (spec 3, Eq. 10). */
 static void dec_select(const dplan *p, int it, scratch *w, float *fac)
 {
     const nsa_decode_job *job = p->job;
@@ -671,19 +681,21 @@ static void dec_select(const dplan *p, int it, scratch *w, float *fac)
     const int hpg = p->hpg;
     const int64_t t = job->seq[it / c->G].t;
     const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
-    float *prob = p->prob + (size_t)it * hpg * p->ldp;
+    const float *prob = p->prob + (size_t)it * hpg * p->ldp;
     merge_parts(hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
                 p->ocmp + (size_t)it * hpg * c->dv, fac);
     for (int ch = 0; ch < nch; ch++) {
         const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
+        float *ps = w->ps + j0;
+        memset(ps, 0, sizeof(float) * (size_t)nk);
         for (int i = 0; i < hpg; i++) {
-            float *row = prob + (size_t)i * p->ldp + j0;
+            const float *row = prob + (size_t)i * p->ldp + j0;
             const float f = fac[(size_t)ch * hpg + i];
             for (int j = 0; j < nk; j++)
-                row[j] *= f;
+                ps[j] += f * row[j];
         }
     }
-    select_top(c, job->map, t, hpg, (int)p->ldp, prob, w);
+    score_select(c, job->map, t, w);
     memcpy(job->sel_out + (size_t)it * c->n, w->sel, sizeof(int32_t) * c->n);
 }
 
