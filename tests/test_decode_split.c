@@ -137,6 +137,7 @@ static void check(const caches *x, const char *isa)
     static const char *name[4] = {"out", "out_cmp", "out_slc", "out_win"};
     for (int dense = 0; dense < 2; dense++) {
         outs want, first;
+        memset(&first, 0, sizeof first); /* set by the first thread count */
         run(ref, x, dense, &want);
         const int threads[] = {1, 2, 3, 5};
         for (size_t k = 0; k < sizeof threads / sizeof threads[0]; k++) {
