@@ -12,8 +12,12 @@
  * tokens and K/V bytes a
  * step reads per sequence and group (spec 7's counters, from the state) and
  * the ratios. On the reference backend the times say little; the token
- * counts are what matter there. */
+ * counts are what matter there. On the cpu backend the read bandwidth is
+ * measured before the first length and after the last (nsa-bench
+ * prefill's measure), and each row gets bound = NSA MB / the first figure
+ * and attn / bound. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
+#include "cpu/cpu_internal.h"
 #include "decode.h"
 #include "layer.h"
 
@@ -25,6 +29,7 @@
 #include "bench_util.h"
 
 int nsa_bench_decode(int argc, char **argv);
+double nsa_bench_read_gbs(const nsa_simd_kernels *k); /* bench/nsa-bench.c */
 
 
 static int preset(const char *name, nsa_layer_config *c)
@@ -91,13 +96,19 @@ int nsa_bench_decode(int argc, char **argv)
     }
     const nsa_config *a = &c.attn;
     const size_t D = (size_t)c.D;
+    const int is_cpu = strcmp(nsa_context_backend(ctx), "cpu") == 0;
+    const nsa_simd_kernels *kern = is_cpu ? ((const nsa_cpu_state *)ctx->be_state)->k : NULL;
+    const double bw = is_cpu ? nsa_bench_read_gbs(kern) : 0.0;
+    if (!json && is_cpu)
+        printf("measured read bandwidth (before): %.1f GB/s\n", bw);
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
-               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s\n",
+               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %7s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
                a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
-               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB");
+               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "bound ms",
+               "attn/bd");
     int rc = 0;
     for (const char *p = lens_arg; *p && rc == 0;) {
         const long S = strtol(p, (char **)&p, 10);
@@ -176,20 +187,25 @@ int nsa_bench_decode(int argc, char **argv)
             const double ma = bench_median(ta, steps) * 1e3;
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
+            /* time to read the NSA bytes at the measured bandwidth */
+            const double bound = bw > 0 ? k0.bytes / (bw * 1e9) * 1e3 : 0.0;
             if (json)
                 printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
                        "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
                        "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
-                       "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f}\n",
+                       "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f,"
+                       "\"read_gbs\":%.2f,\"bound_ms\":%.4f}\n",
                        nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
-                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes);
+                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes, bw,
+                       bound);
             else
                 printf("%8ld %11.3f %9.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
-                       "%10.3f %10.3f\n",
+                       "%10.3f %10.3f | %8.3f %6.2fx\n",
                        S, mn, ma, md, md / ma, (long long)k0.cmp, (long long)k0.slc,
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
-                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6);
+                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, bound,
+                       bound > 0 ? ma / bound : 0.0);
             fflush(stdout);
         }
         nsa_decode_free(st);
@@ -205,11 +221,14 @@ int nsa_bench_decode(int argc, char **argv)
         free(sel);
         free(sd);
     }
+    if (!json && rc == 0 && is_cpu)
+        printf("measured read bandwidth (after): %.1f GB/s\n", nsa_bench_read_gbs(kern));
     if (!json && rc == 0)
         printf("step: a whole nsa_decode_step (projections, caches, attention, Wo); attn: the "
                "NSA decode attention alone;\ndense: dense decode attention alone; speedup = "
                "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
-               "t = S-1 (K and V bytes read); dense reads S tokens.\n");
+               "t = S-1 (K and V bytes read); dense reads S tokens. bound: nsa MB at the read bandwidth\n"
+               "measured before; attn/bd = attn / bound.\n");
     nsa_layer_free(L);
     nsa_context_free(ctx);
     return rc;

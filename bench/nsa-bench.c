@@ -78,7 +78,10 @@ static double peak_gflops(const nsa_simd_kernels *k)
     return best / 1e9;
 }
 
-static double read_gbs(const nsa_simd_kernels *k)
+/* Read bandwidth: the kernels' vector max over 512 MiB, all threads, best
+ * of 3 (also printed by nsa-bench decode). */
+double nsa_bench_read_gbs(const nsa_simd_kernels *k);
+double nsa_bench_read_gbs(const nsa_simd_kernels *k)
 {
     const size_t n = (size_t)1 << 27; /* 512 MiB: far beyond the caches */
     float *a = rnd(n, 99);
@@ -345,7 +348,7 @@ int main(int argc, char **argv)
     if (is_cpu) {
         const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
         peak = peak_gflops(k);
-        bw = read_gbs(k);
+        bw = nsa_bench_read_gbs(k);
     }
     if (json)
         printf("{\"mode\":\"prefill\",\"backend\":\"%s\",\"isa\":\"%s\",\"config\":\"%s\","

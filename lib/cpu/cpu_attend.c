@@ -11,8 +11,12 @@
 #include "cpu/cpu_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TQ 16  /* query positions an item */
 #define BK 128 /* keys a tile: S[TQ*hpg][BK] stays within L2 */
@@ -34,20 +38,49 @@ static void prefetch_rows(const float *p, size_t ld, int64_t rows, int len)
 #endif
 }
 
+/* The same into L1 (decode's compressed chunks: measured ~10% faster than
+ * into L2 on cold caches). */
+static void prefetch_rows_l1(const float *p, size_t ld, int64_t rows, int len)
+{
+#if defined(__GNUC__)
+    for (int64_t r = 0; r < rows; r++)
+        for (int e = 0; e < len; e += 16)
+            __builtin_prefetch(p + (size_t)r * ld + e, 0, 3);
+#else
+    (void)p, (void)ld, (void)rows, (void)len;
+#endif
+}
+
 /* Online softmax of m query rows Q (row stride ldq) over the key rows of
- * spans; row r only sees keys in [rlo[r], rhi[r]) when rlo is given (causal
- * and window bounds of a query tile). O[m][dv] gets the normalized output.
- * S needs m*BK floats, mrow and lrow m each. */
-static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
-                  const float *Q, size_t ldq, const float *K, size_t ldk, const float *V,
-                  size_t ldv, const span *sp, int nsp, const int64_t *rlo, const int64_t *rhi,
-                  float *S, float *mrow, float *lrow, float *O)
+ * spans, continuing the running state (mrow, lrow, unnormalized O[m][dv])
+ * that flash_init started; row r only sees keys in [rlo[r], rhi[r]) when
+ * rlo is given (causal and window bounds of a query tile). S needs m*BK
+ * floats. flash_finish normalizes O; decode keeps the state instead, as a
+ * partial result that merge_parts combines with others. */
+static void flash_init(int m, int dv, float *mrow, float *lrow, float *O)
 {
     for (int i = 0; i < m; i++) {
         mrow[i] = -INFINITY;
         lrow[i] = 0.0f;
     }
     memset(O, 0, sizeof(float) * (size_t)m * dv);
+}
+
+static void flash_finish(int m, int dv, const float *lrow, float *O)
+{
+    for (int i = 0; i < m; i++) {
+        const float inv = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
+        float *o = O + (size_t)i * dv;
+        for (int e = 0; e < dv; e++)
+            o[e] *= inv;
+    }
+}
+
+static void flash_spans(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
+                        const float *Q, size_t ldq, const float *K, size_t ldk, const float *V,
+                        size_t ldv, const span *sp, int nsp, const int64_t *rlo,
+                        const int64_t *rhi, float *S, float *mrow, float *lrow, float *O)
+{
     for (int s = 0; s < nsp; s++)
         for (int64_t r0 = sp[s].lo; r0 < sp[s].hi; r0 += BK) {
             const int nk = (int)(sp[s].hi - r0 < BK ? sp[s].hi - r0 : BK);
@@ -87,12 +120,18 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
             }
             k->gemm_nn_acc(m, dv, nk, S, BK, V + (size_t)r0 * ldv, ldv, O, (size_t)dv);
         }
-    for (int i = 0; i < m; i++) {
-        const float inv = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
-        float *o = O + (size_t)i * dv;
-        for (int e = 0; e < dv; e++)
-            o[e] *= inv;
-    }
+}
+
+/* The whole online softmax: O[m][dv] gets the normalized output. */
+static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
+                  const float *Q, size_t ldq, const float *K, size_t ldk, const float *V,
+                  size_t ldv, const span *sp, int nsp, const int64_t *rlo, const int64_t *rhi,
+                  float *S, float *mrow, float *lrow, float *O)
+{
+    flash_init(m, dv, mrow, lrow, O);
+    flash_spans(k, m, dk, dv, scale, Q, ldq, K, ldk, V, ldv, sp, nsp, rlo, rhi, S, mrow, lrow,
+                O);
+    flash_finish(m, dv, lrow, O);
 }
 
 /* Per-thread scratch, sized for the longest sequence. */
@@ -104,7 +143,7 @@ typedef struct scratch {
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
     int32_t *sel; /* [n] */
-    span *sp;     /* [n] */
+    span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
     float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
     float *mrow, *lrow;        /* [TQ*hpg] */
     int64_t *rlo, *rhi;        /* [TQ*hpg] */
@@ -240,18 +279,11 @@ static void cmp_tile(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     k->gemm_nn_acc(rows, dv, nc_hi, w->pc, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
 }
 
-/* s = M (sum over the group's heads of p_cmp) (M is linear), then top-n,
- * into w->sel; prob holds hpg rows of stride ldp. */
-static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
-                       const float *prob, scratch *w)
+/* s = M ps (M is linear), then top-n, into w->sel; w->ps holds the sum
+ * over the group's heads of p_cmp. */
+static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scratch *w)
 {
     const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
-    memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
-    for (int i = 0; i < hpg; i++) {
-        const float *p = prob + (size_t)i * ldp;
-        for (int j = 0; j < nc; j++)
-            w->ps[j] += p[j];
-    }
     for (int j = 0; j < vis; j++) {
         float acc = 0.0f;
         for (int32_t e = M->rowptr[j]; e < M->rowptr[j + 1]; e++)
@@ -260,6 +292,21 @@ static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg
         w->score[j] = acc;
     }
     nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+}
+
+/* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
+ * prob holds hpg rows of stride ldp. */
+static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
+                       const float *prob, scratch *w)
+{
+    const int nc = nsa_bm_n_cmp(c, t);
+    memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
+    for (int i = 0; i < hpg; i++) {
+        const float *p = prob + (size_t)i * ldp;
+        for (int j = 0; j < nc; j++)
+            w->ps[j] += p[j];
+    }
+    score_select(c, M, t, w);
 }
 
 /* Importance (spec 3, Eq. 9-10) and top-n for position t from its group's
@@ -280,30 +327,38 @@ static void select_blocks(const nsa_attn_job *job, int b, int64_t t, int g, int 
         memcpy(job->sel_out + sel_at, w->sel, sizeof(int32_t) * c->n);
 }
 
-/* Selected branch for one position: the selected blocks clipped to <= t,
- * adjacent blocks merged into one span; K and V point at the group's key
- * and value of position 0 of the sequence (row strides krow, vrow). */
+/* The rows of the selected blocks sel[0..n) clipped to <= t, adjacent
+ * blocks merged into one span; returns the number of spans (<= n). */
+static int sel_spans(const nsa_config *c, int64_t t, const int32_t *sel, span *sp)
+{
+    int nsp = 0;
+    for (int u = 0; u < c->n; u++) {
+        if (sel[u] < 0)
+            continue;
+        const int64_t lo = (int64_t)sel[u] * c->l_sel;
+        int64_t hi = lo + c->l_sel;
+        if (hi > t + 1)
+            hi = t + 1;
+        if (lo >= hi)
+            continue;
+        if (nsp > 0 && sp[nsp - 1].hi == lo)
+            sp[nsp - 1].hi = hi;
+        else
+            sp[nsp++] = (span){lo, hi};
+    }
+    return nsp;
+}
+
+/* Selected branch for one position, over w->sel; K and V point at the
+ * group's key and value of position 0 of the sequence (row strides krow,
+ * vrow). */
 static void selected_at(const nsa_simd_kernels *k, const nsa_config *c, float scale, int64_t t,
                         const float *K, const float *V, const float *qh, scratch *w,
                         float *oslc)
 {
     const int hpg = c->H / c->G, G = c->G;
     const size_t krow = (size_t)G * c->dk, vrow = (size_t)G * c->dv;
-    int nsp = 0;
-    for (int u = 0; u < c->n; u++) {
-        if (w->sel[u] < 0)
-            continue;
-        const int64_t lo = (int64_t)w->sel[u] * c->l_sel;
-        int64_t hi = lo + c->l_sel;
-        if (hi > t + 1)
-            hi = t + 1;
-        if (lo >= hi)
-            continue;
-        if (nsp > 0 && w->sp[nsp - 1].hi == lo)
-            w->sp[nsp - 1].hi = hi;
-        else
-            w->sp[nsp++] = (span){lo, hi};
-    }
+    const int nsp = sel_spans(c, t, w->sel, w->sp);
     flash(k, hpg, c->dk, c->dv, scale, qh, (size_t)c->dk, K, krow, V, vrow, w->sp, nsp, NULL,
           NULL, w->s, w->mrow, w->lrow, oslc);
 }
@@ -524,62 +579,240 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
     return NSA_OK;
 }
 
+
 /* ---------------------------------------------------------------- decode */
-/* One new token of sequence b, group g, over its caches (spec 7): the same
- * pieces as prefill (compressed rows, select_top, selected_at, flash), the
- * window read from its ring in at most two runs of rows. dense: the
- * baseline instead, all t+1 raw keys. */
-static void decode_item(const nsa_simd_kernels *k, const nsa_decode_job *job, int b, int g,
-                        int dense, scratch *w)
+/* One new token per (sequence, group) item over its caches (spec 7), split
+ * flash-decoding style so that even a single item spreads over the threads.
+ * Every branch's keys are cut into chunks of DCH keys, the cut fixed by
+ * positions alone (never by the thread count or the batch); each chunk
+ * gives a partial softmax per head (its max m, sum l and unnormalized
+ * output), and the partials of a branch are merged in chunk order. So the
+ * result is the same whatever the thread count and whichever thread ran
+ * which chunk. Four loops over the threads:
+ *   A (item, compressed chunk): scores, exp(s - m) into the item's
+ *     probability rows, l and P V;
+ *   B item: merge A's partials into o_cmp, scale the rows to the exact
+ *     p_cmp of spec 2 (they feed the selection), score and select (spec 3);
+ *   C (item, selected or window chunk): partial softmax over the chunk;
+ *   D item: merge C's partials into o_slc and o_win, gates (spec 5).
+ * The dense baseline is C and D over all t+1 raw keys. */
+#define DCH 256 /* keys a chunk: 2 key tiles; 6 chunks (1024 + 512 keys)
+                   share the selected and window branches at the defaults */
+
+typedef struct dplan {
+    const nsa_simd_kernels *k;
+    const nsa_decode_job *job;
+    int dense, hpg, nitem;
+    int ncmp;       /* chunk slots an item in A */
+    int nslc, nwin; /* chunk slots an item in C: selected (dense: all keys), window */
+    size_t ldp;     /* row stride of the probability rows */
+    size_t pstride; /* floats a partial: m[hpg], l[hpg], o[hpg][dv] */
+    float *prob;    /* [nitem][hpg][ldp] */
+    float *ocmp;    /* [nitem][hpg][dv] */
+    float *pa;      /* [nitem][ncmp] partials of A */
+    float *pc;      /* [nitem][nslc + nwin] partials of C */
+} dplan;
+
+static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+
+/* Combines the partials c < nch (stride floats apart) into o[hpg][dv]:
+ * o = sum_c f_c o_c with f_c = exp(m_c - M) / sum_c' exp(m_c' - M) l_c',
+ * M = max_c m_c, in the order of c. A chunk with m_c = -inf saw no key and
+ * weighs nothing; no key at all gives zeros. fac (optional) gets f_c,
+ * [nch][hpg]. */
+static void merge_parts(int hpg, int dv, const float *parts, size_t stride, int nch, float *o,
+                        float *fac)
 {
+    for (int i = 0; i < hpg; i++) {
+        float M = -INFINITY, L = 0.0f;
+        for (int c = 0; c < nch; c++) {
+            const float m = parts[(size_t)c * stride + i];
+            M = m > M ? m : M;
+        }
+        for (int c = 0; c < nch; c++) {
+            const float *pt = parts + (size_t)c * stride;
+            if (pt[i] != -INFINITY)
+                L += expf(pt[i] - M) * pt[hpg + i];
+        }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        float *oi = o + (size_t)i * dv;
+        memset(oi, 0, sizeof(float) * (size_t)dv);
+        for (int c = 0; c < nch; c++) {
+            const float *pt = parts + (size_t)c * stride;
+            const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
+            if (fac)
+                fac[(size_t)c * hpg + i] = f;
+            if (f == 0.0f)
+                continue;
+            const float *oc = pt + 2 * (size_t)hpg + (size_t)i * dv;
+            for (int e = 0; e < dv; e++)
+                oi[e] += f * oc[e];
+        }
+    }
+}
+
+/* A: compressed keys [ch*DCH, +DCH) of item it. */
+static void dec_cmp_chunk(const dplan *p, int it, int ch)
+{
+    const nsa_decode_job *job = p->job;
     const nsa_config *c = job->cfg;
-    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv, n = c->n;
+    const int G = c->G, hpg = p->hpg, dk = c->dk, dv = c->dv, b = it / G, g = it % G;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    const nsa_decode_seq *sq = &job->seq[b];
+    const int nc = nsa_bm_n_cmp(c, sq->t), j0 = ch * DCH;
+    if (j0 >= nc) /* a slot past this item's keys: B does not read it */
+        return;
+    const int nk = nc - j0 < DCH ? nc - j0 : DCH;
+    float *part = p->pa + ((size_t)it * p->ncmp + ch) * p->pstride;
+    float *P = p->prob + (size_t)it * hpg * p->ldp + j0;
+    const float *K = sq->kc + (size_t)j0 * krow + (size_t)g * dk;
+    const float *V = sq->vc + (size_t)j0 * vrow + (size_t)g * dv;
+    const float *qh = job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
+    /* The rows are cold at every step: the values are asked for at once
+     * (used after the scores), the keys a tile of KT ahead. */
+    enum { KT = 32 };
+    prefetch_rows_l1(V, vrow, nk, dv);
+    prefetch_rows_l1(K, krow, nk < KT ? nk : KT, dk);
+    for (int j = 0; j < nk; j += KT) {
+        const int nt = nk - j < KT ? nk - j : KT, j1 = j + KT;
+        if (j1 < nk)
+            prefetch_rows_l1(K + (size_t)j1 * krow, krow, nk - j1 < KT ? nk - j1 : KT, dk);
+        p->k->gemm_nt(hpg, nt, dk, job->scale, qh, (size_t)dk, K + (size_t)j * krow, krow,
+                      P + j, p->ldp);
+    }
+    for (int i = 0; i < hpg; i++) {
+        float *row = P + (size_t)i * p->ldp;
+        const float mx = p->k->max(row, nk);
+        part[i] = mx;
+        if (mx == -INFINITY) {
+            memset(row, 0, sizeof(float) * (size_t)nk);
+            part[hpg + i] = 0.0f;
+        } else {
+            part[hpg + i] = p->k->exp_sum(row, nk, mx);
+        }
+    }
+    float *o = part + 2 * (size_t)hpg;
+    memset(o, 0, sizeof(float) * (size_t)hpg * dv);
+    p->k->gemm_nn_acc(hpg, dv, nk, P, p->ldp, V, vrow, o, (size_t)dv);
+}
+
+/* B: o_cmp and the selection of item it; fac holds ncmp*hpg floats. The
+ * rows hold exp(s - m_c) per chunk c: p_cmp = f_c exp(s - m_c) with merge's
+ * factors f_c, summed over the heads straight into ps (spec 3, Eq. 10). */
+static void dec_select(const dplan *p, int it, scratch *w, float *fac)
+{
+    const nsa_decode_job *job = p->job;
+    const nsa_config *c = job->cfg;
+    const int hpg = p->hpg;
+    const int64_t t = job->seq[it / c->G].t;
+    const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
+    const float *prob = p->prob + (size_t)it * hpg * p->ldp;
+    merge_parts(hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
+                p->ocmp + (size_t)it * hpg * c->dv, fac);
+    for (int ch = 0; ch < nch; ch++) {
+        const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
+        float *ps = w->ps + j0;
+        memset(ps, 0, sizeof(float) * (size_t)nk);
+        for (int i = 0; i < hpg; i++) {
+            const float *row = prob + (size_t)i * p->ldp + j0;
+            const float f = fac[(size_t)ch * hpg + i];
+            for (int j = 0; j < nk; j++)
+                ps[j] += f * row[j];
+        }
+    }
+    score_select(c, job->map, t, w);
+    memcpy(job->sel_out + (size_t)it * c->n, w->sel, sizeof(int32_t) * c->n);
+}
+
+/* The part [a, a+len) of the concatenation of spans sp[0..nsp) into out;
+ * returns the number of pieces. */
+static int cut_spans(const span *sp, int nsp, int64_t a, int64_t len, span *out)
+{
+    int m = 0;
+    int64_t at = 0; /* offset of sp[s] in the concatenation */
+    for (int s = 0; s < nsp && len > 0; s++) {
+        const int64_t n = sp[s].hi - sp[s].lo;
+        if (a < at + n) {
+            const int64_t lo = sp[s].lo + (a > at ? a - at : 0);
+            const int64_t take = sp[s].hi - lo < len ? sp[s].hi - lo : len;
+            out[m++] = (span){lo, lo + take};
+            a += take;
+            len -= take;
+        }
+        at += n;
+    }
+    return m;
+}
+
+/* C: chunk slot ch of item it (dense: keys [ch*DCH, +DCH) of 0..t; NSA:
+ * slots < nslc cut the selected rows, the others the window positions). */
+static void dec_attn_chunk(const dplan *p, int it, int ch, scratch *w)
+{
+    const nsa_decode_job *job = p->job;
+    const nsa_config *c = job->cfg;
+    const int G = c->G, hpg = p->hpg, dk = c->dk, dv = c->dv, b = it / G, g = it % G;
     const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
     const nsa_decode_seq *sq = &job->seq[b];
     const int64_t t = sq->t;
-    const float *qh = job->q + ((size_t)b * H + (size_t)g * hpg) * dk;
+    float *part = p->pc + ((size_t)it * (p->nslc + p->nwin) + ch) * p->pstride;
+    float *m = part, *l = part + hpg, *o = part + 2 * (size_t)hpg;
+    flash_init(hpg, dv, m, l, o);
+    const float *K, *V;
+    span piece[2];
+    int np;
+    if (p->dense || ch < p->nslc) {
+        K = sq->ks;
+        V = sq->vs;
+        if (p->dense) {
+            const span all = {0, t + 1};
+            np = cut_spans(&all, 1, (int64_t)ch * DCH, DCH, piece);
+        } else {
+            const int nsp = sel_spans(c, t, job->sel_out + (size_t)it * c->n, w->sp);
+            np = cut_spans(w->sp, nsp, (int64_t)ch * DCH, DCH, w->sp + nsp);
+            memmove(w->sp, w->sp + nsp, sizeof(span) * (size_t)np);
+        }
+    } else {
+        /* window positions lo..t, position p at ring row p % w */
+        K = sq->kw;
+        V = sq->vw;
+        const int64_t lo = t - c->w + 1 > 0 ? t - c->w + 1 : 0;
+        const int64_t p0 = lo + (int64_t)(ch - p->nslc) * DCH;
+        const int64_t p1 = p0 + DCH < t + 1 ? p0 + DCH : t + 1;
+        np = 0;
+        if (p0 < p1) {
+            const int64_t a = p0 % c->w, n = p1 - p0;
+            if (a + n <= c->w) {
+                piece[np++] = (span){a, a + n};
+            } else {
+                piece[np++] = (span){a, c->w};
+                piece[np++] = (span){0, a + n - c->w};
+            }
+        }
+    }
+    const span *sp = (!p->dense && ch < p->nslc) ? w->sp : piece;
+    flash_spans(p->k, hpg, dk, dv, job->scale, job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
+                (size_t)dk, K + (size_t)g * dk, krow, V + (size_t)g * dv, vrow, sp, np, NULL, NULL,
+                w->s, m, l, o);
+}
+
+/* D: merge C's partials of item it; gates and outputs. */
+static void dec_finish(const dplan *p, int it, scratch *w)
+{
+    const nsa_decode_job *job = p->job;
+    const nsa_config *c = job->cfg;
+    const int H = c->H, G = c->G, hpg = p->hpg, dv = c->dv, b = it / G, g = it % G;
     const size_t at = ((size_t)b * H + (size_t)g * hpg) * dv, len = (size_t)hpg * dv;
-    if (dense) {
-        const span all = {0, t + 1};
-        flash(k, hpg, dk, dv, job->scale, qh, (size_t)dk, sq->ks + (size_t)g * dk, krow,
-              sq->vs + (size_t)g * dv, vrow, &all, 1, NULL, NULL, w->s, w->mrow, w->lrow,
-              job->out + at);
+    const float *parts = p->pc + (size_t)it * (p->nslc + p->nwin) * p->pstride;
+    if (p->dense) {
+        merge_parts(hpg, dv, parts, p->pstride, p->nslc, job->out + at, NULL);
         return;
     }
-    /* compressed branch: whole probability rows, they feed the selection */
-    const int nc = nsa_bm_n_cmp(c, t), ldp = nc > 0 ? nc : 1;
-    memset(w->ocmp, 0, sizeof(float) * len);
-    if (nc > 0) {
-        k->gemm_nt(hpg, nc, dk, job->scale, qh, (size_t)dk, sq->kc + (size_t)g * dk, krow,
-                   w->pc, (size_t)ldp);
-        for (int r = 0; r < hpg; r++) {
-            float *p = w->pc + (size_t)r * ldp;
-            const float inv = 1.0f / k->exp_sum(p, nc, k->max(p, nc));
-            for (int j = 0; j < nc; j++)
-                p[j] *= inv;
-        }
-        k->gemm_nn_acc(hpg, dv, nc, w->pc, (size_t)ldp, sq->vc + (size_t)g * dv, vrow, w->ocmp,
-                       (size_t)dv);
-    }
-    select_top(c, job->map, t, hpg, ldp, w->pc, w);
-    memcpy(job->sel_out + ((size_t)b * G + g) * n, w->sel, sizeof(int32_t) * n);
-    selected_at(k, c, job->scale, t, sq->ks + (size_t)g * dk, sq->vs + (size_t)g * dv, qh, w,
-                w->oslc);
-    /* window: positions lo..t live at ring rows p % w */
-    const int64_t lo = t - c->w + 1 > 0 ? t - c->w + 1 : 0;
-    const int64_t a = lo % c->w, e = t % c->w;
-    span ring[2] = {{a, e + 1}, {0, 0}};
-    int nsp = 1;
-    if (a > e) {
-        ring[0].hi = c->w;
-        ring[1].hi = e + 1;
-        nsp = 2;
-    }
-    flash(k, hpg, dk, dv, job->scale, qh, (size_t)dk, sq->kw + (size_t)g * dk, krow,
-          sq->vw + (size_t)g * dv, vrow, ring, nsp, NULL, NULL, w->s, w->mrow, w->lrow,
-          w->owin);
+    const float *ocmp = p->ocmp + (size_t)it * len;
+    merge_parts(hpg, dv, parts, p->pstride, p->nslc, w->oslc, NULL);
+    merge_parts(hpg, dv, parts + (size_t)p->nslc * p->pstride, p->pstride, p->nwin, w->owin,
+                NULL);
     if (job->out_cmp)
-        memcpy(job->out_cmp + at, w->ocmp, sizeof(float) * len);
+        memcpy(job->out_cmp + at, ocmp, sizeof(float) * len);
     if (job->out_slc)
         memcpy(job->out_slc + at, w->oslc, sizeof(float) * len);
     if (job->out_win)
@@ -587,7 +820,7 @@ static void decode_item(const nsa_simd_kernels *k, const nsa_decode_job *job, in
     const float *gt = job->gates + ((size_t)b * H + (size_t)g * hpg) * 3;
     for (int i = 0; i < hpg; i++) {
         const float g0 = gt[3 * i], g1 = gt[3 * i + 1], g2 = gt[3 * i + 2];
-        const float *oc = w->ocmp + (size_t)i * dv, *os = w->oslc + (size_t)i * dv,
+        const float *oc = ocmp + (size_t)i * dv, *os = w->oslc + (size_t)i * dv,
                     *ow = w->owin + (size_t)i * dv;
         float *o = job->out + at + (size_t)i * dv;
         for (int x = 0; x < dv; x++)
@@ -595,31 +828,114 @@ static void decode_item(const nsa_simd_kernels *k, const nsa_decode_job *job, in
     }
 }
 
-typedef struct decode_arg {
-    const nsa_simd_kernels *k;
-    const nsa_decode_job *job;
-    int dense;
-} decode_arg;
-
-static void decode_one(int64_t i, scratch *w, const void *arg)
+/* Carves n bytes, 64-byte aligned, from *at. */
+static void *carve(char **at, size_t n)
 {
-    const decode_arg *a = arg;
-    const int G = a->job->cfg->G;
-    decode_item(a->k, a->job, (int)(i / G), (int)(i % G), a->dense, w);
+    void *p = *at;
+    *at += (n + 63) / 64 * 64;
+    return p;
 }
 
 static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int dense)
 {
     const nsa_config *c = job->cfg;
-    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
+    nsa_cpu_state *st = ctx->be_state;
     int64_t max_t = 0;
     for (int b = 0; b < job->B; b++)
         if (job->seq[b].t > max_t)
             max_t = job->seq[b].t;
     const int max_nc = nsa_bm_n_cmp(c, max_t), max_vis = nsa_bm_n_sel_visible(c, max_t);
-    const decode_arg arg = {k, job, dense};
-    if (!parallel_items(c, max_nc, max_vis, (int64_t)job->B * c->G, decode_one, &arg))
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode scratch");
+    const int64_t slc_keys = (int64_t)c->n * c->l_sel; /* at most, whatever is selected */
+    dplan p;
+    memset(&p, 0, sizeof p);
+    p.k = st->k;
+    p.job = job;
+    p.dense = dense;
+    p.hpg = c->H / c->G;
+    p.nitem = job->B * c->G;
+    p.ncmp = dense ? 0 : ceil_div(max_nc, DCH);
+    p.nslc = ceil_div(dense || slc_keys > max_t + 1 ? max_t + 1 : slc_keys, DCH);
+    p.nwin = dense ? 0 : ceil_div(c->w < max_t + 1 ? c->w : max_t + 1, DCH);
+    p.ldp = (size_t)(max_nc > 0 ? max_nc : 1);
+    p.pstride = (size_t)p.hpg * (2 + (size_t)c->dv);
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    /* one block: shared [prob, ocmp, pa, pc], then per thread [s, oslc,
+     * owin, ps, score, work, sel, sp, fac] */
+    const size_t rows = (size_t)p.nitem * p.hpg, f = sizeof(float), a = 64;
+    const size_t sz_prob = dense ? 0 : rows * p.ldp * f, sz_ocmp = dense ? 0 : rows * c->dv * f;
+    const size_t sz_pa = (size_t)p.nitem * p.ncmp * p.pstride * f;
+    const size_t sz_pc = (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride * f;
+    const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
+    const size_t per[9] = {(size_t)p.hpg * BK * f, (size_t)p.hpg * c->dv * f,
+                           (size_t)p.hpg * c->dv * f, p.ldp * f, vis * f, vis,
+                           sizeof(int32_t) * c->n, sizeof(span) * 2 * c->n,
+                           ((size_t)p.ncmp * p.hpg + 1) * f};
+    size_t thread_bytes = 0;
+    for (int i = 0; i < 9; i++)
+        thread_bytes += (per[i] + a - 1) / a * a;
+    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) +
+                         (size_t)nth * thread_bytes + a;
+    if (st->ws_size < bytes) {
+        free(st->ws);
+        st->ws_size = 0;
+        st->ws = malloc(bytes);
+        if (!st->ws)
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode workspace");
+        st->ws_size = bytes;
+    }
+    char *at = (char *)(((uintptr_t)st->ws + a - 1) / a * a);
+    p.prob = carve(&at, sz_prob);
+    p.ocmp = carve(&at, sz_ocmp);
+    p.pa = carve(&at, sz_pa);
+    p.pc = carve(&at, sz_pc);
+    char *const thread_base = at;
+    const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
+#ifdef _OPENMP
+#pragma omp parallel if (nu_c > 1)
+#endif
+    {
+        int id = 0;
+#ifdef _OPENMP
+        id = omp_get_thread_num();
+#endif
+        char *tat = thread_base + (size_t)id * thread_bytes;
+        scratch w;
+        memset(&w, 0, sizeof w);
+        w.s = carve(&tat, per[0]);
+        w.oslc = carve(&tat, per[1]);
+        w.owin = carve(&tat, per[2]);
+        w.ps = carve(&tat, per[3]);
+        w.score = carve(&tat, per[4]);
+        w.work = carve(&tat, per[5]);
+        w.sel = carve(&tat, per[6]);
+        w.sp = carve(&tat, per[7]);
+        float *fac = carve(&tat, per[8]);
+        if (!dense) {
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (int u = 0; u < nu_a; u++)
+                dec_cmp_chunk(&p, u / p.ncmp, u % p.ncmp);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (int it = 0; it < p.nitem; it++)
+                dec_select(&p, it, &w, fac);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int u = 0; u < nu_c; u++)
+            dec_attn_chunk(&p, u / (p.nslc + p.nwin), u % (p.nslc + p.nwin), &w);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int it = 0; it < p.nitem; it++)
+            dec_finish(&p, it, &w);
+    }
     return NSA_OK;
 }
 

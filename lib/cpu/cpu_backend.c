@@ -70,7 +70,13 @@ static nsa_status cpu_init(nsa_context *ctx, void **state)
     return NSA_OK;
 }
 
-static void cpu_fini(void *state) { free(state); }
+static void cpu_fini(void *state)
+{
+    nsa_cpu_state *st = state;
+    if (st)
+        free(st->ws);
+    free(st);
+}
 
 const nsa_backend_ops nsa_backend_cpu = {
     .name = "cpu",

@@ -13,6 +13,11 @@ typedef struct nsa_cpu_state {
     nsa_isa best;                /* the best set this build and processor allow */
     const nsa_simd_kernels *k;   /* the set in use: best, lowered by the cap */
     int blas;                    /* 1: linear maps on OpenBLAS (NSA_CPU_BLAS=openblas) */
+    /* Decode's workspace, grown on demand and kept between calls: fresh
+     * pages on every step cost ~0.1 ms at 64k (the heap is trimmed after
+     * each free). A context runs one call at a time. */
+    void *ws;
+    size_t ws_size;
 } nsa_cpu_state;
 
 /* The best kernel set usable here: built in, and the processor and OS have
