@@ -52,8 +52,10 @@ static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, 
 typedef struct ga_launch {
     int mode, w, row0, rows;
     cl_mem q, K, V, row_seq, cu, cmp_off, sel, out;
-    int want_z, max_nc;
-    cl_mem zs, stats; /* mode 2 with want_z */
+    /* mode 2 with want_z: the mapping M (CSR over nblk blocks), the
+     * rows' block sums, per-tile running maxima and softmax statistics */
+    int want_z, nblk, max_vis, ntile;
+    cl_mem rp, col, val, pb, tm, stats;
 } ga_launch;
 
 static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
@@ -93,8 +95,14 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_FLT(&a, scale);
     ARG_MEM(&a, L->out);
     ARG_INT(&a, L->want_z);
-    ARG_INT(&a, L->max_nc);
-    ARG_MEM(&a, L->zs);
+    ARG_MEM(&a, L->rp);
+    ARG_MEM(&a, L->col);
+    ARG_MEM(&a, L->val);
+    ARG_INT(&a, L->nblk);
+    ARG_INT(&a, L->max_vis);
+    ARG_INT(&a, L->ntile);
+    ARG_MEM(&a, L->pb);
+    ARG_MEM(&a, L->tm);
     ARG_MEM(&a, L->stats);
     ARG_INT(&a, tile);
     for (int i = 0; i < 4; i++)
@@ -176,10 +184,15 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * tg * n, job->sel_in, &sel));
 
     /* compressed branch and (without sel_in) scores and top-n, in chunks
-     * of rows: logits and statistics of the rows in flight only */
+     * of rows: block sums and statistics of the rows in flight only */
     const int hpg = H / G;
-    const size_t per_row = sizeof(float) * (size_t)G *
-                           ((size_t)hpg * (size_t)max_nc + 2 * (size_t)hpg + (size_t)max_vis);
+    size_t f[4];
+    int tile = 1;
+    heads_per_wg(st, c, &tile, f); /* the key tile of the launches below */
+    const int ntile = max_nc > 0 ? (max_nc + tile - 1) / tile : 1;
+    const size_t per_row =
+        sizeof(float) * (size_t)G *
+        ((size_t)hpg * ((size_t)max_vis + (size_t)ntile + 2) + (size_t)max_vis);
     int64_t chunk = (int64_t)(chunk_budget(st) / per_row);
     if (chunk < 1)
         chunk = 1;
@@ -188,14 +201,19 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     if (chunk > T)
         chunk = T;
     const int want = job->sel_in == NULL;
-    cl_mem zs, stats, scores;
-    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_nc : 4,
-                        NULL, &zs));
+    cl_mem pb, tm, stats, scores;
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_vis : 4,
+                        NULL, &pb));
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)ntile : 4,
+                        NULL, &tm));
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * 2 : 4, NULL,
                         &stats));
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * (size_t)max_vis : 4,
                         NULL, &scores));
-    ga_launch L = {2, 0, 0, 0, q, kc, vc, rsb, cub, cob, sel, oc, want, max_nc, zs, stats};
+    ga_launch L = {.mode = 2, .q = q, .K = kc, .V = vc, .row_seq = rsb, .cu = cub,
+                   .cmp_off = cob, .sel = sel, .out = oc, .want_z = want,
+                   .nblk = m->rows, .max_vis = max_vis, .ntile = ntile, .rp = rp,
+                   .col = col, .val = val, .pb = pb, .tm = tm, .stats = stats};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
@@ -204,13 +222,14 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         if (!want)
             continue;
         nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
-        ARG_MEM(&a, zs);
+        ARG_MEM(&a, pb);
+        ARG_MEM(&a, tm);
         ARG_MEM(&a, stats);
         ARG_MEM(&a, rsb);
         ARG_MEM(&a, cub);
         ARG_MEM(&a, rp);
         ARG_MEM(&a, col);
-        ARG_MEM(&a, val);
+        ARG_INT(&a, m->rows);
         ARG_INT(&a, H);
         ARG_INT(&a, G);
         ARG_INT(&a, c->l);
@@ -218,8 +237,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         ARG_INT(&a, c->l_sel);
         ARG_INT(&a, r0);
         ARG_INT(&a, rows);
-        ARG_INT(&a, max_nc);
         ARG_INT(&a, max_vis);
+        ARG_INT(&a, ntile);
+        ARG_INT(&a, tile);
         ARG_MEM(&a, scores);
         TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
         nsa_clr_args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
@@ -235,12 +255,19 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         ARG_INT(&t, rows);
         ARG_INT(&t, max_vis);
         ARG_MEM(&t, sel);
-        TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G, wg));
+        TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G * wg, wg));
     }
     /* selected branch (group-centric over the selected blocks), window */
-    ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
+    ga_launch S = {.mode = 0, .rows = (int)T, .q = q, .K = ks, .V = vs, .row_seq = rsb,
+                   .cu = cub, .cmp_off = cob, .sel = sel, .out = os, .rp = rp, .col = col,
+                   .val = val, .pb = pb, .tm = tm, .stats = stats};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
-    ga_launch W = {1, c->w, 0, (int)T, q, kw, vw, rsb, cub, cob, sel, ow, 0, 0, zs, stats};
+    ga_launch W = S;
+    W.mode = 1;
+    W.w = c->w;
+    W.K = kw;
+    W.V = vw;
+    W.out = ow;
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
     {
         nsa_clr_args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
@@ -304,7 +331,7 @@ nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch 
     ARG_INT(&t, bt->T);
     ARG_INT(&t, max_vis);
     ARG_MEM(&t, selb);
-    TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg, (size_t)st->wg));
+    TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg * (size_t)st->wg, (size_t)st->wg));
     TRY(nsa_clr_download(&B, selb, sizeof(int32_t) * tg * cfg->n, sel));
 done:
     nsa_clr_bufs_free(&B);
@@ -338,8 +365,10 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
     TRY(nsa_clr_buf_new(&B, 4, NULL, &dummy));
-    ga_launch L = {1,   bt->max_len, 0,     (int)bt->T, qb, kb, vb,    rsb,
-                   cub, dummy,       dummy, ob,         0,  0,  dummy, dummy};
+    ga_launch L = {.mode = 1, .w = bt->max_len, .rows = (int)bt->T, .q = qb, .K = kb,
+                   .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy, .sel = dummy,
+                   .out = ob, .rp = dummy, .col = dummy, .val = dummy, .pb = dummy,
+                   .tm = dummy, .stats = dummy};
     TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:
