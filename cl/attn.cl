@@ -9,6 +9,26 @@
  * column of j (tm), and the final softmax statistics (max, sum); so
  * p_slc[j] = pb[j] exp(m_tau - max) / sum, and no logit leaves the kernel.
  * Columns are ascending and contiguous per row of M (lib/blockmath.c). */
+/* Group score of block j for the heads hs .. hs+hpg-1 of the scratch
+ * (slot * hpg), from their block sums, tile maxima and statistics. */
+static float group_score(__global const float *pb, __global const float *tm,
+                         __global const float *stats, __global const int *rowptr,
+                         __global const int *col, int nblk, size_t hs, int hpg, int j, int nc,
+                         int max_vis, int ntile, int tile)
+{
+    float s = 0.0f;
+    /* no compressed token of block j yet: the score is exactly 0 */
+    if (j < nblk && rowptr[j] < rowptr[j + 1] && col[rowptr[j]] < nc) {
+        const int tau = min(col[rowptr[j + 1] - 1], nc - 1) / tile;
+        for (int hh = 0; hh < hpg; hh++) {
+            const size_t at = hs + hh;
+            s += pb[at * max_vis + j] * exp(tm[at * ntile + tau] - stats[2 * at]) /
+                 stats[2 * at + 1];
+        }
+    }
+    return s;
+}
+
 __kernel void nsa_cmp_scores(__global const float *pb, __global const float *tm,
                              __global const float *stats, __global const int *row_seq,
                              __global const int *cu, __global const int *rowptr,
@@ -24,17 +44,8 @@ __kernel void nsa_cmp_scores(__global const float *pb, __global const float *tm,
     const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
     if (j > t / lsel)
         return; /* not visible: never read by top-n */
-    float s = 0.0f;
-    /* no compressed token of block j yet: the score is exactly 0 */
-    if (j < nblk && rowptr[j] < rowptr[j + 1] && col[rowptr[j]] < nc) {
-        const int tau = min(col[rowptr[j + 1] - 1], nc - 1) / tile;
-        for (int hh = 0; hh < hpg; hh++) {
-            const size_t at = (size_t)slot * hpg + hh;
-            s += pb[at * max_vis + j] * exp(tm[at * ntile + tau] - stats[2 * at]) /
-                 stats[2 * at + 1];
-        }
-    }
-    scores[gid] = s;
+    scores[gid] = group_score(pb, tm, stats, rowptr, col, nblk, (size_t)slot * hpg, hpg, j, nc,
+                              max_vis, ntile, tile);
 }
 
 /* Work-group top-n (spec 3, Eq. 11): one work-group of NSA_WG lanes per
@@ -281,7 +292,9 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * also keeps, per (row, group) slot of the chunk and head, the block sums
  * of the probabilities through M (CSR rowptr/col/val over nblk blocks) in
  * pb, the running max after each key tile in tm and the final (max, sum)
- * in stats, for nsa_cmp_scores; no logit goes to global memory. When the
+ * in stats, for nsa_cmp_scores; no logit goes to global memory. want_z = 2
+ * (hc = H/G: the group's heads all in the work-group) also writes the
+ * group scores themselves, as nsa_cmp_scores would. When the
  * queries of
  * all H/G heads do not fit local memory, hc < H/G heads share a work-group
  * and the group's heads take ceil((H/G) / hc) work-groups.
@@ -299,7 +312,8 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                              __global float *out, int want_z, __global const int *rowptr,
                              __global const int *col, __global const int *val, int nblk,
                              int max_vis, int ntile, __global float *pb, __global float *tm,
-                             __global float *stats, int tile, __local float4 *qs,
+                             __global float *stats, __global float *scores, int tile,
+                             __local float4 *qs,
                              __local float4 *kv, __local float4 *ps4, __local float *red)
 {
     const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
@@ -591,7 +605,13 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             stats[2 * ((size_t)slot * hpg + h0 + it) + 1] = sum;
         }
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    /* (global: the block sums and statistics of other lanes, below) */
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    if (want_z == 2) /* all heads of the group here: their group scores */
+        for (int j = lid; j < t / lsel + 1; j += NSA_WG)
+            scores[(size_t)slot * max_vis + j] =
+                group_score(pb, tm, stats, rowptr, col, nblk, (size_t)slot * hpg, hpg, j,
+                            t + 1 >= l ? (t + 1 - l) / d + 1 : 0, max_vis, ntile, tile);
     for (int ix = 0; ix < NSA_PVI; ix++) {
         const int it = lid + ix * NSA_WG;
         const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,

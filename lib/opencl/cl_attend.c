@@ -55,7 +55,7 @@ typedef struct ga_launch {
     /* mode 2 with want_z: the mapping M (CSR over nblk blocks), the
      * rows' block sums, per-tile running maxima and softmax statistics */
     int want_z, nblk, max_vis, ntile;
-    cl_mem rp, col, val, pb, tm, stats;
+    cl_mem rp, col, val, pb, tm, stats, scores;
 } ga_launch;
 
 static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
@@ -94,7 +94,7 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_INT(&a, c->dv);
     ARG_FLT(&a, scale);
     ARG_MEM(&a, L->out);
-    ARG_INT(&a, L->want_z);
+    ARG_INT(&a, L->want_z && parts == 1 ? 2 : L->want_z); /* 2: scores fused */
     ARG_MEM(&a, L->rp);
     ARG_MEM(&a, L->col);
     ARG_MEM(&a, L->val);
@@ -104,6 +104,7 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_MEM(&a, L->pb);
     ARG_MEM(&a, L->tm);
     ARG_MEM(&a, L->stats);
+    ARG_MEM(&a, L->scores);
     ARG_INT(&a, tile);
     for (int i = 0; i < 4; i++)
         nsa_clr_arg(&a, f[i], NULL);
@@ -113,14 +114,15 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
                           B->st->wg);
 }
 
-/* Scratch budget of one chunk of the compressed branch (logits and scores
- * of the rows in flight), which keeps memory linear in T: 1/16 of the
- * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
+/* Scratch budget of one chunk of the compressed branch (block sums and
+ * scores of the rows in flight), which keeps memory linear in T: 1/16 of
+ * the device's memory, within [64 MiB, 4 GiB] and the largest allocation
+ * (few chunks: every launch ends in a partly idle wave). */
 static size_t chunk_budget(const nsa_cl_state *st)
 {
     size_t b = (size_t)(st->global_mem / 16);
-    if (b > ((size_t)1 << 30))
-        b = (size_t)1 << 30;
+    if (b > ((size_t)4 << 30))
+        b = (size_t)4 << 30;
     if (b < ((size_t)64 << 20))
         b = (size_t)64 << 20;
     if (st->max_alloc && b > st->max_alloc)
@@ -188,7 +190,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     const int hpg = H / G;
     size_t f[4];
     int tile = 1;
-    heads_per_wg(st, c, &tile, f); /* the key tile of the launches below */
+    /* the key tile of the launches below; all heads of a group in one
+     * work-group: the group scores come from the compressed branch */
+    const int fused = heads_per_wg(st, c, &tile, f) == hpg;
     const int ntile = max_nc > 0 ? (max_nc + tile - 1) / tile : 1;
     const size_t per_row =
         sizeof(float) * (size_t)G *
@@ -213,7 +217,8 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     ga_launch L = {.mode = 2, .q = q, .K = kc, .V = vc, .row_seq = rsb, .cu = cub,
                    .cmp_off = cob, .sel = sel, .out = oc, .want_z = want,
                    .nblk = m->rows, .max_vis = max_vis, .ntile = ntile, .rp = rp,
-                   .col = col, .val = val, .pb = pb, .tm = tm, .stats = stats};
+                   .col = col, .val = val, .pb = pb, .tm = tm, .stats = stats,
+                   .scores = scores};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
@@ -221,27 +226,29 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &L));
         if (!want)
             continue;
-        nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
-        ARG_MEM(&a, pb);
-        ARG_MEM(&a, tm);
-        ARG_MEM(&a, stats);
-        ARG_MEM(&a, rsb);
-        ARG_MEM(&a, cub);
-        ARG_MEM(&a, rp);
-        ARG_MEM(&a, col);
-        ARG_INT(&a, m->rows);
-        ARG_INT(&a, H);
-        ARG_INT(&a, G);
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-        ARG_INT(&a, c->l_sel);
-        ARG_INT(&a, r0);
-        ARG_INT(&a, rows);
-        ARG_INT(&a, max_vis);
-        ARG_INT(&a, ntile);
-        ARG_INT(&a, tile);
-        ARG_MEM(&a, scores);
-        TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
+        if (!fused) {
+            nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
+            ARG_MEM(&a, pb);
+            ARG_MEM(&a, tm);
+            ARG_MEM(&a, stats);
+            ARG_MEM(&a, rsb);
+            ARG_MEM(&a, cub);
+            ARG_MEM(&a, rp);
+            ARG_MEM(&a, col);
+            ARG_INT(&a, m->rows);
+            ARG_INT(&a, H);
+            ARG_INT(&a, G);
+            ARG_INT(&a, c->l);
+            ARG_INT(&a, c->d);
+            ARG_INT(&a, c->l_sel);
+            ARG_INT(&a, r0);
+            ARG_INT(&a, rows);
+            ARG_INT(&a, max_vis);
+            ARG_INT(&a, ntile);
+            ARG_INT(&a, tile);
+            ARG_MEM(&a, scores);
+            TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
+        }
         nsa_clr_args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
         ARG_MEM(&t, scores);
         ARG_MEM(&t, rsb);
@@ -260,7 +267,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     /* selected branch (group-centric over the selected blocks), window */
     ga_launch S = {.mode = 0, .rows = (int)T, .q = q, .K = ks, .V = vs, .row_seq = rsb,
                    .cu = cub, .cmp_off = cob, .sel = sel, .out = os, .rp = rp, .col = col,
-                   .val = val, .pb = pb, .tm = tm, .stats = stats};
+                   .val = val, .pb = pb, .tm = tm, .stats = stats, .scores = scores};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
     ga_launch W = S;
     W.mode = 1;
@@ -368,7 +375,7 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     ga_launch L = {.mode = 1, .w = bt->max_len, .rows = (int)bt->T, .q = qb, .K = kb,
                    .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy, .sel = dummy,
                    .out = ob, .rp = dummy, .col = dummy, .val = dummy, .pb = dummy,
-                   .tm = dummy, .stats = dummy};
+                   .tm = dummy, .stats = dummy, .scores = dummy};
     TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:
