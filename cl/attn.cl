@@ -290,7 +290,8 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * dense causal attention); mode 2: the compressed tokens 0 .. n_cmp(t)-1 of
  * the row's sequence (spec 2), rows row0 + group / G. With want_z, mode 2
  * also keeps, per (row, group) slot of the chunk and head, the block sums
- * of the probabilities through M (CSR rowptr/col/val over nblk blocks) in
+ * of the probabilities through M (CSR rowptr/col/val over nblk blocks;
+ * bcnt[2x], bcnt[2x+1]: blocks with first, last column < x) in
  * pb, the running max after each key tile in tm and the final (max, sum)
  * in stats, for nsa_cmp_scores; no logit goes to global memory. want_z = 2
  * (hc = H/G: the group's heads all in the work-group) also writes the
@@ -310,7 +311,8 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                              __global const int *sel, int n, int lsel, int mode, int w, int l,
                              int d, int row0, int H, int G, int hc, int dk, int dv, float scale,
                              __global float *out, int want_z, __global const int *rowptr,
-                             __global const int *col, __global const int *val, int nblk,
+                             __global const int *col, __global const int *val,
+                             __global const int *bcnt, int nblk,
                              int max_vis, int ntile, __global float *pb, __global float *tm,
                              __global float *stats, __global float *scores, int tile,
                              __local float4 *qs,
@@ -370,9 +372,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     barrier(CLK_LOCAL_MEM_FENCE);
     const int nspan = mode == 0 ? n : 1;
     const int nsi = nhl * NSA_SK * (tile / (NSA_SK * NSA_RK)); /* logit items */
-    /* mode 2 with want_z: first block whose sum is not complete, and the
-     * blocks that can be visible */
-    int jb = 0;
+    /* mode 2 with want_z: the blocks that can be visible */
     const int jlim = min(nblk, t / lsel + 1);
     for (int sp = 0; sp < nspan; sp++) {
         int lo, hi;
@@ -559,15 +559,15 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             }
             if (want_z) {
                 /* blocks jb .. j1-1 have columns in this tile (columns of
-                 * a block are contiguous and ascending in j); a block begun
+                 * a block are contiguous and ascending in j, so bcnt's
+                 * counts of blocks with first column < x and last column
+                 * < x bound them); a block begun
                  * in the previous tile carries its sum, rescaled from that
                  * tile's running max to this one's. Item (j, head) is lane
                  * (j nh + head) % NSA_WG in every tile, so the carry is the
                  * lane's own earlier store. */
                 const int pe = p0 + cnt;
-                int j1 = jb;
-                while (j1 < jlim && rowptr[j1] < rowptr[j1 + 1] && col[rowptr[j1]] < pe)
-                    j1++;
+                const int jb = bcnt[2 * p0 + 1], j1 = min(bcnt[2 * pe], jlim);
                 const int i0 = jb * nh;
                 for (int it = i0 + (lid - i0 % NSA_WG + NSA_WG) % NSA_WG; it < j1 * nh;
                      it += NSA_WG) {
@@ -588,8 +588,6 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 }
                 for (int hh = lid; hh < nh; hh += NSA_WG)
                     tm[((size_t)slot * hpg + h0 + hh) * ntile + p0 / tile] = mn[hh];
-                while (jb < j1 && col[rowptr[jb + 1] - 1] < pe)
-                    jb++;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }

@@ -55,7 +55,7 @@ typedef struct ga_launch {
     /* mode 2 with want_z: the mapping M (CSR over nblk blocks), the
      * rows' block sums, per-tile running maxima and softmax statistics */
     int want_z, nblk, max_vis, ntile;
-    cl_mem rp, col, val, pb, tm, stats, scores;
+    cl_mem rp, col, val, bcnt, pb, tm, stats, scores;
 } ga_launch;
 
 static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
@@ -98,6 +98,7 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_MEM(&a, L->rp);
     ARG_MEM(&a, L->col);
     ARG_MEM(&a, L->val);
+    ARG_MEM(&a, L->bcnt);
     ARG_INT(&a, L->nblk);
     ARG_INT(&a, L->max_vis);
     ARG_INT(&a, L->ntile);
@@ -130,6 +131,29 @@ static size_t chunk_budget(const nsa_cl_state *st)
     return b;
 }
 
+/* For x = 0 .. max_nc: the rows of M whose first column is < x, and those
+ * whose last column is < x (empty rows count in neither). */
+static int32_t *block_counts(const nsa_csr *m, int max_nc)
+{
+    int32_t *b = calloc(2 * ((size_t)max_nc + 1), sizeof(int32_t));
+    if (!b)
+        return NULL;
+    for (int j = 0; j < m->rows; j++) {
+        if (m->rowptr[j] == m->rowptr[j + 1])
+            continue;
+        const int32_t f = m->col[m->rowptr[j]], l = m->col[m->rowptr[j + 1] - 1];
+        if (f < max_nc)
+            b[2 * (f + 1)]++; /* histogram at first x that counts it */
+        if (l < max_nc)
+            b[2 * (l + 1) + 1]++;
+    }
+    for (int x = 1; x <= max_nc; x++) {
+        b[2 * x] += b[2 * (x - 1)];
+        b[2 * x + 1] += b[2 * (x - 1) + 1];
+    }
+    return b;
+}
+
 nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
 {
     nsa_cl_state *st = ctx->be_state;
@@ -146,6 +170,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         return s;
     cl_kernel *K = st->kernel[kv];
     int32_t *rs = nsa_clr_row_seq(bt), *cmp_off = malloc(sizeof(int32_t) * ((size_t)bt->B + 1));
+    int32_t *bcnt = NULL;
     nsa_clr_bufs B = {st, ctx, 0, {0}};
     if (!rs || !cmp_off) {
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl attend");
@@ -154,7 +179,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     for (int b = 0; b <= bt->B; b++)
         cmp_off[b] = (int32_t)bt->cmp_off[b];
 
-    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val;
+    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val, bcb;
     cl_mem oc, os, ow, out, sel;
     const size_t tg = (size_t)T * G, th = (size_t)T * H;
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dk, job->q, &q));
@@ -179,6 +204,14 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)m->rows + 1), m->rowptr, &rp));
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->col, &col));
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->val, &val));
+    /* bcnt[2x], bcnt[2x+1], x <= max_nc: the blocks whose first, last
+     * column is < x (the blocks a key tile of the compressed branch meets) */
+    bcnt = block_counts(m, max_nc);
+    if (!bcnt) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl attend");
+        goto done;
+    }
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * 2 * ((size_t)max_nc + 1), bcnt, &bcb));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &oc));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &os));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &ow));
@@ -217,8 +250,8 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     ga_launch L = {.mode = 2, .q = q, .K = kc, .V = vc, .row_seq = rsb, .cu = cub,
                    .cmp_off = cob, .sel = sel, .out = oc, .want_z = want,
                    .nblk = m->rows, .max_vis = max_vis, .ntile = ntile, .rp = rp,
-                   .col = col, .val = val, .pb = pb, .tm = tm, .stats = stats,
-                   .scores = scores};
+                   .col = col, .val = val, .bcnt = bcb, .pb = pb, .tm = tm,
+                   .stats = stats, .scores = scores};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
@@ -267,7 +300,8 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     /* selected branch (group-centric over the selected blocks), window */
     ga_launch S = {.mode = 0, .rows = (int)T, .q = q, .K = ks, .V = vs, .row_seq = rsb,
                    .cu = cub, .cmp_off = cob, .sel = sel, .out = os, .rp = rp, .col = col,
-                   .val = val, .pb = pb, .tm = tm, .stats = stats, .scores = scores};
+                   .val = val, .bcnt = bcb, .pb = pb, .tm = tm, .stats = stats,
+                   .scores = scores};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
     ga_launch W = S;
     W.mode = 1;
@@ -301,6 +335,7 @@ done:
     nsa_clr_bufs_free(&B);
     free(rs);
     free(cmp_off);
+    free(bcnt);
     return s;
 }
 
@@ -374,7 +409,8 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     TRY(nsa_clr_buf_new(&B, 4, NULL, &dummy));
     ga_launch L = {.mode = 1, .w = bt->max_len, .rows = (int)bt->T, .q = qb, .K = kb,
                    .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy, .sel = dummy,
-                   .out = ob, .rp = dummy, .col = dummy, .val = dummy, .pb = dummy,
+                   .out = ob, .rp = dummy, .col = dummy, .val = dummy, .bcnt = dummy,
+                   .pb = dummy,
                    .tm = dummy, .stats = dummy, .scores = dummy};
     TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
