@@ -1,40 +1,51 @@
 /* Attention kernels (spec 2-5). Rows are packed tokens; row_seq[row] is the
  * row's sequence and cu[] the sequence offsets, so t = row - cu[seq]. */
 
-/* Group scores (spec 3, Eq. 9-10) of the chunk's rows, one work-item per
- * (row, group, block j): s[j] = sum_h p_slc(t,h)[j] with
- * p_slc(t,h)[j] = sum_i M[j][i] p_cmp(t,h)[i]. nsa_group_attn (mode 2) left,
- * per head, the block sums pb[j] = sum_i M[j][i] exp(z[i] - m_tau) taken
- * against the running max m_tau after the last key tile tau that holds a
- * column of j (tm), and the final softmax statistics (max, sum); so
- * p_slc[j] = pb[j] exp(m_tau - max) / sum, and no logit leaves the kernel.
- * Columns are ascending and contiguous per row of M (lib/blockmath.c). */
-/* Group score of block j for the heads hs .. hs+hpg-1 of the scratch
- * (slot * hpg), from their block sums, tile maxima and statistics. */
-static float group_score(__global const float *pb, __global const float *tm,
-                         __global const float *stats, __global const int *rowptr,
-                         __global const int *col, int nblk, size_t hs, int hpg, int j, int nc,
-                         int max_vis, int ntile, int tile)
+/* Group scores (spec 3, Eq. 9-10). M is translation invariant (both
+ * mappings): M[j][i] = mw[i - (mr j + moff)] for 0 <= i - (mr j + moff) <
+ * mspan (the host checks its CSR against this). nsa_group_attn (mode 2)
+ * left, per head and block j, one partial sum per key tile tau that meets
+ * the block's columns, pb[j][tau - tau0(j)] = sum_i M[j][i] exp(z[i] - m_tau)
+ * over the tile's columns, against the running max m_tau after tile tau
+ * (kept in tm), and the final softmax statistics (max, sum); so
+ * p_slc[j] = sum_tau pb[j][.] exp(m_tau - max) / sum, and no logit leaves
+ * the kernel. Scores of the heads hs .. hs+hpg-1 of the scratch. */
+/* a / b rounded down (b > 0) */
+static int floor_div(int a, int b)
 {
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+static float group_score(__global const float *pb, __global const float *tm,
+                         __global const float *stats, int mr, int moff, int mspan, int nblk,
+                         size_t hs, int hpg, int j, int nc, int max_vis, int ntile, int nt,
+                         int tile)
+{
+    const int c0 = mr * j + moff, f = max(c0, 0), e = min(c0 + mspan - 1, nc - 1);
     float s = 0.0f;
     /* no compressed token of block j yet: the score is exactly 0 */
-    if (j < nblk && rowptr[j] < rowptr[j + 1] && col[rowptr[j]] < nc) {
-        const int tau = min(col[rowptr[j + 1] - 1], nc - 1) / tile;
-        for (int hh = 0; hh < hpg; hh++) {
-            const size_t at = hs + hh;
-            s += pb[at * max_vis + j] * exp(tm[at * ntile + tau] - stats[2 * at]) /
-                 stats[2 * at + 1];
-        }
+    if (j >= nblk || f > e)
+        return s;
+    const int t0 = f / tile, t1 = e / tile;
+    for (int hh = 0; hh < hpg; hh++) {
+        const size_t at = hs + hh;
+        __global const float *pr = pb + (at * max_vis + j) * nt - t0;
+        const float m = stats[2 * at];
+        float a = 0.0f;
+        for (int tau = t0; tau <= t1; tau++)
+            a += pr[tau] * exp(tm[at * ntile + tau] - m);
+        s += a / stats[2 * at + 1];
     }
     return s;
 }
 
+/* The scores when the heads of a group are split over work-groups: one
+ * work-item per (row, group, block j) of the chunk. */
 __kernel void nsa_cmp_scores(__global const float *pb, __global const float *tm,
                              __global const float *stats, __global const int *row_seq,
-                             __global const int *cu, __global const int *rowptr,
-                             __global const int *col, int nblk, int H, int G, int l, int d,
-                             int lsel, int row0, int rows, int max_vis, int ntile, int tile,
-                             __global float *scores)
+                             __global const int *cu, int mr, int moff, int mspan, int nblk,
+                             int H, int G, int l, int d, int lsel, int row0, int rows,
+                             int max_vis, int ntile, int nt, int tile, __global float *scores)
 {
     const size_t gid = get_global_id(0);
     if (gid >= (size_t)rows * G * max_vis)
@@ -44,8 +55,8 @@ __kernel void nsa_cmp_scores(__global const float *pb, __global const float *tm,
     const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
     if (j > t / lsel)
         return; /* not visible: never read by top-n */
-    scores[gid] = group_score(pb, tm, stats, rowptr, col, nblk, (size_t)slot * hpg, hpg, j, nc,
-                              max_vis, ntile, tile);
+    scores[gid] = group_score(pb, tm, stats, mr, moff, mspan, nblk, (size_t)slot * hpg, hpg, j,
+                              nc, max_vis, ntile, nt, tile);
 }
 
 /* Work-group top-n (spec 3, Eq. 11): one work-group of NSA_WG lanes per
@@ -290,33 +301,31 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
  * dense causal attention); mode 2: the compressed tokens 0 .. n_cmp(t)-1 of
  * the row's sequence (spec 2), rows row0 + group / G. With want_z, mode 2
  * also keeps, per (row, group) slot of the chunk and head, the block sums
- * of the probabilities through M (CSR rowptr/col/val over nblk blocks;
- * bcnt[2x], bcnt[2x+1]: blocks with first, last column < x) in
- * pb, the running max after each key tile in tm and the final (max, sum)
- * in stats, for nsa_cmp_scores; no logit goes to global memory. want_z = 2
- * (hc = H/G: the group's heads all in the work-group) also writes the
- * group scores themselves, as nsa_cmp_scores would. When the
- * queries of
- * all H/G heads do not fit local memory, hc < H/G heads share a work-group
- * and the group's heads take ceil((H/G) / hc) work-groups.
+ * of the probabilities through M (translation invariant: weights mw at
+ * columns mr j + moff + 0 .. mspan-1 of block j, see nsa_cmp_scores), one
+ * per key tile (nt slots a block) in pb, the running max after each key
+ * tile in tm and the final (max, sum) in stats; no logit goes to global
+ * memory. want_z = 2 (hc = H/G: the group's heads all in the work-group)
+ * also writes the group scores themselves, as nsa_cmp_scores would. When
+ * the queries of all H/G heads do not fit local memory, hc < H/G heads
+ * share a work-group and the group's heads take ceil((H/G) / hc)
+ * work-groups.
  * Local memory (float4 units; dk4 = ceil(dk/4), dv4 = ceil(dv/4)):
  *   qs  nhp x (dk4 + 1)        queries, zero padded (odd float4 stride)
  *   kv  tile x max(dk4 + 1, dv4) the key tile, then the value tile
  *   ps  nhp x (tile/4 + 1)     logits, then probabilities
  *   red 2 nhp NSA_NP + 2 nhp floats: partial maxima, running partial sums,
  *       the running max before and after the tile */
-__kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
-                             __global const kv_t *V, __global const int *row_seq,
-                             __global const int *cu, __global const int *cmp_off,
-                             __global const int *sel, int n, int lsel, int mode, int w, int l,
-                             int d, int row0, int H, int G, int hc, int dk, int dv, float scale,
-                             __global float *out, int want_z, __global const int *rowptr,
-                             __global const int *col, __global const int *val,
-                             __global const int *bcnt, int nblk,
-                             int max_vis, int ntile, __global float *pb, __global float *tm,
-                             __global float *stats, __global float *scores, int tile,
-                             __local float4 *qs,
-                             __local float4 *kv, __local float4 *ps4, __local float *red)
+static inline void group_attn(__global const float *q, __global const kv_t *K,
+                       __global const kv_t *V, __global const int *row_seq,
+                       __global const int *cu, __global const int *cmp_off,
+                       __global const int *sel, int n, int lsel, int mode, int w, int l, int d,
+                       int row0, int H, int G, int hc, int dk, int dv, float scale,
+                       __global float *out, int want_z, __constant int *mw, int mr, int moff,
+                       int mspan, int nblk, int max_vis, int ntile, int nt,
+                       __global float *pb, __global float *tm, __global float *stats,
+                       __global float *scores, int tile, __local float4 *qs,
+                       __local float4 *kv, __local float4 *ps4, __local float *red)
 {
     const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
     const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
@@ -558,33 +567,22 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                         acc[ix][i][x] = a[i][x];
             }
             if (want_z) {
-                /* blocks jb .. j1-1 have columns in this tile (columns of
-                 * a block are contiguous and ascending in j, so bcnt's
-                 * counts of blocks with first column < x and last column
-                 * < x bound them); a block begun
-                 * in the previous tile carries its sum, rescaled from that
-                 * tile's running max to this one's. Item (j, head) is lane
-                 * (j nh + head) % NSA_WG in every tile, so the carry is the
-                 * lane's own earlier store. */
+                /* blocks jb .. j1-1 have columns in this tile: their
+                 * partial sums against this tile's running max, one slot
+                 * per tile of the block (stores only: no carry between
+                 * tiles, so no load waits here) */
                 const int pe = p0 + cnt;
-                const int jb = bcnt[2 * p0 + 1], j1 = min(bcnt[2 * pe], jlim);
-                const int i0 = jb * nh;
-                for (int it = i0 + (lid - i0 % NSA_WG + NSA_WG) % NSA_WG; it < j1 * nh;
-                     it += NSA_WG) {
-                    const int j = it / nh, hh = it % nh, k0 = rowptr[j], k1 = rowptr[j + 1];
+                const int jb = max(0, -floor_div(moff + mspan - 1 - p0, mr));
+                const int j1 = min(jlim, floor_div(pe - 1 - moff, mr) + 1);
+                for (int it = jb * nh + lid; it < j1 * nh; it += NSA_WG) {
+                    const int j = it / nh, hh = it % nh, c0 = mr * j + moff;
                     __local const float *pr = ps + hh * tp4 * 4;
+                    const int k0 = max(p0, c0) - c0, k1 = min(pe, c0 + mspan) - c0;
                     float a = 0.0f;
-                    for (int k = k0; k < k1; k++) {
-                        const int c = col[k];
-                        if (c >= p0 && c < pe)
-                            a += (float)val[k] * pr[c - p0];
-                    }
-                    __global float *dst = pb + ((size_t)slot * hpg + h0 + hh) * max_vis + j;
-                    if (col[k0] < p0) {
-                        const float m1 = mn[hh];
-                        a += *dst * (m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1));
-                    }
-                    *dst = a;
+                    for (int k = k0; k < k1; k++)
+                        a += (float)mw[k] * pr[c0 + k - p0];
+                    pb[(((size_t)slot * hpg + h0 + hh) * max_vis + j) * nt + p0 / tile -
+                       max(c0, 0) / tile] = a;
                 }
                 for (int hh = lid; hh < nh; hh += NSA_WG)
                     tm[((size_t)slot * hpg + h0 + hh) * ntile + p0 / tile] = mn[hh];
@@ -608,8 +606,8 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     if (want_z == 2) /* all heads of the group here: their group scores */
         for (int j = lid; j < t / lsel + 1; j += NSA_WG)
             scores[(size_t)slot * max_vis + j] =
-                group_score(pb, tm, stats, rowptr, col, nblk, (size_t)slot * hpg, hpg, j,
-                            t + 1 >= l ? (t + 1 - l) / d + 1 : 0, max_vis, ntile, tile);
+                group_score(pb, tm, stats, mr, moff, mspan, nblk, (size_t)slot * hpg, hpg, j,
+                            t + 1 >= l ? (t + 1 - l) / d + 1 : 0, max_vis, ntile, nt, tile);
     for (int ix = 0; ix < NSA_PVI; ix++) {
         const int it = lid + ix * NSA_WG;
         const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
@@ -633,6 +631,42 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                     dst[3] = o.w;
             }
     }
+}
+
+/* The selected and sliding branches and the dense baseline (modes 0, 1):
+ * the body without the compressed branch's block sums (want_z = 0 folds
+ * them away, so they cost these modes no registers). */
+__kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
+                             __global const kv_t *V, __global const int *row_seq,
+                             __global const int *cu, __global const int *cmp_off,
+                             __global const int *sel, int n, int lsel, int mode, int w, int l, int d,
+                             int row0, int H, int G, int hc, int dk, int dv, float scale,
+                             __global float *out, int want_z, __constant int *mw, int mr, int moff,
+                             int mspan, int nblk, int max_vis, int ntile, int nt,
+                             __global float *pb, __global float *tm, __global float *stats,
+                             __global float *scores, int tile, __local float4 *qs,
+                             __local float4 *kv, __local float4 *ps4, __local float *red)
+{
+    group_attn(q, K, V, row_seq, cu, cmp_off, sel, n, lsel, mode, w, l, d, row0, H, G, hc, dk, dv,
+               scale, out, 0, mw, mr, moff, mspan, nblk, max_vis, ntile, nt, pb, tm, stats,
+               scores, tile, qs, kv, ps4, red);
+}
+
+/* The compressed branch (mode 2) with its block sums and scores. */
+__kernel void nsa_group_attn_cmp(__global const float *q, __global const kv_t *K,
+                             __global const kv_t *V, __global const int *row_seq,
+                             __global const int *cu, __global const int *cmp_off,
+                             __global const int *sel, int n, int lsel, int mode, int w, int l, int d,
+                             int row0, int H, int G, int hc, int dk, int dv, float scale,
+                             __global float *out, int want_z, __constant int *mw, int mr, int moff,
+                             int mspan, int nblk, int max_vis, int ntile, int nt,
+                             __global float *pb, __global float *tm, __global float *stats,
+                             __global float *scores, int tile, __local float4 *qs,
+                             __local float4 *kv, __local float4 *ps4, __local float *red)
+{
+    group_attn(q, K, V, row_seq, cu, cmp_off, sel, n, lsel, mode, w, l, d, row0, H, G, hc, dk, dv,
+               scale, out, want_z, mw, mr, moff, mspan, nblk, max_vis, ntile, nt, pb, tm, stats,
+               scores, tile, qs, kv, ps4, red);
 }
 
 /* Gated output (spec 5): out = g_cmp o_cmp + g_slc o_slc + g_win o_win. */
