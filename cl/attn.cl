@@ -602,7 +602,10 @@ static inline void group_attn(__global const float *q, __global const kv_t *K,
         }
     }
     /* (global: the block sums and statistics of other lanes, below) */
-    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    if (want_z)
+        barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    else
+        barrier(CLK_LOCAL_MEM_FENCE);
     if (want_z == 2) /* all heads of the group here: their group scores */
         for (int j = lid; j < t / lsel + 1; j += NSA_WG)
             scores[(size_t)slot * max_vis + j] =
