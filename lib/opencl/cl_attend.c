@@ -48,22 +48,12 @@ static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, 
     }
 }
 
-/* The mapping M in translation-invariant form (map_shape_of). */
-typedef struct map_shape {
-    int r, off, span;
-    int32_t *w; /* [span] */
-} map_shape;
-
-/* One launch of nsa_group_attn (modes 0, 1) or nsa_group_attn_cmp (mode 2)
- * over rows row0 .. row0 + rows - 1. */
+/* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
 typedef struct ga_launch {
     int mode, w, row0, rows;
     cl_mem q, K, V, row_seq, cu, cmp_off, sel, out;
-    /* mode 2 with want_z: the mapping M (map_shape), the rows' block sums,
-     * per-tile running maxima, softmax statistics and scores */
-    int want_z, nblk, max_vis, ntile, nt;
-    const map_shape *ms;
-    cl_mem mw, pb, tm, stats, scores;
+    int want_z, max_nc;
+    cl_mem zs, stats; /* mode 2 with want_z */
 } ga_launch;
 
 static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
@@ -102,19 +92,10 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
     ARG_INT(&a, c->dv);
     ARG_FLT(&a, scale);
     ARG_MEM(&a, L->out);
-    ARG_INT(&a, L->want_z && parts == 1 ? 2 : L->want_z); /* 2: scores fused */
-    ARG_MEM(&a, L->mw);
-    ARG_INT(&a, L->ms ? L->ms->r : 1);
-    ARG_INT(&a, L->ms ? L->ms->off : 0);
-    ARG_INT(&a, L->ms ? L->ms->span : 0);
-    ARG_INT(&a, L->nblk);
-    ARG_INT(&a, L->max_vis);
-    ARG_INT(&a, L->ntile);
-    ARG_INT(&a, L->nt);
-    ARG_MEM(&a, L->pb);
-    ARG_MEM(&a, L->tm);
+    ARG_INT(&a, L->want_z);
+    ARG_INT(&a, L->max_nc);
+    ARG_MEM(&a, L->zs);
     ARG_MEM(&a, L->stats);
-    ARG_MEM(&a, L->scores);
     ARG_INT(&a, tile);
     for (int i = 0; i < 4; i++)
         nsa_clr_arg(&a, f[i], NULL);
@@ -124,74 +105,19 @@ static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, 
                           B->st->wg);
 }
 
-/* Scratch budget of one chunk of the compressed branch (block sums and
- * scores of the rows in flight), which keeps memory linear in T: 1/16 of
- * the device's memory, within [64 MiB, 4 GiB] and the largest allocation
- * (few chunks: every launch ends in a partly idle wave). */
+/* Scratch budget of one chunk of the compressed branch (logits and scores
+ * of the rows in flight), which keeps memory linear in T: 1/16 of the
+ * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
 static size_t chunk_budget(const nsa_cl_state *st)
 {
     size_t b = (size_t)(st->global_mem / 16);
-    if (b > ((size_t)4 << 30))
-        b = (size_t)4 << 30;
+    if (b > ((size_t)1 << 30))
+        b = (size_t)1 << 30;
     if (b < ((size_t)64 << 20))
         b = (size_t)64 << 20;
     if (st->max_alloc && b > st->max_alloc)
         b = (size_t)st->max_alloc;
     return b;
-}
-
-/* M as the kernels use it: M[j][i] = w[i - (r j + off)] for
- * 0 <= i - (r j + off) < span, r = l'/d (both mappings are translation
- * invariant). Derived from the CSR and checked entry by entry against it
- * (rows end early only where columns run out); NSA_ERR_NOMEM, or
- * NSA_ERR_UNSUPPORTED if the CSR has another form. */
-static nsa_status map_shape_of(const nsa_csr *m, int r, map_shape *ms)
-{
-    memset(ms, 0, sizeof *ms);
-    ms->r = r;
-    long lo = 0, hi = -1;
-    for (int j = 0; j < m->rows; j++)
-        for (int k = m->rowptr[j]; k < m->rowptr[j + 1]; k++) {
-            const long o = (long)m->col[k] - (long)r * j;
-            if (hi < lo || o < lo)
-                lo = o;
-            if (hi < lo || o > hi)
-                hi = o;
-        }
-    if (hi < lo) /* no entry: no compressed token in reach */
-        return NSA_OK;
-    if (hi - lo >= INT_MAX / 2 || lo < INT_MIN / 2)
-        return NSA_ERR_UNSUPPORTED;
-    ms->off = (int)lo;
-    ms->span = (int)(hi - lo + 1);
-    ms->w = malloc(sizeof(int32_t) * (size_t)ms->span);
-    if (!ms->w)
-        return NSA_ERR_NOMEM;
-    for (int x = 0; x < ms->span; x++)
-        ms->w[x] = -1; /* not seen yet */
-    for (int j = 0; j < m->rows; j++) {
-        const long c0 = (long)r * j + ms->off;
-        int k = m->rowptr[j];
-        const int k1 = m->rowptr[j + 1];
-        for (int x = 0; x < ms->span && k < k1; x++) {
-            const long c = c0 + x;
-            int v = 0;
-            if (c < 0)
-                continue;
-            if (m->col[k] == c)
-                v = m->val[k++];
-            if (ms->w[x] == -1)
-                ms->w[x] = v;
-            else if (ms->w[x] != v)
-                return NSA_ERR_UNSUPPORTED;
-        }
-        if (k != k1)
-            return NSA_ERR_UNSUPPORTED;
-    }
-    for (int x = 0; x < ms->span; x++)
-        if (ms->w[x] == -1)
-            ms->w[x] = 0;
-    return NSA_OK;
 }
 
 nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
@@ -210,7 +136,6 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         return s;
     cl_kernel *K = st->kernel[kv];
     int32_t *rs = nsa_clr_row_seq(bt), *cmp_off = malloc(sizeof(int32_t) * ((size_t)bt->B + 1));
-    map_shape ms = {1, 0, 0, NULL};
     nsa_clr_bufs B = {st, ctx, 0, {0}};
     if (!rs || !cmp_off) {
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl attend");
@@ -219,7 +144,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     for (int b = 0; b <= bt->B; b++)
         cmp_off[b] = (int32_t)bt->cmp_off[b];
 
-    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, mw;
+    cl_mem q, kc, vc, ks, vs, kw, vw, gates, rsb, cub, cob, rp, col, val;
     cl_mem oc, os, ow, out, sel;
     const size_t tg = (size_t)T * G, th = (size_t)T * H;
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dk, job->q, &q));
@@ -241,14 +166,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), cmp_off, &cob));
     const nsa_csr *m = job->map;
-    if ((s = map_shape_of(m, c->l_sel / c->d, &ms)) != NSA_OK) {
-        s = nsa_fail(ctx, s,
-                     s == NSA_ERR_NOMEM ? "out of memory in opencl attend"
-                                        : "opencl: the mapping M is not of the form "
-                                          "M[j][i] = w[i - l'/d j - off] the kernels use");
-        goto done;
-    }
-    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)(ms.span > 0 ? ms.span : 1), ms.w, &mw));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)m->rows + 1), m->rowptr, &rp));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->col, &col));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)m->rowptr[m->rows], m->val, &val));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &oc));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &os));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * dv, NULL, &ow));
@@ -256,19 +176,10 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * tg * n, job->sel_in, &sel));
 
     /* compressed branch and (without sel_in) scores and top-n, in chunks
-     * of rows: block sums and statistics of the rows in flight only */
+     * of rows: logits and statistics of the rows in flight only */
     const int hpg = H / G;
-    size_t f[4];
-    int tile = 1;
-    /* the key tile of the launches below; all heads of a group in one
-     * work-group: the group scores come from the compressed branch */
-    const int fused = heads_per_wg(st, c, &tile, f) == hpg;
-    const int ntile = max_nc > 0 ? (max_nc + tile - 1) / tile : 1;
-    /* key tiles a block's span of columns can meet: its sums per tile */
-    const int nt = ms.span > 1 ? (ms.span + tile - 2) / tile + 1 : 1;
-    const size_t per_row =
-        sizeof(float) * (size_t)G *
-        ((size_t)hpg * ((size_t)max_vis * nt + (size_t)ntile + 2) + (size_t)max_vis);
+    const size_t per_row = sizeof(float) * (size_t)G *
+                           ((size_t)hpg * (size_t)max_nc + 2 * (size_t)hpg + (size_t)max_vis);
     int64_t chunk = (int64_t)(chunk_budget(st) / per_row);
     if (chunk < 1)
         chunk = 1;
@@ -277,52 +188,40 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     if (chunk > T)
         chunk = T;
     const int want = job->sel_in == NULL;
-    cl_mem pb, tm, stats, scores;
-    TRY(nsa_clr_buf_new(
-        &B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_vis * nt : 4, NULL, &pb));
-    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)ntile : 4,
-                        NULL, &tm));
+    cl_mem zs, stats, scores;
+    TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_nc : 4,
+                        NULL, &zs));
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * 2 : 4, NULL,
                         &stats));
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * (size_t)max_vis : 4,
                         NULL, &scores));
-    ga_launch L = {.mode = 2, .q = q, .K = kc, .V = vc, .row_seq = rsb, .cu = cub,
-                   .cmp_off = cob, .sel = sel, .out = oc, .want_z = want,
-                   .nblk = m->rows, .max_vis = max_vis, .ntile = ntile, .nt = nt,
-                   .ms = &ms, .mw = mw, .pb = pb, .tm = tm, .stats = stats,
-                   .scores = scores};
+    ga_launch L = {2, 0, 0, 0, q, kc, vc, rsb, cub, cob, sel, oc, want, max_nc, zs, stats};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
         L.rows = rows;
-        TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN_CMP], c, job->scale, &L));
+        TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &L));
         if (!want)
             continue;
-        if (!fused) {
-            nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
-            ARG_MEM(&a, pb);
-            ARG_MEM(&a, tm);
-            ARG_MEM(&a, stats);
-            ARG_MEM(&a, rsb);
-            ARG_MEM(&a, cub);
-            ARG_INT(&a, ms.r);
-            ARG_INT(&a, ms.off);
-            ARG_INT(&a, ms.span);
-            ARG_INT(&a, m->rows);
-            ARG_INT(&a, H);
-            ARG_INT(&a, G);
-            ARG_INT(&a, c->l);
-            ARG_INT(&a, c->d);
-            ARG_INT(&a, c->l_sel);
-            ARG_INT(&a, r0);
-            ARG_INT(&a, rows);
-            ARG_INT(&a, max_vis);
-            ARG_INT(&a, ntile);
-            ARG_INT(&a, nt);
-            ARG_INT(&a, tile);
-            ARG_MEM(&a, scores);
-            TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
-        }
+        nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
+        ARG_MEM(&a, zs);
+        ARG_MEM(&a, stats);
+        ARG_MEM(&a, rsb);
+        ARG_MEM(&a, cub);
+        ARG_MEM(&a, rp);
+        ARG_MEM(&a, col);
+        ARG_MEM(&a, val);
+        ARG_INT(&a, H);
+        ARG_INT(&a, G);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+        ARG_INT(&a, c->l_sel);
+        ARG_INT(&a, r0);
+        ARG_INT(&a, rows);
+        ARG_INT(&a, max_nc);
+        ARG_INT(&a, max_vis);
+        ARG_MEM(&a, scores);
+        TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
         nsa_clr_args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
         ARG_MEM(&t, scores);
         ARG_MEM(&t, rsb);
@@ -339,16 +238,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G * wg, wg));
     }
     /* selected branch (group-centric over the selected blocks), window */
-    ga_launch S = {.mode = 0, .rows = (int)T, .q = q, .K = ks, .V = vs, .row_seq = rsb,
-                   .cu = cub, .cmp_off = cob, .sel = sel, .out = os, .mw = mw, .pb = pb,
-                   .tm = tm, .stats = stats, .scores = scores};
+    ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
-    ga_launch W = S;
-    W.mode = 1;
-    W.w = c->w;
-    W.K = kw;
-    W.V = vw;
-    W.out = ow;
+    ga_launch W = {1, c->w, 0, (int)T, q, kw, vw, rsb, cub, cob, sel, ow, 0, 0, zs, stats};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
     {
         nsa_clr_args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
@@ -375,7 +267,6 @@ done:
     nsa_clr_bufs_free(&B);
     free(rs);
     free(cmp_off);
-    free(ms.w);
     return s;
 }
 
@@ -447,10 +338,8 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
     TRY(nsa_clr_buf_new(&B, 4, NULL, &dummy));
-    ga_launch L = {.mode = 1, .w = bt->max_len, .rows = (int)bt->T, .q = qb, .K = kb,
-                   .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy, .sel = dummy,
-                   .out = ob, .mw = dummy, .pb = dummy,
-                   .tm = dummy, .stats = dummy, .scores = dummy};
+    ga_launch L = {1,   bt->max_len, 0,     (int)bt->T, qb, kb, vb,    rsb,
+                   cub, dummy,       dummy, ob,         0,  0,  dummy, dummy};
     TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:

@@ -12,8 +12,8 @@
 #include <string.h>
 
 static const char *const kernel_names[NSA_CLK_COUNT] = {
-    "nsa_phi_avg",        "nsa_phi_lin", "nsa_phi_out", "nsa_cmp_scores", "nsa_topn",
-    "nsa_group_attn",     "nsa_group_attn_cmp",         "nsa_gate",       "nsa_linear"};
+    "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
+    "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear"};
 
 static int cl_probe(char *why, size_t len)
 {
