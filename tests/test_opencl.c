@@ -554,7 +554,9 @@ static void test_topn_ties_exact(void **st)
 
 /* Long rows (many blocks per lane of the work-group kernel) at the
  * paper's n = 16 with 1 + 2 forced, every tie pattern; then more picks
- * than lanes (n = 150), the serial path of the kernel. */
+ * than lanes (n = 150): no threshold, every candidate ranked, and on
+ * 64-lane devices (CPU runtimes) rows too long for the local list, the
+ * kernel's serial path. */
 static void test_topn_long_rows(void **st)
 {
     (void)st;
