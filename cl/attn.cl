@@ -36,64 +36,204 @@ __kernel void nsa_cmp_scores(__global const float *zs, __global const float *sta
     scores[gid] = s;
 }
 
-/* Top-n (spec 3, Eq. 11), one work-item per (row, group) of the chunk:
- * forced blocks, then picks in the order (score descending, j ascending),
- * written sorted ascending and padded with -1. The k-th pick is the best
- * block after the previous pick in that order, so no per-block flags. */
+/* Work-group top-n (spec 3, Eq. 11): one work-group of NSA_WG lanes per
+ * (row, group). Picks go to the largest scores, ties to the smaller j, as
+ * an order on (key, j) with key an order-preserving integer image of the
+ * score (+0 and -0 equal; NaN a valid lowest key). The m-th largest of
+ * the lanes' maxima, thr, is at most the m-th largest score, so the picks
+ * are among the keys >= thr; keys > thr lie in at most m-1 lanes, at most
+ * (m-1) * ceil(vis / NSA_WG) of them, ranked exactly in local memory; the
+ * rest of the m picks are the keys == thr of smallest j (a scan in j
+ * order). Rows whose candidates do not fit the local list (m > NSA_WG,
+ * very long rows) run the serial rule, topn_serial. */
+#define NSA_TOPN_CAP (4 * NSA_WG)
+
+static uint topn_key(float x)
+{
+    if (isnan(x))
+        return 1u; /* below every number; 0 = no candidate */
+    const uint u = x == 0.0f ? 0u : as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* forced blocks (spec 3): 0 .. n_init-1 and the n_local last visible */
+static int topn_forced(int j, int vis, int n_init, int n_local)
+{
+    return j < n_init || j >= vis - n_local;
+}
+
+/* The rule one pick at a time: the k-th pick is the best block after the
+ * previous pick in the order (key descending, j ascending). */
+static void topn_serial(__global const float *s, int vis, int n, int n_init, int n_local,
+                        __global int *out)
+{
+    int k = 0;
+    for (int j = 0; j < vis; j++)
+        if (topn_forced(j, vis, n_init, n_local))
+            out[k++] = j;
+    uint last_k = 0;
+    int last_j = -1;
+    while (k < n) {
+        int best = -1;
+        uint bk = 0;
+        for (int j = 0; j < vis; j++) {
+            if (topn_forced(j, vis, n_init, n_local))
+                continue;
+            const uint kj = topn_key(s[j]);
+            if (last_j >= 0 && !(kj < last_k || (kj == last_k && j > last_j)))
+                continue;
+            if (best < 0 || kj > bk) {
+                best = j;
+                bk = kj;
+            }
+        }
+        if (best < 0)
+            break;
+        out[k++] = best;
+        last_k = bk;
+        last_j = best;
+    }
+    for (int a = 1; a < k; a++) { /* ascending */
+        const int v = out[a];
+        int b = a - 1;
+        while (b >= 0 && out[b] > v) {
+            out[b + 1] = out[b];
+            b--;
+        }
+        out[b + 1] = v;
+    }
+}
+
 __kernel void nsa_topn(__global const float *scores, __global const int *row_seq,
                        __global const int *cu, int G, int lsel, int n, int n_init, int n_local,
                        int row0, int rows, int max_vis, __global int *sel)
 {
-    const int gid = get_global_id(0);
+    __local uint lmax[NSA_WG], ck[NSA_TOPN_CAP];
+    __local int cj[NSA_TOPN_CAP], pick[NSA_TOPN_CAP], scan[2][NSA_WG];
+    __local uint thr;
+    __local int ns, ne, base;
+    const int lid = get_local_id(0), gid = get_group_id(0);
     if (gid >= rows * G)
-        return;
+        return; /* uniform: the whole work-group */
     const int row = row0 + gid / G, g = gid % G;
     const int t = row - cu[row_seq[row]], vis = t / lsel + 1;
     __global const float *s = scores + (size_t)gid * max_vis;
     __global int *out = sel + ((size_t)row * G + g) * n;
-    int k = 0;
-    if (vis <= n) {
-        for (int j = 0; j < vis; j++)
-            out[k++] = j;
-    } else {
-        for (int j = 0; j < vis; j++)
-            if (j < n_init || j >= vis - n_local)
-                out[k++] = j;
-        float last_s = 0.0f;
-        int last_j = -1;
-        while (k < n) {
-            int best = -1;
-            float bs = 0.0f;
-            for (int j = 0; j < vis; j++) {
-                if (j < n_init || j >= vis - n_local)
-                    continue;
-                const float sj = s[j];
-                if (last_j >= 0 && !(sj < last_s || (sj == last_s && j > last_j)))
-                    continue;
-                if (best < 0 || sj > bs) {
-                    best = j;
-                    bs = sj;
-                }
+    if (vis <= n) { /* every visible block, then -1 */
+        for (int k = lid; k < n; k += NSA_WG)
+            out[k] = k < vis ? k : -1;
+        return;
+    }
+    /* vis > n >= n_init + n_local: the forced blocks are 0 .. n_init-1 and
+     * lo_loc .. vis-1, m picks between them, n entries and no padding */
+    const int lo_loc = max(n_init, vis - n_local), m = n - n_init - (vis - lo_loc);
+    if (m <= 0) {
+        for (int k = lid; k < n; k += NSA_WG)
+            out[k] = k < n_init ? k : lo_loc + k - n_init;
+        return;
+    }
+    if (lid == 0) {
+        thr = 0u;
+        ns = 0;
+        ne = 0;
+    }
+    uint mx = 0u; /* the lane's largest candidate key */
+    for (int j = n_init + lid; j < lo_loc; j += NSA_WG)
+        mx = max(mx, topn_key(s[j]));
+    lmax[lid] = mx;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (mx > 0u) {
+        int ge = 0;
+        for (int i = 0; i < NSA_WG; i++)
+            ge += lmax[i] >= mx;
+        if (ge >= m)
+            atomic_max(&thr, mx);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* thr = 0 only when fewer than m lanes hold candidates (m > NSA_WG):
+     * every candidate is then above it */
+    const uint th = thr;
+    for (int j = n_init + lid; j < lo_loc; j += NSA_WG) {
+        const uint kj = topn_key(s[j]);
+        if (kj > th) {
+            const int at = atomic_inc(&ns);
+            if (at < NSA_TOPN_CAP) {
+                ck[at] = kj;
+                cj[at] = j;
             }
-            if (best < 0)
-                break;
-            out[k++] = best;
-            last_s = bs;
-            last_j = best;
-        }
-        /* insertion sort of the k picks */
-        for (int a = 1; a < k; a++) {
-            const int v = out[a];
-            int b = a - 1;
-            while (b >= 0 && out[b] > v) {
-                out[b + 1] = out[b];
-                b--;
-            }
-            out[b + 1] = v;
+        } else if (kj == th) {
+            atomic_inc(&ne);
         }
     }
-    for (; k < n; k++)
-        out[k] = -1;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int cs = ns, eq = ne;
+    if (cs > NSA_TOPN_CAP || m > NSA_TOPN_CAP) {
+        if (lid == 0)
+            topn_serial(s, vis, n, n_init, n_local, out);
+        return;
+    }
+    /* rank of each key above thr among them; the first m are picks */
+    for (int c = lid; c < cs; c += NSA_WG) {
+        const uint kc = ck[c];
+        const int jc = cj[c];
+        int r = 0;
+        for (int x = 0; x < cs; x++)
+            r += ck[x] > kc || (ck[x] == kc && cj[x] < jc);
+        if (r < m)
+            pick[r] = jc;
+    }
+    const int got = min(cs, m);
+    if (got < m && eq == m - got) {
+        /* every key equal to thr is a pick (the usual case: one) */
+        if (lid == 0)
+            base = 0;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int j = n_init + lid; j < lo_loc; j += NSA_WG)
+            if (topn_key(s[j]) == th)
+                pick[got + atomic_inc(&base)] = j;
+    } else if (got < m) {
+        /* the m - got keys equal to thr of smallest j: a scan per chunk of
+         * NSA_WG blocks in j order */
+        if (lid == 0)
+            base = 0;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int j0 = n_init; j0 < lo_loc; j0 += NSA_WG) {
+            const int j = j0 + lid;
+            const int f = j < lo_loc && topn_key(s[j]) == th;
+            int cur = 0;
+            scan[0][lid] = f;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int off = 1; off < NSA_WG; off *= 2) {
+                const int v = scan[cur][lid] + (lid >= off ? scan[cur][lid - off] : 0);
+                scan[1 - cur][lid] = v;
+                cur = 1 - cur;
+                barrier(CLK_LOCAL_MEM_FENCE);
+            }
+            const int b = base, before = b + scan[cur][lid] - f;
+            if (f && before < m - got)
+                pick[got + before] = j;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (lid == 0)
+                base = b + scan[cur][NSA_WG - 1];
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (base >= m - got)
+                break;
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* the m picks ascending between the forced blocks (written only here:
+     * topn_serial alone writes the rows it takes) */
+    for (int k = lid; k < n_init; k += NSA_WG)
+        out[k] = k;
+    for (int k = lid; k < vis - lo_loc; k += NSA_WG)
+        out[n_init + m + k] = lo_loc + k;
+    for (int c = lid; c < m; c += NSA_WG) {
+        const int p = pick[c];
+        int r = 0;
+        for (int x = 0; x < m; x++)
+            r += pick[x] < p;
+        out[n_init + r] = p;
+    }
 }
 
 /* Register tiling of nsa_group_attn (per-device -D defines, see

@@ -468,15 +468,74 @@ static void test_cross_random(void **st)
     }
 }
 
-/* The device top-n is the spec's rule exactly (spec 3): scores drawn from
- * four values so that ties are everywhere, against nsa_bm_select_f, with
- * no near-tie allowance. */
+/* Scores of one top-n case: kind 0 draws from four values (ties
+ * everywhere), 1 distinct values, 2 mostly zeros (fewer nonzero blocks
+ * than picks: the rest are ties at 0), 3 one value, 4 half the blocks at
+ * the maximum (more ties at the top than picks), 5 zeros of both signs
+ * (equal in the rule) and a few values. */
+static float topn_score(nsa_rng *r, int kind)
+{
+    switch (kind) {
+    case 0:
+        return 0.25f * (float)pick(r, 0, 3);
+    case 1:
+        return nsa_rng_uniform(r) + 2.0f;
+    case 2:
+        return pick(r, 0, 20) == 0 ? nsa_rng_uniform(r) + 2.0f : 0.0f;
+    case 3:
+        return 0.5f;
+    case 4:
+        return pick(r, 0, 1) ? 7.0f : nsa_rng_uniform(r) + 2.0f;
+    default:
+        return pick(r, 0, 9) == 0 ? (float)pick(r, 1, 3) : (pick(r, 0, 1) ? 0.0f : -0.0f);
+    }
+}
+
+/* The device top-n against nsa_bm_select_f for every row, exactly (no
+ * near-tie allowance: the rule on equal scores is part of the spec). */
+static void topn_case(int cas, const nsa_config *c, const int32_t *cu, int B, nsa_rng *r,
+                      int kind)
+{
+    nsa_batch b;
+    assert_int_equal(nsa_batch_init(g_ref, c, cu[B], cu, B, &b), NSA_OK);
+    const int max_vis = nsa_bm_n_sel_visible(c, b.max_len - 1);
+    const size_t tg = (size_t)b.T * c->G;
+    float *s = malloc(sizeof(float) * tg * (size_t)max_vis);
+    int32_t *got = tl_poisoned_i32(tg * c->n), *want = malloc(sizeof(int32_t) * c->n);
+    unsigned char *work = malloc((size_t)max_vis);
+    assert_non_null(s);
+    assert_non_null(want);
+    assert_non_null(work);
+    for (size_t i = 0; i < tg * (size_t)max_vis; i++)
+        s[i] = topn_score(r, kind);
+    assert_int_equal(nsa_cl_topn(g_ctx, c, &b, s, max_vis, got), NSA_OK);
+    for (int q = 0; q < b.B; q++)
+        for (int64_t t = 0; t < cu[q + 1] - cu[q]; t++)
+            for (int g = 0; g < c->G; g++) {
+                const size_t at = (size_t)(cu[q] + t) * c->G + g;
+                nsa_bm_select_f(c, t, s + at * max_vis, work, want);
+                for (int k = 0; k < c->n; k++)
+                    if (got[at * c->n + k] != want[k])
+                        fail_msg("case %d (kind %d, n=%d) seq %d t=%lld g=%d: device top-n "
+                                 "entry %d is %d, the rule says %d",
+                                 cas, kind, c->n, q, (long long)t, g, k, got[at * c->n + k],
+                                 want[k]);
+            }
+    free(s);
+    free(got);
+    free(want);
+    free(work);
+    nsa_batch_free(&b);
+}
+
+/* Short rows: every tie pattern, fewer visible blocks than n, n equal to
+ * the forced blocks, random forced counts. */
 static void test_topn_ties_exact(void **st)
 {
     (void)st;
     NEED_CL();
     nsa_rng r = {0x70b1ull};
-    for (int cas = 0; cas < 12; cas++) {
+    for (int cas = 0; cas < 24; cas++) {
         nsa_config c = nsa_config_default();
         c.G = pick(&r, 1, 3);
         c.H = c.G;
@@ -489,33 +548,32 @@ static void test_topn_ties_exact(void **st)
         if (c.n < 1)
             c.n = 1;
         const int32_t cu[] = {0, 61, 61 + pick(&r, 1, 50)};
-        nsa_batch b;
-        assert_int_equal(nsa_batch_init(g_ref, &c, cu[2], cu, 2, &b), NSA_OK);
-        const int max_vis = nsa_bm_n_sel_visible(&c, b.max_len - 1);
-        const size_t tg = (size_t)b.T * c.G;
-        float *s = malloc(sizeof(float) * tg * (size_t)max_vis);
-        int32_t *got = tl_poisoned_i32(tg * c.n), *want = malloc(sizeof(int32_t) * c.n);
-        unsigned char *work = malloc((size_t)max_vis);
-        for (size_t i = 0; i < tg * (size_t)max_vis; i++)
-            s[i] = 0.25f * (float)pick(&r, 0, 3);
-        assert_int_equal(nsa_cl_topn(g_ctx, &c, &b, s, max_vis, got), NSA_OK);
-        for (int q = 0; q < b.B; q++)
-            for (int64_t t = 0; t < cu[q + 1] - cu[q]; t++)
-                for (int g = 0; g < c.G; g++) {
-                    const size_t at = (size_t)(cu[q] + t) * c.G + g;
-                    nsa_bm_select_f(&c, t, s + at * max_vis, work, want);
-                    if (memcmp(got + at * c.n, want, sizeof(int32_t) * c.n))
-                        fail_msg("case %d seq %d t=%lld g=%d: device top-n differs from "
-                                 "the rule (first entries %d %d vs %d %d)",
-                                 cas, q, (long long)t, g, got[at * c.n],
-                                 c.n > 1 ? got[at * c.n + 1] : -1, want[0],
-                                 c.n > 1 ? want[1] : -1);
-                }
-        free(s);
-        free(got);
-        free(want);
-        free(work);
-        nsa_batch_free(&b);
+        topn_case(cas, &c, cu, 2, &r, cas % 6);
+    }
+}
+
+/* Long rows (many blocks per lane of the work-group kernel) at the
+ * paper's n = 16 with 1 + 2 forced, every tie pattern; then more picks
+ * than lanes (n = 150): no threshold, every candidate ranked, and on
+ * 64-lane devices (CPU runtimes) rows too long for the local list, the
+ * kernel's serial path. */
+static void test_topn_long_rows(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_rng r = {0x70b2ull};
+    for (int cas = 0; cas < 8; cas++) {
+        nsa_config c = nsa_config_default();
+        c.G = 2;
+        c.H = 2;
+        c.d = 1;
+        c.l = 1;
+        c.l_sel = 1;
+        c.n = cas < 6 ? 16 : 150;
+        /* the serial path is slow on CPU runtimes: shorter rows there */
+        const int len = cas < 6 ? 700 : 250;
+        const int32_t cu[] = {0, len + pick(&r, 0, 200), 2 * len + pick(&r, 0, 300)};
+        topn_case(100 + cas, &c, cu, 2, &r, cas < 6 ? cas : cas - 5);
     }
 }
 
@@ -977,6 +1035,7 @@ int main(void)
         cmocka_unit_test(test_build_log_kept),
         cmocka_unit_test(test_cross_random),
         cmocka_unit_test(test_topn_ties_exact),
+        cmocka_unit_test(test_topn_long_rows),
         cmocka_unit_test(test_cross_no_cmp_tokens),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_tile_shapes),

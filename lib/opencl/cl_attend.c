@@ -235,7 +235,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         ARG_INT(&t, rows);
         ARG_INT(&t, max_vis);
         ARG_MEM(&t, sel);
-        TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G, wg));
+        TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G * wg, wg));
     }
     /* selected branch (group-centric over the selected blocks), window */
     ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
@@ -304,7 +304,7 @@ nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch 
     ARG_INT(&t, bt->T);
     ARG_INT(&t, max_vis);
     ARG_MEM(&t, selb);
-    TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg, (size_t)st->wg));
+    TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg * (size_t)st->wg, (size_t)st->wg));
     TRY(nsa_clr_download(&B, selb, sizeof(int32_t) * tg * cfg->n, sel));
 done:
     nsa_clr_bufs_free(&B);
