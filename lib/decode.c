@@ -38,6 +38,7 @@ struct nsa_decode_state {
     void *dc;                 /* device mirror of the caches, or NULL */
     uint64_t *gen;            /* [B] generation of each sequence's history */
     int dc_fail;              /* test hook, see decode.h */
+    int fail_late;            /* test hook, see decode.h */
 };
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
@@ -400,6 +401,12 @@ void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
         st->dc_fail = n;
 }
 
+void nsa_decode_fail_after_attend(nsa_decode_state *st)
+{
+    if (st)
+        st->fail_late = 1;
+}
+
 nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float *q, const float *gates,
                                     float *o, int32_t *sel, int dense)
 {
@@ -547,6 +554,9 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
                               aux ? aux->out_cmp : NULL, aux ? aux->out_slc : NULL,
                               aux ? aux->out_win : NULL, sel};
         s = attend_job(st, &job, 0);
+        if (s == NSA_OK && st->fail_late)
+            s = nsa_fail(ctx, NSA_ERR_BACKEND, "injected failure after the attention (test)");
+        st->fail_late = 0;
         if (s == NSA_OK)
             s = nsa_layer_output(L, o, B, y);
         if (s != NSA_OK) {

@@ -21,6 +21,10 @@ NSA_HIDDEN int nsa_decode_has_mirror(const nsa_decode_state *st);
  * (n >= 1; the call's failure marks the mirror stale). */
 NSA_HIDDEN void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n);
 
+/* Test hook: the next step fails right after a successful attention, as a
+ * failing output projection would (the mirror has synced the new rows). */
+NSA_HIDDEN void nsa_decode_fail_after_attend(nsa_decode_state *st);
+
 /* The decode attention (dense: the dense baseline) of the last token of
  * every sequence (t = length - 1; none may be empty) over the state's
  * caches, with the caller's q [B][H][dk] and gates [B][H][3] (unused when
