@@ -4,15 +4,20 @@
  *                    [--batch B] [--steps N] [--json]
  *
  * For each length S: a layer and B sequences whose caches are filled with
- * S-1 random tokens (prefill without outputs), then N decode steps (the
- * first at t = S-1) timed one by one; then N dense decode passes (each new
- * token over all its t+1 raw K/V, the backend's dense_decode) over the same
- * caches, and N passes of the NSA decode attention alone (no projections)
- * over the same caches and queries. Reports the median time of each, the
- * tokens and K/V bytes a
- * step reads per sequence and group (spec 7's counters, from the state) and
- * the ratios. On the reference backend the times say little; the token
- * counts are what matter there. */
+ * S-1 random tokens (one prefill without outputs, copied to the other
+ * sequences), then N decode steps (the first at t = S-1) timed one by one;
+ * then N dense decode passes (each new token over all its t+1 raw K/V) and
+ * N passes of the NSA decode attention alone (no projections) over the same
+ * caches and queries, both through the backend's device mirror of the
+ * caches when it has one (opencl: only q, gates and the outputs cross the
+ * bus), else over the host caches. Reports the median time of each, the
+ * tokens and K/V bytes a step reads per sequence and group (spec 7's
+ * counters, from the state), the ratios, and the read rate: K/V bytes of
+ * all sequences and groups / time. With the opencl backend and
+ * NSA_OPENCL_PROFILE=1 it also reports the device time of the attention
+ * kernels (profiling events, the uploads' scatter kernel excluded) and the
+ * rate over that time. On the reference backend the times say little; the
+ * token counts are what matter there. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "decode.h"
 #include "layer.h"
@@ -23,6 +28,30 @@
 #include <time.h>
 
 #include "bench_util.h"
+#ifdef NSA_BENCH_OPENCL
+#include "cl_internal.h"
+#endif
+
+/* Device time (ms) of the decode attention kernels since the last call
+ * (opencl with NSA_OPENCL_PROFILE=1), else -1. */
+static double kernel_ms(nsa_context *ctx)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (st && st->profile) {
+        double ns = 0.0;
+        for (int i = 0; i < st->n_prof; i++)
+            if (strncmp(st->prof[i].label, "nsa_dc_", 7) == 0 &&
+                strcmp(st->prof[i].label, "nsa_dc_put") != 0)
+                ns += st->prof[i].ns;
+        st->n_prof = 0;
+        return ns / 1e6;
+    }
+#else
+    (void)ctx;
+#endif
+    return -1.0;
+}
 
 int nsa_bench_decode(int argc, char **argv);
 
@@ -94,10 +123,11 @@ int nsa_bench_decode(int argc, char **argv)
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
-               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s\n",
+               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %8s | %9s %9s %8s %8s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
                a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
-               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB");
+               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "attn GB/s",
+               "dns GB/s", "attn k ms", "dns k ms", "k GB/s", "dk GB/s");
     int rc = 0;
     for (const char *p = lens_arg; *p && rc == 0;) {
         const long S = strtol(p, (char **)&p, 10);
@@ -116,10 +146,11 @@ int nsa_bench_decode(int argc, char **argv)
         double *tn = malloc(sizeof(double) * (size_t)steps);
         double *td = malloc(sizeof(double) * (size_t)steps);
         double *ta = malloc(sizeof(double) * (size_t)steps);
+        double *ka = malloc(sizeof(double) * (size_t)steps);
+        double *kd = malloc(sizeof(double) * (size_t)steps);
         float *gates = malloc(sizeof(float) * (size_t)B * a->H * 3);
         int32_t *sel = malloc(sizeof(int32_t) * (size_t)B * a->G * a->n);
-        nsa_decode_seq *sd = malloc(sizeof *sd * (size_t)B);
-        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !gates || !sel || !sd ||
+        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !ka || !kd || !gates || !sel ||
             nsa_decode_create(L, B, 0, &st) != NSA_OK) {
             fprintf(stderr, "nsa-bench decode: out of memory at S=%ld\n", S);
             return 1;
@@ -127,8 +158,10 @@ int nsa_bench_decode(int argc, char **argv)
         nsa_rng r = {(uint64_t)S};
         for (size_t i = 0; i < (size_t)S * D; i++)
             x[i] = nsa_rng_uniform(&r);
-        for (int b = 0; b < B && rc == 0; b++)
-            if (nsa_decode_prefill(st, b, x, S - 1, NULL) != NSA_OK)
+        if (nsa_decode_prefill(st, 0, x, S - 1, NULL) != NSA_OK)
+            rc = 1;
+        for (int b = 1; b < B && rc == 0; b++)
+            if (nsa_decode_clone_seq(st, b, 0) != NSA_OK)
                 rc = 1;
         nsa_decode_counters k0 = {0};
         for (int s = 0; s < steps && rc == 0; s++) {
@@ -143,53 +176,67 @@ int nsa_bench_decode(int argc, char **argv)
         }
         for (size_t i = 0; i < (size_t)B * a->H * a->dk; i++)
             q[i] = nsa_rng_uniform(&r);
-        for (int b = 0; b < B && rc == 0; b++)
-            if (nsa_decode_view(st, b, &sd[b]) != NSA_OK)
-                rc = 1;
         for (size_t i = 0; i < (size_t)B * a->H * 3; i++)
             gates[i] = 1.0f / 3.0f;
-        nsa_csr map;
-        int64_t max_t = 0;
-        for (int b = 0; b < B; b++)
-            max_t = sd[b].t > max_t ? sd[b].t : max_t;
-        if (rc == 0 && nsa_bm_map_build(a, nsa_bm_n_sel_visible(a, max_t),
-                                        nsa_bm_n_cmp(a, max_t), &map) != NSA_OK)
+        /* K/V bytes the attention at t = length - 1 reads: the counters of
+         * the last step, which ran at that t; dense reads all t+1 tokens */
+        double nsa_bytes = 0.0, dense_bytes_all = 0.0;
+        for (int b = 0; b < B && rc == 0; b++)
+            for (int g = 0; g < a->G; g++) {
+                nsa_decode_counters k;
+                if (nsa_decode_get_counters(st, b, g, &k) != NSA_OK)
+                    rc = 1;
+                nsa_bytes += (double)k.bytes;
+                dense_bytes_all += (double)k.dense * (a->dk + a->dv) * 4.0;
+            }
+        /* one untimed pass each: device buffers of the attention */
+        if (rc == 0 && (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK ||
+                        nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK))
             rc = 1;
-        nsa_decode_job job = {a, nsa_config_scale(a), rc ? NULL : &map, B, sd, q, gates, o,
-                              NULL, NULL, NULL, sel};
+        kernel_ms(ctx);
         for (int s = 0; s < steps && rc == 0; s++) {
             double t0 = bench_now();
-            if (nsa_run_dense_decode(ctx, &job) != NSA_OK)
+            if (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK)
                 rc = 1;
             td[s] = bench_now() - t0;
+            kd[s] = kernel_ms(ctx);
             t0 = bench_now();
-            if (rc == 0 && nsa_run_decode_attend(ctx, &job) != NSA_OK)
+            if (rc == 0 && nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK)
                 rc = 1;
             ta[s] = bench_now() - t0;
+            ka[s] = kernel_ms(ctx);
         }
-        if (job.map)
-            nsa_bm_map_free(&map);
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
         } else {
             const double mn = bench_median(tn, steps) * 1e3, md = bench_median(td, steps) * 1e3;
             const double ma = bench_median(ta, steps) * 1e3;
+            const double mka = bench_median(ka, steps), mkd = bench_median(kd, steps);
+            /* GB/s = bytes / (ms 1e-3) / 1e9 */
+            const double ga = nsa_bytes / ma * 1e-6, gd = dense_bytes_all / md * 1e-6;
+            const double gka = mka > 0 ? nsa_bytes / mka * 1e-6 : -1.0;
+            const double gkd = mkd > 0 ? dense_bytes_all / mkd * 1e-6 : -1.0;
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
             if (json)
                 printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
                        "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
                        "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
-                       "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f}\n",
+                       "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f,"
+                       "\"attn_bytes_all\":%.0f,\"dense_bytes_all\":%.0f,\"attn_gbs\":%.2f,"
+                       "\"dense_gbs\":%.2f,\"attn_kernel_ms\":%.4f,\"dense_kernel_ms\":%.4f,"
+                       "\"attn_kernel_gbs\":%.2f,\"dense_kernel_gbs\":%.2f}\n",
                        nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
-                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes);
+                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes,
+                       nsa_bytes, dense_bytes_all, ga, gd, mka, mkd, gka, gkd);
             else
                 printf("%8ld %11.3f %9.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
-                       "%10.3f %10.3f\n",
+                       "%10.3f %10.3f | %8.1f %8.1f | %9.4f %9.4f %8.1f %8.1f\n",
                        S, mn, ma, md, md / ma, (long long)k0.cmp, (long long)k0.slc,
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
-                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6);
+                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, ga, gd,
+                       mka, mkd, gka, gkd);
             fflush(stdout);
         }
         nsa_decode_free(st);
@@ -201,15 +248,18 @@ int nsa_bench_decode(int argc, char **argv)
         free(tn);
         free(td);
         free(ta);
+        free(ka);
+        free(kd);
         free(gates);
         free(sel);
-        free(sd);
     }
     if (!json && rc == 0)
         printf("step: a whole nsa_decode_step (projections, caches, attention, Wo); attn: the "
                "NSA decode attention alone;\ndense: dense decode attention alone; speedup = "
                "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
-               "t = S-1 (K and V bytes read); dense reads S tokens.\n");
+               "t = S-1 (K and V bytes read); dense reads S tokens.\nGB/s: K/V bytes of all sequences "
+               "and groups (fp32) / the wall time of attn and dense;\nk ms, k GB/s: device time of "
+               "the attention kernels (NSA_OPENCL_PROFILE=1, opencl; -1 otherwise).\n");
     nsa_layer_free(L);
     nsa_context_free(ctx);
     return rc;

@@ -434,6 +434,45 @@ nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float *q, const 
     return s;
 }
 
+nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src)
+{
+    if (!st)
+        return NSA_ERR_NULL;
+    if (dst < 0 || dst >= st->B || src < 0 || src >= st->B || dst == src ||
+        st->seq[dst].len != 0 || st->seq[src].len == 0)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG,
+                        "clone needs two sequences, the destination empty, the source not "
+                        "(%d <- %d)",
+                        dst, src);
+    int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
+    if (!need)
+        return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory");
+    const seq_cache *a = &st->seq[src];
+    need[dst] = a->len;
+    need[st->B + dst] = a->nc;
+    nsa_status s = reserve(st, need, need + st->B);
+    free(need);
+    if (s != NSA_OK)
+        return s;
+    const nsa_config *c = acfg(st);
+    const size_t kr = krow(st), vr = vrow(st);
+    seq_cache *d = &st->seq[dst];
+    memcpy(d->ks, a->ks, sizeof(float) * (size_t)a->len * kr);
+    memcpy(d->vs, a->vs, sizeof(float) * (size_t)a->len * vr);
+    if (a->nc > 0) {
+        memcpy(d->kc, a->kc, sizeof(float) * (size_t)a->nc * kr);
+        memcpy(d->vc, a->vc, sizeof(float) * (size_t)a->nc * vr);
+    }
+    memcpy(d->kw, a->kw, sizeof(float) * (size_t)c->w * kr);
+    memcpy(d->vw, a->vw, sizeof(float) * (size_t)c->w * vr);
+    memcpy(d->kr, a->kr, sizeof(float) * (size_t)c->l * kr);
+    memcpy(d->vr, a->vr, sizeof(float) * (size_t)c->l * vr);
+    d->len = a->len;
+    d->nc = a->nc;
+    st->gen[dst]++;
+    return NSA_OK;
+}
+
 /* ---------------------------------------------------------------- step */
 static int emits(const nsa_config *c, int64_t t)
 {

@@ -21,6 +21,10 @@ NSA_HIDDEN int nsa_decode_has_mirror(const nsa_decode_state *st);
  * (n >= 1; the call's failure marks the mirror stale). */
 NSA_HIDDEN void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n);
 
+/* Sequence dst (empty) gets a copy of sequence src's caches: a batch of
+ * long prompts prefilled once (benchmarks). */
+NSA_HIDDEN nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src);
+
 /* Test hook: the next step fails right after a successful attention, as a
  * failing output projection would (the mirror has synced the new rows). */
 NSA_HIDDEN void nsa_decode_fail_after_attend(nsa_decode_state *st);

@@ -655,6 +655,7 @@ static void test_mirror(void **state)
     mirror_run(8, 2, 16, 12, "8"); /* many chunks per branch */
     mirror_run(10, 2, 8, 6, "24");  /* 5 heads a group, odd chunk */
     mirror_run(40, 2, 8, 4, NULL);  /* 20 heads a group: two work-groups */
+    mirror_run(32, 2, 192, 128, NULL); /* the paper's head shape */
 }
 
 int main(void)

@@ -43,6 +43,7 @@ typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
     int B, dk4, dv4, hc, cus, chunk_env;
+    nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
     cl_mem kr, vr, kw, vw, kc, vc;
@@ -174,6 +175,7 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->B = B;
     dc->dk4 = (cfg->dk + 3) / 4;
     dc->dv4 = (cfg->dv + 3) / 4;
+    dc->kv = st->kv;
     dc->es = st->kv == NSA_CL_KV_F32 ? 4 : 2;
     dc->map_rows = -1;
     const int hpg = cfg->H / cfg->G;
@@ -303,7 +305,7 @@ static nsa_status dc_flush(nsa_context *ctx, nsa_cl_dcache *dc, cl_bool blocking
         (s = dc_write(ctx, dc, dc->buf[DB_DESC].m, sizeof(int32_t) * 4 * dc->ndesc, dc->hdesc,
                       blocking)) != NSA_OK)
         return s;
-    cl_kernel k = dc->st->kernel[dc->st->kv][NSA_CLK_DC_PUT];
+    cl_kernel k = dc->st->kernel[dc->kv][NSA_CLK_DC_PUT];
     nsa_clr_args a = {k, 0, CL_SUCCESS};
     ARG_MEM(&a, dc->buf[DB_STAGE].m);
     ARG_MEM(&a, dc->buf[DB_DESC].m);
@@ -527,7 +529,7 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     cl_mem K = cmp ? dc->kc : dc->kr, V = cmp ? dc->vc : dc->vr;
     cl_mem none = dc->buf[DB_TPOS].m; /* unread placeholder */
     cl_mem sel = P->mode == 1 ? dc->buf[DB_SEL].m : none, zout = cmp ? dc->buf[DB_ZOUT].m : none;
-    nsa_clr_args a = {dc->st->kernel[dc->st->kv][NSA_CLK_DC_PARTIAL], 0, CL_SUCCESS};
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PARTIAL], 0, CL_SUCCESS};
     ARG_INT(&a, P->mode);
     ARG_MEM(&a, dc->buf[DB_Q].m);
     ARG_MEM(&a, dc->buf[DB_TPOS].m);
@@ -569,7 +571,7 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
                            int branches)
 {
     const nsa_config *c = &dc->cfg;
-    nsa_clr_args a = {dc->st->kernel[dc->st->kv][NSA_CLK_DC_FINAL], 0, CL_SUCCESS};
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_FINAL], 0, CL_SUCCESS};
     cl_mem oc = dense ? dc->buf[DB_TPOS].m : dc->buf[DB_OCMP].m;
     cl_mem gt = dense ? dc->buf[DB_TPOS].m : dc->buf[DB_GATES].m;
     ARG_INT(&a, dense);
@@ -619,7 +621,7 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         return s;
     /* combine, scores and top-n */
     {
-        nsa_clr_args a = {dc->st->kernel[dc->st->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_MEM(&a, dc->buf[DB_PSTC].m);
         ARG_MEM(&a, dc->buf[DB_PACCC].m);
@@ -705,7 +707,7 @@ static nsa_status dc_call(nsa_context *ctx, void *p, const nsa_decode_job *job,
         return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode: the job does not match its cache");
     dc->fail_at = sync->fail_at;
     dc->ops = 0;
-    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->st->kv);
+    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->kv);
     if (s == NSA_OK)
         s = dc_sync(ctx, dc, job, sync);
     if (s == NSA_OK)
