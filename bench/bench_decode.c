@@ -53,6 +53,43 @@ static double kernel_ms(nsa_context *ctx)
     return -1.0;
 }
 
+/* The device's copy rate (GB/s, bytes read + written) for a 1 GiB
+ * clEnqueueCopyBuffer, median of 5 (opencl), else -1: the reference of the
+ * decode read rate. */
+static double copy_gbs(nsa_context *ctx)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return -1.0;
+    const size_t bytes = (size_t)1 << 30;
+    cl_int e1, e2;
+    cl_mem a = clCreateBuffer(st->context, CL_MEM_READ_WRITE, bytes, NULL, &e1);
+    cl_mem b = clCreateBuffer(st->context, CL_MEM_READ_WRITE, bytes, NULL, &e2);
+    double t[6], r = -1.0;
+    if (e1 == CL_SUCCESS && e2 == CL_SUCCESS) {
+        int ok = 1;
+        for (int i = 0; i < 6 && ok; i++) {
+            const double t0 = bench_now();
+            ok = clEnqueueCopyBuffer(st->queue, a, b, 0, 0, bytes, 0, NULL, NULL) ==
+                     CL_SUCCESS &&
+                 clFinish(st->queue) == CL_SUCCESS;
+            t[i] = bench_now() - t0;
+        }
+        if (ok)
+            r = 2.0 * (double)bytes / bench_median(t + 1, 5) * 1e-9; /* the first warms up */
+    }
+    if (e1 == CL_SUCCESS)
+        clReleaseMemObject(a);
+    if (e2 == CL_SUCCESS)
+        clReleaseMemObject(b);
+    return r;
+#else
+    (void)ctx;
+    return -1.0;
+#endif
+}
+
 int nsa_bench_decode(int argc, char **argv);
 
 
@@ -120,6 +157,11 @@ int nsa_bench_decode(int argc, char **argv)
     }
     const nsa_config *a = &c.attn;
     const size_t D = (size_t)c.D;
+    if (!json) {
+        const double cp = copy_gbs(ctx);
+        if (cp > 0)
+            printf("device copy rate (1 GiB clEnqueueCopyBuffer, read + write): %.1f GB/s\n", cp);
+    }
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"

@@ -132,15 +132,23 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
             for (int hh = 0; hh < NSA_DC_HC; hh++)
                 s[j][hh] = 0.0f;
         }
-        for (int e4 = 0; e4 < dk4; e4++) {
-            float4 kk[NSA_DC_KPT];
-            for (int j = 0; j < NSA_DC_KPT; j++)
-                kk[j] = rk[j] >= 0 ? LD4(Kx, kplane + (size_t)e4 * capx + rk[j]) : (float4)(0.0f);
-            for (int hh = 0; hh < NSA_DC_HC; hh++) {
-                if (hh < nh) {
-                    const float4 qv = qs[hh * dk4 + e4];
-                    for (int j = 0; j < NSA_DC_KPT; j++)
-                        s[j][hh] += dot(qv, kk[j]);
+        /* 4 float4 of each key in flight before their FMAs */
+        for (int e0 = 0; e0 < dk4; e0 += 4) {
+            float4 kk[4][NSA_DC_KPT];
+            for (int u = 0; u < 4; u++)
+                for (int j = 0; j < NSA_DC_KPT; j++)
+                    kk[u][j] = rk[j] >= 0 && e0 + u < dk4
+                                   ? LD4(Kx, kplane + (size_t)(e0 + u) * capx + rk[j])
+                                   : (float4)(0.0f);
+            for (int u = 0; u < 4; u++) {
+                if (e0 + u >= dk4)
+                    break;
+                for (int hh = 0; hh < NSA_DC_HC; hh++) {
+                    if (hh < nh) {
+                        const float4 qv = qs[hh * dk4 + e0 + u];
+                        for (int j = 0; j < NSA_DC_KPT; j++)
+                            s[j][hh] += dot(qv, kk[u][j]);
+                    }
                 }
             }
         }
@@ -195,13 +203,18 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     for (int it = lid; it < hq4 * dv4; it += NSA_WG) {
         const int hq = it / dv4, e4 = it % dv4;
         float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
-        for (int k = 0; k < cnt; k++) {
-            const float4 p = p4[k * hq4 + hq];
-            const float4 v = LD4(Vx, (vrow + rows[k]) * dv4 + e4);
-            a0 = mad((float4)(p.x), v, a0);
-            a1 = mad((float4)(p.y), v, a1);
-            a2 = mad((float4)(p.z), v, a2);
-            a3 = mad((float4)(p.w), v, a3);
+        /* 4 value rows in flight before their FMAs */
+        for (int k0 = 0; k0 < cnt; k0 += 4) {
+            float4 v[4];
+            for (int u = 0; u < 4; u++)
+                v[u] = k0 + u < cnt ? LD4(Vx, (vrow + rows[k0 + u]) * dv4 + e4) : (float4)(0.0f);
+            for (int u = 0; u < 4 && k0 + u < cnt; u++) {
+                const float4 p = p4[(k0 + u) * hq4 + hq];
+                a0 = mad((float4)(p.x), v[u], a0);
+                a1 = mad((float4)(p.y), v[u], a1);
+                a2 = mad((float4)(p.z), v[u], a2);
+                a3 = mad((float4)(p.w), v[u], a3);
+            }
         }
         const int hb = hq * 4;
         __global float4 *dst = pacc + (slot + hb) * dv4 + e4;
