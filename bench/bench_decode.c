@@ -32,9 +32,17 @@
 #include "cl_internal.h"
 #endif
 
+/* Device time per kernel label, summed over the timed passes. */
+typedef struct kprof {
+    int n;
+    char label[12][32];
+    double ns[12];
+} kprof;
+
 /* Device time (ms) of the decode attention kernels since the last call
- * (opencl with NSA_OPENCL_PROFILE=1), else -1. */
-static double kernel_ms(nsa_context *ctx)
+ * (opencl with NSA_OPENCL_PROFILE=1; kp, if given, gets each kernel's
+ * share), else -1. */
+static double kernel_ms(nsa_context *ctx, kprof *kp)
 {
 #ifdef NSA_BENCH_OPENCL
     nsa_cl_state *st = nsa_cl_state_of(ctx);
@@ -42,13 +50,25 @@ static double kernel_ms(nsa_context *ctx)
         double ns = 0.0;
         for (int i = 0; i < st->n_prof; i++)
             if (strncmp(st->prof[i].label, "nsa_dc_", 7) == 0 &&
-                strcmp(st->prof[i].label, "nsa_dc_put") != 0)
+                strcmp(st->prof[i].label, "nsa_dc_put") != 0) {
                 ns += st->prof[i].ns;
+                int j = 0;
+                while (kp && j < kp->n && strcmp(kp->label[j], st->prof[i].label) != 0)
+                    j++;
+                if (kp && j == kp->n && j < 12) {
+                    snprintf(kp->label[j], sizeof kp->label[j], "%s", st->prof[i].label);
+                    kp->ns[j] = 0.0;
+                    kp->n++;
+                }
+                if (kp && j < kp->n)
+                    kp->ns[j] += st->prof[i].ns;
+            }
         st->n_prof = 0;
         return ns / 1e6;
     }
 #else
     (void)ctx;
+    (void)kp;
 #endif
     return -1.0;
 }
@@ -235,18 +255,19 @@ int nsa_bench_decode(int argc, char **argv)
         if (rc == 0 && (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK ||
                         nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK))
             rc = 1;
-        kernel_ms(ctx);
+        kernel_ms(ctx, NULL);
+        kprof kp = {0};
         for (int s = 0; s < steps && rc == 0; s++) {
             double t0 = bench_now();
             if (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK)
                 rc = 1;
             td[s] = bench_now() - t0;
-            kd[s] = kernel_ms(ctx);
+            kd[s] = kernel_ms(ctx, &kp);
             t0 = bench_now();
             if (rc == 0 && nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK)
                 rc = 1;
             ta[s] = bench_now() - t0;
-            ka[s] = kernel_ms(ctx);
+            ka[s] = kernel_ms(ctx, &kp);
         }
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
@@ -279,6 +300,12 @@ int nsa_bench_decode(int argc, char **argv)
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
                        (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, ga, gd,
                        mka, mkd, gka, gkd);
+            if (!json && kp.n > 0) {
+                printf("         kernels, mean ms:");
+                for (int i = 0; i < kp.n; i++)
+                    printf(" %s %.4f", kp.label[i] + 7, kp.ns[i] / 1e6 / steps);
+                printf("\n");
+            }
             fflush(stdout);
         }
         nsa_decode_free(st);

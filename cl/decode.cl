@@ -123,46 +123,58 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     const size_t kplane = (size_t)bg * dk4 * capx;
     /* logits: a lane scores NSA_DC_KPT keys for all heads, the key's
      * float4 read straight from its plane (coalesced across lanes) */
+    /* every loop over a register array below has constant bounds and
+     * conditions inside (no break), so that it unrolls: NVIDIA's compiler
+     * otherwise puts the arrays in stack memory */
     for (int k0 = 0; k0 < cnt; k0 += NSA_WG * NSA_DC_KPT) {
         float s[NSA_DC_KPT][NSA_DC_HC];
         int rk[NSA_DC_KPT];
+#pragma unroll
         for (int j = 0; j < NSA_DC_KPT; j++) {
             const int k = k0 + lid + j * NSA_WG;
             rk[j] = k < cnt ? rows[k] : -1;
+#pragma unroll
             for (int hh = 0; hh < NSA_DC_HC; hh++)
                 s[j][hh] = 0.0f;
         }
         /* 4 float4 of each key in flight before their FMAs */
         for (int e0 = 0; e0 < dk4; e0 += 4) {
             float4 kk[4][NSA_DC_KPT];
+#pragma unroll
             for (int u = 0; u < 4; u++)
+#pragma unroll
                 for (int j = 0; j < NSA_DC_KPT; j++)
                     kk[u][j] = rk[j] >= 0 && e0 + u < dk4
                                    ? LD4(Kx, kplane + (size_t)(e0 + u) * capx + rk[j])
                                    : (float4)(0.0f);
+#pragma unroll
             for (int u = 0; u < 4; u++) {
-                if (e0 + u >= dk4)
-                    break;
-                for (int hh = 0; hh < NSA_DC_HC; hh++) {
-                    if (hh < nh) {
-                        const float4 qv = qs[hh * dk4 + e0 + u];
-                        for (int j = 0; j < NSA_DC_KPT; j++)
-                            s[j][hh] += dot(qv, kk[u][j]);
+                if (e0 + u < dk4) {
+#pragma unroll
+                    for (int hh = 0; hh < NSA_DC_HC; hh++) {
+                        if (hh < nh) {
+                            const float4 qv = qs[hh * dk4 + e0 + u];
+#pragma unroll
+                            for (int j = 0; j < NSA_DC_KPT; j++)
+                                s[j][hh] += dot(qv, kk[u][j]);
+                        }
                     }
                 }
             }
         }
+#pragma unroll
         for (int j = 0; j < NSA_DC_KPT; j++) {
             const int k = k0 + lid + j * NSA_WG;
-            if (k >= cnt)
-                continue;
-            for (int hh = 0; hh < NSA_DC_HC; hh++) {
-                if (hh >= hcp)
-                    break;
-                const float z = hh < nh ? s[j][hh] * scale : -INFINITY;
-                zl[k * hcp + hh] = z;
-                if (mode == 0 && hh < nh)
-                    zout[((size_t)bg * hpg + h0 + hh) * max_nc + base + k] = z;
+            if (k < cnt) {
+#pragma unroll
+                for (int hh = 0; hh < NSA_DC_HC; hh++) {
+                    if (hh < hcp) {
+                        const float z = hh < nh ? s[j][hh] * scale : -INFINITY;
+                        zl[k * hcp + hh] = z;
+                        if (mode == 0 && hh < nh)
+                            zout[((size_t)bg * hpg + h0 + hh) * max_nc + base + k] = z;
+                    }
+                }
             }
         }
     }
@@ -203,17 +215,21 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     for (int it = lid; it < hq4 * dv4; it += NSA_WG) {
         const int hq = it / dv4, e4 = it % dv4;
         float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
-        /* 4 value rows in flight before their FMAs */
-        for (int k0 = 0; k0 < cnt; k0 += 4) {
-            float4 v[4];
-            for (int u = 0; u < 4; u++)
+        /* 8 value rows in flight before their FMAs */
+        for (int k0 = 0; k0 < cnt; k0 += 8) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
                 v[u] = k0 + u < cnt ? LD4(Vx, (vrow + rows[k0 + u]) * dv4 + e4) : (float4)(0.0f);
-            for (int u = 0; u < 4 && k0 + u < cnt; u++) {
-                const float4 p = p4[(k0 + u) * hq4 + hq];
-                a0 = mad((float4)(p.x), v[u], a0);
-                a1 = mad((float4)(p.y), v[u], a1);
-                a2 = mad((float4)(p.z), v[u], a2);
-                a3 = mad((float4)(p.w), v[u], a3);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (k0 + u < cnt) {
+                    const float4 p = p4[(k0 + u) * hq4 + hq];
+                    a0 = mad((float4)(p.x), v[u], a0);
+                    a1 = mad((float4)(p.y), v[u], a1);
+                    a2 = mad((float4)(p.z), v[u], a2);
+                    a3 = mad((float4)(p.w), v[u], a3);
+                }
             }
         }
         const int hb = hq * 4;
