@@ -10,10 +10,10 @@
  *
  * Flash-decoding: nsa_dc_partial splits each (b, g)'s keys into chunks
  * across work-groups and leaves per chunk and head the softmax statistics
- * (max, sum) and the unnormalised P V; nsa_dc_select combines the
- * compressed branch, scores the selection blocks and picks the top n;
- * nsa_dc_final combines the selected and window chunks and applies the
- * gates. */
+ * (max, sum) and the unnormalised P V; nsa_dc_prob sums the compressed
+ * probabilities over the group's heads, nsa_dc_select scores the
+ * selection blocks and picks the top n; nsa_dc_final combines the chunks
+ * of each branch and applies the gates. */
 
 #ifndef NSA_DC_KPT
 #define NSA_DC_KPT 2 /* keys a lane scores at once (query reuse) */
@@ -286,25 +286,16 @@ static bool dc_before(float sa, int ja, float sb, int jb)
     return sa > sb || (sa == sb && ja < jb);
 }
 
-/* The compressed branch and the selection of (b, g), one work-group each:
- * combine the chunks into o_cmp (ocmp[B][H][dv]); P[i] = sum over the
- * group's heads of p_cmp (pbuf), the block scores s[j] = sum M[j][i] P[i]
- * (sbuf; spec 3, Eq. 9-10), then the top-n of spec 3 (forced blocks, then
- * the largest scores, ties to the smaller j), ascending, -1 padded. A pick
- * is a work-group-wide arg-best among the blocks after the previous pick
- * in that order. Local: mst 2 hpg floats, bs/bj 2 WG each. */
-__kernel void nsa_dc_select(__global const int *tpos, __global const float2 *pstat,
-                            __global const float4 *pacc, int nch, int H, int G, int dv,
-                            int dv4, int l, int d, int lsel, __global const float *zout,
-                            int max_nc, __global const int *rowptr, __global const int *col,
-                            __global const int *val, __global float *pbuf,
-                            __global float *sbuf, int max_vis, int n, int n_init,
-                            int n_local, __global int *sel, __global float *ocmp,
-                            __local float *mst, __local float *bs, __local int *bj)
+/* P[i] = sum over the heads of group g of p_cmp(t, h)[i] (spec 2) for the
+ * compressed tokens i of (b, g), one work-item each; work-group id
+ * bg nic + i-chunk. Each work-group first combines the chunks' softmax
+ * statistics of the group's heads (local mst: max, then 1 / sum). */
+__kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
+                          int H, int G, int l, int d, __global const float *zout, int max_nc,
+                          int nic, __global float *pbuf, __local float *mst)
 {
-    const int lid = get_local_id(0), bg = get_group_id(0), hpg = H / G;
-    const int b = bg / G, g = bg % G, t = tpos[b];
-    const int nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
+    const int lid = get_local_id(0), bg = get_group_id(0) / nic, ic = get_group_id(0) % nic;
+    const int hpg = H / G, nc = dc_ncmp(tpos[bg / G], l, d);
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
         float m = -INFINITY, sum = 0.0f;
@@ -318,78 +309,129 @@ __kernel void nsa_dc_select(__global const int *tpos, __global const float2 *pst
         mst[hh] = m;
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
-    for (int it = lid; it < hpg * dv4; it += NSA_WG) {
-        const int hh = it / dv4, e4 = it % dv4;
-        const float4 o = dc_combine(pstat, pacc, (size_t)bg * nch * hpg + hh, hpg, 0, nch,
-                                    dv4, e4);
-        dc_store(ocmp + ((size_t)b * H + g * hpg + hh) * dv + e4 * 4, o, e4, dv);
-    }
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global float *P = pbuf + (size_t)bg * max_nc;
-    for (int i = lid; i < nc; i += NSA_WG) {
-        float a = 0.0f;
-        for (int hh = 0; hh < hpg; hh++)
-            a += exp(zout[((size_t)bg * hpg + hh) * max_nc + i] - mst[hh]) * mst[hpg + hh];
-        P[i] = a;
+    const int i = ic * NSA_WG + lid;
+    if (i >= nc)
+        return;
+    __global const float *z = zout + (size_t)bg * hpg * max_nc + i;
+    float a = 0.0f;
+    for (int h0 = 0; h0 < hpg; h0 += 4) {
+        float zz[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (h0 + u < hpg)
+                a += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
     }
-    barrier(CLK_GLOBAL_MEM_FENCE);
+    pbuf[(size_t)bg * max_nc + i] = a;
+}
+
+/* Lanes a first-level lane of the top-n reduction covers. */
+#define DC_L1 (NSA_WG >= 16 ? 16 : NSA_WG)
+
+/* This lane's best block after (ls, lj) in that order (lj < 0: none yet)
+ * among its candidates n_init + lid, + WG, ... < hi. */
+static int dc_best(__global const float *S, int lid, int n_init, int hi, float ls, int lj,
+                   float *bs)
+{
+    float ms = 0.0f;
+    int mj = -1;
+    for (int j = n_init + lid; j < hi; j += NSA_WG) {
+        const float sj = S[j];
+        if (lj >= 0 && !dc_before(ls, lj, sj, j))
+            continue;
+        if (mj < 0 || dc_before(sj, j, ms, mj)) {
+            ms = sj;
+            mj = j;
+        }
+    }
+    *bs = ms;
+    return mj;
+}
+
+/* The selection of (b, g), one work-group each: block scores s[j] = sum
+ * M[j][i] P[i] (sbuf; spec 3, Eq. 9-10), then the top-n of spec 3: forced
+ * blocks, then the largest scores, ties to the smaller j; written
+ * ascending, -1 padded. A pick is the best of the lanes' best candidates
+ * after the previous pick (two levels: WG/16 lanes reduce 16 each); only
+ * the lane that owned the pick looks for its next one (the others' stay
+ * the best after the new pick). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16
+ * each (double-buffered by pass). */
+__kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
+                            __global const int *rowptr, __global const int *col,
+                            __global const int *val, int l, int d, __global const float *pbuf,
+                            int max_nc, __global float *sbuf, int max_vis, int n, int n_init,
+                            int n_local, __global int *sel, __local float *bs, __local int *bj,
+                            __local float *l2s, __local int *l2j)
+{
+    const int lid = get_local_id(0), bg = get_group_id(0), t = tpos[bg / G];
+    const int nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
+    __global const float *P = pbuf + (size_t)bg * max_nc;
     __global float *S = sbuf + (size_t)bg * max_vis;
-    for (int j = lid; j < vis; j += NSA_WG) {
-        float a = 0.0f;
-        for (int e = rowptr[j]; e < rowptr[j + 1]; e++)
-            if (col[e] < nc)
-                a += (float)val[e] * P[col[e]];
-        S[j] = a;
-    }
-    barrier(CLK_GLOBAL_MEM_FENCE);
     __global int *out = sel + (size_t)bg * n;
     if (vis <= n) {
         for (int k = lid; k < n; k += NSA_WG)
             out[k] = k < vis ? k : -1;
         return;
     }
-    /* forced blocks first (thread 0 writes the list) */
+    for (int j = lid; j < vis; j += NSA_WG) {
+        float a = 0.0f;
+        for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
+            const int i = col[e];
+            if (i < nc)
+                a += (float)val[e] * P[i];
+        }
+        S[j] = a;
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    /* forced blocks first (lane 0 writes the list; vis > n >= n_init + n_local) */
     int k = 0;
     for (int j = 0; j < n_init; j++, k++)
         if (lid == 0)
             out[k] = j;
-    for (int j = vis - n_local; j < vis; j++, k++) /* vis > n >= n_init + n_local */
+    for (int j = vis - n_local; j < vis; j++, k++)
         if (lid == 0)
             out[k] = j;
-    float last_s = 0.0f;
-    int last_j = -1;
+    const int hi = vis - n_local, ng = NSA_WG / DC_L1;
+    float ms;
+    int mj = dc_best(S, lid, n_init, hi, 0.0f, -1, &ms);
     for (int pass = 0; k < n; pass++) {
-        float ms = 0.0f;
-        int mj = -1;
-        for (int j = n_init + lid; j < vis - n_local; j += NSA_WG) {
-            const float sj = S[j];
-            if (last_j >= 0 && !dc_before(last_s, last_j, sj, j))
-                continue;
-            if (mj < 0 || dc_before(sj, j, ms, mj)) {
-                ms = sj;
-                mj = j;
-            }
-        }
-        const int buf = (pass & 1) * NSA_WG;
-        bs[buf + lid] = ms;
-        bj[buf + lid] = mj;
+        const int b1 = (pass & 1) * NSA_WG, b2 = (pass & 1) * ng;
+        bs[b1 + lid] = ms;
+        bj[b1 + lid] = mj;
         barrier(CLK_LOCAL_MEM_FENCE);
-        ms = 0.0f;
-        mj = -1;
-        for (int x = 0; x < NSA_WG; x++) {
-            const int jx = bj[buf + x];
-            if (jx >= 0 && (mj < 0 || dc_before(bs[buf + x], jx, ms, mj))) {
-                ms = bs[buf + x];
-                mj = jx;
+        if (lid < ng) {
+            float ws = 0.0f;
+            int wj = -1;
+            for (int x = lid * DC_L1; x < lid * DC_L1 + DC_L1; x++) {
+                const int jx = bj[b1 + x];
+                if (jx >= 0 && (wj < 0 || dc_before(bs[b1 + x], jx, ws, wj))) {
+                    ws = bs[b1 + x];
+                    wj = jx;
+                }
+            }
+            l2s[b2 + lid] = ws;
+            l2j[b2 + lid] = wj;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        float ws = 0.0f;
+        int wj = -1;
+        for (int x = 0; x < ng; x++) {
+            const int jx = l2j[b2 + x];
+            if (jx >= 0 && (wj < 0 || dc_before(l2s[b2 + x], jx, ws, wj))) {
+                ws = l2s[b2 + x];
+                wj = jx;
             }
         }
-        if (mj < 0)
+        if (wj < 0)
             break; /* fewer candidates than picks (NaN scores) */
         if (lid == 0)
-            out[k] = mj;
+            out[k] = wj;
         k++;
-        last_s = ms;
-        last_j = mj;
+        if (wj == mj) /* this lane's candidate was picked: its next one */
+            mj = dc_best(S, lid, n_init, hi, ws, wj, &ms);
     }
     if (lid == 0) {
         for (int a = 1; a < k; a++) {
@@ -407,13 +449,15 @@ __kernel void nsa_dc_select(__global const int *tpos, __global const float2 *pst
 }
 
 /* Outputs, one work-item per (b, h, float4 column). NSA (dense == 0): the
- * selected chunks 0 .. nch_a-1 and the window chunks nch_a .. nch-1
+ * compressed chunks (pst_c, pacc_c: nch_c of them), the selected chunks
+ * 0 .. nch_a-1 and the window chunks nch_a .. nch-1 of pstat/pacc
  * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
  * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
- * dense: out = the combine of all chunks. */
+ * dense: out = the combine of all chunks of pstat/pacc. */
 __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
-                           __global const float4 *pacc, int nch_a, int nch, int B, int H,
-                           int G, int dv, int dv4, __global const float *ocmp,
+                           __global const float4 *pacc, int nch_a, int nch,
+                           __global const float2 *pst_c, __global const float4 *pacc_c,
+                           int nch_c, int B, int H, int G, int dv, int dv4,
                            __global const float *gates, int branches, __global float *out)
 {
     const size_t gid = get_global_id(0);
@@ -421,22 +465,15 @@ __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
         return;
     const int e4 = gid % dv4, bh = gid / dv4, h = bh % H, b = bh / H, hpg = H / G;
     const int g = h / hpg, hh = h % hpg;
-    const size_t at = ((size_t)b * G + g) * nch * hpg + hh;
+    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
     const size_t o = (size_t)bh * dv + e4 * 4;
     if (dense) {
         dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
         return;
     }
+    const float4 oc = dc_combine(pst_c, pacc_c, bg * nch_c * hpg + hh, hpg, 0, nch_c, dv4, e4);
     const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
     const float4 ow = dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
-    float4 oc = (float4)(0.0f);
-    oc.x = ocmp[o];
-    if (e4 * 4 + 1 < dv)
-        oc.y = ocmp[o + 1];
-    if (e4 * 4 + 2 < dv)
-        oc.z = ocmp[o + 2];
-    if (e4 * 4 + 3 < dv)
-        oc.w = ocmp[o + 3];
     __global const float *gt = gates + (size_t)bh * 3;
     dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
     if (branches) {

@@ -509,13 +509,15 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
 /* The attention alone and the dense baseline over the state's caches
  * (through the mirror if any) against the reference over the host caches
  * of the same state, for random q and gates. */
-static void twin_attend_cached(twin *w, uint64_t seed)
+static void twin_attend_cached(twin *w, uint64_t seed, int zero_q)
 {
     const nsa_config *a = &w->c.attn;
     const int B = w->B;
     const size_t bhd = (size_t)B * a->H * a->dv, ns = (size_t)B * a->G * a->n;
     float *q = malloc(sizeof(float) * B * a->H * a->dk), *g = malloc(sizeof(float) * B * a->H * 3);
     tl_fill(q, (size_t)B * a->H * a->dk, seed, -1, 1);
+    if (zero_q) /* equal logits: many blocks tie exactly, the smaller j wins */
+        memset(q, 0, sizeof(float) * B * a->H * a->dk);
     tl_fill(g, (size_t)B * a->H * 3, seed + 1, 0, 1);
     float *o = tl_poisoned(bhd), *ro = tl_poisoned(bhd);
     int32_t *sel = tl_poisoned_i32(ns), *rsel = tl_poisoned_i32(ns);
@@ -612,11 +614,13 @@ static void twin_fail_steps(twin *w, uint64_t seed)
  * and re-prefilled with new data (longer, then shorter than what the mirror
  * holds) while the others go on, sequence 0 reset to empty, failures.
  * Stale device rows would show as a mismatch with the reference. */
-static void mirror_run(int H, int G, int dk, int dv, const char *chunk)
+static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk)
 {
     if (chunk)
         setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
-    nsa_layer_config c = cfg_small(16, 8, 32);
+    /* n > n_init + n_local = 3 with l' = 16: picks among up to 10 blocks */
+    nsa_layer_config c = cfg_small(16, 8, n > 3 ? 16 : 32);
+    c.attn.n = n;
     c.attn.H = H;
     c.attn.G = G;
     c.attn.dk = dk;
@@ -638,30 +642,56 @@ static void mirror_run(int H, int G, int dk, int dv, const char *chunk)
     twin_refill(&w, 0, 0, 0); /* empty: starts again at t = 0 */
     e = twin_steps(&w, 20, 400);
     worst = e > worst ? e : worst;
-    twin_attend_cached(&w, 500);
+    twin_attend_cached(&w, 500, 0);
     twin_fail_steps(&w, 600);
     e = twin_steps(&w, 5, 700);
     worst = e > worst ? e : worst;
-    twin_attend_cached(&w, 800);
-    print_message("mirror (H=%d G=%d dk=%d dv=%d chunk %s) on %s: worst relative L2 %.3g\n", H,
-                  G, dk, dv, chunk ? chunk : "auto", nsa_context_backend(w.ctx), worst);
+    twin_attend_cached(&w, 800, 0);
+    print_message("mirror (H=%d G=%d dk=%d dv=%d n=%d chunk %s) on %s: worst relative L2 %.3g\n",
+                  H, G, dk, dv, n, chunk ? chunk : "auto", nsa_context_backend(w.ctx), worst);
     twin_free(&w);
 }
 
 static void test_mirror(void **state)
 {
     (void)state;
-    mirror_run(8, 2, 16, 12, NULL);
-    mirror_run(8, 2, 16, 12, "8"); /* many chunks per branch */
-    mirror_run(10, 2, 8, 6, "24");  /* 5 heads a group, odd chunk */
-    mirror_run(40, 2, 8, 4, NULL);  /* 20 heads a group: two work-groups */
-    mirror_run(32, 2, 192, 128, NULL); /* the paper's head shape */
+    mirror_run(8, 2, 16, 12, 3, NULL);
+    mirror_run(8, 2, 16, 12, 6, NULL);    /* top-n picks */
+    mirror_run(8, 2, 16, 12, 6, "8");     /* many chunks per branch */
+    mirror_run(10, 2, 8, 6, 5, "24");     /* 5 heads a group, odd chunk */
+    mirror_run(40, 2, 8, 4, 6, NULL);     /* 20 heads a group: two work-groups */
+    mirror_run(32, 2, 192, 128, 6, NULL); /* the paper's head shape */
+}
+
+/* Top-n over many blocks (188 visible, more than a work-group's lanes)
+ * with random and with equal logits (exact ties), on long prompts of
+ * tiny heads. */
+static void test_mirror_topn(void **state)
+{
+    (void)state;
+    nsa_layer_config c = cfg_small(16, 8, 16);
+    c.attn.H = 2;
+    c.attn.G = 1;
+    c.attn.dk = 4;
+    c.attn.dv = 4;
+    c.attn.n = 12;
+    c.D = 4;
+    c.rope_dim = 4;
+    twin w;
+    twin_make(&w, &c, 2, 77);
+    twin_refill(&w, 0, 3000, 11);
+    twin_refill(&w, 1, 2200, 12);
+    twin_steps(&w, 3, 13);
+    twin_attend_cached(&w, 14, 0);
+    twin_attend_cached(&w, 15, 1);
+    twin_free(&w);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mirror),
+        cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),
         cmocka_unit_test(test_counters),

@@ -15,7 +15,7 @@
 static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
     "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear",
-    "nsa_dc_partial", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put"};
+    "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put"};
 
 static int cl_probe(char *why, size_t len)
 {

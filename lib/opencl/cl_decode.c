@@ -37,7 +37,7 @@ typedef struct dc_buf {
 } dc_buf;
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_P, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
-       DB_PACCS, DB_OCMP, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
+       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -567,28 +567,32 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     return dc_launch(ctx, dc, &a, P->label, wgs * (size_t)dc->st->wg);
 }
 
-static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P, int dense,
-                           int branches)
+/* The outputs from the partials of P (and, for NSA, the compressed
+ * branch's of C). */
+static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P,
+                           const dc_part *C, int branches)
 {
     const nsa_config *c = &dc->cfg;
     nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_FINAL], 0, CL_SUCCESS};
-    cl_mem oc = dense ? dc->buf[DB_TPOS].m : dc->buf[DB_OCMP].m;
-    cl_mem gt = dense ? dc->buf[DB_TPOS].m : dc->buf[DB_GATES].m;
-    ARG_INT(&a, dense);
+    const dc_part *pc = C ? C : P;
+    cl_mem gt = C ? dc->buf[DB_GATES].m : dc->buf[DB_TPOS].m;
+    ARG_INT(&a, C == NULL);
     ARG_MEM(&a, dc->buf[P->pst].m);
     ARG_MEM(&a, dc->buf[P->pacc].m);
     ARG_INT(&a, P->nch_a);
     ARG_INT(&a, P->nch);
+    ARG_MEM(&a, dc->buf[pc->pst].m);
+    ARG_MEM(&a, dc->buf[pc->pacc].m);
+    ARG_INT(&a, pc->nch);
     ARG_INT(&a, dc->B);
     ARG_INT(&a, c->H);
     ARG_INT(&a, c->G);
     ARG_INT(&a, c->dv);
     ARG_INT(&a, dc->dv4);
-    ARG_MEM(&a, oc);
     ARG_MEM(&a, gt);
     ARG_INT(&a, branches);
     ARG_MEM(&a, dc->buf[DB_OUT].m);
-    return dc_launch(ctx, dc, &a, dense ? "nsa_dc_final(dense)" : "nsa_dc_final",
+    return dc_launch(ctx, dc, &a, C ? "nsa_dc_final" : "nsa_dc_final(dense)",
                      (size_t)dc->B * c->H * dc->dv4);
 }
 
@@ -610,7 +614,6 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         (s = dc_ensure(ctx, dc, DB_P, sizeof(float) * bg * (size_t)max_nc)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_S, sizeof(float) * bg * (size_t)max_vis)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * n)) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, DB_OCMP, sizeof(float) * bhd)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd * (branches ? 4 : 1))) != NSA_OK)
         return s;
     /* compressed branch */
@@ -619,36 +622,49 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     pc.nch_a = pc.nch;
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
-    /* combine, scores and top-n */
+    /* the compressed probabilities summed over each group's heads */
     {
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
+        const int nic = (int)ceil_div(max_nc, dc->st->wg);
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_MEM(&a, dc->buf[DB_PSTC].m);
-        ARG_MEM(&a, dc->buf[DB_PACCC].m);
         ARG_INT(&a, pc.nch);
         ARG_INT(&a, H);
         ARG_INT(&a, G);
-        ARG_INT(&a, c->dv);
-        ARG_INT(&a, dc->dv4);
         ARG_INT(&a, c->l);
         ARG_INT(&a, c->d);
-        ARG_INT(&a, c->l_sel);
         ARG_MEM(&a, dc->buf[DB_ZOUT].m);
         ARG_INT(&a, max_nc);
+        ARG_INT(&a, nic);
+        ARG_MEM(&a, dc->buf[DB_P].m);
+        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * nic * (size_t)dc->st->wg)) != NSA_OK)
+            return s;
+    }
+    /* scores and top-n */
+    {
+        const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_INT(&a, G);
+        ARG_INT(&a, c->l_sel);
         ARG_MEM(&a, dc->buf[DB_RP].m);
         ARG_MEM(&a, dc->buf[DB_COL].m);
         ARG_MEM(&a, dc->buf[DB_VAL].m);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
         ARG_MEM(&a, dc->buf[DB_P].m);
+        ARG_INT(&a, max_nc);
         ARG_MEM(&a, dc->buf[DB_S].m);
         ARG_INT(&a, max_vis);
         ARG_INT(&a, n);
         ARG_INT(&a, c->n_init);
         ARG_INT(&a, c->n_local);
         ARG_MEM(&a, dc->buf[DB_SEL].m);
-        ARG_MEM(&a, dc->buf[DB_OCMP].m);
-        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * (size_t)dc->st->wg, NULL);
+        nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
+        nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
@@ -660,7 +676,7 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     pw.nch_a = (int)ceil_div(ks, pw.ch);
     pw.nch = pw.nch_a + (int)ceil_div(kw, pw.ch);
     if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
-        (s = dc_final(ctx, dc, &pw, 0, branches)) != NSA_OK)
+        (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
         return s;
     if ((s = dc_read(ctx, dc, dc->buf[DB_SEL].m, 0, sizeof(int32_t) * bg * n, job->sel_out)) !=
         NSA_OK)
@@ -689,7 +705,7 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
     pd.nch = (int)ceil_div(max_t + 1, pd.ch);
     pd.nch_a = pd.nch;
     if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
-        (s = dc_final(ctx, dc, &pd, 1, 0)) != NSA_OK ||
+        (s = dc_final(ctx, dc, &pd, NULL, 0)) != NSA_OK ||
         (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, 0, sizeof(float) * bhd, job->out)) != NSA_OK)
         return s;
     cl_int err = clFinish(dc->st->queue);
