@@ -1,9 +1,11 @@
 /* Decode-step kernels over device-resident caches (spec 7; host code in
  * lib/opencl/cl_decode.c). One new token per sequence b; the caches of
  * (b, g) live at bg = b G + g of each tensor:
- *   K caches transposed, float4 planes: K[(bg dk4 + e4) cap + row], so the
- *     lanes of a work-group reading one plane for consecutive keys read
- *     consecutive 16-byte words (coalesced, no local staging);
+ *   K caches transposed in tiles of NSA_DC_TK keys (KAT below): a tile
+ *     holds dk4 float4 planes of its keys, so the lanes of a work-group
+ *     reading one plane for consecutive keys read consecutive 16-byte words
+ *     (coalesced, no local staging), and a selection block's keys are one
+ *     contiguous piece (few pages to translate);
  *   V caches row-major: V[(bg cap + row) dv4 + e4] (lanes along dv).
  * dk4 = ceil(dk/4), dv4 = ceil(dv/4); padding columns hold 0. Elements are
  * kv_t (NSA_KV); all arithmetic is fp32.
@@ -21,6 +23,15 @@
 #ifndef NSA_DC_HC
 #define NSA_DC_HC 16 /* most heads of a group a work-group holds */
 #endif
+/* Keys per K tile, a power of two; capacities are multiples of it (the
+ * host's DC_TK). */
+#define NSA_DC_TK 64
+
+/* float4 index of column e4 of row `row` of (b, g) = bg in a K cache of cap
+ * rows per (b, g). */
+#define KAT(bg, cap, row, e4, dk4)                                                             \
+    ((((size_t)(bg) * (cap) + ((row) & ~(NSA_DC_TK - 1))) * (dk4)) +                         \
+     (size_t)(e4) * NSA_DC_TK + ((row) & (NSA_DC_TK - 1)))
 
 #if NSA_KV == 0
 #define LD4(p, i) (((__global const float4 *)(p))[i])
@@ -44,7 +55,7 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
  * CH ints, red 2 WG floats, spans n+1 ints. */
 __kernel void nsa_dc_partial(int mode, __global const float *q, __global const int *tpos,
                              __global const kv_t *K, __global const kv_t *V, int cap,
-                             __global const kv_t *Kw, __global const kv_t *Vw, int w,
+                             __global const kv_t *Kw, __global const kv_t *Vw, int w, int wcap,
                              __global const int *sel, int n, int lsel, int l, int d, int H,
                              int G, int hc, int dk, int dk4, int dv4, float scale, int CH,
                              int nch_a, int nch, __global float *zout, int max_nc,
@@ -82,7 +93,7 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
         cnt = clamp(min(w, t + 1) - base, 0, CH);
         Kx = Kw;
         Vx = Vw;
-        capx = w;
+        capx = wcap;
         ring = 1;
     } else {
         cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
@@ -120,7 +131,6 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
         rows[k] = row;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const size_t kplane = (size_t)bg * dk4 * capx;
     /* logits: a lane scores NSA_DC_KPT keys for all heads, the key's
      * float4 read straight from its plane (coalesced across lanes) */
     /* every loop over a register array below has constant bounds and
@@ -145,7 +155,7 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
 #pragma unroll
                 for (int j = 0; j < NSA_DC_KPT; j++)
                     kk[u][j] = rk[j] >= 0 && e0 + u < dk4
-                                   ? LD4(Kx, kplane + (size_t)(e0 + u) * capx + rk[j])
+                                   ? LD4(Kx, KAT(bg, capx, rk[j], e0 + u, dk4))
                                    : (float4)(0.0f);
 #pragma unroll
             for (int u = 0; u < 4; u++) {
@@ -505,7 +515,7 @@ static ushort dc_bf16(float f)
  * offset of the row [G][dim] in stage); kinds 0/1 raw K/V, 2/3 window
  * ring K/V, 4/5 compressed K/V. One work-item per (r, g, float4 column). */
 __kernel void nsa_dc_put(__global const float *stage, __global const int4 *desc, int ndesc,
-                         int G, int dk, int dv, int dk4, int dv4, int cap, int ccap, int w,
+                         int G, int dk, int dv, int dk4, int dv4, int cap, int ccap, int wcap,
                          __global kv_t *Kr, __global kv_t *Vr, __global kv_t *Kw,
                          __global kv_t *Vw, __global kv_t *Kc, __global kv_t *Vc)
 {
@@ -527,10 +537,10 @@ __kernel void nsa_dc_put(__global const float *stage, __global const int4 *desc,
         v.z = src[2];
     if (e4 * 4 + 3 < dim)
         v.w = src[3];
-    const int cp = kind < 2 ? cap : kind < 4 ? w : ccap;
+    const int cp = kind < 2 ? cap : kind < 4 ? wcap : ccap;
     __global kv_t *dst = kind == 0 ? Kr : kind == 1 ? Vr : kind == 2 ? Kw : kind == 3 ? Vw
                        : kind == 4 ? Kc : Vc;
     const size_t bg = (size_t)ds.y * G + g;
-    const size_t at = isv ? (bg * cp + ds.z) * dv4 + e4 : (bg * dk4 + e4) * cp + ds.z;
+    const size_t at = isv ? (bg * cp + ds.z) * dv4 + e4 : KAT(bg, cp, ds.z, e4, dk4);
     ST4(v, dst, at);
 }

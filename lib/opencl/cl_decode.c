@@ -21,6 +21,8 @@
  * work-group holds (NSA_DC_HC). */
 #define DC_KPT 2
 #define DC_HC 16
+/* Keys per K tile (cl/decode.cl's NSA_DC_TK): capacities are multiples. */
+#define DC_TK 64
 /* Host staging of one upload batch: 16 MiB. */
 #define DC_STAGE_FLOATS ((size_t)4 << 20)
 
@@ -46,6 +48,7 @@ typedef struct nsa_cl_dcache {
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
+    int wcap;          /* rows per (b, g) of the rings: w rounded up to DC_TK */
     cl_mem kr, vr, kw, vw, kc, vc;
     dc_seq *seq;
     dc_buf buf[DB_COUNT];
@@ -202,8 +205,11 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     }
     /* the rings have their final size */
     const size_t bg = (size_t)B * cfg->G;
-    if ((s = dc_create(ctx, dc, bg * dc->dk4 * (size_t)cfg->w * 4 * dc->es, &dc->kw)) != NSA_OK ||
-        (s = dc_create(ctx, dc, bg * dc->dv4 * (size_t)cfg->w * 4 * dc->es, &dc->vw)) != NSA_OK) {
+    dc->wcap = (cfg->w + DC_TK - 1) / DC_TK * DC_TK;
+    if ((s = dc_create(ctx, dc, bg * dc->dk4 * (size_t)dc->wcap * 4 * dc->es, &dc->kw)) !=
+            NSA_OK ||
+        (s = dc_create(ctx, dc, bg * dc->dv4 * (size_t)dc->wcap * 4 * dc->es, &dc->vw)) !=
+            NSA_OK) {
         nsa_cl_dcache_free(dc);
         return s;
     }
@@ -243,22 +249,22 @@ static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *m, size
 
 static int64_t grown(int64_t cap, int64_t need)
 {
-    int64_t c = cap < 16 ? 16 : cap;
+    int64_t c = cap < DC_TK ? DC_TK : cap; /* stays a multiple of DC_TK */
     while (c < need)
         c *= 2;
     return c;
 }
 
-/* Raw and compressed caches with room for need and needc rows. K planes
- * are rows of cap float4 words, V blocks of cap dv4 words per (b, g). */
+/* Raw and compressed caches with room for need and needc rows: per (b, g)
+ * a block of cap dk4 (K) or cap dv4 (V) words, copied block by block. */
 static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, int64_t needc)
 {
     const size_t bg = (size_t)dc->B * dc->cfg.G, w4 = 4 * dc->es;
     nsa_status s = NSA_OK;
     if (need > dc->cap || !dc->kr) {
         const int64_t nc = grown(dc->cap, need);
-        if ((s = dc_regrow(ctx, dc, &dc->kr, (size_t)dc->cap * w4, (size_t)nc * w4,
-                           bg * dc->dk4)) != NSA_OK)
+        if ((s = dc_regrow(ctx, dc, &dc->kr, (size_t)dc->cap * dc->dk4 * w4,
+                           (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
             return s;
         /* kr grown, vr not: the common capacity is not raised until both are */
         if ((s = dc_regrow(ctx, dc, &dc->vr, (size_t)dc->cap * dc->dv4 * w4,
@@ -274,8 +280,8 @@ static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, 
     }
     if (needc > dc->ccap || !dc->kc) {
         const int64_t nc = grown(dc->ccap, needc);
-        if ((s = dc_regrow(ctx, dc, &dc->kc, (size_t)dc->ccap * w4, (size_t)nc * w4,
-                           bg * dc->dk4)) != NSA_OK)
+        if ((s = dc_regrow(ctx, dc, &dc->kc, (size_t)dc->ccap * dc->dk4 * w4,
+                           (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
             return s;
         if ((s = dc_regrow(ctx, dc, &dc->vc, (size_t)dc->ccap * dc->dv4 * w4,
                            (size_t)nc * dc->dv4 * w4, bg)) != NSA_OK) {
@@ -317,7 +323,7 @@ static nsa_status dc_flush(nsa_context *ctx, nsa_cl_dcache *dc, cl_bool blocking
     ARG_INT(&a, dc->dv4);
     ARG_INT(&a, dc->cap);
     ARG_INT(&a, dc->ccap);
-    ARG_INT(&a, c->w);
+    ARG_INT(&a, dc->wcap);
     ARG_MEM(&a, dc->kr);
     ARG_MEM(&a, dc->vr);
     ARG_MEM(&a, dc->kw);
@@ -539,6 +545,7 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     ARG_MEM(&a, dc->kw);
     ARG_MEM(&a, dc->vw);
     ARG_INT(&a, c->w);
+    ARG_INT(&a, dc->wcap);
     ARG_MEM(&a, sel);
     ARG_INT(&a, c->n);
     ARG_INT(&a, c->l_sel);
