@@ -687,9 +687,46 @@ static void test_mirror_topn(void **state)
     twin_free(&w);
 }
 
+/* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps
+ * exactly like its source, through the mirror too. */
+static void test_clone_seq(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 21), NSA_OK);
+    const size_t D = (size_t)c.D;
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, 3, 0, &st), NSA_OK);
+    float *x = malloc(sizeof(float) * 70 * D);
+    tl_fill(x, 70 * D, 22, -1, 1);
+    assert_int_equal(nsa_decode_clone_seq(st, 1, 0), NSA_ERR_ARG); /* empty source */
+    assert_int_equal(nsa_decode_prefill(st, 0, x, 70, NULL), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(st, 2, x, 5, NULL), NSA_OK);
+    assert_int_equal(nsa_decode_clone_seq(st, 2, 0), NSA_ERR_ARG); /* destination not empty */
+    assert_int_equal(nsa_decode_clone_seq(st, 1, 0), NSA_OK);
+    assert_int_equal(nsa_decode_length(st, 1), 70);
+    float xt[3 * 12], *y = tl_poisoned(3 * D);
+    for (int s = 0; s < 20; s++) {
+        tl_fill(xt, D, 23 + (uint64_t)s, -1, 1);
+        memcpy(xt + D, xt, sizeof(float) * D);
+        memcpy(xt + 2 * D, xt, sizeof(float) * D);
+        assert_int_equal(nsa_decode_step(L, st, xt, y, NULL), NSA_OK);
+        assert_memory_equal(y, y + D, sizeof(float) * D);
+    }
+    free(x);
+    free(y);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clone_seq),
         cmocka_unit_test(test_mirror),
         cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),

@@ -14,6 +14,7 @@
  * they never come back to the host. */
 #include "cl_run.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,6 +253,9 @@ static int64_t grown(int64_t cap, int64_t need)
     int64_t c = cap < DC_TK ? DC_TK : cap; /* stays a multiple of DC_TK */
     while (c < need)
         c *= 2;
+    /* the kernels take capacities as int: no doubling past need there */
+    if (c > INT32_MAX)
+        c = (need + DC_TK - 1) / DC_TK * DC_TK;
     return c;
 }
 

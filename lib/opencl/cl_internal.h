@@ -49,7 +49,7 @@ typedef enum nsa_cl_cache_event {
 } nsa_cl_cache_event;
 
 /* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
-#define NSA_CL_PROF_MAX 16
+#define NSA_CL_PROF_MAX 24 /* operator, phi, linear and decode labels */
 typedef struct nsa_cl_prof {
     char label[32];
     double ns;
