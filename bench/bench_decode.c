@@ -4,18 +4,23 @@
  *                    [--batch B] [--steps N] [--json]
  *
  * For each length S: a layer and B sequences whose caches are filled with
- * S-1 random tokens (prefill without outputs), then N decode steps (the
- * first at t = S-1) timed one by one; then N dense decode passes (each new
- * token over all its t+1 raw K/V, the backend's dense_decode) over the same
- * caches, and N passes of the NSA decode attention alone (no projections)
- * over the same caches and queries. Reports the median time of each, the
- * tokens and K/V bytes a
- * step reads per sequence and group (spec 7's counters, from the state) and
- * the ratios. On the reference backend the times say little; the token
- * counts are what matter there. On the cpu backend the read bandwidth is
- * measured before the first length and after the last (nsa-bench
- * prefill's measure), and each row gets bound = NSA MB / the first figure
- * and attn / bound. */
+ * S-1 random tokens (one prefill without outputs, copied to the other
+ * sequences), then N decode steps (the first at t = S-1) timed one by one;
+ * then N dense decode passes (each new token over all its t+1 raw K/V) and
+ * N passes of the NSA decode attention alone (no projections) over the same
+ * caches and queries, both through the backend's device mirror of the
+ * caches when it has one (opencl: only q, gates and the outputs cross the
+ * bus), else over the host caches. Reports the median time of each, the
+ * tokens and K/V bytes a step reads per sequence and group (spec 7's
+ * counters, from the state), the ratios, and the read rate: K/V bytes of
+ * all sequences and groups / time. With the opencl backend and
+ * NSA_OPENCL_PROFILE=1 it also reports the device time of the attention
+ * kernels (profiling events, the uploads' scatter kernel excluded) and the
+ * rate over that time. On the reference backend the times say little; the
+ * token counts are what matter there. On the cpu backend the read
+ * bandwidth is measured before the first length and after the last
+ * (nsa-bench prefill's measure), and each row gets bound = NSA MB / the
+ * first figure and attn / bound. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "cpu/cpu_internal.h"
 #include "decode.h"
@@ -27,6 +32,87 @@
 #include <time.h>
 
 #include "bench_util.h"
+#ifdef NSA_BENCH_OPENCL
+#include "cl_internal.h"
+#endif
+
+/* Device time per kernel label, summed over the timed passes. */
+typedef struct kprof {
+    int n;
+    char label[12][32];
+    double ns[12];
+} kprof;
+
+/* Device time (ms) of the decode attention kernels since the last call
+ * (opencl with NSA_OPENCL_PROFILE=1; kp, if given, gets each kernel's
+ * share), else -1. */
+static double kernel_ms(nsa_context *ctx, kprof *kp)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (st && st->profile) {
+        double ns = 0.0;
+        for (int i = 0; i < st->n_prof; i++)
+            if (strncmp(st->prof[i].label, "nsa_dc_", 7) == 0 &&
+                strcmp(st->prof[i].label, "nsa_dc_put") != 0) {
+                ns += st->prof[i].ns;
+                int j = 0;
+                while (kp && j < kp->n && strcmp(kp->label[j], st->prof[i].label) != 0)
+                    j++;
+                if (kp && j == kp->n && j < 12) {
+                    snprintf(kp->label[j], sizeof kp->label[j], "%s", st->prof[i].label);
+                    kp->ns[j] = 0.0;
+                    kp->n++;
+                }
+                if (kp && j < kp->n)
+                    kp->ns[j] += st->prof[i].ns;
+            }
+        st->n_prof = 0;
+        return ns / 1e6;
+    }
+#else
+    (void)ctx;
+    (void)kp;
+#endif
+    return -1.0;
+}
+
+/* The device's copy rate (GB/s, bytes read + written) for a 1 GiB
+ * clEnqueueCopyBuffer, median of 5 (opencl), else -1: the reference of the
+ * decode read rate. */
+static double copy_gbs(nsa_context *ctx)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return -1.0;
+    const size_t bytes = (size_t)1 << 30;
+    cl_int e1, e2;
+    cl_mem a = clCreateBuffer(st->context, CL_MEM_READ_WRITE, bytes, NULL, &e1);
+    cl_mem b = clCreateBuffer(st->context, CL_MEM_READ_WRITE, bytes, NULL, &e2);
+    double t[6], r = -1.0;
+    if (e1 == CL_SUCCESS && e2 == CL_SUCCESS) {
+        int ok = 1;
+        for (int i = 0; i < 6 && ok; i++) {
+            const double t0 = bench_now();
+            ok = clEnqueueCopyBuffer(st->queue, a, b, 0, 0, bytes, 0, NULL, NULL) ==
+                     CL_SUCCESS &&
+                 clFinish(st->queue) == CL_SUCCESS;
+            t[i] = bench_now() - t0;
+        }
+        if (ok)
+            r = 2.0 * (double)bytes / bench_median(t + 1, 5) * 1e-9; /* the first warms up */
+    }
+    if (e1 == CL_SUCCESS)
+        clReleaseMemObject(a);
+    if (e2 == CL_SUCCESS)
+        clReleaseMemObject(b);
+    return r;
+#else
+    (void)ctx;
+    return -1.0;
+#endif
+}
 
 int nsa_bench_decode(int argc, char **argv);
 double nsa_bench_read_gbs(const nsa_simd_kernels *k); /* bench/nsa-bench.c */
@@ -101,13 +187,19 @@ int nsa_bench_decode(int argc, char **argv)
     const double bw = is_cpu ? nsa_bench_read_gbs(kern) : 0.0;
     if (!json && is_cpu)
         printf("measured read bandwidth (before): %.1f GB/s\n", bw);
+    if (!json) {
+        const double cp = copy_gbs(ctx);
+        if (cp > 0)
+            printf("device copy rate (1 GiB clEnqueueCopyBuffer, read + write): %.1f GB/s\n", cp);
+    }
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
-               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %7s\n",
+               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %8s | %9s %9s %8s %8s | %8s %7s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
                a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
-               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "bound ms",
+               "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "attn GB/s",
+               "dns GB/s", "attn k ms", "dns k ms", "k GB/s", "dk GB/s", "bound ms",
                "attn/bd");
     int rc = 0;
     for (const char *p = lens_arg; *p && rc == 0;) {
@@ -127,10 +219,11 @@ int nsa_bench_decode(int argc, char **argv)
         double *tn = malloc(sizeof(double) * (size_t)steps);
         double *td = malloc(sizeof(double) * (size_t)steps);
         double *ta = malloc(sizeof(double) * (size_t)steps);
+        double *ka = malloc(sizeof(double) * (size_t)steps);
+        double *kd = malloc(sizeof(double) * (size_t)steps);
         float *gates = malloc(sizeof(float) * (size_t)B * a->H * 3);
         int32_t *sel = malloc(sizeof(int32_t) * (size_t)B * a->G * a->n);
-        nsa_decode_seq *sd = malloc(sizeof *sd * (size_t)B);
-        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !gates || !sel || !sd ||
+        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !ka || !kd || !gates || !sel ||
             nsa_decode_create(L, B, 0, &st) != NSA_OK) {
             fprintf(stderr, "nsa-bench decode: out of memory at S=%ld\n", S);
             return 1;
@@ -138,8 +231,10 @@ int nsa_bench_decode(int argc, char **argv)
         nsa_rng r = {(uint64_t)S};
         for (size_t i = 0; i < (size_t)S * D; i++)
             x[i] = nsa_rng_uniform(&r);
-        for (int b = 0; b < B && rc == 0; b++)
-            if (nsa_decode_prefill(st, b, x, S - 1, NULL) != NSA_OK)
+        if (nsa_decode_prefill(st, 0, x, S - 1, NULL) != NSA_OK)
+            rc = 1;
+        for (int b = 1; b < B && rc == 0; b++)
+            if (nsa_decode_clone_seq(st, b, 0) != NSA_OK)
                 rc = 1;
         nsa_decode_counters k0 = {0};
         for (int s = 0; s < steps && rc == 0; s++) {
@@ -154,37 +249,47 @@ int nsa_bench_decode(int argc, char **argv)
         }
         for (size_t i = 0; i < (size_t)B * a->H * a->dk; i++)
             q[i] = nsa_rng_uniform(&r);
-        for (int b = 0; b < B && rc == 0; b++)
-            if (nsa_decode_view(st, b, &sd[b]) != NSA_OK)
-                rc = 1;
         for (size_t i = 0; i < (size_t)B * a->H * 3; i++)
             gates[i] = 1.0f / 3.0f;
-        nsa_csr map;
-        int64_t max_t = 0;
-        for (int b = 0; b < B; b++)
-            max_t = sd[b].t > max_t ? sd[b].t : max_t;
-        if (rc == 0 && nsa_bm_map_build(a, nsa_bm_n_sel_visible(a, max_t),
-                                        nsa_bm_n_cmp(a, max_t), &map) != NSA_OK)
+        /* K/V bytes the attention at t = length - 1 reads: the counters of
+         * the last step, which ran at that t; dense reads all t+1 tokens */
+        double nsa_bytes = 0.0, dense_bytes_all = 0.0;
+        for (int b = 0; b < B && rc == 0; b++)
+            for (int g = 0; g < a->G; g++) {
+                nsa_decode_counters k;
+                if (nsa_decode_get_counters(st, b, g, &k) != NSA_OK)
+                    rc = 1;
+                nsa_bytes += (double)k.bytes;
+                dense_bytes_all += (double)k.dense * (a->dk + a->dv) * 4.0;
+            }
+        /* one untimed pass each: device buffers of the attention */
+        if (rc == 0 && (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK ||
+                        nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK))
             rc = 1;
-        nsa_decode_job job = {a, nsa_config_scale(a), rc ? NULL : &map, B, sd, q, gates, o,
-                              NULL, NULL, NULL, sel};
+        kernel_ms(ctx, NULL);
+        kprof kp = {0};
         for (int s = 0; s < steps && rc == 0; s++) {
             double t0 = bench_now();
-            if (nsa_run_dense_decode(ctx, &job) != NSA_OK)
+            if (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK)
                 rc = 1;
             td[s] = bench_now() - t0;
+            kd[s] = kernel_ms(ctx, &kp);
             t0 = bench_now();
-            if (rc == 0 && nsa_run_decode_attend(ctx, &job) != NSA_OK)
+            if (rc == 0 && nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK)
                 rc = 1;
             ta[s] = bench_now() - t0;
+            ka[s] = kernel_ms(ctx, &kp);
         }
-        if (job.map)
-            nsa_bm_map_free(&map);
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
         } else {
             const double mn = bench_median(tn, steps) * 1e3, md = bench_median(td, steps) * 1e3;
             const double ma = bench_median(ta, steps) * 1e3;
+            const double mka = bench_median(ka, steps), mkd = bench_median(kd, steps);
+            /* GB/s = bytes / (ms 1e-3) / 1e9 */
+            const double ga = nsa_bytes / ma * 1e-6, gd = dense_bytes_all / md * 1e-6;
+            const double gka = mka > 0 ? nsa_bytes / mka * 1e-6 : -1.0;
+            const double gkd = mkd > 0 ? dense_bytes_all / mkd * 1e-6 : -1.0;
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
             /* time to read the NSA bytes at the measured bandwidth */
@@ -194,18 +299,26 @@ int nsa_bench_decode(int argc, char **argv)
                        "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
                        "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
                        "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f,"
-                       "\"read_gbs\":%.2f,\"bound_ms\":%.4f}\n",
+                       "\"attn_bytes_all\":%.0f,\"dense_bytes_all\":%.0f,\"attn_gbs\":%.2f,"
+                       "\"dense_gbs\":%.2f,\"attn_kernel_ms\":%.4f,\"dense_kernel_ms\":%.4f,"
+                       "\"attn_kernel_gbs\":%.2f,\"dense_kernel_gbs\":%.2f,\"read_gbs\":%.2f,\"bound_ms\":%.4f}\n",
                        nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
-                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes, bw,
-                       bound);
+                       (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes,
+                       nsa_bytes, dense_bytes_all, ga, gd, mka, mkd, gka, gkd, bw, bound);
             else
                 printf("%8ld %11.3f %9.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
-                       "%10.3f %10.3f | %8.3f %6.2fx\n",
+                       "%10.3f %10.3f | %8.1f %8.1f | %9.4f %9.4f %8.1f %8.1f | %8.3f %6.2fx\n",
                        S, mn, ma, md, md / ma, (long long)k0.cmp, (long long)k0.slc,
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
-                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, bound,
-                       bound > 0 ? ma / bound : 0.0);
+                       (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, ga, gd,
+                       mka, mkd, gka, gkd, bound, bound > 0 ? ma / bound : 0.0);
+            if (!json && kp.n > 0) {
+                printf("         kernels, mean ms:");
+                for (int i = 0; i < kp.n; i++)
+                    printf(" %s %.4f", kp.label[i] + 7, kp.ns[i] / 1e6 / steps);
+                printf("\n");
+            }
             fflush(stdout);
         }
         nsa_decode_free(st);
@@ -217,9 +330,10 @@ int nsa_bench_decode(int argc, char **argv)
         free(tn);
         free(td);
         free(ta);
+        free(ka);
+        free(kd);
         free(gates);
         free(sel);
-        free(sd);
     }
     if (!json && rc == 0 && is_cpu)
         printf("measured read bandwidth (after): %.1f GB/s\n", nsa_bench_read_gbs(kern));
@@ -227,8 +341,9 @@ int nsa_bench_decode(int argc, char **argv)
         printf("step: a whole nsa_decode_step (projections, caches, attention, Wo); attn: the "
                "NSA decode attention alone;\ndense: dense decode attention alone; speedup = "
                "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
-               "t = S-1 (K and V bytes read); dense reads S tokens. bound: nsa MB at the read bandwidth\n"
-               "measured before; attn/bd = attn / bound.\n");
+               "t = S-1 (K and V bytes read); dense reads S tokens.\nGB/s: K/V bytes of all sequences "
+               "and groups (fp32) / the wall time of attn and dense;\nk ms, k GB/s: device time of "
+               "the attention kernels (NSA_OPENCL_PROFILE=1, opencl; -1 otherwise);\nbound: nsa MB at the read bandwidth measured before (cpu); attn/bd = attn / bound.\n");
     nsa_layer_free(L);
     nsa_context_free(ctx);
     return rc;

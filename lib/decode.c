@@ -6,7 +6,12 @@
  * (growth copies into new buffers and swaps only when every allocation
  * succeeded); (3) write the caches (saving the ring rows it overwrites),
  * attend, project out, and only then bump the lengths. A failure in (3)
- * (a backend error) restores the saved ring rows; grown capacity stays. */
+ * (a backend error) restores the saved ring rows; grown capacity stays.
+ *
+ * A backend with a device mirror of the caches (vtable dcache_*) gets one
+ * per state; the host caches stay the source of truth, and the mirror is
+ * told per sequence a generation number (bumped on reset and prefill) so
+ * that it re-uploads a sequence whose history changed. */
 #include "decode.h"
 #include "layer.h"
 
@@ -29,6 +34,11 @@ struct nsa_decode_state {
     seq_cache *seq;
     nsa_decode_counters *cnt; /* [B][G], of the last step */
     int fail_after;           /* test hook, see decode.h */
+    const nsa_backend_ops *be; /* owner of dc */
+    void *dc;                 /* device mirror of the caches, or NULL */
+    uint64_t *gen;            /* [B] generation of each sequence's history */
+    int dc_fail;              /* test hook, see decode.h */
+    int fail_late;            /* test hook, see decode.h */
 };
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
@@ -66,8 +76,11 @@ void nsa_decode_free(nsa_decode_state *st)
         return;
     for (int b = 0; st->seq && b < st->B; b++)
         seq_free(&st->seq[b]);
+    if (st->dc)
+        st->be->dcache_free(st->dc);
     free(st->seq);
     free(st->cnt);
+    free(st->gen);
     free(st);
 }
 
@@ -89,7 +102,8 @@ nsa_status nsa_decode_create(nsa_layer *L, int B, int64_t max_len, nsa_decode_st
     st->max_len = max_len;
     st->seq = calloc((size_t)B, sizeof *st->seq);
     st->cnt = calloc((size_t)B * (size_t)L->cfg.attn.G, sizeof *st->cnt);
-    int ok = st->seq && st->cnt;
+    st->gen = calloc((size_t)B, sizeof *st->gen);
+    int ok = st->seq && st->cnt && st->gen;
     const nsa_config *c = &L->cfg.attn;
     for (int b = 0; ok && b < B; b++) {
         seq_cache *s = &st->seq[b];
@@ -102,6 +116,13 @@ nsa_status nsa_decode_create(nsa_layer *L, int B, int64_t max_len, nsa_decode_st
     if (!ok) {
         nsa_decode_free(st);
         return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for %d decode caches", B);
+    }
+    st->be = L->ctx->be;
+    if (st->be->dcache_new && st->be->dcache_new(L->ctx, c, B, &st->dc) != NSA_OK) {
+        /* not fatal: steps attend over the host caches */
+        st->dc = NULL;
+        nsa_log(L->ctx, "decode: no device cache on '%s' (%s): using the host caches",
+                st->be->name, L->ctx->msg);
     }
     *out = st;
     return NSA_OK;
@@ -118,6 +139,7 @@ nsa_status nsa_decode_reset(nsa_decode_state *st, int b)
     for (int i = (b < 0 ? 0 : b); i < (b < 0 ? st->B : b + 1); i++) {
         st->seq[i].len = 0;
         st->seq[i].nc = 0;
+        st->gen[i]++;
         memset(st->cnt + (size_t)i * G, 0, sizeof *st->cnt * (size_t)G);
     }
     return NSA_OK;
@@ -286,6 +308,7 @@ nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64
     nsa_status s = check_capacity(st, b, S);
     if (s != NSA_OK)
         return s;
+    st->gen[b]++; /* whatever happens next, the mirror's copy is history */
     int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
     if (!need)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory");
@@ -354,6 +377,100 @@ nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64
     nsa_acts_free(&act);
     free(o);
     return s;
+}
+
+/* -------------------------------------------------------------- mirror */
+/* The decode attention (or the dense baseline) of a job over the caches:
+ * through the device mirror when there is one. */
+static nsa_status attend_job(nsa_decode_state *st, const nsa_decode_job *job, int dense)
+{
+    nsa_context *ctx = st->L->ctx;
+    if (!st->dc || (dense && !st->be->dcache_dense))
+        return dense ? nsa_run_dense_decode(ctx, job) : nsa_run_decode_attend(ctx, job);
+    nsa_dcache_sync sync = {st->gen, st->dc_fail};
+    st->dc_fail = 0;
+    return dense ? st->be->dcache_dense(ctx, st->dc, job, &sync)
+                 : st->be->dcache_attend(ctx, st->dc, job, &sync);
+}
+
+int nsa_decode_has_mirror(const nsa_decode_state *st) { return st && st->dc; }
+
+void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
+{
+    if (st)
+        st->dc_fail = n;
+}
+
+void nsa_decode_fail_after_attend(nsa_decode_state *st)
+{
+    if (st)
+        st->fail_late = 1;
+}
+
+nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float *q, const float *gates,
+                                    float *o, int32_t *sel, int dense)
+{
+    if (!st || !q || !o || !sel || (!dense && !gates))
+        return NSA_ERR_NULL;
+    const nsa_config *c = acfg(st);
+    nsa_decode_seq *sd = malloc(sizeof *sd * (size_t)st->B);
+    if (!sd)
+        return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory");
+    nsa_status s = NSA_OK;
+    int64_t max_t = 0;
+    for (int b = 0; b < st->B && s == NSA_OK; b++)
+        if ((s = nsa_decode_view(st, b, &sd[b])) == NSA_OK && sd[b].t > max_t)
+            max_t = sd[b].t;
+    nsa_csr map = {0};
+    if (s == NSA_OK)
+        s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t), &map);
+    if (s == NSA_OK) {
+        nsa_decode_job job = {c, nsa_config_scale(c), &map, st->B, sd, q, gates, o,
+                              NULL, NULL, NULL, sel};
+        s = attend_job(st, &job, dense);
+    }
+    nsa_bm_map_free(&map);
+    free(sd);
+    return s;
+}
+
+nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src)
+{
+    if (!st)
+        return NSA_ERR_NULL;
+    if (dst < 0 || dst >= st->B || src < 0 || src >= st->B || dst == src ||
+        st->seq[dst].len != 0 || st->seq[src].len == 0)
+        return nsa_fail(st->L->ctx, NSA_ERR_ARG,
+                        "clone needs two sequences, the destination empty, the source not "
+                        "(%d <- %d)",
+                        dst, src);
+    int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
+    if (!need)
+        return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory");
+    const seq_cache *a = &st->seq[src];
+    need[dst] = a->len;
+    need[st->B + dst] = a->nc;
+    nsa_status s = reserve(st, need, need + st->B);
+    free(need);
+    if (s != NSA_OK)
+        return s;
+    const nsa_config *c = acfg(st);
+    const size_t kr = krow(st), vr = vrow(st);
+    seq_cache *d = &st->seq[dst];
+    memcpy(d->ks, a->ks, sizeof(float) * (size_t)a->len * kr);
+    memcpy(d->vs, a->vs, sizeof(float) * (size_t)a->len * vr);
+    if (a->nc > 0) {
+        memcpy(d->kc, a->kc, sizeof(float) * (size_t)a->nc * kr);
+        memcpy(d->vc, a->vc, sizeof(float) * (size_t)a->nc * vr);
+    }
+    memcpy(d->kw, a->kw, sizeof(float) * (size_t)c->w * kr);
+    memcpy(d->vw, a->vw, sizeof(float) * (size_t)c->w * vr);
+    memcpy(d->kr, a->kr, sizeof(float) * (size_t)c->l * kr);
+    memcpy(d->vr, a->vr, sizeof(float) * (size_t)c->l * vr);
+    d->len = a->len;
+    d->nc = a->nc;
+    st->gen[dst]++;
+    return NSA_OK;
 }
 
 /* ---------------------------------------------------------------- step */
@@ -475,7 +592,10 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
                               sd,  act.q,               act.gates, o,
                               aux ? aux->out_cmp : NULL, aux ? aux->out_slc : NULL,
                               aux ? aux->out_win : NULL, sel};
-        s = nsa_run_decode_attend(ctx, &job);
+        s = attend_job(st, &job, 0);
+        if (s == NSA_OK && st->fail_late)
+            s = nsa_fail(ctx, NSA_ERR_BACKEND, "injected failure after the attention (test)");
+        st->fail_late = 0;
         if (s == NSA_OK)
             s = nsa_layer_output(L, o, B, y);
         if (s != NSA_OK) {

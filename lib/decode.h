@@ -13,4 +13,29 @@ NSA_HIDDEN void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n);
  * length - 1); for benchmarks and tests. NSA_ERR_ARG if b is empty. */
 NSA_HIDDEN nsa_status nsa_decode_view(const nsa_decode_state *st, int b, nsa_decode_seq *out);
 
+/* 1 if the state has a device mirror of its caches (the backend's
+ * dcache_new succeeded). */
+NSA_HIDDEN int nsa_decode_has_mirror(const nsa_decode_state *st);
+
+/* Test hook: the n-th device operation of the next mirror call fails
+ * (n >= 1; the call's failure marks the mirror stale). */
+NSA_HIDDEN void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n);
+
+/* Sequence dst (empty) gets a copy of sequence src's caches: a batch of
+ * long prompts prefilled once (benchmarks). */
+NSA_HIDDEN nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src);
+
+/* Test hook: the next step fails right after a successful attention, as a
+ * failing output projection would (the mirror has synced the new rows). */
+NSA_HIDDEN void nsa_decode_fail_after_attend(nsa_decode_state *st);
+
+/* The decode attention (dense: the dense baseline) of the last token of
+ * every sequence (t = length - 1; none may be empty) over the state's
+ * caches, with the caller's q [B][H][dk] and gates [B][H][3] (unused when
+ * dense), through the device mirror when there is one; o [B][H][dv], sel
+ * [B][G][n] (untouched when dense). For benchmarks and tests. */
+NSA_HIDDEN nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float *q,
+                                               const float *gates, float *o, int32_t *sel,
+                                               int dense);
+
 #endif

@@ -144,6 +144,14 @@ typedef struct nsa_decode_job {
     int32_t *sel_out;          /* [B][G][n], always given (counters need it) */
 } nsa_decode_job;
 
+/* What decode.c tells a device mirror of its caches at each call: per
+ * sequence a generation number, bumped on reset and prefill, so the mirror
+ * knows when its copy of a sequence is stale and must be uploaded whole. */
+typedef struct nsa_dcache_sync {
+    const uint64_t *gen; /* [B] */
+    int fail_at; /* tests: the fail_at-th device operation of the call fails (0 = none) */
+} nsa_dcache_sync;
+
 /* One entry of the backend registry. NULL members fall back to the
  * reference implementation (logged when NSA_VERBOSE is set). */
 typedef struct nsa_backend_ops {
@@ -160,8 +168,17 @@ typedef struct nsa_backend_ops {
     /* Dense causal attention of each new token over all its raw selection
      * K/V (seq[b].ks/vs, t+1 rows) into job->out: the decode baseline. */
     nsa_status (*dense_decode)(nsa_context *ctx, const nsa_decode_job *job);
-    /* Room for later pieces (backward). */
-    void *reserved[2];
+    /* Optional device mirror of a decode state's caches (the host caches of
+     * decode.c stay the source of truth). Each call first uploads what
+     * changed since the mirror's last sync (job->seq[b] describes the host
+     * caches), then runs as decode_attend / dense_decode over the device
+     * copy. A failure marks the copy stale; caches never come back. */
+    nsa_status (*dcache_new)(nsa_context *ctx, const nsa_config *cfg, int B, void **dc);
+    void (*dcache_free)(void *dc);
+    nsa_status (*dcache_attend)(nsa_context *ctx, void *dc, const nsa_decode_job *job,
+                                const nsa_dcache_sync *sync);
+    nsa_status (*dcache_dense)(nsa_context *ctx, void *dc, const nsa_decode_job *job,
+                               const nsa_dcache_sync *sync);
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);

@@ -1,7 +1,12 @@
 /* Decode (spec 7): decode = prefill at every position, emitted compressed
  * tokens = prefill's bit for bit, counters = closed forms, and failures
  * (bad arguments, capacity, injected allocation failures, NaN input) leave
- * the state as it was and never touch other sequences. */
+ * the state as it was and never touch other sequences. On a backend with a
+ * device mirror of the caches (opencl) the same tests run through it, and
+ * test_mirror checks its sync: reset and re-prefill of one sequence while
+ * others go on, injected device failures, the attention and dense baseline
+ * over the mirror against the reference over the host caches. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
 
@@ -380,9 +385,350 @@ static void test_decode_vs_reference(void **state)
     nsa_context_free(rctx);
 }
 
+/* ------------------------------------------------------------- mirror */
+/* The same layer and decode state on the backend under test (L, sl) and on
+ * the reference (R, sr). */
+typedef struct twin {
+    nsa_layer_config c;
+    nsa_context *ctx, *rctx;
+    nsa_layer *L, *R;
+    nsa_decode_state *sl, *sr;
+    int B;
+} twin;
+
+static void twin_make(twin *w, const nsa_layer_config *c, int B, uint64_t seed)
+{
+    memset(w, 0, sizeof *w);
+    w->c = *c;
+    w->B = B;
+    w->ctx = ref_ctx();
+    assert_int_equal(nsa_context_create("ref", &w->rctx, NULL, 0), NSA_OK);
+    assert_int_equal(nsa_layer_create(w->ctx, c, &w->L), NSA_OK);
+    assert_int_equal(nsa_layer_create(w->rctx, c, &w->R), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(w->L, seed), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(w->R, seed), NSA_OK);
+    assert_int_equal(nsa_decode_create(w->L, B, 0, &w->sl), NSA_OK);
+    assert_int_equal(nsa_decode_create(w->R, B, 0, &w->sr), NSA_OK);
+    /* the backends with a mirror must use it here */
+    if (w->ctx->be->dcache_new)
+        assert_true(nsa_decode_has_mirror(w->sl));
+}
+
+static void twin_free(twin *w)
+{
+    nsa_decode_free(w->sl);
+    nsa_decode_free(w->sr);
+    nsa_layer_free(w->L);
+    nsa_layer_free(w->R);
+    nsa_context_free(w->ctx);
+    nsa_context_free(w->rctx);
+}
+
+/* Sequence b of both states: reset, then (S > 0) a prompt of S random
+ * tokens from seed. */
+static void twin_refill(twin *w, int b, int S, uint64_t seed)
+{
+    assert_int_equal(nsa_decode_reset(w->sl, b), NSA_OK);
+    assert_int_equal(nsa_decode_reset(w->sr, b), NSA_OK);
+    if (S == 0)
+        return;
+    float *x = malloc(sizeof(float) * (size_t)S * w->c.D);
+    tl_fill(x, (size_t)S * w->c.D, seed, -1, 1);
+    assert_int_equal(nsa_decode_prefill(w->sl, b, x, S, NULL), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(w->sr, b, x, S, NULL), NSA_OK);
+    free(x);
+}
+
+/* Outputs of one step with every aux output, poisoned before the step. */
+typedef struct step_out {
+    float *y, *oc, *os, *ow;
+    int32_t *sel;
+} step_out;
+
+static void step_out_alloc(step_out *o, const twin *w)
+{
+    const size_t bhd = (size_t)w->B * w->c.attn.H * w->c.attn.dv;
+    o->y = tl_poisoned((size_t)w->B * w->c.D);
+    o->oc = tl_poisoned(bhd);
+    o->os = tl_poisoned(bhd);
+    o->ow = tl_poisoned(bhd);
+    o->sel = tl_poisoned_i32((size_t)w->B * w->c.attn.G * w->c.attn.n);
+}
+
+static void step_out_free(step_out *o)
+{
+    free(o->y);
+    free(o->oc);
+    free(o->os);
+    free(o->ow);
+    free(o->sel);
+}
+
+static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, step_out *o)
+{
+    nsa_layer_aux aux;
+    memset(&aux, 0, sizeof aux);
+    aux.selection = o->sel;
+    aux.out_cmp = o->oc;
+    aux.out_slc = o->os;
+    aux.out_win = o->ow;
+    return nsa_decode_step(L, st, x, o->y, &aux);
+}
+
+/* steps steps of random tokens on both; each output within spec 9's
+ * relative L2 <= 1e-5 of the reference, the selections equal. */
+static double twin_steps(twin *w, int steps, uint64_t seed)
+{
+    const size_t D = (size_t)w->c.D, bhd = (size_t)w->B * w->c.attn.H * w->c.attn.dv;
+    const size_t ns = (size_t)w->B * w->c.attn.G * w->c.attn.n;
+    float *x = malloc(sizeof(float) * w->B * D);
+    double worst = 0.0;
+    for (int s = 0; s < steps; s++) {
+        step_out a, r;
+        step_out_alloc(&a, w);
+        step_out_alloc(&r, w);
+        tl_fill(x, w->B * D, seed + (uint64_t)s, -1, 1);
+        assert_int_equal(step_with(w->L, w->sl, x, &a), NSA_OK);
+        assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
+        const double e[4] = {tl_rel_l2(a.y, r.y, w->B * D), tl_rel_l2(a.oc, r.oc, bhd),
+                             tl_rel_l2(a.os, r.os, bhd), tl_rel_l2(a.ow, r.ow, bhd)};
+        for (int i = 0; i < 4; i++) {
+            /* spec 9: relative L2 <= 1e-5 (y and each branch output) */
+            if (!(e[i] <= 1e-5))
+                fail_msg("step %d output %d: relative L2 %g", s, i, e[i]);
+            worst = e[i] > worst ? e[i] : worst;
+        }
+        assert_memory_equal(a.sel, r.sel, sizeof(int32_t) * ns);
+        step_out_free(&a);
+        step_out_free(&r);
+    }
+    free(x);
+    return worst;
+}
+
+/* The attention alone and the dense baseline over the state's caches
+ * (through the mirror if any) against the reference over the host caches
+ * of the same state, for random q and gates. */
+static void twin_attend_cached(twin *w, uint64_t seed, int zero_q)
+{
+    const nsa_config *a = &w->c.attn;
+    const int B = w->B;
+    const size_t bhd = (size_t)B * a->H * a->dv, ns = (size_t)B * a->G * a->n;
+    float *q = malloc(sizeof(float) * B * a->H * a->dk), *g = malloc(sizeof(float) * B * a->H * 3);
+    tl_fill(q, (size_t)B * a->H * a->dk, seed, -1, 1);
+    if (zero_q) /* equal logits: many blocks tie exactly, the smaller j wins */
+        memset(q, 0, sizeof(float) * B * a->H * a->dk);
+    tl_fill(g, (size_t)B * a->H * 3, seed + 1, 0, 1);
+    float *o = tl_poisoned(bhd), *ro = tl_poisoned(bhd);
+    int32_t *sel = tl_poisoned_i32(ns), *rsel = tl_poisoned_i32(ns);
+    nsa_decode_seq *sd = malloc(sizeof *sd * B);
+    int64_t max_t = 0;
+    for (int b = 0; b < B; b++) {
+        assert_int_equal(nsa_decode_view(w->sl, b, &sd[b]), NSA_OK);
+        max_t = sd[b].t > max_t ? sd[b].t : max_t;
+    }
+    nsa_csr map;
+    assert_int_equal(nsa_bm_map_build(a, nsa_bm_n_sel_visible(a, max_t), nsa_bm_n_cmp(a, max_t),
+                                      &map),
+                     NSA_OK);
+    nsa_decode_job job = {a, nsa_config_scale(a), &map, B, sd, q, g, ro, NULL, NULL, NULL, rsel};
+    assert_int_equal(nsa_decode_attend_cached(w->sl, q, g, o, sel, 0), NSA_OK);
+    assert_int_equal(nsa_ref_decode_attend(w->rctx, &job), NSA_OK);
+    /* spec 9: relative L2 <= 1e-5 */
+    assert_true(tl_rel_l2(o, ro, bhd) <= 1e-5);
+    assert_memory_equal(sel, rsel, sizeof(int32_t) * ns);
+    free(o);
+    free(ro);
+    o = tl_poisoned(bhd);
+    ro = tl_poisoned(bhd);
+    job.out = ro;
+    assert_int_equal(nsa_decode_attend_cached(w->sl, q, NULL, o, sel, 1), NSA_OK);
+    assert_int_equal(nsa_ref_dense_decode(w->rctx, &job), NSA_OK);
+    /* spec 9: relative L2 <= 1e-5 */
+    assert_true(tl_rel_l2(o, ro, bhd) <= 1e-5);
+    nsa_bm_map_free(&map);
+    free(sd);
+    free(q);
+    free(g);
+    free(o);
+    free(ro);
+    free(sel);
+    free(rsel);
+}
+
+/* Every device operation of a step fails in turn: each failed step leaves
+ * lengths and counters as they were, and the step that finally runs (the
+ * mirror then stale, uploaded whole) matches the reference. */
+static void twin_fail_steps(twin *w, uint64_t seed)
+{
+    if (!nsa_decode_has_mirror(w->sl))
+        return;
+    const size_t D = (size_t)w->c.D;
+    float *x = malloc(sizeof(float) * w->B * D);
+    tl_fill(x, w->B * D, seed, -1, 1);
+    int64_t len[8];
+    for (int b = 0; b < w->B; b++)
+        len[b] = nsa_decode_length(w->sl, b);
+    nsa_decode_counters k0;
+    assert_int_equal(nsa_decode_get_counters(w->sl, 0, 0, &k0), NSA_OK);
+    step_out a, r;
+    int k = 1;
+    for (;; k++) {
+        step_out_alloc(&a, w);
+        nsa_decode_fail_mirror_after(w->sl, k);
+        nsa_status s = step_with(w->L, w->sl, x, &a);
+        if (s == NSA_OK)
+            break;
+        assert_int_equal(s, NSA_ERR_BACKEND);
+        assert_non_null(strstr(nsa_context_last_error(w->ctx), "injected"));
+        for (int b = 0; b < w->B; b++)
+            assert_int_equal(nsa_decode_length(w->sl, b), len[b]);
+        nsa_decode_counters k1;
+        assert_int_equal(nsa_decode_get_counters(w->sl, 0, 0, &k1), NSA_OK);
+        assert_memory_equal(&k0, &k1, sizeof k0);
+        step_out_free(&a);
+    }
+    assert_true(k > 5); /* several operations were failed */
+    step_out_alloc(&r, w);
+    assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
+    /* spec 9: relative L2 <= 1e-5 */
+    assert_true(tl_rel_l2(a.y, r.y, w->B * D) <= 1e-5);
+    step_out_free(&a);
+    step_out_free(&r);
+    /* a step failing after the mirror synced its new rows, then a step with
+     * other data at the same positions: the rows the mirror holds for them
+     * must be replaced */
+    for (int b = 0; b < w->B; b++)
+        len[b] = nsa_decode_length(w->sl, b);
+    step_out_alloc(&a, w);
+    nsa_decode_fail_after_attend(w->sl);
+    assert_int_equal(step_with(w->L, w->sl, x, &a), NSA_ERR_BACKEND);
+    for (int b = 0; b < w->B; b++)
+        assert_int_equal(nsa_decode_length(w->sl, b), len[b]);
+    step_out_free(&a);
+    free(x);
+}
+
+/* The mirror's sync: prompts of several lengths (one empty), steps that
+ * cross compressed-token emissions and capacity doublings, sequence 1 reset
+ * and re-prefilled with new data (longer, then shorter than what the mirror
+ * holds) while the others go on, sequence 0 reset to empty, failures.
+ * Stale device rows would show as a mismatch with the reference. */
+static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk)
+{
+    if (chunk)
+        setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
+    /* n > n_init + n_local = 3 with l' = 16: picks among up to 10 blocks */
+    nsa_layer_config c = cfg_small(16, 8, n > 3 ? 16 : 32);
+    c.attn.n = n;
+    c.attn.H = H;
+    c.attn.G = G;
+    c.attn.dk = dk;
+    c.attn.dv = dv;
+    c.rope_dim = dk;
+    twin w;
+    twin_make(&w, &c, 3, 40 + (uint64_t)H);
+    if (chunk)
+        unsetenv("NSA_OPENCL_DECODE_CHUNK");
+    twin_refill(&w, 0, 120, 1);
+    twin_refill(&w, 1, 100, 2);
+    double worst = twin_steps(&w, 40, 100); /* 120 -> 160: the raw cache doubles */
+    twin_refill(&w, 1, 150, 3);            /* longer than the 140 rows synced */
+    double e = twin_steps(&w, 12, 200);
+    worst = e > worst ? e : worst;
+    twin_refill(&w, 1, 60, 4); /* shorter */
+    e = twin_steps(&w, 12, 300);
+    worst = e > worst ? e : worst;
+    twin_refill(&w, 0, 0, 0); /* empty: starts again at t = 0 */
+    e = twin_steps(&w, 20, 400);
+    worst = e > worst ? e : worst;
+    twin_attend_cached(&w, 500, 0);
+    twin_fail_steps(&w, 600);
+    e = twin_steps(&w, 5, 700);
+    worst = e > worst ? e : worst;
+    twin_attend_cached(&w, 800, 0);
+    print_message("mirror (H=%d G=%d dk=%d dv=%d n=%d chunk %s) on %s: worst relative L2 %.3g\n",
+                  H, G, dk, dv, n, chunk ? chunk : "auto", nsa_context_backend(w.ctx), worst);
+    twin_free(&w);
+}
+
+static void test_mirror(void **state)
+{
+    (void)state;
+    mirror_run(8, 2, 16, 12, 3, NULL);
+    mirror_run(8, 2, 16, 12, 6, NULL);    /* top-n picks */
+    mirror_run(8, 2, 16, 12, 6, "8");     /* many chunks per branch */
+    mirror_run(10, 2, 8, 6, 5, "24");     /* 5 heads a group, odd chunk */
+    mirror_run(40, 2, 8, 4, 6, NULL);     /* 20 heads a group: two work-groups */
+    mirror_run(32, 2, 192, 128, 6, NULL); /* the paper's head shape */
+}
+
+/* Top-n over many blocks (188 visible, more than a work-group's lanes)
+ * with random and with equal logits (exact ties), on long prompts of
+ * tiny heads. */
+static void test_mirror_topn(void **state)
+{
+    (void)state;
+    nsa_layer_config c = cfg_small(16, 8, 16);
+    c.attn.H = 2;
+    c.attn.G = 1;
+    c.attn.dk = 4;
+    c.attn.dv = 4;
+    c.attn.n = 12;
+    c.D = 4;
+    c.rope_dim = 4;
+    twin w;
+    twin_make(&w, &c, 2, 77);
+    twin_refill(&w, 0, 3000, 11);
+    twin_refill(&w, 1, 2200, 12);
+    twin_steps(&w, 3, 13);
+    twin_attend_cached(&w, 14, 0);
+    twin_attend_cached(&w, 15, 1);
+    twin_free(&w);
+}
+
+/* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps
+ * exactly like its source, through the mirror too. */
+static void test_clone_seq(void **state)
+{
+    (void)state;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 21), NSA_OK);
+    const size_t D = (size_t)c.D;
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, 3, 0, &st), NSA_OK);
+    float *x = malloc(sizeof(float) * 70 * D);
+    tl_fill(x, 70 * D, 22, -1, 1);
+    assert_int_equal(nsa_decode_clone_seq(st, 1, 0), NSA_ERR_ARG); /* empty source */
+    assert_int_equal(nsa_decode_prefill(st, 0, x, 70, NULL), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(st, 2, x, 5, NULL), NSA_OK);
+    assert_int_equal(nsa_decode_clone_seq(st, 2, 0), NSA_ERR_ARG); /* destination not empty */
+    assert_int_equal(nsa_decode_clone_seq(st, 1, 0), NSA_OK);
+    assert_int_equal(nsa_decode_length(st, 1), 70);
+    float xt[3 * 12], *y = tl_poisoned(3 * D);
+    for (int s = 0; s < 20; s++) {
+        tl_fill(xt, D, 23 + (uint64_t)s, -1, 1);
+        memcpy(xt + D, xt, sizeof(float) * D);
+        memcpy(xt + 2 * D, xt, sizeof(float) * D);
+        assert_int_equal(nsa_decode_step(L, st, xt, y, NULL), NSA_OK);
+        assert_memory_equal(y, y + D, sizeof(float) * D);
+    }
+    free(x);
+    free(y);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clone_seq),
+        cmocka_unit_test(test_mirror),
+        cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),
         cmocka_unit_test(test_counters),

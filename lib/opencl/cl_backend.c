@@ -1,7 +1,8 @@
 /* The "opencl" backend: its registry entry, device state (init, fini), and
  * the kernels of each storage kind. The jobs run as kernels from cl/
  * (upload, run, download: the operator API works on host memory): phi in
- * cl_phi.c, attention in cl_attend.c, linear in cl_linear.c. Environment:
+ * cl_phi.c, attention in cl_attend.c, linear in cl_linear.c, decode over
+ * device-resident caches in cl_decode.c. Environment:
  * NSA_OPENCL_DEVICE picks the device (see nsa_cl_pick_device),
  * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_PROFILE=1 times
  * every kernel. */
@@ -13,7 +14,8 @@
 
 static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
-    "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear"};
+    "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear",
+    "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -206,4 +208,8 @@ const nsa_backend_ops nsa_backend_opencl = {
     .compress = nsa_cl_compress,
     .attend = nsa_cl_attend,
     .linear = nsa_cl_linear,
+    .dcache_new = nsa_cl_dcache_new,
+    .dcache_free = nsa_cl_dcache_free,
+    .dcache_attend = nsa_cl_dcache_attend,
+    .dcache_dense = nsa_cl_dcache_dense,
 };

@@ -32,6 +32,11 @@ enum {
     NSA_CLK_GROUP_ATTN,
     NSA_CLK_GATE,
     NSA_CLK_LINEAR,
+    NSA_CLK_DC_PARTIAL,
+    NSA_CLK_DC_PROB,
+    NSA_CLK_DC_SELECT,
+    NSA_CLK_DC_FINAL,
+    NSA_CLK_DC_PUT,
     NSA_CLK_COUNT
 };
 
@@ -44,7 +49,7 @@ typedef enum nsa_cl_cache_event {
 } nsa_cl_cache_event;
 
 /* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
-#define NSA_CL_PROF_MAX 16
+#define NSA_CL_PROF_MAX 24 /* operator, phi, linear and decode labels */
 typedef struct nsa_cl_prof {
     char label[32];
     double ns;
@@ -92,6 +97,15 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
 NSA_HIDDEN nsa_status nsa_cl_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *job);
+/* The decode cache mirror (cl_decode.c). */
+NSA_HIDDEN nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B,
+                                        void **dc);
+NSA_HIDDEN void nsa_cl_dcache_free(void *dc);
+NSA_HIDDEN nsa_status nsa_cl_dcache_attend(nsa_context *ctx, void *dc,
+                                           const nsa_decode_job *job,
+                                           const nsa_dcache_sync *sync);
+NSA_HIDDEN nsa_status nsa_cl_dcache_dense(nsa_context *ctx, void *dc, const nsa_decode_job *job,
+                                          const nsa_dcache_sync *sync);
 
 /* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
 NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);

@@ -1,0 +1,546 @@
+/* Decode-step kernels over device-resident caches (spec 7; host code in
+ * lib/opencl/cl_decode.c). One new token per sequence b; the caches of
+ * (b, g) live at bg = b G + g of each tensor:
+ *   K caches transposed in tiles of NSA_DC_TK keys (KAT below): a tile
+ *     holds dk4 float4 planes of its keys, so the lanes of a work-group
+ *     reading one plane for consecutive keys read consecutive 16-byte words
+ *     (coalesced, no local staging), and a selection block's keys are one
+ *     contiguous piece (few pages to translate);
+ *   V caches row-major: V[(bg cap + row) dv4 + e4] (lanes along dv).
+ * dk4 = ceil(dk/4), dv4 = ceil(dv/4); padding columns hold 0. Elements are
+ * kv_t (NSA_KV); all arithmetic is fp32.
+ *
+ * Flash-decoding: nsa_dc_partial splits each (b, g)'s keys into chunks
+ * across work-groups and leaves per chunk and head the softmax statistics
+ * (max, sum) and the unnormalised P V; nsa_dc_prob sums the compressed
+ * probabilities over the group's heads, nsa_dc_select scores the
+ * selection blocks and picks the top n; nsa_dc_final combines the chunks
+ * of each branch and applies the gates. */
+
+#ifndef NSA_DC_KPT
+#define NSA_DC_KPT 2 /* keys a lane scores at once (query reuse) */
+#endif
+#ifndef NSA_DC_HC
+#define NSA_DC_HC 16 /* most heads of a group a work-group holds */
+#endif
+/* Keys per K tile, a power of two; capacities are multiples of it (the
+ * host's DC_TK). */
+#define NSA_DC_TK 64
+
+/* float4 index of column e4 of row `row` of (b, g) = bg in a K cache of cap
+ * rows per (b, g). */
+#define KAT(bg, cap, row, e4, dk4)                                                             \
+    ((((size_t)(bg) * (cap) + ((row) & ~(NSA_DC_TK - 1))) * (dk4)) +                         \
+     (size_t)(e4) * NSA_DC_TK + ((row) & (NSA_DC_TK - 1)))
+
+#if NSA_KV == 0
+#define LD4(p, i) (((__global const float4 *)(p))[i])
+#elif NSA_KV == 1
+#define LD4(p, i) vload_half4((i), (p))
+#else
+#define LD4(p, i) as_float4(convert_uint4(vload4((i), (p))) << 16)
+#endif
+
+/* Compressed tokens visible at t (spec 2). */
+static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 1 : 0; }
+
+/* Partial attention of one chunk of keys for the heads h0 .. h0+nh-1 of
+ * group g. mode 0: compressed tokens 0 .. n_cmp(t)-1 of K/V (the logits
+ * also go to zout for the scores); mode 1: chunks c < nch_a cover the
+ * tokens <= t of the selected blocks (in the order of sel), later chunks
+ * the window positions max(0, t-w+1) .. t of the ring Kw/Vw; mode 2 (the
+ * dense baseline): raw positions 0 .. t.
+ * Work-group id: (bg parts + part) nch + chunk. Local memory: qs hcp dk4
+ * float4, zl CH hcp floats (logits, then probabilities, key-major), rows
+ * CH ints, red 2 WG floats, spans n+1 ints. */
+__kernel void nsa_dc_partial(int mode, __global const float *q, __global const int *tpos,
+                             __global const kv_t *K, __global const kv_t *V, int cap,
+                             __global const kv_t *Kw, __global const kv_t *Vw, int w, int wcap,
+                             __global const int *sel, int n, int lsel, int l, int d, int H,
+                             int G, int hc, int dk, int dk4, int dv4, float scale, int CH,
+                             int nch_a, int nch, __global float *zout, int max_nc,
+                             __global float2 *pstat, __global float4 *pacc,
+                             __local float4 *qs, __local float4 *zl4, __local int *rows,
+                             __local float *red, __local int *spans)
+{
+    __local float *zl = (__local float *)zl4;
+    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
+    const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
+    const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
+    const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
+    const int t = tpos[b];
+    /* the chunk's keys and where they live */
+    int cnt = 0, base = c * CH, branch = 0, ring = 0;
+    __global const kv_t *Kx = K, *Vx = V;
+    int capx = cap;
+    if (mode == 1 && c < nch_a) {
+        branch = 1; /* selected blocks: spans in the order of sel */
+        if (lid == 0) {
+            int acc = 0;
+            for (int k = 0; k < n; k++) {
+                spans[k] = acc;
+                const int blk = sel[(size_t)bg * n + k];
+                if (blk >= 0)
+                    acc += max(0, min(blk * lsel + lsel, t + 1) - blk * lsel);
+            }
+            spans[n] = acc;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        cnt = clamp(spans[n] - base, 0, CH);
+    } else if (mode == 1) {
+        branch = 2; /* window ring */
+        base = (c - nch_a) * CH;
+        cnt = clamp(min(w, t + 1) - base, 0, CH);
+        Kx = Kw;
+        Vx = Vw;
+        capx = wcap;
+        ring = 1;
+    } else {
+        cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
+    }
+    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
+        const int hh = i / dk4, e4 = i % dk4;
+        float4 v = (float4)(0.0f);
+        if (hh < nh) {
+            __global const float *src = q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4;
+            v.x = src[0];
+            if (e4 * 4 + 1 < dk)
+                v.y = src[1];
+            if (e4 * 4 + 2 < dk)
+                v.z = src[2];
+            if (e4 * 4 + 3 < dk)
+                v.w = src[3];
+        }
+        qs[i] = v;
+    }
+    /* rows of the chunk's keys */
+    for (int k = lid; k < cnt; k += NSA_WG) {
+        const int i = base + k;
+        int row = i;
+        if (branch == 1) {
+            int s = 0;
+            /* the entry whose span holds i (spans are ascending; -1 and
+             * empty entries are skipped since their successor starts at i
+             * or before) */
+            while (s + 1 < n && spans[s + 1] <= i)
+                s++;
+            row = sel[(size_t)bg * n + s] * lsel + (i - spans[s]);
+        } else if (ring) {
+            row = (t - min(w, t + 1) + 1 + i) % w;
+        }
+        rows[k] = row;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* logits: a lane scores NSA_DC_KPT keys for all heads, the key's
+     * float4 read straight from its plane (coalesced across lanes) */
+    /* every loop over a register array below has constant bounds and
+     * conditions inside (no break), so that it unrolls: NVIDIA's compiler
+     * otherwise puts the arrays in stack memory */
+    for (int k0 = 0; k0 < cnt; k0 += NSA_WG * NSA_DC_KPT) {
+        float s[NSA_DC_KPT][NSA_DC_HC];
+        int rk[NSA_DC_KPT];
+#pragma unroll
+        for (int j = 0; j < NSA_DC_KPT; j++) {
+            const int k = k0 + lid + j * NSA_WG;
+            rk[j] = k < cnt ? rows[k] : -1;
+#pragma unroll
+            for (int hh = 0; hh < NSA_DC_HC; hh++)
+                s[j][hh] = 0.0f;
+        }
+        /* 4 float4 of each key in flight before their FMAs */
+        for (int e0 = 0; e0 < dk4; e0 += 4) {
+            float4 kk[4][NSA_DC_KPT];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int j = 0; j < NSA_DC_KPT; j++)
+                    kk[u][j] = rk[j] >= 0 && e0 + u < dk4
+                                   ? LD4(Kx, KAT(bg, capx, rk[j], e0 + u, dk4))
+                                   : (float4)(0.0f);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (e0 + u < dk4) {
+#pragma unroll
+                    for (int hh = 0; hh < NSA_DC_HC; hh++) {
+                        if (hh < nh) {
+                            const float4 qv = qs[hh * dk4 + e0 + u];
+#pragma unroll
+                            for (int j = 0; j < NSA_DC_KPT; j++)
+                                s[j][hh] += dot(qv, kk[u][j]);
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NSA_DC_KPT; j++) {
+            const int k = k0 + lid + j * NSA_WG;
+            if (k < cnt) {
+#pragma unroll
+                for (int hh = 0; hh < NSA_DC_HC; hh++) {
+                    if (hh < hcp) {
+                        const float z = hh < nh ? s[j][hh] * scale : -INFINITY;
+                        zl[k * hcp + hh] = z;
+                        if (mode == 0 && hh < nh)
+                            zout[((size_t)bg * hpg + h0 + hh) * max_nc + base + k] = z;
+                    }
+                }
+            }
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* softmax statistics per head over the chunk: npl lanes a head */
+    const int npl = NSA_WG / hcp, hh = lid % hcp, sl = lid / hcp;
+    const int act = sl < npl;
+    float m = -INFINITY;
+    if (act)
+        for (int k = sl; k < cnt; k += npl)
+            m = fmax(m, zl[k * hcp + hh]);
+    red[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    m = -INFINITY;
+    for (int x = 0; x < npl; x++)
+        m = fmax(m, red[x * hcp + hh]);
+    float sum = 0.0f;
+    if (act)
+        for (int k = sl; k < cnt; k += npl) {
+            const float p = m == -INFINITY ? 0.0f : exp(zl[k * hcp + hh] - m);
+            zl[k * hcp + hh] = p;
+            sum += p;
+        }
+    red[NSA_WG + lid] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
+    if (sl == 0 && hh < nh) {
+        float tot = 0.0f;
+        for (int x = 0; x < npl; x++)
+            tot += red[NSA_WG + x * hcp + hh];
+        pstat[slot + hh] = (float2)(m, tot);
+    }
+    /* P V: a lane owns 4 heads x one float4 column; consecutive lanes
+     * read consecutive columns of a value row */
+    const size_t vrow = (size_t)bg * capx;
+    __local const float4 *p4 = zl4;
+    const int hq4 = hcp / 4;
+    for (int it = lid; it < hq4 * dv4; it += NSA_WG) {
+        const int hq = it / dv4, e4 = it % dv4;
+        float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        /* 8 value rows in flight before their FMAs */
+        for (int k0 = 0; k0 < cnt; k0 += 8) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                v[u] = k0 + u < cnt ? LD4(Vx, (vrow + rows[k0 + u]) * dv4 + e4) : (float4)(0.0f);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (k0 + u < cnt) {
+                    const float4 p = p4[(k0 + u) * hq4 + hq];
+                    a0 = mad((float4)(p.x), v[u], a0);
+                    a1 = mad((float4)(p.y), v[u], a1);
+                    a2 = mad((float4)(p.z), v[u], a2);
+                    a3 = mad((float4)(p.w), v[u], a3);
+                }
+            }
+        }
+        const int hb = hq * 4;
+        __global float4 *dst = pacc + (slot + hb) * dv4 + e4;
+        if (hb < nh)
+            dst[0] = a0;
+        if (hb + 1 < nh)
+            dst[dv4] = a1;
+        if (hb + 2 < nh)
+            dst[2 * dv4] = a2;
+        if (hb + 3 < nh)
+            dst[3 * dv4] = a3;
+    }
+}
+
+/* Softmax combine of chunks c0 .. c1-1 of one head: o / sum; 0 when no key
+ * was visible. */
+static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
+                         size_t at, size_t stride, int c0, int c1, int dv4, int e4)
+{
+    float m = -INFINITY;
+    for (int c = c0; c < c1; c++)
+        m = fmax(m, pstat[at + c * stride].x);
+    if (m == -INFINITY)
+        return (float4)(0.0f);
+    float sum = 0.0f;
+    float4 o = (float4)(0.0f);
+    for (int c = c0; c < c1; c++) {
+        const float2 st = pstat[at + c * stride];
+        if (st.x == -INFINITY)
+            continue;
+        const float a = exp(st.x - m);
+        sum += st.y * a;
+        o = mad((float4)(a), pacc[(at + c * stride) * dv4 + e4], o);
+    }
+    return o / sum;
+}
+
+static void dc_store(__global float *dst, float4 v, int e4, int dv)
+{
+    dst[0] = v.x;
+    if (e4 * 4 + 1 < dv)
+        dst[1] = v.y;
+    if (e4 * 4 + 2 < dv)
+        dst[2] = v.z;
+    if (e4 * 4 + 3 < dv)
+        dst[3] = v.w;
+}
+
+/* True when (sa, ja) comes before (sb, jb) in the order of spec 3's top-n:
+ * larger score first, the smaller block on ties. */
+static bool dc_before(float sa, int ja, float sb, int jb)
+{
+    return sa > sb || (sa == sb && ja < jb);
+}
+
+/* P[i] = sum over the heads of group g of p_cmp(t, h)[i] (spec 2) for the
+ * compressed tokens i of (b, g), one work-item each; work-group id
+ * bg nic + i-chunk. Each work-group first combines the chunks' softmax
+ * statistics of the group's heads (local mst: max, then 1 / sum). */
+__kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
+                          int H, int G, int l, int d, __global const float *zout, int max_nc,
+                          int nic, __global float *pbuf, __local float *mst)
+{
+    const int lid = get_local_id(0), bg = get_group_id(0) / nic, ic = get_group_id(0) % nic;
+    const int hpg = H / G, nc = dc_ncmp(tpos[bg / G], l, d);
+    for (int hh = lid; hh < hpg; hh += NSA_WG) {
+        const size_t at = (size_t)bg * nch * hpg + hh;
+        float m = -INFINITY, sum = 0.0f;
+        for (int c = 0; c < nch; c++)
+            m = fmax(m, pstat[at + (size_t)c * hpg].x);
+        for (int c = 0; c < nch && m != -INFINITY; c++) {
+            const float2 st = pstat[at + (size_t)c * hpg];
+            if (st.x != -INFINITY)
+                sum += st.y * exp(st.x - m);
+        }
+        mst[hh] = m;
+        mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int i = ic * NSA_WG + lid;
+    if (i >= nc)
+        return;
+    __global const float *z = zout + (size_t)bg * hpg * max_nc + i;
+    float a = 0.0f;
+    for (int h0 = 0; h0 < hpg; h0 += 4) {
+        float zz[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (h0 + u < hpg)
+                a += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+    }
+    pbuf[(size_t)bg * max_nc + i] = a;
+}
+
+/* Lanes a first-level lane of the top-n reduction covers. */
+#define DC_L1 (NSA_WG >= 16 ? 16 : NSA_WG)
+
+/* This lane's best block after (ls, lj) in that order (lj < 0: none yet)
+ * among its candidates n_init + lid, + WG, ... < hi. */
+static int dc_best(__global const float *S, int lid, int n_init, int hi, float ls, int lj,
+                   float *bs)
+{
+    float ms = 0.0f;
+    int mj = -1;
+    for (int j = n_init + lid; j < hi; j += NSA_WG) {
+        const float sj = S[j];
+        if (lj >= 0 && !dc_before(ls, lj, sj, j))
+            continue;
+        if (mj < 0 || dc_before(sj, j, ms, mj)) {
+            ms = sj;
+            mj = j;
+        }
+    }
+    *bs = ms;
+    return mj;
+}
+
+/* The selection of (b, g), one work-group each: block scores s[j] = sum
+ * M[j][i] P[i] (sbuf; spec 3, Eq. 9-10), then the top-n of spec 3: forced
+ * blocks, then the largest scores, ties to the smaller j; written
+ * ascending, -1 padded. A pick is the best of the lanes' best candidates
+ * after the previous pick (two levels: WG/16 lanes reduce 16 each); only
+ * the lane that owned the pick looks for its next one (the others' stay
+ * the best after the new pick). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16
+ * each (double-buffered by pass). */
+__kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
+                            __global const int *rowptr, __global const int *col,
+                            __global const int *val, int l, int d, __global const float *pbuf,
+                            int max_nc, __global float *sbuf, int max_vis, int n, int n_init,
+                            int n_local, __global int *sel, __local float *bs, __local int *bj,
+                            __local float *l2s, __local int *l2j)
+{
+    const int lid = get_local_id(0), bg = get_group_id(0), t = tpos[bg / G];
+    const int nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
+    __global const float *P = pbuf + (size_t)bg * max_nc;
+    __global float *S = sbuf + (size_t)bg * max_vis;
+    __global int *out = sel + (size_t)bg * n;
+    if (vis <= n) {
+        for (int k = lid; k < n; k += NSA_WG)
+            out[k] = k < vis ? k : -1;
+        return;
+    }
+    for (int j = lid; j < vis; j += NSA_WG) {
+        float a = 0.0f;
+        for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
+            const int i = col[e];
+            if (i < nc)
+                a += (float)val[e] * P[i];
+        }
+        S[j] = a;
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    /* forced blocks first (lane 0 writes the list; vis > n >= n_init + n_local) */
+    int k = 0;
+    for (int j = 0; j < n_init; j++, k++)
+        if (lid == 0)
+            out[k] = j;
+    for (int j = vis - n_local; j < vis; j++, k++)
+        if (lid == 0)
+            out[k] = j;
+    const int hi = vis - n_local, ng = NSA_WG / DC_L1;
+    float ms;
+    int mj = dc_best(S, lid, n_init, hi, 0.0f, -1, &ms);
+    for (int pass = 0; k < n; pass++) {
+        const int b1 = (pass & 1) * NSA_WG, b2 = (pass & 1) * ng;
+        bs[b1 + lid] = ms;
+        bj[b1 + lid] = mj;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < ng) {
+            float ws = 0.0f;
+            int wj = -1;
+            for (int x = lid * DC_L1; x < lid * DC_L1 + DC_L1; x++) {
+                const int jx = bj[b1 + x];
+                if (jx >= 0 && (wj < 0 || dc_before(bs[b1 + x], jx, ws, wj))) {
+                    ws = bs[b1 + x];
+                    wj = jx;
+                }
+            }
+            l2s[b2 + lid] = ws;
+            l2j[b2 + lid] = wj;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        float ws = 0.0f;
+        int wj = -1;
+        for (int x = 0; x < ng; x++) {
+            const int jx = l2j[b2 + x];
+            if (jx >= 0 && (wj < 0 || dc_before(l2s[b2 + x], jx, ws, wj))) {
+                ws = l2s[b2 + x];
+                wj = jx;
+            }
+        }
+        if (wj < 0)
+            break; /* fewer candidates than picks (NaN scores) */
+        if (lid == 0)
+            out[k] = wj;
+        k++;
+        if (wj == mj) /* this lane's candidate was picked: its next one */
+            mj = dc_best(S, lid, n_init, hi, ws, wj, &ms);
+    }
+    if (lid == 0) {
+        for (int a = 1; a < k; a++) {
+            const int v = out[a];
+            int x = a - 1;
+            while (x >= 0 && out[x] > v) {
+                out[x + 1] = out[x];
+                x--;
+            }
+            out[x + 1] = v;
+        }
+        for (; k < n; k++)
+            out[k] = -1;
+    }
+}
+
+/* Outputs, one work-item per (b, h, float4 column). NSA (dense == 0): the
+ * compressed chunks (pst_c, pacc_c: nch_c of them), the selected chunks
+ * 0 .. nch_a-1 and the window chunks nch_a .. nch-1 of pstat/pacc
+ * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
+ * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
+ * dense: out = the combine of all chunks of pstat/pacc. */
+__kernel void nsa_dc_final(int dense, __global const float2 *pstat,
+                           __global const float4 *pacc, int nch_a, int nch,
+                           __global const float2 *pst_c, __global const float4 *pacc_c,
+                           int nch_c, int B, int H, int G, int dv, int dv4,
+                           __global const float *gates, int branches, __global float *out)
+{
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)B * H * dv4)
+        return;
+    const int e4 = gid % dv4, bh = gid / dv4, h = bh % H, b = bh / H, hpg = H / G;
+    const int g = h / hpg, hh = h % hpg;
+    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
+    const size_t o = (size_t)bh * dv + e4 * 4;
+    if (dense) {
+        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
+        return;
+    }
+    const float4 oc = dc_combine(pst_c, pacc_c, bg * nch_c * hpg + hh, hpg, 0, nch_c, dv4, e4);
+    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
+    const float4 ow = dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
+    __global const float *gt = gates + (size_t)bh * 3;
+    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
+    if (branches) {
+        const size_t plane = (size_t)B * H * dv;
+        dc_store(out + plane + o, oc, e4, dv);
+        dc_store(out + 2 * plane + o, os, e4, dv);
+        dc_store(out + 3 * plane + o, ow, e4, dv);
+    }
+}
+
+#if NSA_KV == 1
+#define ST4(v, p, i) vstore_half4_rte((v), (i), (p))
+#elif NSA_KV == 2
+/* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN */
+static ushort dc_bf16(float f)
+{
+    const uint u = as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (ushort)((u >> 16) | 0x40u);
+    return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define ST4(v, p, i)                                                                           \
+    vstore4((ushort4)(dc_bf16((v).x), dc_bf16((v).y), dc_bf16((v).z), dc_bf16((v).w)), (i), (p))
+#else
+#define ST4(v, p, i) (((__global float4 *)(p))[i] = (v))
+#endif
+
+/* Scatter of uploaded rows into the caches: desc[r] = (kind, b, row,
+ * offset of the row [G][dim] in stage); kinds 0/1 raw K/V, 2/3 window
+ * ring K/V, 4/5 compressed K/V. One work-item per (r, g, float4 column). */
+__kernel void nsa_dc_put(__global const float *stage, __global const int4 *desc, int ndesc,
+                         int G, int dk, int dv, int dk4, int dv4, int cap, int ccap, int wcap,
+                         __global kv_t *Kr, __global kv_t *Vr, __global kv_t *Kw,
+                         __global kv_t *Vw, __global kv_t *Kc, __global kv_t *Vc)
+{
+    const int d4 = max(dk4, dv4);
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)ndesc * G * d4)
+        return;
+    const int e4 = gid % d4, g = (gid / d4) % G, r = gid / ((size_t)d4 * G);
+    const int4 ds = desc[r];
+    const int kind = ds.x, isv = kind & 1, dim = isv ? dv : dk, dim4 = isv ? dv4 : dk4;
+    if (e4 >= dim4)
+        return;
+    __global const float *src = stage + ds.w + (size_t)g * dim + e4 * 4;
+    float4 v = (float4)(0.0f);
+    v.x = src[0];
+    if (e4 * 4 + 1 < dim)
+        v.y = src[1];
+    if (e4 * 4 + 2 < dim)
+        v.z = src[2];
+    if (e4 * 4 + 3 < dim)
+        v.w = src[3];
+    const int cp = kind < 2 ? cap : kind < 4 ? wcap : ccap;
+    __global kv_t *dst = kind == 0 ? Kr : kind == 1 ? Vr : kind == 2 ? Kw : kind == 3 ? Vw
+                       : kind == 4 ? Kc : Vc;
+    const size_t bg = (size_t)ds.y * G + g;
+    const size_t at = isv ? (bg * cp + ds.z) * dv4 + e4 : KAT(bg, cp, ds.z, e4, dk4);
+    ST4(v, dst, at);
+}

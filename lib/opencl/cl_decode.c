@@ -1,0 +1,761 @@
+/* Decode over device-resident caches (cl/decode.cl): the OpenCL backend's
+ * mirror of a decode state's caches (the vtable's dcache_*), and the decode
+ * attention and dense baseline over it.
+ *
+ * decode.c's host caches stay the source of truth; each call uploads only
+ * what changed since the mirror's last sync of a sequence: raw K/V rows
+ * from min(synced length, t) to t, the window-ring rows of those positions
+ * and compressed rows from min(synced count, n_cmp(t-1)). Taking the
+ * minimum with the committed length t re-uploads row t after a step that
+ * failed past the sync (decode.c then restored its rows). A sequence whose
+ * generation changed (reset, prefill) or whose last sync failed is
+ * uploaded whole. The caches of all sequences share one buffer per tensor
+ * with a common capacity that grows by doubling (copied on the device);
+ * they never come back to the host. */
+#include "cl_run.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keys a lane scores at once (cl/decode.cl's NSA_DC_KPT) and most heads a
+ * work-group holds (NSA_DC_HC). */
+#define DC_KPT 2
+#define DC_HC 16
+/* Keys per K tile (cl/decode.cl's NSA_DC_TK): capacities are multiples. */
+#define DC_TK 64
+/* Host staging of one upload batch: 16 MiB. */
+#define DC_STAGE_FLOATS ((size_t)4 << 20)
+
+typedef struct dc_seq {
+    uint64_t gen;
+    int64_t len, nc; /* rows synced: raw 0..len-1, compressed 0..nc-1 */
+    int valid;
+} dc_seq;
+
+/* A scratch buffer that grows (contents not kept). */
+typedef struct dc_buf {
+    cl_mem m;
+    size_t bytes;
+} dc_buf;
+
+enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_P, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
+       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
+
+typedef struct nsa_cl_dcache {
+    nsa_cl_state *st;
+    nsa_config cfg;
+    int B, dk4, dv4, hc, cus, chunk_env;
+    nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
+    size_t es;         /* bytes of one stored element */
+    int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
+    int wcap;          /* rows per (b, g) of the rings: w rounded up to DC_TK */
+    cl_mem kr, vr, kw, vw, kc, vc;
+    dc_seq *seq;
+    dc_buf buf[DB_COUNT];
+    int map_rows, map_nnz; /* the mapping held in DB_RP/COL/VAL */
+    float *hstage;
+    int32_t *hdesc, *htpos;
+    size_t nstage, ndesc; /* filled */
+    int fail_at, ops;     /* test hook: the fail_at-th operation fails */
+} nsa_cl_dcache;
+
+/* Counts one device operation; the test hook fails the chosen one. */
+static nsa_status dc_op(nsa_context *ctx, nsa_cl_dcache *dc)
+{
+    if (dc->fail_at > 0 && ++dc->ops == dc->fail_at)
+        return nsa_fail(ctx, NSA_ERR_BACKEND, "opencl: injected failure of device operation %d",
+                        dc->fail_at);
+    return NSA_OK;
+}
+
+static nsa_status dc_create(nsa_context *ctx, nsa_cl_dcache *dc, size_t bytes, cl_mem *out)
+{
+    nsa_status s = dc_op(ctx, dc);
+    if (s != NSA_OK)
+        return s;
+    if (dc->st->max_alloc && bytes > dc->st->max_alloc)
+        return nsa_fail(ctx, NSA_ERR_NOMEM,
+                        "opencl decode: a buffer of %zu bytes exceeds the device's largest "
+                        "allocation (%llu)",
+                        bytes, (unsigned long long)dc->st->max_alloc);
+    cl_int err;
+    *out = clCreateBuffer(dc->st->context, CL_MEM_READ_WRITE, bytes ? bytes : 4, NULL, &err);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clCreateBuffer", err);
+}
+
+static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size_t bytes)
+{
+    dc_buf *b = &dc->buf[which];
+    if (b->m && b->bytes >= bytes)
+        return NSA_OK;
+    size_t want = b->bytes * 2 > bytes ? b->bytes * 2 : bytes;
+    if (want < 64)
+        want = 64;
+    cl_mem m;
+    nsa_status s = dc_create(ctx, dc, want, &m);
+    if (s != NSA_OK)
+        return s;
+    if (b->m)
+        clReleaseMemObject(b->m);
+    b->m = m;
+    b->bytes = want;
+    if (which == DB_RP || which == DB_COL || which == DB_VAL)
+        dc->map_rows = -1; /* the mapping must be uploaded again */
+    return NSA_OK;
+}
+
+static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t bytes,
+                           const void *host, cl_bool blocking)
+{
+    nsa_status s = dc_op(ctx, dc);
+    if (s != NSA_OK || bytes == 0)
+        return s;
+    cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, blocking, 0, bytes, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
+}
+
+static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
+                          size_t bytes, void *host)
+{
+    nsa_status s = dc_op(ctx, dc);
+    if (s != NSA_OK || bytes == 0)
+        return s;
+    cl_int err = clEnqueueReadBuffer(dc->st->queue, m, CL_FALSE, off, bytes, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
+}
+
+static nsa_status dc_launch(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_args *a,
+                            const char *name, size_t global)
+{
+    nsa_status s = dc_op(ctx, dc);
+    if (s != NSA_OK)
+        return s;
+    nsa_clr_bufs carrier = {dc->st, ctx, 0, {0}};
+    return nsa_clr_launch(&carrier, a, name, global, (size_t)dc->st->wg);
+}
+
+/* ------------------------------------------------------------ lifetime */
+void nsa_cl_dcache_free(void *p)
+{
+    nsa_cl_dcache *dc = p;
+    if (!dc)
+        return;
+    cl_mem *ms[] = {&dc->kr, &dc->vr, &dc->kw, &dc->vw, &dc->kc, &dc->vc};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        if (*ms[i])
+            clReleaseMemObject(*ms[i]);
+    for (int i = 0; i < DB_COUNT; i++)
+        if (dc->buf[i].m)
+            clReleaseMemObject(dc->buf[i].m);
+    free(dc->seq);
+    free(dc->hstage);
+    free(dc->hdesc);
+    free(dc->htpos);
+    free(dc);
+}
+
+/* Local bytes of nsa_dc_partial with hc heads and chunks of ch keys. */
+static size_t partial_local(const nsa_cl_dcache *dc, int hc, int ch)
+{
+    const size_t hcp = (size_t)(hc + 3) & ~(size_t)3;
+    return 16 * hcp * (size_t)dc->dk4 + sizeof(float) * (size_t)ch * hcp +
+           sizeof(int) * (size_t)ch + sizeof(float) * 2 * (size_t)dc->st->wg +
+           sizeof(int) * ((size_t)dc->cfg.n + 1);
+}
+
+nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, void **out)
+{
+    nsa_cl_state *st = ctx->be_state;
+    *out = NULL;
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    nsa_cl_dcache *dc = calloc(1, sizeof *dc);
+    if (!dc)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode cache");
+    dc->st = st;
+    dc->cfg = *cfg;
+    dc->B = B;
+    dc->dk4 = (cfg->dk + 3) / 4;
+    dc->dv4 = (cfg->dv + 3) / 4;
+    dc->kv = st->kv;
+    dc->es = st->kv == NSA_CL_KV_F32 ? 4 : 2;
+    dc->map_rows = -1;
+    const int hpg = cfg->H / cfg->G;
+    dc->hc = hpg < DC_HC ? hpg : DC_HC;
+    while (dc->hc > 1 && partial_local(dc, dc->hc, 8) > st->local_mem)
+        dc->hc = (dc->hc + 1) / 2;
+    cl_uint cus = 1;
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL);
+    dc->cus = cus ? (int)cus : 1;
+    const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
+    dc->chunk_env = env ? atoi(env) : 0;
+    dc->seq = calloc((size_t)B, sizeof *dc->seq);
+    dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
+    if (!dc->seq || !dc->htpos) {
+        nsa_cl_dcache_free(dc);
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode cache");
+    }
+    if (partial_local(dc, dc->hc, 8) > st->local_mem) {
+        nsa_cl_dcache_free(dc);
+        return nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
+                        "opencl decode: dk=%d needs more local memory than the device's %llu "
+                        "bytes",
+                        cfg->dk, (unsigned long long)st->local_mem);
+    }
+    /* the rings have their final size */
+    const size_t bg = (size_t)B * cfg->G;
+    dc->wcap = (cfg->w + DC_TK - 1) / DC_TK * DC_TK;
+    if ((s = dc_create(ctx, dc, bg * dc->dk4 * (size_t)dc->wcap * 4 * dc->es, &dc->kw)) !=
+            NSA_OK ||
+        (s = dc_create(ctx, dc, bg * dc->dv4 * (size_t)dc->wcap * 4 * dc->es, &dc->vw)) !=
+            NSA_OK) {
+        nsa_cl_dcache_free(dc);
+        return s;
+    }
+    nsa_log(ctx, "opencl: decode cache for %d sequences, %d heads a work-group", B, dc->hc);
+    *out = dc;
+    return NSA_OK;
+}
+
+/* -------------------------------------------------------------- growth */
+/* A buffer of nrows rows of new_pitch bytes holding the old rows of
+ * old_pitch bytes (the old buffer released); the old one stays on failure. */
+static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *m, size_t old_pitch,
+                            size_t new_pitch, size_t nrows)
+{
+    cl_mem nm;
+    nsa_status s = dc_create(ctx, dc, new_pitch * nrows, &nm);
+    if (s != NSA_OK)
+        return s;
+    if (*m && old_pitch > 0) {
+        const size_t zero[3] = {0, 0, 0}, region[3] = {old_pitch, nrows, 1};
+        cl_int err = CL_SUCCESS;
+        if ((s = dc_op(ctx, dc)) == NSA_OK)
+            err = clEnqueueCopyBufferRect(dc->st->queue, *m, nm, zero, zero, region, old_pitch,
+                                          0, new_pitch, 0, 0, NULL, NULL);
+        if (s == NSA_OK && err != CL_SUCCESS)
+            s = nsa_cl_fail(ctx, "clEnqueueCopyBufferRect", err);
+        if (s != NSA_OK) {
+            clReleaseMemObject(nm);
+            return s;
+        }
+    }
+    if (*m)
+        clReleaseMemObject(*m);
+    *m = nm;
+    return NSA_OK;
+}
+
+static int64_t grown(int64_t cap, int64_t need)
+{
+    int64_t c = cap < DC_TK ? DC_TK : cap; /* stays a multiple of DC_TK */
+    while (c < need)
+        c *= 2;
+    /* the kernels take capacities as int: no doubling past need there */
+    if (c > INT32_MAX)
+        c = (need + DC_TK - 1) / DC_TK * DC_TK;
+    return c;
+}
+
+/* Raw and compressed caches with room for need and needc rows: per (b, g)
+ * a block of cap dk4 (K) or cap dv4 (V) words, copied block by block. */
+static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, int64_t needc)
+{
+    const size_t bg = (size_t)dc->B * dc->cfg.G, w4 = 4 * dc->es;
+    nsa_status s = NSA_OK;
+    if (need > dc->cap || !dc->kr) {
+        const int64_t nc = grown(dc->cap, need);
+        if ((s = dc_regrow(ctx, dc, &dc->kr, (size_t)dc->cap * dc->dk4 * w4,
+                           (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
+            return s;
+        /* kr grown, vr not: the common capacity is not raised until both are */
+        if ((s = dc_regrow(ctx, dc, &dc->vr, (size_t)dc->cap * dc->dv4 * w4,
+                           (size_t)nc * dc->dv4 * w4, bg)) != NSA_OK) {
+            for (int b = 0; b < dc->B; b++)
+                dc->seq[b].valid = 0; /* kr's rows moved to the new pitch */
+            clReleaseMemObject(dc->kr);
+            dc->kr = NULL;
+            dc->cap = 0;
+            return s;
+        }
+        dc->cap = nc;
+    }
+    if (needc > dc->ccap || !dc->kc) {
+        const int64_t nc = grown(dc->ccap, needc);
+        if ((s = dc_regrow(ctx, dc, &dc->kc, (size_t)dc->ccap * dc->dk4 * w4,
+                           (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
+            return s;
+        if ((s = dc_regrow(ctx, dc, &dc->vc, (size_t)dc->ccap * dc->dv4 * w4,
+                           (size_t)nc * dc->dv4 * w4, bg)) != NSA_OK) {
+            for (int b = 0; b < dc->B; b++)
+                dc->seq[b].valid = 0;
+            clReleaseMemObject(dc->kc);
+            dc->kc = NULL;
+            dc->ccap = 0;
+            return s;
+        }
+        dc->ccap = nc;
+    }
+    return NSA_OK;
+}
+
+/* -------------------------------------------------------------- upload */
+/* Sends the staged rows and scatters them into the caches. blocking: the
+ * host staging is reused right after. */
+static nsa_status dc_flush(nsa_context *ctx, nsa_cl_dcache *dc, cl_bool blocking)
+{
+    if (dc->ndesc == 0)
+        return NSA_OK;
+    const nsa_config *c = &dc->cfg;
+    nsa_status s;
+    if ((s = dc_write(ctx, dc, dc->buf[DB_STAGE].m, sizeof(float) * dc->nstage, dc->hstage,
+                      blocking)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_DESC].m, sizeof(int32_t) * 4 * dc->ndesc, dc->hdesc,
+                      blocking)) != NSA_OK)
+        return s;
+    cl_kernel k = dc->st->kernel[dc->kv][NSA_CLK_DC_PUT];
+    nsa_clr_args a = {k, 0, CL_SUCCESS};
+    ARG_MEM(&a, dc->buf[DB_STAGE].m);
+    ARG_MEM(&a, dc->buf[DB_DESC].m);
+    ARG_INT(&a, dc->ndesc);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, c->dv);
+    ARG_INT(&a, dc->dk4);
+    ARG_INT(&a, dc->dv4);
+    ARG_INT(&a, dc->cap);
+    ARG_INT(&a, dc->ccap);
+    ARG_INT(&a, dc->wcap);
+    ARG_MEM(&a, dc->kr);
+    ARG_MEM(&a, dc->vr);
+    ARG_MEM(&a, dc->kw);
+    ARG_MEM(&a, dc->vw);
+    ARG_MEM(&a, dc->kc);
+    ARG_MEM(&a, dc->vc);
+    const int d4 = dc->dk4 > dc->dv4 ? dc->dk4 : dc->dv4;
+    s = dc_launch(ctx, dc, &a, "nsa_dc_put", dc->ndesc * (size_t)c->G * (size_t)d4);
+    dc->ndesc = 0;
+    dc->nstage = 0;
+    return s;
+}
+
+/* Stages the row [G][dim] of tensor kind (0/1 raw K/V, 2/3 ring, 4/5
+ * compressed) for row `row` of sequence b. */
+static nsa_status dc_stage(nsa_context *ctx, nsa_cl_dcache *dc, int kind, int b, int64_t row,
+                           const float *src)
+{
+    const size_t len = (size_t)dc->cfg.G * (size_t)(kind & 1 ? dc->cfg.dv : dc->cfg.dk);
+    const size_t cap = dc->buf[DB_STAGE].bytes / sizeof(float);
+    const size_t dcap = dc->buf[DB_DESC].bytes / (4 * sizeof(int32_t));
+    if (dc->nstage + len > cap || dc->ndesc == dcap) {
+        nsa_status s = dc_flush(ctx, dc, CL_TRUE);
+        if (s != NSA_OK)
+            return s;
+    }
+    memcpy(dc->hstage + dc->nstage, src, sizeof(float) * len);
+    int32_t *d = dc->hdesc + 4 * dc->ndesc++;
+    d[0] = kind;
+    d[1] = b;
+    d[2] = (int32_t)row;
+    d[3] = (int32_t)dc->nstage;
+    dc->nstage += len;
+    return NSA_OK;
+}
+
+/* Rows of one sequence to upload: raw [r0, t], ring positions
+ * [max(r0, t-w+1), t], compressed [c0, nc). */
+typedef struct dc_plan {
+    int64_t r0, w0, c0, nc;
+} dc_plan;
+
+static dc_plan dc_plan_of(const nsa_cl_dcache *dc, const nsa_decode_seq *sq, uint64_t gen,
+                          const dc_seq *m)
+{
+    const nsa_config *c = &dc->cfg;
+    const int64_t t = sq->t;
+    dc_plan p;
+    p.nc = nsa_bm_n_cmp(c, t);
+    const int64_t before = t > 0 ? nsa_bm_n_cmp(c, t - 1) : 0;
+    const int fresh = !m->valid || m->gen != gen;
+    p.r0 = fresh ? 0 : (m->len < t ? m->len : t);
+    p.c0 = fresh ? 0 : (m->nc < before ? m->nc : before);
+    p.w0 = t - c->w + 1 > p.r0 ? t - c->w + 1 : p.r0;
+    return p;
+}
+
+static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
+                          const nsa_dcache_sync *sync)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t kr = (size_t)c->G * c->dk, vr = (size_t)c->G * c->dv;
+    int64_t need = 1, needc = 1;
+    size_t total = 0, rows = 0;
+    for (int b = 0; b < dc->B; b++) {
+        const nsa_decode_seq *sq = &job->seq[b];
+        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b]);
+        need = sq->t + 1 > need ? sq->t + 1 : need;
+        needc = p.nc > needc ? p.nc : needc;
+        const size_t nr = (size_t)(sq->t + 1 - p.r0), nw = (size_t)(sq->t + 1 - p.w0),
+                     ncm = (size_t)(p.nc - p.c0);
+        total += (nr + nw + ncm) * (kr + vr);
+        rows += 2 * (nr + nw + ncm);
+    }
+    nsa_status s = dc_reserve(ctx, dc, need, needc);
+    if (s != NSA_OK)
+        return s;
+    /* staging for the whole upload, or batches of DC_STAGE_FLOATS */
+    size_t sf = total < DC_STAGE_FLOATS ? total : DC_STAGE_FLOATS;
+    if (sf < kr + vr)
+        sf = kr + vr;
+    size_t sd = rows < sf / (kr < vr ? kr : vr) ? rows : sf / (kr < vr ? kr : vr);
+    if (sd < 2)
+        sd = 2;
+    if (sf * sizeof(float) > dc->buf[DB_STAGE].bytes || !dc->hstage) {
+        if ((s = dc_ensure(ctx, dc, DB_STAGE, sf * sizeof(float))) != NSA_OK)
+            return s;
+        float *h = realloc(dc->hstage, dc->buf[DB_STAGE].bytes);
+        if (!h)
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the decode upload");
+        dc->hstage = h;
+    }
+    if (sd * 4 * sizeof(int32_t) > dc->buf[DB_DESC].bytes || !dc->hdesc) {
+        if ((s = dc_ensure(ctx, dc, DB_DESC, sd * 4 * sizeof(int32_t))) != NSA_OK)
+            return s;
+        int32_t *h = realloc(dc->hdesc, dc->buf[DB_DESC].bytes);
+        if (!h)
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the decode upload");
+        dc->hdesc = h;
+    }
+    dc->nstage = dc->ndesc = 0;
+    for (int b = 0; b < dc->B && s == NSA_OK; b++) {
+        const nsa_decode_seq *sq = &job->seq[b];
+        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b]);
+        dc->seq[b].valid = 0; /* until its rows are all sent */
+        for (int64_t r = p.r0; r <= sq->t && s == NSA_OK; r++)
+            if ((s = dc_stage(ctx, dc, 0, b, r, sq->ks + (size_t)r * kr)) == NSA_OK)
+                s = dc_stage(ctx, dc, 1, b, r, sq->vs + (size_t)r * vr);
+        for (int64_t r = p.w0; r <= sq->t && s == NSA_OK; r++) {
+            const int64_t at = r % c->w;
+            if ((s = dc_stage(ctx, dc, 2, b, at, sq->kw + (size_t)at * kr)) == NSA_OK)
+                s = dc_stage(ctx, dc, 3, b, at, sq->vw + (size_t)at * vr);
+        }
+        for (int64_t r = p.c0; r < p.nc && s == NSA_OK; r++)
+            if ((s = dc_stage(ctx, dc, 4, b, r, sq->kc + (size_t)r * kr)) == NSA_OK)
+                s = dc_stage(ctx, dc, 5, b, r, sq->vc + (size_t)r * vr);
+    }
+    if (s == NSA_OK)
+        s = dc_flush(ctx, dc, CL_FALSE);
+    if (s != NSA_OK)
+        return s;
+    for (int b = 0; b < dc->B; b++) {
+        dc_seq *m = &dc->seq[b];
+        m->gen = sync->gen[b];
+        m->len = job->seq[b].t + 1;
+        m->nc = nsa_bm_n_cmp(c, job->seq[b].t);
+        m->valid = 1;
+    }
+    return NSA_OK;
+}
+
+/* q, positions and (NSA) gates and the mapping on the device. */
+static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
+                            int with_gates)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t bh = (size_t)dc->B * c->H;
+    nsa_status s;
+    for (int b = 0; b < dc->B; b++)
+        dc->htpos[b] = (int32_t)job->seq[b].t;
+    if ((s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * dc->B)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_Q].m, sizeof(float) * bh * c->dk, job->q, CL_FALSE)) !=
+            NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * dc->B, dc->htpos,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    if (!with_gates)
+        return NSA_OK;
+    if ((s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_GATES].m, sizeof(float) * bh * 3, job->gates,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    const nsa_csr *m = job->map;
+    const int nnz = m->rowptr[m->rows];
+    if (m->rows == dc->map_rows && nnz == dc->map_nnz)
+        return NSA_OK; /* same rows, same columns: the same mapping */
+    dc->map_rows = -1;
+    if ((s = dc_ensure(ctx, dc, DB_RP, sizeof(int32_t) * ((size_t)m->rows + 1))) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_COL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_VAL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_RP].m, sizeof(int32_t) * ((size_t)m->rows + 1),
+                      m->rowptr, CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_COL].m, sizeof(int32_t) * (size_t)nnz, m->col,
+                      CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_VAL].m, sizeof(int32_t) * (size_t)nnz, m->val,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    dc->map_rows = m->rows;
+    dc->map_nnz = nnz;
+    return NSA_OK;
+}
+
+/* ------------------------------------------------------------- kernels */
+/* Chunk of keys per work-group: the natural one (a sub-tile of WG KPT
+ * keys), halved while the launch would have fewer than 4 work-groups per
+ * compute unit, and while the local memory does not fit. */
+static int dc_chunk(const nsa_cl_dcache *dc, int64_t keys)
+{
+    const size_t parts = (size_t)(dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
+    const size_t slots = (size_t)dc->B * dc->cfg.G * parts;
+    int ch = dc->chunk_env > 0 ? dc->chunk_env : dc->st->wg * DC_KPT;
+    if (dc->chunk_env <= 0)
+        while (ch > 32 && slots * (size_t)((keys + ch - 1) / ch) < 4 * (size_t)dc->cus)
+            ch /= 2;
+    while (ch > 8 && partial_local(dc, dc->hc, ch) > dc->st->local_mem)
+        ch /= 2;
+    return ch;
+}
+
+typedef struct dc_part {
+    int mode, ch, nch_a, nch;
+    const char *label;
+    int pst, pacc; /* DB_ indices of the partials */
+} dc_part;
+
+static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
+                             const dc_part *P, int max_nc)
+{
+    const nsa_config *c = &dc->cfg;
+    const int hpg = c->H / c->G, parts = (hpg + dc->hc - 1) / dc->hc;
+    const int hcp = (dc->hc + 3) & ~3;
+    const size_t slots = (size_t)dc->B * c->G * (size_t)P->nch * hpg;
+    nsa_status s;
+    if ((s = dc_ensure(ctx, dc, P->pst, sizeof(float) * 2 * slots)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, P->pacc, 16 * slots * dc->dv4)) != NSA_OK)
+        return s;
+    const int cmp = P->mode == 0;
+    cl_mem K = cmp ? dc->kc : dc->kr, V = cmp ? dc->vc : dc->vr;
+    cl_mem none = dc->buf[DB_TPOS].m; /* unread placeholder */
+    cl_mem sel = P->mode == 1 ? dc->buf[DB_SEL].m : none, zout = cmp ? dc->buf[DB_ZOUT].m : none;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PARTIAL], 0, CL_SUCCESS};
+    ARG_INT(&a, P->mode);
+    ARG_MEM(&a, dc->buf[DB_Q].m);
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_MEM(&a, K);
+    ARG_MEM(&a, V);
+    ARG_INT(&a, cmp ? dc->ccap : dc->cap);
+    ARG_MEM(&a, dc->kw);
+    ARG_MEM(&a, dc->vw);
+    ARG_INT(&a, c->w);
+    ARG_INT(&a, dc->wcap);
+    ARG_MEM(&a, sel);
+    ARG_INT(&a, c->n);
+    ARG_INT(&a, c->l_sel);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, dc->hc);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, dc->dk4);
+    ARG_INT(&a, dc->dv4);
+    ARG_FLT(&a, job->scale);
+    ARG_INT(&a, P->ch);
+    ARG_INT(&a, P->nch_a);
+    ARG_INT(&a, P->nch);
+    ARG_MEM(&a, zout);
+    ARG_INT(&a, max_nc);
+    ARG_MEM(&a, dc->buf[P->pst].m);
+    ARG_MEM(&a, dc->buf[P->pacc].m);
+    nsa_clr_arg(&a, 16 * (size_t)hcp * dc->dk4, NULL);
+    nsa_clr_arg(&a, sizeof(float) * (size_t)P->ch * hcp, NULL);
+    nsa_clr_arg(&a, sizeof(int) * (size_t)P->ch, NULL);
+    nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
+    nsa_clr_arg(&a, sizeof(int) * ((size_t)c->n + 1), NULL);
+    const size_t wgs = (size_t)dc->B * c->G * parts * (size_t)P->nch;
+    return dc_launch(ctx, dc, &a, P->label, wgs * (size_t)dc->st->wg);
+}
+
+/* The outputs from the partials of P (and, for NSA, the compressed
+ * branch's of C). */
+static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P,
+                           const dc_part *C, int branches)
+{
+    const nsa_config *c = &dc->cfg;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_FINAL], 0, CL_SUCCESS};
+    const dc_part *pc = C ? C : P;
+    cl_mem gt = C ? dc->buf[DB_GATES].m : dc->buf[DB_TPOS].m;
+    ARG_INT(&a, C == NULL);
+    ARG_MEM(&a, dc->buf[P->pst].m);
+    ARG_MEM(&a, dc->buf[P->pacc].m);
+    ARG_INT(&a, P->nch_a);
+    ARG_INT(&a, P->nch);
+    ARG_MEM(&a, dc->buf[pc->pst].m);
+    ARG_MEM(&a, dc->buf[pc->pacc].m);
+    ARG_INT(&a, pc->nch);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->dv);
+    ARG_INT(&a, dc->dv4);
+    ARG_MEM(&a, gt);
+    ARG_INT(&a, branches);
+    ARG_MEM(&a, dc->buf[DB_OUT].m);
+    return dc_launch(ctx, dc, &a, C ? "nsa_dc_final" : "nsa_dc_final(dense)",
+                     (size_t)dc->B * c->H * dc->dv4);
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
+{
+    const nsa_config *c = &dc->cfg;
+    const int B = dc->B, G = c->G, H = c->H, hpg = H / G, n = c->n;
+    const size_t bg = (size_t)B * G, bhd = (size_t)B * H * c->dv;
+    int64_t max_t = 0;
+    for (int b = 0; b < B; b++)
+        max_t = job->seq[b].t > max_t ? job->seq[b].t : max_t;
+    const int max_nc = nsa_bm_n_cmp(c, max_t), max_vis = nsa_bm_n_sel_visible(c, max_t);
+    const int branches = job->out_cmp || job->out_slc || job->out_win;
+    nsa_status s;
+    if ((s = dc_inputs(ctx, dc, job, 1)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_ZOUT, sizeof(float) * bg * hpg * (size_t)max_nc)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_P, sizeof(float) * bg * (size_t)max_nc)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_S, sizeof(float) * bg * (size_t)max_vis)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * n)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd * (branches ? 4 : 1))) != NSA_OK)
+        return s;
+    /* compressed branch */
+    dc_part pc = {0, dc_chunk(dc, max_nc), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC, DB_PACCC};
+    pc.nch = (int)ceil_div(max_nc, pc.ch);
+    pc.nch_a = pc.nch;
+    if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
+        return s;
+    /* the compressed probabilities summed over each group's heads */
+    {
+        const int nic = (int)ceil_div(max_nc, dc->st->wg);
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_MEM(&a, dc->buf[DB_PSTC].m);
+        ARG_INT(&a, pc.nch);
+        ARG_INT(&a, H);
+        ARG_INT(&a, G);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+        ARG_MEM(&a, dc->buf[DB_ZOUT].m);
+        ARG_INT(&a, max_nc);
+        ARG_INT(&a, nic);
+        ARG_MEM(&a, dc->buf[DB_P].m);
+        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * nic * (size_t)dc->st->wg)) != NSA_OK)
+            return s;
+    }
+    /* scores and top-n */
+    {
+        const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_INT(&a, G);
+        ARG_INT(&a, c->l_sel);
+        ARG_MEM(&a, dc->buf[DB_RP].m);
+        ARG_MEM(&a, dc->buf[DB_COL].m);
+        ARG_MEM(&a, dc->buf[DB_VAL].m);
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+        ARG_MEM(&a, dc->buf[DB_P].m);
+        ARG_INT(&a, max_nc);
+        ARG_MEM(&a, dc->buf[DB_S].m);
+        ARG_INT(&a, max_vis);
+        ARG_INT(&a, n);
+        ARG_INT(&a, c->n_init);
+        ARG_INT(&a, c->n_local);
+        ARG_MEM(&a, dc->buf[DB_SEL].m);
+        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
+        nsa_clr_arg(&a, sizeof(int) * 2 * (size_t)dc->st->wg, NULL);
+        nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
+        nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
+            return s;
+    }
+    /* selected blocks and window */
+    const int64_t span = max_t + 1;
+    const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
+    const int64_t kw = c->w < span ? c->w : span;
+    dc_part pw = {1, dc_chunk(dc, ks + kw), 0, 0, "nsa_dc_partial(slc+win)", DB_PSTS, DB_PACCS};
+    pw.nch_a = (int)ceil_div(ks, pw.ch);
+    pw.nch = pw.nch_a + (int)ceil_div(kw, pw.ch);
+    if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
+        (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
+        return s;
+    if ((s = dc_read(ctx, dc, dc->buf[DB_SEL].m, 0, sizeof(int32_t) * bg * n, job->sel_out)) !=
+        NSA_OK)
+        return s;
+    float *dst[4] = {job->out, job->out_cmp, job->out_slc, job->out_win};
+    for (int i = 0; i < 4; i++)
+        if (dst[i] && (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, sizeof(float) * bhd * i,
+                                   sizeof(float) * bhd, dst[i])) != NSA_OK)
+            return s;
+    cl_int err = clFinish(dc->st->queue);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
+}
+
+static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
+{
+    const nsa_config *c = &dc->cfg;
+    int64_t max_t = 0;
+    for (int b = 0; b < dc->B; b++)
+        max_t = job->seq[b].t > max_t ? job->seq[b].t : max_t;
+    const size_t bhd = (size_t)dc->B * c->H * c->dv;
+    nsa_status s;
+    if ((s = dc_inputs(ctx, dc, job, 0)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd)) != NSA_OK)
+        return s;
+    dc_part pd = {2, dc_chunk(dc, max_t + 1), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
+    pd.nch = (int)ceil_div(max_t + 1, pd.ch);
+    pd.nch_a = pd.nch;
+    if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
+        (s = dc_final(ctx, dc, &pd, NULL, 0)) != NSA_OK ||
+        (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, 0, sizeof(float) * bhd, job->out)) != NSA_OK)
+        return s;
+    cl_int err = clFinish(dc->st->queue);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
+}
+
+/* Sync, then run; any failure waits for what was queued (it may read the
+ * caller's memory) and marks every sequence stale. */
+static nsa_status dc_call(nsa_context *ctx, void *p, const nsa_decode_job *job,
+                          const nsa_dcache_sync *sync, int dense)
+{
+    nsa_cl_dcache *dc = p;
+    if (job->B != dc->B || job->cfg->G != dc->cfg.G || job->cfg->H != dc->cfg.H ||
+        job->cfg->dk != dc->cfg.dk || job->cfg->dv != dc->cfg.dv)
+        return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode: the job does not match its cache");
+    dc->fail_at = sync->fail_at;
+    dc->ops = 0;
+    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->kv);
+    if (s == NSA_OK)
+        s = dc_sync(ctx, dc, job, sync);
+    if (s == NSA_OK)
+        s = dense ? dc_dense_run(ctx, dc, job) : dc_attend_run(ctx, dc, job);
+    if (s != NSA_OK) {
+        clFinish(dc->st->queue);
+        for (int b = 0; b < dc->B; b++)
+            dc->seq[b].valid = 0;
+    }
+    dc->fail_at = 0;
+    return s;
+}
+
+nsa_status nsa_cl_dcache_attend(nsa_context *ctx, void *p, const nsa_decode_job *job,
+                            const nsa_dcache_sync *sync)
+{
+    return dc_call(ctx, p, job, sync, 0);
+}
+
+nsa_status nsa_cl_dcache_dense(nsa_context *ctx, void *p, const nsa_decode_job *job,
+                           const nsa_dcache_sync *sync)
+{
+    return dc_call(ctx, p, job, sync, 1);
+}
