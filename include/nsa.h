@@ -250,6 +250,13 @@ NSA_API nsa_status nsa_layer_tensor_at(nsa_layer *layer, int index,
                                        int *ndim, int64_t shape[4]);
 NSA_API nsa_status nsa_layer_tensor(nsa_layer *layer, const char *name,
                                     float **data, int64_t *count);
+/* A backend may keep device copies of the weights between calls (opencl
+ * does). Asking for a tensor's data (nsa_layer_tensor, _tensor_at with data
+ * != NULL), nsa_layer_init_random and nsa_layer_load mark them stale; after
+ * writing weights through a pointer obtained before the layer's last
+ * forward or decode step, call this before the next one, or that call may
+ * use the old weights. */
+NSA_API nsa_status nsa_layer_weights_changed(nsa_layer *layer);
 
 /* safetensors (8-byte little-endian header length, JSON header, raw
  * little-endian F32 tensors); the configuration goes in __metadata__. */

@@ -184,9 +184,25 @@ void nsa_layer_free(nsa_layer *L)
 {
     if (!L)
         return;
+    if (L->wc.release)
+        L->wc.release(L->wc.data);
     for (int i = 0; i < L->ntensors; i++)
         free(L->t[i].data);
     free(L);
+}
+
+nsa_status nsa_layer_weights_changed(nsa_layer *L)
+{
+    if (!L)
+        return NSA_ERR_NULL;
+    L->wgen++;
+    return NSA_OK;
+}
+
+void nsa_layer_fail_weight_upload_after(nsa_layer *L, int n)
+{
+    if (L)
+        L->wc.fail_after = n;
 }
 
 const nsa_layer_config *nsa_layer_get_config(const nsa_layer *L) { return L ? &L->cfg : NULL; }
@@ -204,8 +220,10 @@ nsa_status nsa_layer_tensor_at(nsa_layer *L, int i, const char **name, float **d
     const nsa_tensor *t = &L->t[i];
     if (name)
         *name = t->name;
-    if (data)
+    if (data) {
         *data = t->data;
+        L->wgen++; /* writable from now on: device copies are history */
+    }
     if (ndim)
         *ndim = t->ndim;
     if (shape)
@@ -222,8 +240,10 @@ nsa_status nsa_layer_tensor(nsa_layer *L, const char *name, float **data, int64_
         return nsa_fail(L->ctx, NSA_ERR_NULL, "tensor name is NULL");
     for (int i = 0; i < L->ntensors; i++)
         if (strcmp(L->t[i].name, name) == 0) {
-            if (data)
+            if (data) {
                 *data = L->t[i].data;
+                L->wgen++; /* writable from now on: device copies are history */
+            }
             if (count)
                 *count = L->t[i].count;
             return NSA_OK;
@@ -244,6 +264,7 @@ nsa_status nsa_layer_init_random(nsa_layer *L, uint64_t seed)
     if (!L)
         return NSA_ERR_NULL;
     const nsa_layer_config *c = &L->cfg;
+    L->wgen++;
     for (int i = 0; i < L->ntensors; i++) {
         nsa_tensor *t = &L->t[i];
         /* one stream per tensor, so adding a tensor never shifts the others */
@@ -285,11 +306,14 @@ void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, doub
     }
 }
 
-static nsa_status linear(nsa_context *ctx, const float *x, int64_t rows, int in, int outn,
-                         const float *w, const float *b, float *y)
+/* One projection of the layer; slot names its (W, b) pair so that a backend
+ * may keep a device copy until the weights generation changes. */
+static nsa_status linear(nsa_layer *L, int slot, const float *x, int64_t rows, int in,
+                         int outn, const float *w, const float *b, float *y)
 {
-    nsa_linear_job j = {x, rows, in, outn, w, b, y};
-    return nsa_run_linear(ctx, &j);
+    const nsa_wkey key = {&L->wc, slot, L->wgen};
+    nsa_linear_job j = {x, rows, in, outn, w, b, y, &key};
+    return nsa_run_linear(L->ctx, &j);
 }
 
 nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
@@ -301,14 +325,14 @@ nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
         float *h = malloc(sizeof(float) * (size_t)rows * (size_t)c->gate_hidden);
         if (!h)
             return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
-        s = linear(L->ctx, x, rows, c->D, c->gate_hidden, L->gw1, L->gb1, h);
+        s = linear(L, NSA_WSLOT_GATE1, x, rows, c->D, c->gate_hidden, L->gw1, L->gb1, h);
         for (size_t i = 0; s == NSA_OK && i < (size_t)rows * (size_t)c->gate_hidden; i++)
             h[i] = (float)((double)h[i] / (1.0 + exp(-(double)h[i]))); /* SiLU */
         if (s == NSA_OK)
-            s = linear(L->ctx, h, rows, c->gate_hidden, H3, L->gw2, L->gb2, g);
+            s = linear(L, NSA_WSLOT_GATE2, h, rows, c->gate_hidden, H3, L->gw2, L->gb2, g);
         free(h);
     } else {
-        s = linear(L->ctx, x, rows, c->D, H3, L->gw1, L->gb1, g);
+        s = linear(L, NSA_WSLOT_GATE1, x, rows, c->D, H3, L->gw1, L->gb1, g);
     }
     if (s != NSA_OK)
         return s;
@@ -380,11 +404,11 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
         a->k[b] = a->kv + (size_t)bb * (nk + nv);
         a->v[b] = a->k[b] + nk;
     }
-    nsa_status s = linear(ctx, x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q);
+    nsa_status s = linear(L, NSA_WSLOT_Q, x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q);
     for (int b = 0; b < nbr && s == NSA_OK; b++) {
-        s = linear(ctx, x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b]);
+        s = linear(L, NSA_WSLOT_K0 + b, x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b]);
         if (s == NSA_OK)
-            s = linear(ctx, x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b]);
+            s = linear(L, NSA_WSLOT_V0 + b, x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b]);
     }
     if (s == NSA_OK)
         s = nsa_layer_gates(L, x, rows, a->gates);
@@ -409,7 +433,7 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
 nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y)
 {
     const nsa_layer_config *c = &L->cfg;
-    return linear(L->ctx, o, rows, c->attn.H * c->attn.dv, c->D, L->wo, NULL, y);
+    return linear(L, NSA_WSLOT_O, o, rows, c->attn.H * c->attn.dv, c->D, L->wo, NULL, y);
 }
 
 nsa_status nsa_layer_attend(nsa_layer *L, const nsa_batch *bt, const nsa_acts *act,

@@ -28,6 +28,12 @@ struct nsa_layer {
     float *wq, *wk[3], *wv[3], *wo;
     float *gw1, *gb1, *gw2, *gb2; /* gate: w1/b1 only when gate_hidden = 0 */
     nsa_phi phi_k, phi_v;          /* pointers into t[] */
+    /* Weights generation: bumped by every call that hands out or writes
+     * weights (nsa_layer_tensor, _tensor_at, _init_random, loading,
+     * nsa_layer_weights_changed), so a backend's device copies in wc,
+     * keyed by it, are never served stale. */
+    uint64_t wgen;
+    nsa_wcache wc;
 };
 
 /* RoPE (rotate-half, spec 6) on the first rope_dim dims of `heads` vectors
@@ -58,6 +64,10 @@ NSA_HIDDEN void nsa_acts_free(nsa_acts *a);
 NSA_HIDDEN nsa_status nsa_layer_attend(nsa_layer *L, const nsa_batch *bt, const nsa_acts *act,
                                        const nsa_layer_aux *aux, float *kc, float *vc, float *o,
                                        float *y);
+/* Test hook: the n-th device upload of this layer's weights fails (n >= 1;
+ * 0 = none). */
+NSA_HIDDEN void nsa_layer_fail_weight_upload_after(nsa_layer *L, int n);
+
 /* y = o Wo^T. */
 NSA_HIDDEN nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y);
 /* The kc hook for RoPE "after" (user = the layer config). */

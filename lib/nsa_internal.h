@@ -114,6 +114,30 @@ typedef struct nsa_attn_job {
     int32_t *sel_out;
 } nsa_attn_job;
 
+/* A backend's device copies of one layer's weights, owned by the layer
+ * (freed with it through release; no global state). data and release are
+ * the backend's; fail_after is a test hook: the n-th weight upload into
+ * this cache fails (n >= 1; 0 = none). */
+typedef struct nsa_wcache {
+    void *data;
+    void (*release)(void *data);
+    int fail_after;
+} nsa_wcache;
+
+/* Slots of a layer's weight cache: one per (W, b) pair a linear reads. */
+enum { NSA_WSLOT_Q, NSA_WSLOT_K0, NSA_WSLOT_V0 = NSA_WSLOT_K0 + 3, NSA_WSLOT_GATE1 = NSA_WSLOT_V0 + 3,
+       NSA_WSLOT_GATE2, NSA_WSLOT_O, NSA_WSLOT_COUNT };
+
+/* Lets a backend keep a device copy of a linear's W and b: the copy in
+ * cache's slot is valid only while it was made at generation gen (the
+ * layer bumps its generation whenever its weights may have changed), so a
+ * backend never serves a stale copy. */
+typedef struct nsa_wkey {
+    nsa_wcache *cache;
+    int slot;     /* NSA_WSLOT_* */
+    uint64_t gen; /* the layer's weights generation */
+} nsa_wkey;
+
 /* y[rows][out] = x[rows][in] W^T + b; W is [out][in] (torch.nn.Linear). */
 typedef struct nsa_linear_job {
     const float *x;
@@ -121,6 +145,7 @@ typedef struct nsa_linear_job {
     int in, out;
     const float *w, *b; /* b may be NULL */
     float *y;
+    const nsa_wkey *key; /* NULL: W and b are plain host data (backends may ignore it) */
 } nsa_linear_job;
 
 /* Decode (spec 7): one new token per sequence, attending over its caches. */

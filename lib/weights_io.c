@@ -269,6 +269,7 @@ static nsa_status fill_tensors(const loader *ld, nsa_layer *L)
         /* The reader matched nbytes to the shape, and the shapes agree. */
         memcpy(lt->data, ft->data, ft->nbytes);
     }
+    L->wgen++; /* written: device copies (if any) are history */
     for (int i = 0; i < ld->f->count; i++) {
         const char *name = ld->f->tensors[i].name;
         int known = 0;

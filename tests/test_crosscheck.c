@@ -511,8 +511,8 @@ static void linear_checks(nsa_context *be, nsa_context *ref, const char *mode)
             tl_fill(x, (size_t)rows * in, 11 + s, -1.0f, 1.0f);
             tl_fill(w, (size_t)out * in, 12 + s, -1.0f, 1.0f);
             tl_fill(b, (size_t)out, 13 + s, -1.0f, 1.0f);
-            nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y};
-            nsa_linear_job jr = {x, rows, in, out, w, bias ? b : NULL, yr};
+            nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y, NULL};
+            nsa_linear_job jr = {x, rows, in, out, w, bias ? b : NULL, yr, NULL};
             assert_int_equal(nsa_run_linear(be, &j), NSA_OK);
             assert_int_equal(nsa_run_linear(ref, &jr), NSA_OK);
             char label[128];

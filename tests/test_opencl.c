@@ -725,7 +725,7 @@ static void test_linear(void **st)
         tl_fill(x, (size_t)rows * in, 31 + c, -1, 1);
         tl_fill(w, (size_t)out * in, 41 + c, -0.2f, 0.2f);
         tl_fill(b, (size_t)out, 51 + c, -1, 1);
-        nsa_linear_job j = {x, rows, in, out, w, c % 2 ? b : NULL, want};
+        nsa_linear_job j = {x, rows, in, out, w, c % 2 ? b : NULL, want, NULL};
         assert_int_equal(nsa_ref_linear(g_ref, &j), NSA_OK);
         j.y = y;
         assert_int_equal(nsa_run_linear(g_ctx, &j), NSA_OK);

@@ -1,5 +1,6 @@
-/* The layer's projections on the device (cl/linear.cl). */
-#include "cl_run.h"
+/* The layer's projections on the device (cl/linear.cl); the weights come
+ * from the layer's device-resident copy when the job carries a key. */
+#include "cl_weights.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -17,8 +18,7 @@ nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
     cl_mem x, w, b, y;
     const size_t rows = (size_t)j->rows;
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->in, j->x, &x));
-    TRY(nsa_clr_buf_new(&B, sizeof(float) * (size_t)j->out * j->in, j->w, &w));
-    TRY(nsa_clr_buf_new(&B, j->b ? sizeof(float) * (size_t)j->out : 4, j->b, &b));
+    TRY(nsa_cl_weights(&B, j, &w, &b)); /* the layer's device copy when keyed */
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
     nsa_clr_args a = {st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
     ARG_MEM(&a, x);

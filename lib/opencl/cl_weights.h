@@ -1,0 +1,15 @@
+/* Device-resident layer weights for nsa_linear (cl_weights.c). */
+#ifndef NSA_CL_WEIGHTS_H
+#define NSA_CL_WEIGHTS_H
+
+#include "cl_run.h"
+
+/* Device buffers holding j's W and b (b: a 4-byte placeholder when NULL).
+ * With j->key, from the layer's cache (uploaded there when the slot is
+ * empty or its generation is not the key's); without, uploaded into bufs
+ * (released with the job). On failure the slot is emptied and the error
+ * returned: a later call uploads again, nothing stale is ever used. */
+NSA_HIDDEN nsa_status nsa_cl_weights(nsa_clr_bufs *bufs, const nsa_linear_job *j, cl_mem *w,
+                                     cl_mem *b);
+
+#endif
