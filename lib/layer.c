@@ -316,26 +316,29 @@ static nsa_status linear(nsa_layer *L, int slot, const float *x, int64_t rows, i
     return nsa_run_linear(L->ctx, &j);
 }
 
-nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
+/* The first gate linear (of x) as a job: into g, or the hidden layer h. */
+static void gate_job(nsa_layer *L, const float *x, int64_t rows, float *g, float *h,
+                     nsa_wkey *key, nsa_linear_job *j)
 {
     const nsa_layer_config *c = &L->cfg;
-    const int H3 = c->attn.H * 3;
-    nsa_status s;
+    *key = (nsa_wkey){&L->wc, NSA_WSLOT_GATE1, L->wgen};
+    *j = (nsa_linear_job){x,      rows,   c->D, c->gate_hidden > 0 ? c->gate_hidden : c->attn.H * 3,
+                          L->gw1, L->gb1, c->gate_hidden > 0 ? h : g, key};
+}
+
+/* The rest of the gates once the first linear is done: the MLP's second
+ * layer when there is one, then the activation. */
+static nsa_status gates_finish(nsa_layer *L, int64_t rows, float *h, float *g)
+{
+    const nsa_layer_config *c = &L->cfg;
     if (c->gate_hidden > 0) {
-        float *h = malloc(sizeof(float) * (size_t)rows * (size_t)c->gate_hidden);
-        if (!h)
-            return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
-        s = linear(L, NSA_WSLOT_GATE1, x, rows, c->D, c->gate_hidden, L->gw1, L->gb1, h);
-        for (size_t i = 0; s == NSA_OK && i < (size_t)rows * (size_t)c->gate_hidden; i++)
+        for (size_t i = 0; i < (size_t)rows * (size_t)c->gate_hidden; i++)
             h[i] = (float)((double)h[i] / (1.0 + exp(-(double)h[i]))); /* SiLU */
-        if (s == NSA_OK)
-            s = linear(L, NSA_WSLOT_GATE2, h, rows, c->gate_hidden, H3, L->gw2, L->gb2, g);
-        free(h);
-    } else {
-        s = linear(L, NSA_WSLOT_GATE1, x, rows, c->D, H3, L->gw1, L->gb1, g);
+        nsa_status s = linear(L, NSA_WSLOT_GATE2, h, rows, c->gate_hidden, c->attn.H * 3,
+                              L->gw2, L->gb2, g);
+        if (s != NSA_OK)
+            return s;
     }
-    if (s != NSA_OK)
-        return s;
     for (size_t r = 0; r < (size_t)rows * (size_t)c->attn.H; r++) {
         float *z = g + r * 3;
         if (c->gate_act == NSA_GATE_SIGMOID) {
@@ -353,6 +356,34 @@ nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
         }
     }
     return NSA_OK;
+}
+
+/* Several linears over one x: one job for a backend that batches them. */
+static nsa_status linear_many(nsa_context *ctx, const nsa_linear_job *j, int n)
+{
+    if (ctx->be->linear_many)
+        return ctx->be->linear_many(ctx, j, n);
+    nsa_status s = NSA_OK;
+    for (int i = 0; i < n && s == NSA_OK; i++)
+        s = nsa_run_linear(ctx, &j[i]);
+    return s;
+}
+
+nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
+{
+    const nsa_layer_config *c = &L->cfg;
+    float *h = NULL;
+    if (c->gate_hidden > 0 &&
+        !(h = malloc(sizeof(float) * (size_t)rows * (size_t)c->gate_hidden)))
+        return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
+    nsa_wkey key;
+    nsa_linear_job j;
+    gate_job(L, x, rows, g, h, &key, &j);
+    nsa_status s = nsa_run_linear(L->ctx, &j);
+    if (s == NSA_OK)
+        s = gates_finish(L, rows, h, g);
+    free(h);
+    return s;
 }
 
 /* RoPE "after": compressed key i of a sequence is rotated at position i*d. */
@@ -404,14 +435,34 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
         a->k[b] = a->kv + (size_t)bb * (nk + nv);
         a->v[b] = a->k[b] + nk;
     }
-    nsa_status s = linear(L, NSA_WSLOT_Q, x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q);
-    for (int b = 0; b < nbr && s == NSA_OK; b++) {
-        s = linear(L, NSA_WSLOT_K0 + b, x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b]);
-        if (s == NSA_OK)
-            s = linear(L, NSA_WSLOT_V0 + b, x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b]);
+    /* every linear of x in one batch (x crosses to a device once) */
+    float *h = c->gate_hidden > 0 ? malloc(sizeof(float) * R * (size_t)c->gate_hidden) : NULL;
+    if (c->gate_hidden > 0 && !h) {
+        nsa_acts_free(a);
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
     }
+    nsa_wkey key[8];
+    nsa_linear_job j[8];
+    int nj = 0;
+    key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_Q, L->wgen};
+    j[nj] = (nsa_linear_job){x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q, &key[nj]};
+    nj++;
+    for (int b = 0; b < nbr; b++) {
+        key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_K0 + b, L->wgen};
+        j[nj] = (nsa_linear_job){x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b],
+                                 &key[nj]};
+        nj++;
+        key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_V0 + b, L->wgen};
+        j[nj] = (nsa_linear_job){x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b],
+                                 &key[nj]};
+        nj++;
+    }
+    gate_job(L, x, rows, a->gates, h, &key[nj], &j[nj]);
+    nj++;
+    nsa_status s = linear_many(ctx, j, nj);
     if (s == NSA_OK)
-        s = nsa_layer_gates(L, x, rows, a->gates);
+        s = gates_finish(L, rows, h, a->gates);
+    free(h);
     if (s != NSA_OK) {
         nsa_acts_free(a);
         return s;

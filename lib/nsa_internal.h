@@ -204,6 +204,10 @@ typedef struct nsa_backend_ops {
                                 const nsa_dcache_sync *sync);
     nsa_status (*dcache_dense)(nsa_context *ctx, void *dc, const nsa_decode_job *job,
                                const nsa_dcache_sync *sync);
+    /* Optional: n linears over one x (same x, rows and in), as the
+     * projections of a layer: a device backend uploads x once and waits
+     * once. NULL: one linear job each. */
+    nsa_status (*linear_many)(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);

@@ -7,6 +7,7 @@
  * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_PROFILE=1 times
  * every kernel. */
 #include "cl_internal.h"
+#include "cl_weights.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -212,4 +213,5 @@ const nsa_backend_ops nsa_backend_opencl = {
     .dcache_free = nsa_cl_dcache_free,
     .dcache_attend = nsa_cl_dcache_attend,
     .dcache_dense = nsa_cl_dcache_dense,
+    .linear_many = nsa_cl_linear_many,
 };

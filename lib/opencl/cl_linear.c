@@ -6,6 +6,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* y = x W^T + b for x and y already on the device (w, b from
+ * nsa_cl_weights). */
+static nsa_status gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_mem w, cl_mem b,
+                       cl_mem y)
+{
+    nsa_cl_state *st = B->st;
+    nsa_clr_args a = {st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
+    const size_t rows = (size_t)j->rows;
+    ARG_MEM(&a, x);
+    ARG_MEM(&a, w);
+    ARG_MEM(&a, b);
+    ARG_INT(&a, j->b != NULL);
+    ARG_INT(&a, rows);
+    ARG_INT(&a, j->in);
+    ARG_INT(&a, j->out);
+    ARG_MEM(&a, y);
+    const size_t local[2] = {NSA_CL_GEMM_TS, NSA_CL_GEMM_TS};
+    const size_t global[2] = {
+        ((size_t)j->out + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS,
+        (rows + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS};
+    return nsa_clr_launch_nd(B, &a, "nsa_linear", 2, global, local);
+}
+
 nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
 {
     nsa_cl_state *st = ctx->be_state;
@@ -20,24 +43,54 @@ nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->in, j->x, &x));
     TRY(nsa_cl_weights(&B, j, &w, &b)); /* the layer's device copy when keyed */
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
-    nsa_clr_args a = {st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
-    ARG_MEM(&a, x);
-    ARG_MEM(&a, w);
-    ARG_MEM(&a, b);
-    ARG_INT(&a, j->b != NULL);
-    ARG_INT(&a, rows);
-    ARG_INT(&a, j->in);
-    ARG_INT(&a, j->out);
-    ARG_MEM(&a, y);
-    {
-        const size_t local[2] = {NSA_CL_GEMM_TS, NSA_CL_GEMM_TS};
-        const size_t global[2] = {
-            ((size_t)j->out + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS,
-            (rows + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS};
-        TRY(nsa_clr_launch_nd(&B, &a, "nsa_linear", 2, global, local));
-    }
+    TRY(gemm(&B, j, x, w, b, y));
     TRY(nsa_clr_download(&B, y, sizeof(float) * rows * j->out, j->y));
 done:
+    nsa_clr_bufs_free(&B);
+    return s;
+}
+
+/* Linears over one x: x goes up once, the outputs come down with one wait
+ * (the reads are queued behind the kernels; the last one blocks). */
+nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n)
+{
+    nsa_cl_state *st = ctx->be_state;
+    enum { MOST = 8 }; /* x + 3 buffers a job within NSA_CLR_MAX_BUFS */
+    int same = n >= 1 && n <= MOST;
+    for (int i = 1; same && i < n; i++)
+        same = jobs[i].x == jobs[0].x && jobs[i].rows == jobs[0].rows &&
+               jobs[i].in == jobs[0].in;
+    if (!same || jobs[0].rows > INT_MAX || jobs[0].rows == 0) {
+        nsa_status s = NSA_OK;
+        for (int i = 0; i < n && s == NSA_OK; i++)
+            s = nsa_cl_linear(ctx, &jobs[i]);
+        return s;
+    }
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    nsa_status s = NSA_OK;
+    const size_t rows = (size_t)jobs[0].rows;
+    cl_mem x, y[MOST];
+    int queued = 0; /* reads in flight: waited for before returning */
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * jobs[0].in, jobs[0].x, &x));
+    for (int i = 0; i < n; i++) {
+        cl_mem w, b;
+        TRY(nsa_cl_weights(&B, &jobs[i], &w, &b));
+        TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * jobs[i].out, NULL, &y[i]));
+        TRY(gemm(&B, &jobs[i], x, w, b, y[i]));
+    }
+    for (int i = 0; i < n; i++) {
+        cl_int err = clEnqueueReadBuffer(st->queue, y[i], i == n - 1 ? CL_TRUE : CL_FALSE, 0,
+                                         sizeof(float) * rows * jobs[i].out, jobs[i].y, 0,
+                                         NULL, NULL);
+        if (err != CL_SUCCESS) {
+            s = nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
+            goto done;
+        }
+        queued = i < n - 1;
+    }
+done:
+    if (queued)
+        clFinish(st->queue); /* no read may land in the caller's memory later */
     nsa_clr_bufs_free(&B);
     return s;
 }

@@ -12,4 +12,7 @@
 NSA_HIDDEN nsa_status nsa_cl_weights(nsa_clr_bufs *bufs, const nsa_linear_job *j, cl_mem *w,
                                      cl_mem *b);
 
+/* n linears over one x (vtable linear_many): x uploaded once, one wait. */
+NSA_HIDDEN nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
+
 #endif
