@@ -19,6 +19,10 @@ typedef struct wslot {
 typedef struct cl_wcache {
     nsa_cl_state *st; /* the context whose device holds the copies */
     wslot slot[NSA_WSLOT_COUNT];
+    /* nsa_linear_rows (cl/linear.cl), the kernel for few rows over these
+     * weights; made on first use, NULL if the device cannot run it */
+    cl_kernel rows_k;
+    int rows_k_tried;
 } cl_wcache;
 
 static void slot_clear(wslot *s)
@@ -37,6 +41,8 @@ static void wcache_release(void *data)
         return;
     for (int i = 0; i < NSA_WSLOT_COUNT; i++)
         slot_clear(&c->slot[i]);
+    if (c->rows_k)
+        clReleaseKernel(c->rows_k);
     free(c);
 }
 
@@ -122,4 +128,34 @@ nsa_status nsa_cl_weights(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem *w, c
     *w = sl->w;
     *b = sl->b;
     return NSA_OK;
+}
+
+cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
+{
+    const nsa_wkey *k = j->key;
+    /* not for K/V: their rows go into the decode caches and must equal
+     * prefill's bit for bit, which nsa_linear's fixed order gives */
+    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX ||
+        j->in % 4 != 0 || (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1))
+        return NULL;
+    cl_wcache *c = k->cache->data;
+    if (!c || c->st != B->st)
+        return NULL;
+    if (!c->rows_k_tried) {
+        c->rows_k_tried = 1;
+        cl_int err;
+        cl_kernel kr = clCreateKernel(B->st->program[NSA_CL_KV_F32], "nsa_linear_rows", &err);
+        size_t most = 0;
+        if (err == CL_SUCCESS)
+            err = clGetKernelWorkGroupInfo(kr, B->st->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                           sizeof most, &most, NULL);
+        if (err == CL_SUCCESS && most >= NSA_CL_LIN_WG)
+            c->rows_k = kr;
+        else if (kr && err == CL_SUCCESS)
+            clReleaseKernel(kr); /* too large a work-group here: tiles it is */
+        if (!c->rows_k)
+            nsa_log(B->ctx, "opencl: no nsa_linear_rows on %s: tiled linear for few rows",
+                    B->st->device_name);
+    }
+    return c->rows_k;
 }
