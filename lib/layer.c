@@ -322,8 +322,9 @@ static void gate_job(nsa_layer *L, const float *x, int64_t rows, float *g, float
 {
     const nsa_layer_config *c = &L->cfg;
     *key = (nsa_wkey){&L->wc, NSA_WSLOT_GATE1, L->wgen};
-    *j = (nsa_linear_job){x,      rows,   c->D, c->gate_hidden > 0 ? c->gate_hidden : c->attn.H * 3,
-                          L->gw1, L->gb1, c->gate_hidden > 0 ? h : g, key};
+    const int hid = c->gate_hidden;
+    *j = (nsa_linear_job){x, rows, c->D, hid > 0 ? hid : c->attn.H * 3, L->gw1, L->gb1,
+                          hid > 0 ? h : g, key};
 }
 
 /* The rest of the gates once the first linear is done: the MLP's second

@@ -329,7 +329,7 @@ static void test_upload_failure(void **state)
         nsa_layer_fail_weight_upload_after(p.L, 0);
 
         /* forward: the k-th upload after a change fails */
-        const int uploads = v == 0 ? 9 : 5; /* q, k, v (x3 or x1), gate (1 or 2), o */
+        const int uploads = v == 0 ? 9 : 6; /* q, k, v (x3 or x1), gate (1 or 2), o */
         for (int k = 1; k <= uploads; k++) {
             assert_int_equal(nsa_layer_weights_changed(p.L), NSA_OK);
             nsa_layer_fail_weight_upload_after(p.L, k);
@@ -340,6 +340,11 @@ static void test_upload_failure(void **state)
             assert_true(all_nan(y, n)); /* no output written */
             assert_true(forward_pair(&p, x, T, y, yr) <= 1e-5); /* spec 9 */
         }
+        /* and that was every upload: one more is never reached */
+        assert_int_equal(nsa_layer_weights_changed(p.L), NSA_OK);
+        nsa_layer_fail_weight_upload_after(p.L, uploads + 1);
+        assert_true(forward_pair(&p, x, T, y, yr) <= 1e-5); /* spec 9 */
+        nsa_layer_fail_weight_upload_after(p.L, 0);
 
         /* decode: the same, the state unchanged by the failed step */
         nsa_decode_state *sl, *sr;
