@@ -291,6 +291,32 @@ nsa_status nsa_layer_init_random(nsa_layer *L, uint64_t seed)
 }
 
 /* -------------------------------------------------------------- pieces */
+/* The angles of nsa_rope_apply at position pos: cs[i], sn[i], i < rope_dim/2. */
+static void rope_angles(int rope_dim, float base, double pos, double *cs, double *sn)
+{
+    for (int i = 0; i < rope_dim / 2; i++) {
+        const double theta = pos * pow((double)base, -2.0 * i / (double)rope_dim);
+        cs[i] = cos(theta);
+        sn[i] = sin(theta);
+    }
+}
+
+/* nsa_rope_apply with the angles given (the same arithmetic, so the same
+ * bits). */
+static void rope_rotate(float *x, int heads, int dim, int rope_dim, const double *cs,
+                        const double *sn)
+{
+    const int half = rope_dim / 2;
+    for (int h = 0; h < heads; h++) {
+        float *v = x + (size_t)h * dim;
+        for (int i = 0; i < half; i++) {
+            const double a = v[i], b = v[i + half];
+            v[i] = (float)(a * cs[i] - b * sn[i]);
+            v[i + half] = (float)(b * cs[i] + a * sn[i]);
+        }
+    }
+}
+
 void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, double pos)
 {
     const int half = rope_dim / 2;
@@ -470,14 +496,22 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
     }
     if (a->kraw)
         memcpy(a->kraw, a->k[NSA_BR_CMP], sizeof(float) * nk); /* phi sees un-rotated keys */
-    if (c->rope_dim > 0)
-        for (size_t r = 0; r < R; r++) {
-            nsa_rope_apply(a->q + r * H * ac->dk, (int)H, ac->dk, c->rope_dim, c->rope_base,
-                           (double)pos[r]);
-            for (int b = 0; b < nbr; b++)
-                nsa_rope_apply(a->k[b] + r * G * ac->dk, (int)G, ac->dk, c->rope_dim,
-                               c->rope_base, (double)pos[r]);
+    if (c->rope_dim > 0) {
+        /* one table of angles a row for q and every k (as nsa_rope_apply) */
+        double *cs = malloc(sizeof(double) * (size_t)c->rope_dim);
+        if (!cs) {
+            nsa_acts_free(a);
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for RoPE");
         }
+        double *sn = cs + c->rope_dim / 2;
+        for (size_t r = 0; r < R; r++) {
+            rope_angles(c->rope_dim, c->rope_base, (double)pos[r], cs, sn);
+            rope_rotate(a->q + r * H * ac->dk, (int)H, ac->dk, c->rope_dim, cs, sn);
+            for (int b = 0; b < nbr; b++)
+                rope_rotate(a->k[b] + r * G * ac->dk, (int)G, ac->dk, c->rope_dim, cs, sn);
+        }
+        free(cs);
+    }
     a->k_for_phi = a->kraw ? a->kraw : a->k[NSA_BR_CMP];
     return NSA_OK;
 }

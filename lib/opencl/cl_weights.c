@@ -23,6 +23,8 @@ typedef struct cl_wcache {
      * weights; made on first use, NULL if the device cannot run it */
     cl_kernel rows_k;
     int rows_k_tried;
+    cl_kernel narrow_k; /* nsa_linear_narrow, likewise */
+    int narrow_k_tried;
 } cl_wcache;
 
 static void slot_clear(wslot *s)
@@ -43,6 +45,8 @@ static void wcache_release(void *data)
         slot_clear(&c->slot[i]);
     if (c->rows_k)
         clReleaseKernel(c->rows_k);
+    if (c->narrow_k)
+        clReleaseKernel(c->narrow_k);
     free(c);
 }
 
@@ -130,32 +134,47 @@ nsa_status nsa_cl_weights(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem *w, c
     return NSA_OK;
 }
 
-cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
+/* The kernel name of the device program, made once per cache (*tried);
+ * NULL if it cannot run work-groups of wg lanes here. */
+static cl_kernel kernel_of(nsa_clr_bufs *B, const char *name, size_t wg, cl_kernel *k,
+                           int *tried)
+{
+    if (*tried)
+        return *k;
+    *tried = 1;
+    cl_int err;
+    cl_kernel kr = clCreateKernel(B->st->program[NSA_CL_KV_F32], name, &err);
+    size_t most = 0;
+    if (err == CL_SUCCESS)
+        err = clGetKernelWorkGroupInfo(kr, B->st->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                       sizeof most, &most, NULL);
+    if (err == CL_SUCCESS && most >= wg)
+        *k = kr;
+    else if (err == CL_SUCCESS)
+        clReleaseKernel(kr);
+    if (!*k)
+        nsa_log(B->ctx, "opencl: no %s on %s: the tiled nsa_linear instead", name,
+                B->st->device_name);
+    return *k;
+}
+
+cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j, int *narrow)
 {
     const nsa_wkey *k = j->key;
-    /* not for K/V: their rows go into the decode caches and must equal
-     * prefill's bit for bit, which nsa_linear's fixed order gives */
-    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX ||
-        j->in % 4 != 0 || (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1))
+    *narrow = 0;
+    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX)
         return NULL;
     cl_wcache *c = k->cache->data;
     if (!c || c->st != B->st)
         return NULL;
-    if (!c->rows_k_tried) {
-        c->rows_k_tried = 1;
-        cl_int err;
-        cl_kernel kr = clCreateKernel(B->st->program[NSA_CL_KV_F32], "nsa_linear_rows", &err);
-        size_t most = 0;
-        if (err == CL_SUCCESS)
-            err = clGetKernelWorkGroupInfo(kr, B->st->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                           sizeof most, &most, NULL);
-        if (err == CL_SUCCESS && most >= NSA_CL_LIN_WG)
-            c->rows_k = kr;
-        else if (kr && err == CL_SUCCESS)
-            clReleaseKernel(kr); /* too large a work-group here: tiles it is */
-        if (!c->rows_k)
-            nsa_log(B->ctx, "opencl: no nsa_linear_rows on %s: tiled linear for few rows",
-                    B->st->device_name);
+    if (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1) {
+        /* K/V: their rows go into the decode caches and must equal
+         * prefill's bit for bit, which nsa_linear's order gives */
+        *narrow = 1;
+        return kernel_of(B, "nsa_linear_narrow", NSA_CL_LIN_NARROW * NSA_CL_GEMM_TS,
+                         &c->narrow_k, &c->narrow_k_tried);
     }
-    return c->rows_k;
+    if (j->in % 4 != 0)
+        return NULL;
+    return kernel_of(B, "nsa_linear_rows", NSA_CL_LIN_WG, &c->rows_k, &c->rows_k_tried);
 }
