@@ -38,39 +38,6 @@ __kernel void nsa_linear(__global const float *x, __global const float *W,
         y[(size_t)r * out + o] = acc + (has_b ? b[o] : 0.0f);
 }
 
-/* nsa_linear for up to NSA_GEMM_TS rows over only NSA_LIN_NARROW outputs a
- * work-group (a decode step's K/V projections: out = G dk is small, so
- * nsa_linear's 16-output tiles would give few work-groups). Each output is
- * the same sum in ascending k, so the rows equal nsa_linear's bit for bit
- * (the decode caches hold what prefill would write). */
-#define NSA_LIN_NARROW 4
-
-__kernel void nsa_linear_narrow(__global const float *x, __global const float *W,
-                                __global const float *b, int has_b, int rows, int in, int out,
-                                __global float *y)
-{
-    __local float xs[NSA_GEMM_TS][NSA_GEMM_KD + 1], ws[NSA_LIN_NARROW][NSA_GEMM_KD + 1];
-    const int lc = get_local_id(0), lr = get_local_id(1);
-    const int lid = lr * NSA_LIN_NARROW + lc;
-    const int o0 = get_group_id(0) * NSA_LIN_NARROW;
-    const int o = o0 + lc, r = lr;
-    float acc = 0.0f;
-    for (int k0 = 0; k0 < in; k0 += NSA_GEMM_KD) {
-        for (int e = lid; e < NSA_GEMM_TS * NSA_GEMM_KD; e += NSA_GEMM_TS * NSA_LIN_NARROW) {
-            const int i = e / NSA_GEMM_KD, kk = e % NSA_GEMM_KD, k = k0 + kk;
-            xs[i][kk] = i < rows && k < in ? x[(size_t)i * in + k] : 0.0f;
-            if (i < NSA_LIN_NARROW)
-                ws[i][kk] = o0 + i < out && k < in ? W[(size_t)(o0 + i) * in + k] : 0.0f;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < NSA_GEMM_KD; kk++)
-            acc += xs[lr][kk] * ws[lc][kk];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (r < rows && o < out)
-        y[(size_t)r * out + o] = acc + (has_b ? b[o] : 0.0f);
-}
-
 /* The same for few rows (a decode step: rows = batch <= NSA_LIN_RMAX), where
  * the tiles above would leave most lanes idle and read W in 64-byte pieces:
  * a work-group of 4 teams of 64 lanes, one output (row of W) a team; the

@@ -12,8 +12,7 @@ static nsa_status gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_me
                        cl_mem y)
 {
     nsa_cl_state *st = B->st;
-    int narrow;
-    cl_kernel few = nsa_cl_rows_kernel(B, j, &narrow);
+    cl_kernel few = nsa_cl_rows_kernel(B, j);
     nsa_clr_args a = {few ? few : st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
     const size_t rows = (size_t)j->rows;
     ARG_MEM(&a, x);
@@ -24,13 +23,6 @@ static nsa_status gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_me
     ARG_INT(&a, j->in);
     ARG_INT(&a, j->out);
     ARG_MEM(&a, y);
-    if (few && narrow) {
-        const size_t nl[2] = {NSA_CL_LIN_NARROW, NSA_CL_GEMM_TS};
-        const size_t ng[2] = {
-            ((size_t)j->out + NSA_CL_LIN_NARROW - 1) / NSA_CL_LIN_NARROW * NSA_CL_LIN_NARROW,
-            NSA_CL_GEMM_TS};
-        return nsa_clr_launch_nd(B, &a, "nsa_linear_narrow", 2, ng, nl);
-    }
     if (few)
         return nsa_clr_launch(B, &a, "nsa_linear_rows",
                               ((size_t)j->out + NSA_CL_LIN_OUTS - 1) / NSA_CL_LIN_OUTS *

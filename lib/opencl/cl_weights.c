@@ -23,8 +23,6 @@ typedef struct cl_wcache {
      * weights; made on first use, NULL if the device cannot run it */
     cl_kernel rows_k;
     int rows_k_tried;
-    cl_kernel narrow_k; /* nsa_linear_narrow, likewise */
-    int narrow_k_tried;
 } cl_wcache;
 
 static void slot_clear(wslot *s)
@@ -45,8 +43,6 @@ static void wcache_release(void *data)
         slot_clear(&c->slot[i]);
     if (c->rows_k)
         clReleaseKernel(c->rows_k);
-    if (c->narrow_k)
-        clReleaseKernel(c->narrow_k);
     free(c);
 }
 
@@ -144,37 +140,32 @@ static cl_kernel kernel_of(nsa_clr_bufs *B, const char *name, size_t wg, cl_kern
     *tried = 1;
     cl_int err;
     cl_kernel kr = clCreateKernel(B->st->program[NSA_CL_KV_F32], name, &err);
+    if (err != CL_SUCCESS)
+        kr = NULL;
     size_t most = 0;
-    if (err == CL_SUCCESS)
+    if (kr)
         err = clGetKernelWorkGroupInfo(kr, B->st->device, CL_KERNEL_WORK_GROUP_SIZE,
                                        sizeof most, &most, NULL);
-    if (err == CL_SUCCESS && most >= wg)
+    if (kr && err == CL_SUCCESS && most >= wg)
         *k = kr;
-    else if (err == CL_SUCCESS)
-        clReleaseKernel(kr);
+    else if (kr)
+        clReleaseKernel(kr); /* too small a work-group here */
     if (!*k)
         nsa_log(B->ctx, "opencl: no %s on %s: the tiled nsa_linear instead", name,
                 B->st->device_name);
     return *k;
 }
 
-cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j, int *narrow)
+cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
 {
     const nsa_wkey *k = j->key;
-    *narrow = 0;
-    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX)
+    /* not for K/V: their rows go into the decode caches and must equal
+     * prefill's bit for bit, which nsa_linear's fixed order gives */
+    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX ||
+        j->in % 4 != 0 || (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1))
         return NULL;
     cl_wcache *c = k->cache->data;
     if (!c || c->st != B->st)
-        return NULL;
-    if (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1) {
-        /* K/V: their rows go into the decode caches and must equal
-         * prefill's bit for bit, which nsa_linear's order gives */
-        *narrow = 1;
-        return kernel_of(B, "nsa_linear_narrow", NSA_CL_LIN_NARROW * NSA_CL_GEMM_TS,
-                         &c->narrow_k, &c->narrow_k_tried);
-    }
-    if (j->in % 4 != 0)
         return NULL;
     return kernel_of(B, "nsa_linear_rows", NSA_CL_LIN_WG, &c->rows_k, &c->rows_k_tried);
 }

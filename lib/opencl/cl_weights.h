@@ -13,19 +13,15 @@ NSA_HIDDEN nsa_status nsa_cl_weights(nsa_clr_bufs *bufs, const nsa_linear_job *j
                                      cl_mem *b);
 
 /* nsa_linear_rows (cl/linear.cl): rows up to NSA_CL_LIN_RMAX, work-groups of
- * NSA_CL_LIN_WG lanes, NSA_CL_LIN_OUTS outputs each; nsa_linear_narrow:
- * work-groups of NSA_CL_GEMM_TS rows x NSA_CL_LIN_NARROW outputs. */
+ * NSA_CL_LIN_WG lanes, NSA_CL_LIN_OUTS outputs each. */
 #define NSA_CL_LIN_RMAX 16
 #define NSA_CL_LIN_WG 256
 #define NSA_CL_LIN_OUTS 4
-#define NSA_CL_LIN_NARROW 4
 
-/* The kernel for a keyed job of few rows, kept with the layer's weights:
- * for K/V (rows go into the decode caches) nsa_linear_narrow (*narrow set),
- * which sums as nsa_linear does; for q, the gates and Wo nsa_linear_rows
- * (in % 4 == 0). NULL: use the tiled nsa_linear. */
-NSA_HIDDEN cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *bufs, const nsa_linear_job *j,
-                                        int *narrow);
+/* That kernel for a keyed job of few rows (in % 4 == 0) whose output does
+ * not go into the decode caches (q, gates, Wo), kept with the layer's
+ * weights; NULL: use the tiled nsa_linear. */
+NSA_HIDDEN cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *bufs, const nsa_linear_job *j);
 
 /* n linears over one x (vtable linear_many): x uploaded once, one wait. */
 NSA_HIDDEN nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
