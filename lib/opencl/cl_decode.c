@@ -46,6 +46,8 @@ typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
     int B, dk4, dv4, hc, cus, chunk_env;
+    int win_late;       /* NSA_OPENCL_DECODE_WINDOW=late: window with the selected blocks */
+    int scores_global;  /* NSA_OPENCL_DECODE_SCORES=global: top-n over global scores */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
@@ -184,6 +186,12 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->map_rows = -1;
     const int hpg = cfg->H / cfg->G;
     dc->hc = hpg < DC_HC ? hpg : DC_HC;
+    /* NSA_OPENCL_DECODE_HEADS: fewer heads a work-group (tuning; with
+     * NSA_OPENCL_OPTIONS=-DNSA_DC_HC=that many the kernel's registers
+     * shrink too) */
+    const char *henv = getenv("NSA_OPENCL_DECODE_HEADS");
+    if (henv && atoi(henv) > 0 && atoi(henv) < dc->hc)
+        dc->hc = atoi(henv);
     while (dc->hc > 1 && partial_local(dc, dc->hc, 8) > st->local_mem)
         dc->hc = (dc->hc + 1) / 2;
     cl_uint cus = 1;
@@ -191,6 +199,10 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->cus = cus ? (int)cus : 1;
     const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
     dc->chunk_env = env ? atoi(env) : 0;
+    env = getenv("NSA_OPENCL_DECODE_WINDOW");
+    dc->win_late = env && strcmp(env, "late") == 0;
+    env = getenv("NSA_OPENCL_DECODE_SCORES");
+    dc->scores_global = env && strcmp(env, "global") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     if (!dc->seq || !dc->htpos) {
@@ -594,6 +606,7 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
     ARG_INT(&a, P->nch);
     ARG_MEM(&a, dc->buf[pc->pst].m);
     ARG_MEM(&a, dc->buf[pc->pacc].m);
+    ARG_INT(&a, pc->nch_a);
     ARG_INT(&a, pc->nch);
     ARG_INT(&a, dc->B);
     ARG_INT(&a, c->H);
@@ -627,10 +640,18 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * n)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd * (branches ? 4 : 1))) != NSA_OK)
         return s;
-    /* compressed branch */
-    dc_part pc = {0, dc_chunk(dc, max_nc), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC, DB_PACCC};
-    pc.nch = (int)ceil_div(max_nc, pc.ch);
-    pc.nch_a = pc.nch;
+    /* compressed branch, and the window's chunks after it (the window does
+     * not depend on the selection) unless NSA_OPENCL_DECODE_WINDOW=late */
+    const int64_t span = max_t + 1;
+    const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
+    const int64_t kw = c->w < span ? c->w : span;
+    const int64_t kw_c = dc->win_late ? 0 : kw;
+    dc_part pc = {0, dc_chunk(dc, max_nc + kw_c), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC,
+                  DB_PACCC};
+    if (kw_c)
+        pc.label = "nsa_dc_partial(cmp+win)";
+    pc.nch_a = (int)ceil_div(max_nc, pc.ch);
+    pc.nch = pc.nch_a + (int)ceil_div(kw_c, pc.ch);
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
     /* the compressed probabilities summed over each group's heads */
@@ -640,6 +661,7 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_MEM(&a, dc->buf[DB_PSTC].m);
         ARG_INT(&a, pc.nch);
+        ARG_INT(&a, pc.nch_a);
         ARG_INT(&a, H);
         ARG_INT(&a, G);
         ARG_INT(&a, c->l);
@@ -652,9 +674,13 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * nic * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* scores and top-n */
+    /* scores and top-n; the scores in local memory when they fit */
     {
         const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
+        const size_t red = (sizeof(float) + sizeof(int)) * 2 * ((size_t)dc->st->wg +
+                                                                 (size_t)dc->st->wg / l1);
+        const int slocal =
+            !dc->scores_global && red + sizeof(float) * (size_t)max_vis <= dc->st->local_mem;
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, G);
@@ -672,20 +698,22 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_INT(&a, c->n_init);
         ARG_INT(&a, c->n_local);
         ARG_MEM(&a, dc->buf[DB_SEL].m);
+        ARG_INT(&a, slocal);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * (size_t)dc->st->wg, NULL);
         nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
+        nsa_clr_arg(&a, sizeof(float) * (slocal ? (size_t)max_vis : 1), NULL);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* selected blocks and window */
-    const int64_t span = max_t + 1;
-    const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
-    const int64_t kw = c->w < span ? c->w : span;
-    dc_part pw = {1, dc_chunk(dc, ks + kw), 0, 0, "nsa_dc_partial(slc+win)", DB_PSTS, DB_PACCS};
+    /* selected blocks (and the window when late) */
+    const int64_t kw_s = kw - kw_c;
+    dc_part pw = {1, dc_chunk(dc, ks + kw_s), 0, 0, "nsa_dc_partial(slc)", DB_PSTS, DB_PACCS};
+    if (kw_s)
+        pw.label = "nsa_dc_partial(slc+win)";
     pw.nch_a = (int)ceil_div(ks, pw.ch);
-    pw.nch = pw.nch_a + (int)ceil_div(kw, pw.ch);
+    pw.nch = pw.nch_a + (int)ceil_div(kw_s, pw.ch);
     if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
         (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
         return s;
