@@ -315,26 +315,27 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
 }
 
 /* Softmax combine of chunks c0 .. c1-1 of one head: o / sum; 0 when no key
- * was visible. */
+ * was visible. One pass with a running max: every chunk's partials are
+ * written (0 and -inf when it had no key), so the loads of several chunks
+ * go out together. */
 static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
                          size_t at, size_t stride, int c0, int c1, int dv4, int e4)
 {
-    float m = -INFINITY;
-    for (int c = c0; c < c1; c++)
-        m = fmax(m, pstat[at + c * stride].x);
-    if (m == -INFINITY)
-        return (float4)(0.0f);
-    float sum = 0.0f;
+    float m = -INFINITY, sum = 0.0f;
     float4 o = (float4)(0.0f);
+#pragma unroll 4
     for (int c = c0; c < c1; c++) {
         const float2 st = pstat[at + c * stride];
-        if (st.x == -INFINITY)
-            continue;
-        const float a = exp(st.x - m);
-        sum += st.y * a;
-        o = mad((float4)(a), pacc[(at + c * stride) * dv4 + e4], o);
+        const float4 pa = pacc[(at + c * stride) * dv4 + e4];
+        const float mn = fmax(m, st.x);
+        if (mn != -INFINITY) {
+            const float a = exp(m - mn), b = exp(st.x - mn);
+            sum = sum * a + st.y * b;
+            o = mad((float4)(b), pa, o * a);
+            m = mn;
+        }
     }
-    return o / sum;
+    return m == -INFINITY ? (float4)(0.0f) : o / sum;
 }
 
 static void dc_store(__global float *dst, float4 v, int e4, int dv)
@@ -368,13 +369,15 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     const int hpg = H / G, nc = dc_ncmp(tpos[bg / G], l, d);
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
-        float m = -INFINITY, sum = 0.0f;
-        for (int c = 0; c < ncmb; c++)
-            m = fmax(m, pstat[at + (size_t)c * hpg].x);
-        for (int c = 0; c < ncmb && m != -INFINITY; c++) {
+        float m = -INFINITY, sum = 0.0f; /* one pass, running max */
+#pragma unroll 4
+        for (int c = 0; c < ncmb; c++) {
             const float2 st = pstat[at + (size_t)c * hpg];
-            if (st.x != -INFINITY)
-                sum += st.y * exp(st.x - m);
+            const float mn = fmax(m, st.x);
+            if (mn != -INFINITY) {
+                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
+                m = mn;
+            }
         }
         mst[hh] = m;
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
