@@ -58,6 +58,9 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
  * NSA_DC_KU are loaded before the FMAs of the current ones (latency
  * hidden behind 16 heads x 4 FMAs a float4). Out-of-range columns load
  * as 0 and are skipped (q may hold NaN). */
+/* a.b + s as four FMAs (dot() then an add costs a fifth instruction) */
+#define DC_DOT(a, b, s)                                                                        \
+    fma((a).w, (b).w, fma((a).z, (b).z, fma((a).y, (b).y, fma((a).x, (b).x, (s)))))
 #define DC_KLOAD(kk, JN, e0)                                                                   \
     _Pragma("unroll") for (int u = 0; u < NSA_DC_KU; u++) {                                    \
         _Pragma("unroll") for (int j = 0; j < (JN); j++) {                                     \
@@ -72,8 +75,8 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
             _Pragma("unroll") for (int hh = 0; hh < NSA_DC_HC; hh++) {                         \
                 if (hh < nh) {                                                                 \
                     const float4 qv = qs[hh * dk4 + (e0) + u];                                 \
-                    _Pragma("unroll") for (int j = 0; j < (JN); j++) s[j][hh] +=               \
-                        dot(qv, kk[u][j]);                                                     \
+                    _Pragma("unroll") for (int j = 0; j < (JN); j++) s[j][hh] =                \
+                        DC_DOT(qv, kk[u][j], s[j][hh]);                                        \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -356,17 +359,24 @@ static bool dc_before(float sa, int ja, float sb, int jb)
     return sa > sb || (sa == sb && ja < jb);
 }
 
-/* P[i] = sum over the heads of group g of p_cmp(t, h)[i] (spec 2) for the
- * compressed tokens i of (b, g), one work-item each; work-group id
- * bg nic + i-chunk. Each work-group first combines the softmax statistics
- * of the compressed chunks 0 .. ncmb-1 (of nch per (b, g)) of the group's
- * heads (local mst: max, then 1 / sum). */
+/* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
+ * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
+ * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
+ * < n_sel_visible(t); work-group id bg njc + j-chunk. Each work-group
+ * first combines the softmax statistics of the compressed chunks
+ * 0 .. ncmb-1 (of nch per (b, g)) of the group's heads (local mst: max,
+ * then 1 / sum); P[i] is computed from the logits zout where a block needs
+ * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
+ * a launch and a pass over P; the sums run heads ascending, then entries
+ * in the mapping's order. */
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
-                          int ncmb, int H, int G, int l, int d, __global const float *zout, int max_nc,
-                          int nic, __global float *pbuf, __local float *mst)
+                          int ncmb, int H, int G, int l, int d, int lsel,
+                          __global const float *zout, int max_nc, __global const int *rowptr,
+                          __global const int *col, __global const int *val, int njc,
+                          int max_vis, __global float *sbuf, __local float *mst)
 {
-    const int lid = get_local_id(0), bg = get_group_id(0) / nic, ic = get_group_id(0) % nic;
-    const int hpg = H / G, nc = dc_ncmp(tpos[bg / G], l, d);
+    const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
+    const int hpg = H / G, t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
         float m = -INFINITY, sum = 0.0f; /* one pass, running max */
@@ -383,22 +393,29 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int i = ic * NSA_WG + lid;
-    if (i >= nc)
+    const int j = jc * NSA_WG + lid;
+    if (j >= vis)
         return;
-    __global const float *z = zout + (size_t)bg * hpg * max_nc + i;
+    __global const float *z = zout + (size_t)bg * hpg * max_nc;
     float a = 0.0f;
-    for (int h0 = 0; h0 < hpg; h0 += 4) {
-        float zz[4];
+    for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
+        const int i = col[e];
+        if (i >= nc)
+            continue;
+        float p = 0.0f;
+        for (int h0 = 0; h0 < hpg; h0 += 4) {
+            float zz[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++)
-            zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc] : 0.0f;
+            for (int u = 0; u < 4; u++)
+                zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
 #pragma unroll
-        for (int u = 0; u < 4; u++)
-            if (h0 + u < hpg)
-                a += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+            for (int u = 0; u < 4; u++)
+                if (h0 + u < hpg)
+                    p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+        }
+        a += (float)val[e] * p;
     }
-    pbuf[(size_t)bg * max_nc + i] = a;
+    sbuf[(size_t)bg * max_vis + j] = a;
 }
 
 /* Lanes a first-level lane of the top-n reduction covers. */
@@ -425,47 +442,36 @@ static int dc_best(__global const float *S, __local const float *Sl, int loc, in
     return mj;
 }
 
-/* The selection of (b, g), one work-group each: block scores s[j] = sum
- * M[j][i] P[i] (sbuf; spec 3, Eq. 9-10), then the top-n of spec 3: forced
- * blocks, then the largest scores, ties to the smaller j; written
- * ascending, -1 padded. A pick is the best of the lanes' best candidates
- * after the previous pick (two levels: WG/16 lanes reduce 16 each); only
- * the lane that owned the pick looks for its next one (the others' stay
- * the best after the new pick). The scores stay in local memory (Sl) when
- * slocal (the host's choice: they fit), else in global sbuf: a rescan is
- * then a chain of global loads. Local: bs, bj 2 WG each, l2s, l2j 2 WG/16
- * each (double-buffered by pass), Sl max_vis floats when slocal. */
+/* The selection of (b, g), one work-group each, from the block scores of
+ * nsa_dc_prob (sbuf): the top-n of spec 3: forced blocks, then the largest
+ * scores, ties to the smaller j; written ascending, -1 padded. A pick is
+ * the best of the lanes' best candidates after the previous pick (two
+ * levels: WG/16 lanes reduce 16 each); only the lane that owned the pick
+ * looks for its next one (the others' stay the best after the new pick).
+ * The scores are first copied to local memory (Sl) when slocal (the
+ * host's choice: they fit), else read from sbuf (a rescan is then a chain
+ * of global loads). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16 each
+ * (double-buffered by pass), Sl max_vis floats when slocal. */
 __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
-                            __global const int *rowptr, __global const int *col,
-                            __global const int *val, int l, int d, __global const float *pbuf,
-                            int max_nc, __global float *sbuf, int max_vis, int n, int n_init,
+                            __global const float *sbuf, int max_vis, int n, int n_init,
                             int n_local, __global int *sel, int slocal, __local float *bs,
                             __local int *bj, __local float *l2s, __local int *l2j,
                             __local float *Sl)
 {
     const int lid = get_local_id(0), bg = get_group_id(0), t = tpos[bg / G];
-    const int nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
-    __global const float *P = pbuf + (size_t)bg * max_nc;
-    __global float *S = sbuf + (size_t)bg * max_vis;
+    const int vis = t / lsel + 1;
+    __global const float *S = sbuf + (size_t)bg * max_vis;
     __global int *out = sel + (size_t)bg * n;
     if (vis <= n) {
         for (int k = lid; k < n; k += NSA_WG)
             out[k] = k < vis ? k : -1;
         return;
     }
-    for (int j = lid; j < vis; j += NSA_WG) {
-        float a = 0.0f;
-        for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
-            const int i = col[e];
-            if (i < nc)
-                a += (float)val[e] * P[i];
-        }
-        if (slocal)
-            Sl[j] = a;
-        else
-            S[j] = a;
+    if (slocal) {
+        for (int j = lid; j < vis; j += NSA_WG)
+            Sl[j] = S[j];
+        barrier(CLK_LOCAL_MEM_FENCE);
     }
-    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     /* forced blocks first (lane 0 writes the list; vis > n >= n_init + n_local) */
     int k = 0;
     for (int j = 0; j < n_init; j++, k++)

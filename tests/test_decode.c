@@ -619,7 +619,7 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
 {
     if (chunk)
         setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
-    if (window) /* "late": the window's chunks with the selected blocks */
+    if (window) /* "early": the window's chunks with the compressed ones */
         setenv("NSA_OPENCL_DECODE_WINDOW", window, 1);
     /* n > n_init + n_local = 3 with l' = 16: picks among up to 10 blocks */
     nsa_layer_config c = cfg_small(16, 8, n > 3 ? 16 : 32);
@@ -652,7 +652,7 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
     twin_attend_cached(&w, 800, 0);
     print_message("mirror (H=%d G=%d dk=%d dv=%d n=%d chunk %s window %s) on %s: worst relative "
                   "L2 %.3g\n",
-                  H, G, dk, dv, n, chunk ? chunk : "auto", window ? window : "early",
+                  H, G, dk, dv, n, chunk ? chunk : "auto", window ? window : "late",
                   nsa_context_backend(w.ctx), worst);
     twin_free(&w);
 }
@@ -664,13 +664,13 @@ static void test_mirror(void **state)
     mirror_run(8, 2, 16, 12, 6, NULL, NULL);   /* top-n picks */
     mirror_run(8, 2, 16, 12, 6, "8", NULL);    /* many chunks per branch */
     mirror_run(10, 2, 8, 6, 5, "24", NULL);    /* 5 heads a group, odd chunk */
-    mirror_run(10, 2, 8, 6, 5, "24", "late");  /* the window after the selection */
+    mirror_run(10, 2, 8, 6, 5, "24", "early"); /* the window before the selection */
     mirror_run(40, 2, 8, 4, 6, NULL, NULL);    /* 20 heads a group: two work-groups */
     mirror_run(32, 2, 192, 128, 6, NULL, NULL); /* the paper's head shape */
     /* chunks longer than a work-group's lanes: passes where a lane scores
      * several keys (and, at the end of a chunk, one) */
-    mirror_run(8, 2, 16, 12, 6, "128", "late");
-    mirror_run(32, 2, 192, 128, 6, "128", NULL);
+    mirror_run(8, 2, 16, 12, 6, "128", "early");
+    mirror_run(32, 2, 192, 128, 6, "128,72", NULL);
 }
 
 /* Top-n over many blocks (188 visible, more than a work-group's lanes)

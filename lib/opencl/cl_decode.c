@@ -15,12 +15,11 @@
 #include "cl_run.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Keys a lane scores at once (cl/decode.cl's NSA_DC_KPT) and most heads a
- * work-group holds (NSA_DC_HC). */
-#define DC_KPT 2
+/* Most heads a work-group holds (cl/decode.cl's NSA_DC_HC). */
 #define DC_HC 16
 /* Keys per K tile (cl/decode.cl's NSA_DC_TK): capacities are multiples. */
 #define DC_TK 64
@@ -39,14 +38,15 @@ typedef struct dc_buf {
     size_t bytes;
 } dc_buf;
 
-enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_P, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
+enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
-    int B, dk4, dv4, hc, cus, chunk_env;
-    int win_late;       /* NSA_OPENCL_DECODE_WINDOW=late: window with the selected blocks */
+    int B, dk4, dv4, hc, cus;
+    int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
+    int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
     int scores_global;  /* NSA_OPENCL_DECODE_SCORES=global: top-n over global scores */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
@@ -198,9 +198,10 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     clGetDeviceInfo(st->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL);
     dc->cus = cus ? (int)cus : 1;
     const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
-    dc->chunk_env = env ? atoi(env) : 0;
+    if (env && sscanf(env, "%d,%d", &dc->chunk_env[0], &dc->chunk_env[1]) == 1)
+        dc->chunk_env[1] = dc->chunk_env[0];
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
-    dc->win_late = env && strcmp(env, "late") == 0;
+    dc->win_early = env && strcmp(env, "early") == 0;
     env = getenv("NSA_OPENCL_DECODE_SCORES");
     dc->scores_global = env && strcmp(env, "global") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
@@ -514,17 +515,44 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
 }
 
 /* ------------------------------------------------------------- kernels */
-/* Chunk of keys per work-group: the natural one (a sub-tile of WG KPT
- * keys), halved while the launch would have fewer than 4 work-groups per
- * compute unit, and while the local memory does not fit. */
-static int dc_chunk(const nsa_cl_dcache *dc, int64_t keys)
+/* Work-groups of nsa_dc_partial a compute unit runs at once (an estimate:
+ * 122 registers a lane at 128 lanes give 4 on an H200) and a work-group's
+ * fixed cost in keys (q staging, softmax, barriers, writes), for the
+ * choice of chunks below. */
+#define DC_RESIDENT 4
+#define DC_WG_KEYS 128
+
+/* Chunk of keys per work-group for a launch over ka keys and kb keys
+ * (chunked separately) per (b, g, part): the one (32 to 512 keys) with
+ * the least modelled time, waves x (chunk + DC_WG_KEYS): a last wave
+ * with few work-groups costs nearly a full one. Ties go to longer chunks
+ * (fewer partials to combine). NSA_OPENCL_DECODE_CHUNK=c or c,s fixes the
+ * compressed (and dense) launch's chunk at c and the selected one's at s
+ * (default c); chunks shrink while the local memory does not fit. */
+static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
 {
-    const size_t parts = (size_t)(dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
-    const size_t slots = (size_t)dc->B * dc->cfg.G * parts;
-    int ch = dc->chunk_env > 0 ? dc->chunk_env : dc->st->wg * DC_KPT;
-    if (dc->chunk_env <= 0)
-        while (ch > 32 && slots * (size_t)((keys + ch - 1) / ch) < 4 * (size_t)dc->cus)
-            ch /= 2;
+    const int64_t parts = (dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
+    const int64_t slots = (int64_t)dc->B * dc->cfg.G * parts;
+    const int64_t res = (int64_t)dc->cus * DC_RESIDENT;
+    const int fixed = dc->chunk_env[which];
+    int ch = 0;
+    if (fixed > 0)
+        ch = fixed;
+    else {
+        int64_t best = INT64_MAX;
+        for (int c = 32; c <= 512; c += 32) {
+            if (partial_local(dc, dc->hc, c) > dc->st->local_mem)
+                break;
+            const int64_t wgs = slots * ((ka + c - 1) / c + (kb + c - 1) / c);
+            const int64_t cost = (wgs + res - 1) / res * (c + DC_WG_KEYS);
+            if (cost <= best) {
+                best = cost;
+                ch = c;
+            }
+        }
+        if (ch == 0)
+            ch = 32;
+    }
     while (ch > 8 && partial_local(dc, dc->hc, ch) > dc->st->local_mem)
         ch /= 2;
     return ch;
@@ -635,18 +663,19 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     nsa_status s;
     if ((s = dc_inputs(ctx, dc, job, 1)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_ZOUT, sizeof(float) * bg * hpg * (size_t)max_nc)) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, DB_P, sizeof(float) * bg * (size_t)max_nc)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_S, sizeof(float) * bg * (size_t)max_vis)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * n)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd * (branches ? 4 : 1))) != NSA_OK)
         return s;
-    /* compressed branch, and the window's chunks after it (the window does
-     * not depend on the selection) unless NSA_OPENCL_DECODE_WINDOW=late */
+    /* compressed branch; with NSA_OPENCL_DECODE_WINDOW=early the window's
+     * chunks after it (the window does not depend on the selection), else
+     * with the selected blocks (faster on an H200: the compressed launch
+     * fills 2 waves at batch 16, the window would start a third) */
     const int64_t span = max_t + 1;
     const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
     const int64_t kw = c->w < span ? c->w : span;
-    const int64_t kw_c = dc->win_late ? 0 : kw;
-    dc_part pc = {0, dc_chunk(dc, max_nc + kw_c), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC,
+    const int64_t kw_c = dc->win_early ? kw : 0;
+    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC,
                   DB_PACCC};
     if (kw_c)
         pc.label = "nsa_dc_partial(cmp+win)";
@@ -654,9 +683,9 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     pc.nch = pc.nch_a + (int)ceil_div(kw_c, pc.ch);
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
-    /* the compressed probabilities summed over each group's heads */
+    /* block scores (through the compressed probabilities) */
     {
-        const int nic = (int)ceil_div(max_nc, dc->st->wg);
+        const int njc = (int)ceil_div(max_vis, dc->st->wg);
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_MEM(&a, dc->buf[DB_PSTC].m);
@@ -666,15 +695,20 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_INT(&a, G);
         ARG_INT(&a, c->l);
         ARG_INT(&a, c->d);
+        ARG_INT(&a, c->l_sel);
         ARG_MEM(&a, dc->buf[DB_ZOUT].m);
         ARG_INT(&a, max_nc);
-        ARG_INT(&a, nic);
-        ARG_MEM(&a, dc->buf[DB_P].m);
+        ARG_MEM(&a, dc->buf[DB_RP].m);
+        ARG_MEM(&a, dc->buf[DB_COL].m);
+        ARG_MEM(&a, dc->buf[DB_VAL].m);
+        ARG_INT(&a, njc);
+        ARG_INT(&a, max_vis);
+        ARG_MEM(&a, dc->buf[DB_S].m);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * nic * (size_t)dc->st->wg)) != NSA_OK)
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* scores and top-n; the scores in local memory when they fit */
+    /* top-n; the scores in local memory when they fit */
     {
         const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
         const size_t red = (sizeof(float) + sizeof(int)) * 2 * ((size_t)dc->st->wg +
@@ -685,13 +719,6 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, G);
         ARG_INT(&a, c->l_sel);
-        ARG_MEM(&a, dc->buf[DB_RP].m);
-        ARG_MEM(&a, dc->buf[DB_COL].m);
-        ARG_MEM(&a, dc->buf[DB_VAL].m);
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-        ARG_MEM(&a, dc->buf[DB_P].m);
-        ARG_INT(&a, max_nc);
         ARG_MEM(&a, dc->buf[DB_S].m);
         ARG_INT(&a, max_vis);
         ARG_INT(&a, n);
@@ -709,7 +736,7 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     }
     /* selected blocks (and the window when late) */
     const int64_t kw_s = kw - kw_c;
-    dc_part pw = {1, dc_chunk(dc, ks + kw_s), 0, 0, "nsa_dc_partial(slc)", DB_PSTS, DB_PACCS};
+    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "nsa_dc_partial(slc)", DB_PSTS, DB_PACCS};
     if (kw_s)
         pw.label = "nsa_dc_partial(slc+win)";
     pw.nch_a = (int)ceil_div(ks, pw.ch);
@@ -740,7 +767,7 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
     if ((s = dc_inputs(ctx, dc, job, 0)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd)) != NSA_OK)
         return s;
-    dc_part pd = {2, dc_chunk(dc, max_t + 1), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
+    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
     pd.nch = (int)ceil_div(max_t + 1, pd.ch);
     pd.nch_a = pd.nch;
     if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
