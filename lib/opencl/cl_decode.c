@@ -21,6 +21,14 @@
 
 /* Most heads a work-group holds (cl/decode.cl's NSA_DC_HC). */
 #define DC_HC 16
+/* Work-groups of nsa_dc_partial a compute unit runs at once (an estimate:
+ * 128 registers a lane at 128 lanes give 4 on an H200;
+ * NSA_OPENCL_DECODE_RESIDENT overrides) and a work-group's
+ * fixed cost in keys (q staging, softmax, barriers, writes), for the
+ * choice of chunks below. */
+#define DC_RESIDENT 4
+#define DC_WG_KEYS 128
+
 /* Keys per K tile (cl/decode.cl's NSA_DC_TK): capacities are multiples. */
 #define DC_TK 64
 /* Host staging of one upload batch: 16 MiB. */
@@ -46,6 +54,7 @@ typedef struct nsa_cl_dcache {
     nsa_config cfg;
     int B, dk4, dv4, hc, cus;
     int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
+    int resident;     /* work-groups a compute unit runs at once (chunk model) */
     int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
     int scores_global;  /* NSA_OPENCL_DECODE_SCORES=global: top-n over global scores */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
@@ -200,6 +209,8 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
     if (env && sscanf(env, "%d,%d", &dc->chunk_env[0], &dc->chunk_env[1]) == 1)
         dc->chunk_env[1] = dc->chunk_env[0];
+    env = getenv("NSA_OPENCL_DECODE_RESIDENT");
+    dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
     dc->win_early = env && strcmp(env, "early") == 0;
     env = getenv("NSA_OPENCL_DECODE_SCORES");
@@ -515,13 +526,6 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
 }
 
 /* ------------------------------------------------------------- kernels */
-/* Work-groups of nsa_dc_partial a compute unit runs at once (an estimate:
- * 122 registers a lane at 128 lanes give 4 on an H200) and a work-group's
- * fixed cost in keys (q staging, softmax, barriers, writes), for the
- * choice of chunks below. */
-#define DC_RESIDENT 4
-#define DC_WG_KEYS 128
-
 /* Chunk of keys per work-group for a launch over ka keys and kb keys
  * (chunked separately) per (b, g, part): the one (32 to 512 keys) with
  * the least modelled time, waves x (chunk + DC_WG_KEYS): a last wave
@@ -533,7 +537,7 @@ static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
 {
     const int64_t parts = (dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
     const int64_t slots = (int64_t)dc->B * dc->cfg.G * parts;
-    const int64_t res = (int64_t)dc->cus * DC_RESIDENT;
+    const int64_t res = (int64_t)dc->cus * dc->resident;
     const int fixed = dc->chunk_env[which];
     int ch = 0;
     if (fixed > 0)
@@ -644,8 +648,13 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
     ARG_MEM(&a, gt);
     ARG_INT(&a, branches);
     ARG_MEM(&a, dc->buf[DB_OUT].m);
+    const size_t wg = (size_t)dc->st->wg, fp = 1, per = wg / fp;
+    nsa_clr_arg(&a, sizeof(float) * 2 * 3 * wg, NULL);
+    nsa_clr_arg(&a, sizeof(float) * 4 * 3 * wg, NULL);
+    /* cl/decode.cl's DC_FP lanes an output */
+    const size_t items = (size_t)dc->B * c->H * dc->dv4;
     return dc_launch(ctx, dc, &a, C ? "nsa_dc_final" : "nsa_dc_final(dense)",
-                     (size_t)dc->B * c->H * dc->dv4);
+                     (items + per - 1) / per * wg);
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -713,8 +722,9 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
         const size_t red = (sizeof(float) + sizeof(int)) * 2 * ((size_t)dc->st->wg +
                                                                  (size_t)dc->st->wg / l1);
+        const size_t fixed = red + sizeof(int) * (size_t)n;
         const int slocal =
-            !dc->scores_global && red + sizeof(float) * (size_t)max_vis <= dc->st->local_mem;
+            !dc->scores_global && fixed + sizeof(float) * (size_t)max_vis <= dc->st->local_mem;
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, G);
@@ -731,6 +741,7 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
         nsa_clr_arg(&a, sizeof(float) * (slocal ? (size_t)max_vis : 1), NULL);
+        nsa_clr_arg(&a, sizeof(int) * (size_t)n, NULL);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
