@@ -527,10 +527,11 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
 
 /* ------------------------------------------------------------- kernels */
 /* Chunk of keys per work-group for a launch over ka keys and kb keys
- * (chunked separately) per (b, g, part): the one (32 to 512 keys) with
+ * (chunked separately) per (b, g, part): the one (64 to 512 keys) with
  * the least modelled time, waves x (chunk + DC_WG_KEYS): a last wave
  * with few work-groups costs nearly a full one. Ties go to longer chunks
- * (fewer partials to combine). NSA_OPENCL_DECODE_CHUNK=c or c,s fixes the
+ * (fewer partials to combine); below 64 keys the combine of the chunks
+ * costs more than the chunks save (batch 1 on an H200). NSA_OPENCL_DECODE_CHUNK=c or c,s fixes the
  * compressed (and dense) launch's chunk at c and the selected one's at s
  * (default c); chunks shrink while the local memory does not fit. */
 static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
@@ -544,7 +545,7 @@ static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
         ch = fixed;
     else {
         int64_t best = INT64_MAX;
-        for (int c = 32; c <= 512; c += 32) {
+        for (int c = 64; c <= 512; c += 32) {
             if (partial_local(dc, dc->hc, c) > dc->st->local_mem)
                 break;
             const int64_t wgs = slots * ((ka + c - 1) / c + (kb + c - 1) / c);
@@ -555,7 +556,7 @@ static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
             }
         }
         if (ch == 0)
-            ch = 32;
+            ch = 64;
     }
     while (ch > 8 && partial_local(dc, dc->hc, ch) > dc->st->local_mem)
         ch /= 2;
