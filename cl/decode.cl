@@ -12,10 +12,11 @@
  *
  * Flash-decoding: nsa_dc_partial splits each (b, g)'s keys into chunks
  * across work-groups and leaves per chunk and head the softmax statistics
- * (max, sum) and the unnormalised P V; nsa_dc_prob sums the compressed
- * probabilities over the group's heads, nsa_dc_select scores the
- * selection blocks and picks the top n; nsa_dc_final combines the chunks
- * of each branch and applies the gates. */
+ * (max, sum) and the unnormalised P V; nsa_dc_prob scores the selection
+ * blocks through the compressed probabilities summed over the group's
+ * heads, nsa_dc_select picks the top n; nsa_dc_final combines the chunks
+ * of each branch and applies the gates. No kernel returns before a barrier
+ * that other work-items still reach (PoCL 3.1 corrupted memory). */
 
 #ifndef NSA_DC_KPT
 #define NSA_DC_KPT 2 /* keys a lane scores at once (query reuse) */
@@ -208,8 +209,8 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
             for (int hh = 0; hh < NSA_DC_HC; hh++)
                 s[j][hh] = 0.0f;
         }
-        /* a pass with keys for fewer lanes than WG KPT scores one key a
-         * lane (no FMAs on empty slots); lanes past the keys skip */
+        /* a pass with at most WG keys left scores one key a lane (no FMAs
+         * on empty slots); lanes past the keys skip */
         if (k0 + NSA_WG < cnt)
             DC_LOGITS(NSA_DC_KPT);
         else if (rk[0] >= 0)
@@ -491,8 +492,7 @@ __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
     const int vis = t / lsel + 1;
     __global const float *S = sbuf + (size_t)bg * max_vis;
     __global int *out = sel + (size_t)bg * n;
-    /* vis <= n: every visible block. No early return: PoCL 3.1 corrupts
-     * memory when work-items return before a later barrier */
+    /* vis <= n: every visible block (no early return: see the top) */
     const int all = vis <= n;
     if (slocal && !all)
         for (int j = lid; j < vis; j += NSA_WG)
