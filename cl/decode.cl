@@ -12,16 +12,26 @@
  *
  * Flash-decoding: nsa_dc_partial splits each (b, g)'s keys into chunks
  * across work-groups and leaves per chunk and head the softmax statistics
- * (max, sum) and the unnormalised P V; nsa_dc_prob sums the compressed
- * probabilities over the group's heads, nsa_dc_select scores the
- * selection blocks and picks the top n; nsa_dc_final combines the chunks
- * of each branch and applies the gates. */
+ * (max, sum) and the unnormalised P V; nsa_dc_prob scores the selection
+ * blocks through the compressed probabilities summed over the group's
+ * heads, nsa_dc_select picks the top n; nsa_dc_final combines the chunks
+ * of each branch and applies the gates. No kernel returns before a barrier
+ * that other work-items still reach (PoCL 3.1 corrupted memory). */
 
 #ifndef NSA_DC_KPT
 #define NSA_DC_KPT 2 /* keys a lane scores at once (query reuse) */
 #endif
 #ifndef NSA_DC_HC
 #define NSA_DC_HC 16 /* most heads of a group a work-group holds */
+#endif
+#ifndef NSA_DC_KU
+#define NSA_DC_KU 4 /* float4 of a key a lane loads at once */
+#endif
+#ifndef NSA_DC_VR
+#define NSA_DC_VR 8 /* value rows a lane loads at once */
+#endif
+#ifndef NSA_DC_PIPE
+#define NSA_DC_PIPE 1 /* load the next K float4 / V rows before the FMAs */
 #endif
 /* Keys per K tile, a power of two; capacities are multiples of it (the
  * host's DC_TK). */
@@ -44,12 +54,64 @@
 /* Compressed tokens visible at t (spec 2). */
 static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 1 : 0; }
 
+/* The logits s[j][hh] of keys rk[0 .. JN-1] (-1: none) for the heads of
+ * qs: NSA_DC_KU float4 of each key in flight; with NSA_DC_PIPE the next
+ * NSA_DC_KU are loaded before the FMAs of the current ones (latency
+ * hidden behind 16 heads x 4 FMAs a float4). Out-of-range columns load
+ * as 0 and are skipped (q may hold NaN). */
+/* a.b + s as four FMAs (dot() then an add costs a fifth instruction) */
+#define DC_DOT(a, b, s)                                                                        \
+    fma((a).w, (b).w, fma((a).z, (b).z, fma((a).y, (b).y, fma((a).x, (b).x, (s)))))
+#define DC_KLOAD(kk, JN, e0)                                                                   \
+    _Pragma("unroll") for (int u = 0; u < NSA_DC_KU; u++) {                                    \
+        _Pragma("unroll") for (int j = 0; j < (JN); j++) {                                     \
+            kk[u][j] = rk[j] >= 0 && (e0) + u < dk4                                            \
+                           ? LD4(Kx, KAT(bg, capx, rk[j], (e0) + u, dk4))                      \
+                           : (float4)(0.0f);                                                   \
+        }                                                                                      \
+    }
+#define DC_KFMA(kk, JN, e0)                                                                    \
+    _Pragma("unroll") for (int u = 0; u < NSA_DC_KU; u++) {                                    \
+        if ((e0) + u < dk4) {                                                                  \
+            _Pragma("unroll") for (int hh = 0; hh < NSA_DC_HC; hh++) {                         \
+                if (hh < nh) {                                                                 \
+                    const float4 qv = qs[hh * dk4 + (e0) + u];                                 \
+                    _Pragma("unroll") for (int j = 0; j < (JN); j++) s[j][hh] =                \
+                        DC_DOT(qv, kk[u][j], s[j][hh]);                                        \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#if NSA_DC_PIPE
+#define DC_LOGITS(JN)                                                                          \
+    do {                                                                                       \
+        float4 kk[NSA_DC_KU][JN], kn[NSA_DC_KU][JN];                                           \
+        DC_KLOAD(kk, JN, 0)                                                                    \
+        for (int e0 = 0; e0 < dk4; e0 += NSA_DC_KU) {                                          \
+            DC_KLOAD(kn, JN, e0 + NSA_DC_KU)                                                   \
+            DC_KFMA(kk, JN, e0)                                                                \
+            _Pragma("unroll") for (int u = 0; u < NSA_DC_KU; u++) {                            \
+                _Pragma("unroll") for (int j = 0; j < (JN); j++) { kk[u][j] = kn[u][j]; }      \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+#else
+#define DC_LOGITS(JN)                                                                          \
+    do {                                                                                       \
+        float4 kk[NSA_DC_KU][JN];                                                              \
+        for (int e0 = 0; e0 < dk4; e0 += NSA_DC_KU) {                                          \
+            DC_KLOAD(kk, JN, e0)                                                               \
+            DC_KFMA(kk, JN, e0)                                                                \
+        }                                                                                      \
+    } while (0)
+#endif
+
 /* Partial attention of one chunk of keys for the heads h0 .. h0+nh-1 of
- * group g. mode 0: compressed tokens 0 .. n_cmp(t)-1 of K/V (the logits
- * also go to zout for the scores); mode 1: chunks c < nch_a cover the
- * tokens <= t of the selected blocks (in the order of sel), later chunks
- * the window positions max(0, t-w+1) .. t of the ring Kw/Vw; mode 2 (the
- * dense baseline): raw positions 0 .. t.
+ * group g. Chunks c < nch_a: mode 0 the compressed tokens 0 .. n_cmp(t)-1
+ * of K/V (the logits also go to zout for the scores), mode 1 the tokens
+ * <= t of the selected blocks (in the order of sel), mode 2 (the dense
+ * baseline) the raw positions 0 .. t; chunks c >= nch_a (modes 0 and 1)
+ * the window positions max(0, t-w+1) .. t of the ring Kw/Vw.
  * Work-group id: (bg parts + part) nch + chunk. Local memory: qs hcp dk4
  * float4, zl CH hcp floats (logits, then probabilities, key-major), rows
  * CH ints, red 2 WG floats, spans n+1 ints. */
@@ -73,7 +135,15 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     int cnt = 0, base = c * CH, branch = 0, ring = 0;
     __global const kv_t *Kx = K, *Vx = V;
     int capx = cap;
-    if (mode == 1 && c < nch_a) {
+    if (c >= nch_a) {
+        branch = 2; /* window ring */
+        base = (c - nch_a) * CH;
+        cnt = clamp(min(w, t + 1) - base, 0, CH);
+        Kx = Kw;
+        Vx = Vw;
+        capx = wcap;
+        ring = 1;
+    } else if (mode == 1) {
         branch = 1; /* selected blocks: spans in the order of sel */
         if (lid == 0) {
             int acc = 0;
@@ -87,14 +157,6 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         cnt = clamp(spans[n] - base, 0, CH);
-    } else if (mode == 1) {
-        branch = 2; /* window ring */
-        base = (c - nch_a) * CH;
-        cnt = clamp(min(w, t + 1) - base, 0, CH);
-        Kx = Kw;
-        Vx = Vw;
-        capx = wcap;
-        ring = 1;
     } else {
         cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
     }
@@ -147,31 +209,12 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
             for (int hh = 0; hh < NSA_DC_HC; hh++)
                 s[j][hh] = 0.0f;
         }
-        /* 4 float4 of each key in flight before their FMAs */
-        for (int e0 = 0; e0 < dk4; e0 += 4) {
-            float4 kk[4][NSA_DC_KPT];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-#pragma unroll
-                for (int j = 0; j < NSA_DC_KPT; j++)
-                    kk[u][j] = rk[j] >= 0 && e0 + u < dk4
-                                   ? LD4(Kx, KAT(bg, capx, rk[j], e0 + u, dk4))
-                                   : (float4)(0.0f);
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                if (e0 + u < dk4) {
-#pragma unroll
-                    for (int hh = 0; hh < NSA_DC_HC; hh++) {
-                        if (hh < nh) {
-                            const float4 qv = qs[hh * dk4 + e0 + u];
-#pragma unroll
-                            for (int j = 0; j < NSA_DC_KPT; j++)
-                                s[j][hh] += dot(qv, kk[u][j]);
-                        }
-                    }
-                }
-            }
-        }
+        /* a pass with at most WG keys left scores one key a lane (no FMAs
+         * on empty slots); lanes past the keys skip */
+        if (k0 + NSA_WG < cnt)
+            DC_LOGITS(NSA_DC_KPT);
+        else if (rk[0] >= 0)
+            DC_LOGITS(1);
 #pragma unroll
         for (int j = 0; j < NSA_DC_KPT; j++) {
             const int k = k0 + lid + j * NSA_WG;
@@ -181,7 +224,7 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
                     if (hh < hcp) {
                         const float z = hh < nh ? s[j][hh] * scale : -INFINITY;
                         zl[k * hcp + hh] = z;
-                        if (mode == 0 && hh < nh)
+                        if (mode == 0 && branch == 0 && hh < nh)
                             zout[((size_t)bg * hpg + h0 + hh) * max_nc + base + k] = z;
                     }
                 }
@@ -225,14 +268,29 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     for (int it = lid; it < hq4 * dv4; it += NSA_WG) {
         const int hq = it / dv4, e4 = it % dv4;
         float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
-        /* 8 value rows in flight before their FMAs */
-        for (int k0 = 0; k0 < cnt; k0 += 8) {
-            float4 v[8];
+        /* NSA_DC_VR value rows in flight; with NSA_DC_PIPE the next ones
+         * load during the FMAs of these */
+        float4 v[NSA_DC_VR];
+#if NSA_DC_PIPE
 #pragma unroll
-            for (int u = 0; u < 8; u++)
+        for (int u = 0; u < NSA_DC_VR; u++)
+            v[u] = u < cnt ? LD4(Vx, (vrow + rows[u]) * dv4 + e4) : (float4)(0.0f);
+#endif
+        for (int k0 = 0; k0 < cnt; k0 += NSA_DC_VR) {
+#if NSA_DC_PIPE
+            float4 vn[NSA_DC_VR];
+#pragma unroll
+            for (int u = 0; u < NSA_DC_VR; u++) {
+                const int k = k0 + NSA_DC_VR + u;
+                vn[u] = k < cnt ? LD4(Vx, (vrow + rows[k]) * dv4 + e4) : (float4)(0.0f);
+            }
+#else
+#pragma unroll
+            for (int u = 0; u < NSA_DC_VR; u++)
                 v[u] = k0 + u < cnt ? LD4(Vx, (vrow + rows[k0 + u]) * dv4 + e4) : (float4)(0.0f);
+#endif
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
+            for (int u = 0; u < NSA_DC_VR; u++) {
                 if (k0 + u < cnt) {
                     const float4 p = p4[(k0 + u) * hq4 + hq];
                     a0 = mad((float4)(p.x), v[u], a0);
@@ -241,6 +299,11 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
                     a3 = mad((float4)(p.w), v[u], a3);
                 }
             }
+#if NSA_DC_PIPE
+#pragma unroll
+            for (int u = 0; u < NSA_DC_VR; u++)
+                v[u] = vn[u];
+#endif
         }
         const int hb = hq * 4;
         __global float4 *dst = pacc + (slot + hb) * dv4 + e4;
@@ -255,25 +318,54 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     }
 }
 
-/* Softmax combine of chunks c0 .. c1-1 of one head: o / sum; 0 when no key
- * was visible. */
-static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
-                         size_t at, size_t stride, int c0, int c1, int dv4, int e4)
+/* Lanes that share the chunks of one output in nsa_dc_final. */
+#define DC_FP 1
+
+/* Softmax state (max, sum; o in *o) of chunks c0, c0 + step, ... < c1 of
+ * one head, one pass with a running max: every chunk's partials are
+ * written (0 and -inf when it had no key), so the loads of several chunks
+ * go out together. */
+static float2 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
+                         size_t at, size_t stride, int c0, int c1, int step, int dv4, int e4,
+                         float4 *o)
 {
+    float m = -INFINITY, sum = 0.0f;
+    float4 acc = (float4)(0.0f);
+#pragma unroll 4
+    for (int c = c0; c < c1; c += step) {
+        const float2 st = pstat[at + c * stride];
+        const float4 pa = pacc[(at + c * stride) * dv4 + e4];
+        const float mn = fmax(m, st.x);
+        if (mn != -INFINITY) {
+            const float a = exp(m - mn), b = exp(st.x - mn);
+            sum = sum * a + st.y * b;
+            acc = mad((float4)(b), pa, acc * a);
+            m = mn;
+        }
+    }
+    *o = acc;
+    return (float2)(m, sum);
+}
+
+/* The output of DC_FP lanes' states at lm/lo + x WG / DC_FP: o / sum; 0
+ * when no key was visible. */
+static float4 dc_merge(__local const float2 *lm, __local const float4 *lo)
+{
+    const int per = NSA_WG / DC_FP;
     float m = -INFINITY;
-    for (int c = c0; c < c1; c++)
-        m = fmax(m, pstat[at + c * stride].x);
+    for (int p = 0; p < DC_FP; p++)
+        m = fmax(m, lm[p * per].x);
     if (m == -INFINITY)
         return (float4)(0.0f);
     float sum = 0.0f;
     float4 o = (float4)(0.0f);
-    for (int c = c0; c < c1; c++) {
-        const float2 st = pstat[at + c * stride];
-        if (st.x == -INFINITY)
-            continue;
-        const float a = exp(st.x - m);
-        sum += st.y * a;
-        o = mad((float4)(a), pacc[(at + c * stride) * dv4 + e4], o);
+    for (int p = 0; p < DC_FP; p++) {
+        const float2 st = lm[p * per];
+        if (st.x != -INFINITY) {
+            const float a = exp(st.x - m);
+            sum += st.y * a;
+            o = mad((float4)(a), lo[p * per], o);
+        }
     }
     return o / sum;
 }
@@ -296,60 +388,78 @@ static bool dc_before(float sa, int ja, float sb, int jb)
     return sa > sb || (sa == sb && ja < jb);
 }
 
-/* P[i] = sum over the heads of group g of p_cmp(t, h)[i] (spec 2) for the
- * compressed tokens i of (b, g), one work-item each; work-group id
- * bg nic + i-chunk. Each work-group first combines the chunks' softmax
- * statistics of the group's heads (local mst: max, then 1 / sum). */
+/* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
+ * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
+ * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
+ * < n_sel_visible(t); work-group id bg njc + j-chunk. Each work-group
+ * first combines the softmax statistics of the compressed chunks
+ * 0 .. ncmb-1 (of nch per (b, g)) of the group's heads (local mst: max,
+ * then 1 / sum); P[i] is computed from the logits zout where a block needs
+ * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
+ * a launch and a pass over P; the sums run heads ascending, then entries
+ * in the mapping's order. */
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
-                          int H, int G, int l, int d, __global const float *zout, int max_nc,
-                          int nic, __global float *pbuf, __local float *mst)
+                          int ncmb, int H, int G, int l, int d, int lsel,
+                          __global const float *zout, int max_nc, __global const int *rowptr,
+                          __global const int *col, __global const int *val, int njc,
+                          int max_vis, __global float *sbuf, __local float *mst)
 {
-    const int lid = get_local_id(0), bg = get_group_id(0) / nic, ic = get_group_id(0) % nic;
-    const int hpg = H / G, nc = dc_ncmp(tpos[bg / G], l, d);
+    const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
+    const int hpg = H / G, t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
-        float m = -INFINITY, sum = 0.0f;
-        for (int c = 0; c < nch; c++)
-            m = fmax(m, pstat[at + (size_t)c * hpg].x);
-        for (int c = 0; c < nch && m != -INFINITY; c++) {
+        float m = -INFINITY, sum = 0.0f; /* one pass, running max */
+#pragma unroll 4
+        for (int c = 0; c < ncmb; c++) {
             const float2 st = pstat[at + (size_t)c * hpg];
-            if (st.x != -INFINITY)
-                sum += st.y * exp(st.x - m);
+            const float mn = fmax(m, st.x);
+            if (mn != -INFINITY) {
+                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
+                m = mn;
+            }
         }
         mst[hh] = m;
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int i = ic * NSA_WG + lid;
-    if (i >= nc)
+    const int j = jc * NSA_WG + lid;
+    if (j >= vis)
         return;
-    __global const float *z = zout + (size_t)bg * hpg * max_nc + i;
+    __global const float *z = zout + (size_t)bg * hpg * max_nc;
     float a = 0.0f;
-    for (int h0 = 0; h0 < hpg; h0 += 4) {
-        float zz[4];
+    for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
+        const int i = col[e];
+        if (i >= nc)
+            continue;
+        float p = 0.0f;
+        for (int h0 = 0; h0 < hpg; h0 += 4) {
+            float zz[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++)
-            zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc] : 0.0f;
+            for (int u = 0; u < 4; u++)
+                zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
 #pragma unroll
-        for (int u = 0; u < 4; u++)
-            if (h0 + u < hpg)
-                a += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+            for (int u = 0; u < 4; u++)
+                if (h0 + u < hpg)
+                    p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+        }
+        a += (float)val[e] * p;
     }
-    pbuf[(size_t)bg * max_nc + i] = a;
+    sbuf[(size_t)bg * max_vis + j] = a;
 }
 
 /* Lanes a first-level lane of the top-n reduction covers. */
 #define DC_L1 (NSA_WG >= 16 ? 16 : NSA_WG)
 
 /* This lane's best block after (ls, lj) in that order (lj < 0: none yet)
- * among its candidates n_init + lid, + WG, ... < hi. */
-static int dc_best(__global const float *S, int lid, int n_init, int hi, float ls, int lj,
-                   float *bs)
+ * among its candidates n_init + lid, + WG, ... < hi; scores in Sl when loc,
+ * else in S. */
+static int dc_best(__global const float *S, __local const float *Sl, int loc, int lid,
+                   int n_init, int hi, float ls, int lj, float *bs)
 {
     float ms = 0.0f;
     int mj = -1;
     for (int j = n_init + lid; j < hi; j += NSA_WG) {
-        const float sj = S[j];
+        const float sj = loc ? Sl[j] : S[j];
         if (lj >= 0 && !dc_before(ls, lj, sj, j))
             continue;
         if (mj < 0 || dc_before(sj, j, ms, mj)) {
@@ -361,53 +471,46 @@ static int dc_best(__global const float *S, int lid, int n_init, int hi, float l
     return mj;
 }
 
-/* The selection of (b, g), one work-group each: block scores s[j] = sum
- * M[j][i] P[i] (sbuf; spec 3, Eq. 9-10), then the top-n of spec 3: forced
- * blocks, then the largest scores, ties to the smaller j; written
- * ascending, -1 padded. A pick is the best of the lanes' best candidates
- * after the previous pick (two levels: WG/16 lanes reduce 16 each); only
- * the lane that owned the pick looks for its next one (the others' stay
- * the best after the new pick). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16
- * each (double-buffered by pass). */
+/* The selection of (b, g), one work-group each, from the block scores of
+ * nsa_dc_prob (sbuf): the top-n of spec 3: forced blocks, then the largest
+ * scores, ties to the smaller j; written ascending, -1 padded. A pick is
+ * the best of the lanes' best candidates after the previous pick (two
+ * levels: WG/16 lanes reduce 16 each); only the lane that owned the pick
+ * looks for its next one (the others' stay the best after the new pick).
+ * The scores are first copied to local memory (Sl) when slocal (the
+ * host's choice: they fit), else read from sbuf (a rescan is then a chain
+ * of global loads). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16 each
+ * (double-buffered by pass), Sl max_vis floats when slocal, pk n ints
+ * (the picks, sorted into sel at the end). */
 __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
-                            __global const int *rowptr, __global const int *col,
-                            __global const int *val, int l, int d, __global const float *pbuf,
-                            int max_nc, __global float *sbuf, int max_vis, int n, int n_init,
-                            int n_local, __global int *sel, __local float *bs, __local int *bj,
-                            __local float *l2s, __local int *l2j)
+                            __global const float *sbuf, int max_vis, int n, int n_init,
+                            int n_local, __global int *sel, int slocal, __local float *bs,
+                            __local int *bj, __local float *l2s, __local int *l2j,
+                            __local float *Sl, __local int *pk)
 {
     const int lid = get_local_id(0), bg = get_group_id(0), t = tpos[bg / G];
-    const int nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
-    __global const float *P = pbuf + (size_t)bg * max_nc;
-    __global float *S = sbuf + (size_t)bg * max_vis;
+    const int vis = t / lsel + 1;
+    __global const float *S = sbuf + (size_t)bg * max_vis;
     __global int *out = sel + (size_t)bg * n;
-    if (vis <= n) {
-        for (int k = lid; k < n; k += NSA_WG)
-            out[k] = k < vis ? k : -1;
-        return;
-    }
-    for (int j = lid; j < vis; j += NSA_WG) {
-        float a = 0.0f;
-        for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
-            const int i = col[e];
-            if (i < nc)
-                a += (float)val[e] * P[i];
-        }
-        S[j] = a;
-    }
-    barrier(CLK_GLOBAL_MEM_FENCE);
-    /* forced blocks first (lane 0 writes the list; vis > n >= n_init + n_local) */
+    /* vis <= n: every visible block (no early return: see the top) */
+    const int all = vis <= n;
+    if (slocal && !all)
+        for (int j = lid; j < vis; j += NSA_WG)
+            Sl[j] = S[j];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* forced blocks first (lane 0 writes the picks pk; vis > n >= n_init +
+     * n_local) */
     int k = 0;
-    for (int j = 0; j < n_init; j++, k++)
+    for (int j = 0; j < n_init && !all; j++, k++)
         if (lid == 0)
-            out[k] = j;
-    for (int j = vis - n_local; j < vis; j++, k++)
+            pk[k] = j;
+    for (int j = vis - n_local; j < vis && !all; j++, k++)
         if (lid == 0)
-            out[k] = j;
+            pk[k] = j;
     const int hi = vis - n_local, ng = NSA_WG / DC_L1;
-    float ms;
-    int mj = dc_best(S, lid, n_init, hi, 0.0f, -1, &ms);
-    for (int pass = 0; k < n; pass++) {
+    float ms = 0.0f;
+    int mj = all ? -1 : dc_best(S, Sl, slocal, lid, n_init, hi, 0.0f, -1, &ms);
+    for (int pass = 0; k < n && !all; pass++) {
         const int b1 = (pass & 1) * NSA_WG, b2 = (pass & 1) * ng;
         bs[b1 + lid] = ms;
         bj[b1 + lid] = mj;
@@ -438,52 +541,82 @@ __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
         if (wj < 0)
             break; /* fewer candidates than picks (NaN scores) */
         if (lid == 0)
-            out[k] = wj;
+            pk[k] = wj;
         k++;
         if (wj == mj) /* this lane's candidate was picked: its next one */
-            mj = dc_best(S, lid, n_init, hi, ws, wj, &ms);
+            mj = dc_best(S, Sl, slocal, lid, n_init, hi, ws, wj, &ms);
     }
-    if (lid == 0) {
-        for (int a = 1; a < k; a++) {
-            const int v = out[a];
-            int x = a - 1;
-            while (x >= 0 && out[x] > v) {
-                out[x + 1] = out[x];
-                x--;
-            }
-            out[x + 1] = v;
+    /* ascending: a pick's place is the number of smaller picks (they are
+     * distinct) */
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int a = lid; a < n; a += NSA_WG) {
+        if (all) {
+            out[a] = a < vis ? a : -1;
+            continue;
         }
-        for (; k < n; k++)
-            out[k] = -1;
+        if (a >= k) {
+            out[a] = -1;
+            continue;
+        }
+        const int v = pk[a];
+        int r = 0;
+        for (int x = 0; x < k; x++)
+            r += pk[x] < v;
+        out[r] = v;
     }
 }
 
-/* Outputs, one work-item per (b, h, float4 column). NSA (dense == 0): the
- * compressed chunks (pst_c, pacc_c: nch_c of them), the selected chunks
- * 0 .. nch_a-1 and the window chunks nch_a .. nch-1 of pstat/pacc
- * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
- * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
- * dense: out = the combine of all chunks of pstat/pacc. */
+/* Outputs per (b, h, float4 column) = item, DC_FP lanes an item (lane =
+ * part WG/DC_FP + sub, item = group WG/DC_FP + sub): each lane combines
+ * every DC_FP-th chunk of a branch, lane part 0 merges the states (local
+ * lm, lo: 3 WG each) and writes. NSA (dense == 0): the compressed chunks
+ * 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the selected chunks
+ * 0 .. nch_a-1 of pstat/pacc and the window chunks (nch_ac .. nch_c-1 of
+ * pst_c if any, else nch_a .. nch-1 of pstat) combined, then out = g_cmp
+ * o_cmp + g_slc o_slc + g_win o_win (spec 5); with branches, o_cmp, o_slc,
+ * o_win also go to out + {1, 2, 3} B H dv. dense: out = the combine of all
+ * chunks of pstat/pacc. */
 __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
                            __global const float4 *pacc, int nch_a, int nch,
                            __global const float2 *pst_c, __global const float4 *pacc_c,
-                           int nch_c, int B, int H, int G, int dv, int dv4,
-                           __global const float *gates, int branches, __global float *out)
+                           int nch_ac, int nch_c, int B, int H, int G, int dv, int dv4,
+                           __global const float *gates, int branches, __global float *out,
+                           __local float2 *lm, __local float4 *lo)
 {
-    const size_t gid = get_global_id(0);
-    if (gid >= (size_t)B * H * dv4)
-        return;
-    const int e4 = gid % dv4, bh = gid / dv4, h = bh % H, b = bh / H, hpg = H / G;
+    const int lid = get_local_id(0), per = NSA_WG / DC_FP, part = lid / per, sub = lid % per;
+    const size_t item = (size_t)get_group_id(0) * per + sub;
+    const int live = item < (size_t)B * H * dv4;
+    const size_t it = live ? item : 0; /* dead lanes still meet the barrier */
+    const int e4 = it % dv4, bh = it / dv4, h = bh % H, b = bh / H, hpg = H / G;
     const int g = h / hpg, hh = h % hpg;
     const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
-    const size_t o = (size_t)bh * dv + e4 * 4;
+    const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
+    float4 acc;
     if (dense) {
-        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
+        lm[lid] = dc_combine(pstat, pacc, at, hpg, part, nch, DC_FP, dv4, e4, &acc);
+        lo[lid] = acc;
+    } else {
+        lm[lid] = dc_combine(pst_c, pacc_c, atc, hpg, part, nch_ac, DC_FP, dv4, e4, &acc);
+        lo[lid] = acc;
+        lm[NSA_WG + lid] = dc_combine(pstat, pacc, at, hpg, part, nch_a, DC_FP, dv4, e4, &acc);
+        lo[NSA_WG + lid] = acc;
+        /* the window's chunks follow the compressed or the selected ones */
+        lm[2 * NSA_WG + lid] =
+            nch_ac < nch_c
+                ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac + part, nch_c, DC_FP, dv4, e4, &acc)
+                : dc_combine(pstat, pacc, at, hpg, nch_a + part, nch, DC_FP, dv4, e4, &acc);
+        lo[2 * NSA_WG + lid] = acc;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (part != 0 || !live)
+        return;
+    if (dense) {
+        dc_store(out + o, dc_merge(lm + sub, lo + sub), e4, dv);
         return;
     }
-    const float4 oc = dc_combine(pst_c, pacc_c, bg * nch_c * hpg + hh, hpg, 0, nch_c, dv4, e4);
-    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
-    const float4 ow = dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
+    const float4 oc = dc_merge(lm + sub, lo + sub);
+    const float4 os = dc_merge(lm + NSA_WG + sub, lo + NSA_WG + sub);
+    const float4 ow = dc_merge(lm + 2 * NSA_WG + sub, lo + 2 * NSA_WG + sub);
     __global const float *gt = gates + (size_t)bh * 3;
     dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
     if (branches) {

@@ -614,10 +614,13 @@ static void twin_fail_steps(twin *w, uint64_t seed)
  * and re-prefilled with new data (longer, then shorter than what the mirror
  * holds) while the others go on, sequence 0 reset to empty, failures.
  * Stale device rows would show as a mismatch with the reference. */
-static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk)
+static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
+                       const char *window)
 {
     if (chunk)
         setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
+    if (window) /* "early": the window's chunks with the compressed ones */
+        setenv("NSA_OPENCL_DECODE_WINDOW", window, 1);
     /* n > n_init + n_local = 3 with l' = 16: picks among up to 10 blocks */
     nsa_layer_config c = cfg_small(16, 8, n > 3 ? 16 : 32);
     c.attn.n = n;
@@ -628,8 +631,8 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk)
     c.rope_dim = dk;
     twin w;
     twin_make(&w, &c, 3, 40 + (uint64_t)H);
-    if (chunk)
-        unsetenv("NSA_OPENCL_DECODE_CHUNK");
+    unsetenv("NSA_OPENCL_DECODE_CHUNK");
+    unsetenv("NSA_OPENCL_DECODE_WINDOW");
     twin_refill(&w, 0, 120, 1);
     twin_refill(&w, 1, 100, 2);
     double worst = twin_steps(&w, 40, 100); /* 120 -> 160: the raw cache doubles */
@@ -647,28 +650,39 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk)
     e = twin_steps(&w, 5, 700);
     worst = e > worst ? e : worst;
     twin_attend_cached(&w, 800, 0);
-    print_message("mirror (H=%d G=%d dk=%d dv=%d n=%d chunk %s) on %s: worst relative L2 %.3g\n",
-                  H, G, dk, dv, n, chunk ? chunk : "auto", nsa_context_backend(w.ctx), worst);
+    print_message("mirror (H=%d G=%d dk=%d dv=%d n=%d chunk %s window %s) on %s: worst relative "
+                  "L2 %.3g\n",
+                  H, G, dk, dv, n, chunk ? chunk : "auto", window ? window : "late",
+                  nsa_context_backend(w.ctx), worst);
     twin_free(&w);
 }
 
 static void test_mirror(void **state)
 {
     (void)state;
-    mirror_run(8, 2, 16, 12, 3, NULL);
-    mirror_run(8, 2, 16, 12, 6, NULL);    /* top-n picks */
-    mirror_run(8, 2, 16, 12, 6, "8");     /* many chunks per branch */
-    mirror_run(10, 2, 8, 6, 5, "24");     /* 5 heads a group, odd chunk */
-    mirror_run(40, 2, 8, 4, 6, NULL);     /* 20 heads a group: two work-groups */
-    mirror_run(32, 2, 192, 128, 6, NULL); /* the paper's head shape */
+    mirror_run(8, 2, 16, 12, 3, NULL, NULL);
+    mirror_run(8, 2, 16, 12, 6, NULL, NULL);   /* top-n picks */
+    mirror_run(8, 2, 16, 12, 6, "8", NULL);    /* many chunks per branch */
+    mirror_run(10, 2, 8, 6, 5, "24", NULL);    /* 5 heads a group, odd chunk */
+    mirror_run(10, 2, 8, 6, 5, "24", "early"); /* the window before the selection */
+    mirror_run(40, 2, 8, 4, 6, NULL, NULL);    /* 20 heads a group: two work-groups */
+    mirror_run(32, 2, 192, 128, 6, NULL, NULL); /* the paper's head shape */
+    /* chunks longer than a work-group's lanes: passes where a lane scores
+     * several keys (and, at the end of a chunk, one) */
+    mirror_run(8, 2, 16, 12, 6, "128", "early");
+    mirror_run(32, 2, 192, 128, 6, "128,72", NULL);
 }
 
 /* Top-n over many blocks (188 visible, more than a work-group's lanes)
  * with random and with equal logits (exact ties), on long prompts of
- * tiny heads. */
-static void test_mirror_topn(void **state)
+ * tiny heads; the scores in local memory (default) or in global memory,
+ * whichever chunks. */
+static void topn_run(const char *chunk, const char *scores)
 {
-    (void)state;
+    if (chunk)
+        setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
+    if (scores) /* "global": the top-n reads the scores from global memory */
+        setenv("NSA_OPENCL_DECODE_SCORES", scores, 1);
     nsa_layer_config c = cfg_small(16, 8, 16);
     c.attn.H = 2;
     c.attn.G = 1;
@@ -679,12 +693,21 @@ static void test_mirror_topn(void **state)
     c.rope_dim = 4;
     twin w;
     twin_make(&w, &c, 2, 77);
+    unsetenv("NSA_OPENCL_DECODE_CHUNK");
+    unsetenv("NSA_OPENCL_DECODE_SCORES");
     twin_refill(&w, 0, 3000, 11);
     twin_refill(&w, 1, 2200, 12);
     twin_steps(&w, 3, 13);
     twin_attend_cached(&w, 14, 0);
     twin_attend_cached(&w, 15, 1);
     twin_free(&w);
+}
+
+static void test_mirror_topn(void **state)
+{
+    (void)state;
+    topn_run(NULL, NULL);
+    topn_run("128", "global");
 }
 
 /* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps

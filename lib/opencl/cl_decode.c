@@ -15,13 +15,20 @@
 #include "cl_run.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Keys a lane scores at once (cl/decode.cl's NSA_DC_KPT) and most heads a
- * work-group holds (NSA_DC_HC). */
-#define DC_KPT 2
+/* Most heads a work-group holds (cl/decode.cl's NSA_DC_HC). */
 #define DC_HC 16
+/* Work-groups of nsa_dc_partial a compute unit runs at once (an estimate:
+ * 128 registers a lane at 128 lanes give 4 on an H200;
+ * NSA_OPENCL_DECODE_RESIDENT overrides) and a work-group's
+ * fixed cost in keys (q staging, softmax, barriers, writes), for the
+ * choice of chunks below. */
+#define DC_RESIDENT 4
+#define DC_WG_KEYS 128
+
 /* Keys per K tile (cl/decode.cl's NSA_DC_TK): capacities are multiples. */
 #define DC_TK 64
 /* Host staging of one upload batch: 16 MiB. */
@@ -39,13 +46,17 @@ typedef struct dc_buf {
     size_t bytes;
 } dc_buf;
 
-enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_P, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
+enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
-    int B, dk4, dv4, hc, cus, chunk_env;
+    int B, dk4, dv4, hc, cus;
+    int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
+    int resident;     /* work-groups a compute unit runs at once (chunk model) */
+    int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
+    int scores_global;  /* NSA_OPENCL_DECODE_SCORES=global: top-n over global scores */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
@@ -184,13 +195,26 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->map_rows = -1;
     const int hpg = cfg->H / cfg->G;
     dc->hc = hpg < DC_HC ? hpg : DC_HC;
+    /* NSA_OPENCL_DECODE_HEADS: fewer heads a work-group (tuning; with
+     * NSA_OPENCL_OPTIONS=-DNSA_DC_HC=that many the kernel's registers
+     * shrink too) */
+    const char *henv = getenv("NSA_OPENCL_DECODE_HEADS");
+    if (henv && atoi(henv) > 0 && atoi(henv) < dc->hc)
+        dc->hc = atoi(henv);
     while (dc->hc > 1 && partial_local(dc, dc->hc, 8) > st->local_mem)
         dc->hc = (dc->hc + 1) / 2;
     cl_uint cus = 1;
     clGetDeviceInfo(st->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL);
     dc->cus = cus ? (int)cus : 1;
     const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
-    dc->chunk_env = env ? atoi(env) : 0;
+    if (env && sscanf(env, "%d,%d", &dc->chunk_env[0], &dc->chunk_env[1]) == 1)
+        dc->chunk_env[1] = dc->chunk_env[0];
+    env = getenv("NSA_OPENCL_DECODE_RESIDENT");
+    dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
+    env = getenv("NSA_OPENCL_DECODE_WINDOW");
+    dc->win_early = env && strcmp(env, "early") == 0;
+    env = getenv("NSA_OPENCL_DECODE_SCORES");
+    dc->scores_global = env && strcmp(env, "global") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     if (!dc->seq || !dc->htpos) {
@@ -502,17 +526,38 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
 }
 
 /* ------------------------------------------------------------- kernels */
-/* Chunk of keys per work-group: the natural one (a sub-tile of WG KPT
- * keys), halved while the launch would have fewer than 4 work-groups per
- * compute unit, and while the local memory does not fit. */
-static int dc_chunk(const nsa_cl_dcache *dc, int64_t keys)
+/* Chunk of keys per work-group for a launch over ka keys and kb keys
+ * (chunked separately) per (b, g, part): the one (64 to 512 keys) with
+ * the least modelled time, waves x (chunk + DC_WG_KEYS): a last wave
+ * with few work-groups costs nearly a full one. Ties go to longer chunks
+ * (fewer partials to combine); below 64 keys the combine of the chunks
+ * costs more than the chunks save (batch 1 on an H200). NSA_OPENCL_DECODE_CHUNK=c or c,s fixes the
+ * compressed (and dense) launch's chunk at c and the selected one's at s
+ * (default c); chunks shrink while the local memory does not fit. */
+static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
 {
-    const size_t parts = (size_t)(dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
-    const size_t slots = (size_t)dc->B * dc->cfg.G * parts;
-    int ch = dc->chunk_env > 0 ? dc->chunk_env : dc->st->wg * DC_KPT;
-    if (dc->chunk_env <= 0)
-        while (ch > 32 && slots * (size_t)((keys + ch - 1) / ch) < 4 * (size_t)dc->cus)
-            ch /= 2;
+    const int64_t parts = (dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
+    const int64_t slots = (int64_t)dc->B * dc->cfg.G * parts;
+    const int64_t res = (int64_t)dc->cus * dc->resident;
+    const int fixed = dc->chunk_env[which];
+    int ch = 0;
+    if (fixed > 0)
+        ch = fixed;
+    else {
+        int64_t best = INT64_MAX;
+        for (int c = 64; c <= 512; c += 32) {
+            if (partial_local(dc, dc->hc, c) > dc->st->local_mem)
+                break;
+            const int64_t wgs = slots * ((ka + c - 1) / c + (kb + c - 1) / c);
+            const int64_t cost = (wgs + res - 1) / res * (c + DC_WG_KEYS);
+            if (cost <= best) {
+                best = cost;
+                ch = c;
+            }
+        }
+        if (ch == 0)
+            ch = 64;
+    }
     while (ch > 8 && partial_local(dc, dc->hc, ch) > dc->st->local_mem)
         ch /= 2;
     return ch;
@@ -594,6 +639,7 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
     ARG_INT(&a, P->nch);
     ARG_MEM(&a, dc->buf[pc->pst].m);
     ARG_MEM(&a, dc->buf[pc->pacc].m);
+    ARG_INT(&a, pc->nch_a);
     ARG_INT(&a, pc->nch);
     ARG_INT(&a, dc->B);
     ARG_INT(&a, c->H);
@@ -603,8 +649,13 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
     ARG_MEM(&a, gt);
     ARG_INT(&a, branches);
     ARG_MEM(&a, dc->buf[DB_OUT].m);
+    const size_t wg = (size_t)dc->st->wg, fp = 1, per = wg / fp;
+    nsa_clr_arg(&a, sizeof(float) * 2 * 3 * wg, NULL);
+    nsa_clr_arg(&a, sizeof(float) * 4 * 3 * wg, NULL);
+    /* cl/decode.cl's DC_FP lanes an output */
+    const size_t items = (size_t)dc->B * c->H * dc->dv4;
     return dc_launch(ctx, dc, &a, C ? "nsa_dc_final" : "nsa_dc_final(dense)",
-                     (size_t)dc->B * c->H * dc->dv4);
+                     (items + per - 1) / per * wg);
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -622,70 +673,86 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     nsa_status s;
     if ((s = dc_inputs(ctx, dc, job, 1)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_ZOUT, sizeof(float) * bg * hpg * (size_t)max_nc)) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, DB_P, sizeof(float) * bg * (size_t)max_nc)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_S, sizeof(float) * bg * (size_t)max_vis)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * n)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd * (branches ? 4 : 1))) != NSA_OK)
         return s;
-    /* compressed branch */
-    dc_part pc = {0, dc_chunk(dc, max_nc), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC, DB_PACCC};
-    pc.nch = (int)ceil_div(max_nc, pc.ch);
-    pc.nch_a = pc.nch;
+    /* compressed branch; with NSA_OPENCL_DECODE_WINDOW=early the window's
+     * chunks after it (the window does not depend on the selection), else
+     * with the selected blocks (faster on an H200: the compressed launch
+     * fills 2 waves at batch 16, the window would start a third) */
+    const int64_t span = max_t + 1;
+    const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
+    const int64_t kw = c->w < span ? c->w : span;
+    const int64_t kw_c = dc->win_early ? kw : 0;
+    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC,
+                  DB_PACCC};
+    if (kw_c)
+        pc.label = "nsa_dc_partial(cmp+win)";
+    pc.nch_a = (int)ceil_div(max_nc, pc.ch);
+    pc.nch = pc.nch_a + (int)ceil_div(kw_c, pc.ch);
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
-    /* the compressed probabilities summed over each group's heads */
+    /* block scores (through the compressed probabilities) */
     {
-        const int nic = (int)ceil_div(max_nc, dc->st->wg);
+        const int njc = (int)ceil_div(max_vis, dc->st->wg);
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_MEM(&a, dc->buf[DB_PSTC].m);
         ARG_INT(&a, pc.nch);
+        ARG_INT(&a, pc.nch_a);
         ARG_INT(&a, H);
         ARG_INT(&a, G);
         ARG_INT(&a, c->l);
         ARG_INT(&a, c->d);
+        ARG_INT(&a, c->l_sel);
         ARG_MEM(&a, dc->buf[DB_ZOUT].m);
         ARG_INT(&a, max_nc);
-        ARG_INT(&a, nic);
-        ARG_MEM(&a, dc->buf[DB_P].m);
+        ARG_MEM(&a, dc->buf[DB_RP].m);
+        ARG_MEM(&a, dc->buf[DB_COL].m);
+        ARG_MEM(&a, dc->buf[DB_VAL].m);
+        ARG_INT(&a, njc);
+        ARG_INT(&a, max_vis);
+        ARG_MEM(&a, dc->buf[DB_S].m);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * nic * (size_t)dc->st->wg)) != NSA_OK)
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* scores and top-n */
+    /* top-n; the scores in local memory when they fit */
     {
         const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
+        const size_t red = (sizeof(float) + sizeof(int)) * 2 * ((size_t)dc->st->wg +
+                                                                 (size_t)dc->st->wg / l1);
+        const size_t fixed = red + sizeof(int) * (size_t)n;
+        const int slocal =
+            !dc->scores_global && fixed + sizeof(float) * (size_t)max_vis <= dc->st->local_mem;
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, G);
         ARG_INT(&a, c->l_sel);
-        ARG_MEM(&a, dc->buf[DB_RP].m);
-        ARG_MEM(&a, dc->buf[DB_COL].m);
-        ARG_MEM(&a, dc->buf[DB_VAL].m);
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-        ARG_MEM(&a, dc->buf[DB_P].m);
-        ARG_INT(&a, max_nc);
         ARG_MEM(&a, dc->buf[DB_S].m);
         ARG_INT(&a, max_vis);
         ARG_INT(&a, n);
         ARG_INT(&a, c->n_init);
         ARG_INT(&a, c->n_local);
         ARG_MEM(&a, dc->buf[DB_SEL].m);
+        ARG_INT(&a, slocal);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * (size_t)dc->st->wg, NULL);
         nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
         nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
+        nsa_clr_arg(&a, sizeof(float) * (slocal ? (size_t)max_vis : 1), NULL);
+        nsa_clr_arg(&a, sizeof(int) * (size_t)n, NULL);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* selected blocks and window */
-    const int64_t span = max_t + 1;
-    const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
-    const int64_t kw = c->w < span ? c->w : span;
-    dc_part pw = {1, dc_chunk(dc, ks + kw), 0, 0, "nsa_dc_partial(slc+win)", DB_PSTS, DB_PACCS};
+    /* selected blocks (and the window when late) */
+    const int64_t kw_s = kw - kw_c;
+    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "nsa_dc_partial(slc)", DB_PSTS, DB_PACCS};
+    if (kw_s)
+        pw.label = "nsa_dc_partial(slc+win)";
     pw.nch_a = (int)ceil_div(ks, pw.ch);
-    pw.nch = pw.nch_a + (int)ceil_div(kw, pw.ch);
+    pw.nch = pw.nch_a + (int)ceil_div(kw_s, pw.ch);
     if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
         (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
         return s;
@@ -712,7 +779,7 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
     if ((s = dc_inputs(ctx, dc, job, 0)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd)) != NSA_OK)
         return s;
-    dc_part pd = {2, dc_chunk(dc, max_t + 1), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
+    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
     pd.nch = (int)ceil_div(max_t + 1, pd.ch);
     pd.nch_a = pd.nch;
     if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
