@@ -10,16 +10,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const nsa_simd_kernels *sets[3];
+static const nsa_simd_kernels *sets[NSA_ISA_COUNT];
 static int nsets;
 
+/* Every set usable here, in rank order (scalar, avx2, avx512 / neon); a
+ * set this machine or build lacks is skipped with a message saying why. */
 static int setup(void **state)
 {
     (void)state;
+    static const nsa_isa order[NSA_ISA_COUNT] = {NSA_ISA_SCALAR, NSA_ISA_AVX2, NSA_ISA_AVX512,
+                                                 NSA_ISA_NEON};
+    char why[160];
+    nsa_cpu_detect(why, sizeof why);
     nsets = 0;
-    for (int isa = NSA_ISA_SCALAR; isa <= NSA_ISA_NEON; isa++)
-        if (nsa_cpu_kernels((nsa_isa)isa))
-            sets[nsets++] = nsa_cpu_kernels((nsa_isa)isa);
+    for (int i = 0; i < NSA_ISA_COUNT; i++) {
+        if (nsa_cpu_kernels(order[i]))
+            sets[nsets++] = nsa_cpu_kernels(order[i]);
+#if defined(__x86_64__) || defined(__i386__)
+        else if (order[i] != NSA_ISA_NEON)
+            print_message("[  SKIP    ] %s kernels not usable here (%s)\n",
+                          nsa_cpu_isa_name(order[i]), why);
+#endif
+    }
     return 0;
 }
 
@@ -94,9 +106,10 @@ static void test_gemm(void **state)
 {
     (void)state;
     static const int ms[] = {1, 2, 3, 4, 5, 6, 7, 13, 16};
-    static const int ns[] = {1, 3, 4, 5, 8, 9, 17, 24, 33};
+    /* n past 64 and 128 reaches the 4-vector column tiles of avx512 */
+    static const int ns[] = {1, 3, 4, 5, 8, 9, 17, 24, 33, 47, 64, 100, 128};
     static const int ks[] = {1, 7, 8, 9, 16, 31, 64, 192};
-    const size_t lda = 200, ldb = 210, ldc = 45;
+    const size_t lda = 200, ldb = 210, ldc = 135;
     float *A = malloc(sizeof(float) * 16 * lda), *B = malloc(sizeof(float) * 200 * ldb);
     float *C = malloc(sizeof(float) * 16 * ldc), *C0 = malloc(sizeof(float) * 16 * ldc);
     tl_fill(A, 16 * lda, 1, -1.0f, 1.0f);
@@ -161,6 +174,22 @@ static void test_isa_cap(void **state)
     assert_string_equal(nsa_cpu_isa(ctx), "scalar");
     assert_int_equal(nsa_cpu_set_max_isa(ctx, "native"), NSA_OK);
     assert_string_equal(nsa_cpu_isa(ctx), sets[nsets - 1]->isa);
+    /* caps order scalar < avx2 < avx512: each gives the highest usable set
+     * not above it */
+    static const char *caps[3] = {"avx2", "avx512", "neon"};
+    for (int c = 0; c < 3; c++) {
+        assert_int_equal(nsa_cpu_set_max_isa(ctx, caps[c]), NSA_OK);
+        const char *want = "scalar";
+        for (int s = 0; s < nsets; s++) {
+            const int x86 = strcmp(caps[c], "neon") != 0;
+            const char *n = sets[s]->isa;
+            const int below = strcmp(n, caps[c]) == 0 ||
+                              (x86 && strcmp(caps[c], "avx512") == 0 && strcmp(n, "avx2") == 0);
+            if (below)
+                want = n;
+        }
+        assert_string_equal(nsa_cpu_isa(ctx), want);
+    }
     assert_int_equal(nsa_cpu_set_max_isa(ctx, "sse9"), NSA_ERR_ARG);
     assert_non_null(strstr(nsa_context_last_error(ctx), "sse9"));
     assert_int_equal(nsa_context_create("ref", &ref, msg, sizeof msg), NSA_OK);
