@@ -134,12 +134,41 @@ static void gemm_nt_panel(int m, int n, int k, float alpha, const float *A, size
 /* B in panels of NB rows (24 KiB at k = 192), so each panel stays in L1
  * while every row tile of A passes over it. */
 #define NB 32
+/* A in blocks of MB rows; a block of rows of at most KA floats that is not
+ * 64-byte aligned is copied to an aligned buffer first: a 64-byte load
+ * that straddles two cache lines costs two, and the tile loop loads as
+ * often as it multiplies. The copy changes nothing in what is summed, or
+ * in which order. */
+#define MB 16
+#define KA 256
 static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda,
                     const float *B, size_t ldb, float *C, size_t ldc)
 {
-    for (int j = 0; j < n; j += NB)
-        gemm_nt_panel(m, n - j < NB ? n - j : NB, k, alpha, A, lda, B + (size_t)j * ldb, ldb,
-                      C + j, ldc);
+    _Alignas(64) float abuf[MB * KA];
+    const size_t kp = (size_t)(k + 15) / 16 * 16;
+    const int copy = k <= KA && (((uintptr_t)A & 63u) != 0 || (lda & 15u) != 0);
+    for (int i = 0; i < m; i += MB) {
+        const int mb = m - i < MB ? m - i : MB;
+        const float *a = A + (size_t)i * lda;
+        size_t la = lda;
+        if (copy) {
+            const __mmask16 mk = tail_mask(k & 15);
+            for (int r = 0; r < mb; r++) {
+                const float *s = a + (size_t)r * lda;
+                float *d = abuf + (size_t)r * kp;
+                int c = 0;
+                for (; c + 16 <= k; c += 16)
+                    _mm512_store_ps(d + c, _mm512_loadu_ps(s + c));
+                if (c < k)
+                    _mm512_store_ps(d + c, _mm512_maskz_loadu_ps(mk, s + c));
+            }
+            a = abuf;
+            la = kp;
+        }
+        for (int j = 0; j < n; j += NB)
+            gemm_nt_panel(mb, n - j < NB ? n - j : NB, k, alpha, a, la, B + (size_t)j * ldb,
+                          ldb, C + (size_t)i * ldc + j, ldc);
+    }
 }
 
 /* --------------------------------------------------------- gemm_nn_acc */
