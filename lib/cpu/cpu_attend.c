@@ -617,12 +617,15 @@ static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
 /* Combines the partials c < nch (stride floats apart) into o[hpg][dv]:
  * o = sum_c f_c o_c with f_c = exp(m_c - M) / sum_c' exp(m_c' - M) l_c',
- * M = max_c m_c, in the order of c. A chunk with m_c = -inf saw no key and
- * weighs nothing; no key at all gives zeros. fac (optional) gets f_c,
+ * M = max_c m_c, in the order of c (the kernels' gemm_nn_acc, one head at a
+ * time). A chunk with m_c = -inf saw no key and weighs nothing (f_c = 0,
+ * its o_c is zeros); no key at all gives zeros. fac (optional) gets f_c,
  * [nch][hpg]. */
-static void merge_parts(int hpg, int dv, const float *parts, size_t stride, int nch, float *o,
-                        float *fac)
+static void merge_parts(const nsa_simd_kernels *k, int hpg, int dv, const float *parts,
+                        size_t stride, int nch, float *o, float *fac)
 {
+    enum { FB = 64 }; /* factors a kernel call */
+    float fi[FB];
     for (int i = 0; i < hpg; i++) {
         float M = -INFINITY, L = 0.0f;
         for (int c = 0; c < nch; c++) {
@@ -637,16 +640,18 @@ static void merge_parts(int hpg, int dv, const float *parts, size_t stride, int 
         const float inv = L > 0.0f ? 1.0f / L : 0.0f;
         float *oi = o + (size_t)i * dv;
         memset(oi, 0, sizeof(float) * (size_t)dv);
-        for (int c = 0; c < nch; c++) {
-            const float *pt = parts + (size_t)c * stride;
-            const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
-            if (fac)
-                fac[(size_t)c * hpg + i] = f;
-            if (f == 0.0f)
-                continue;
-            const float *oc = pt + 2 * (size_t)hpg + (size_t)i * dv;
-            for (int e = 0; e < dv; e++)
-                oi[e] += f * oc[e];
+        for (int c0 = 0; c0 < nch; c0 += FB) {
+            const int nb = nch - c0 < FB ? nch - c0 : FB;
+            for (int c = 0; c < nb; c++) {
+                const float *pt = parts + (size_t)(c0 + c) * stride;
+                const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
+                if (fac)
+                    fac[(size_t)(c0 + c) * hpg + i] = f;
+                fi[c] = f;
+            }
+            k->gemm_nn_acc(1, dv, nb, fi, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
+                                                    (size_t)i * dv,
+                           stride, oi, (size_t)dv);
         }
     }
 }
@@ -707,18 +712,15 @@ static void dec_select(const dplan *p, int it, scratch *w, float *fac)
     const int64_t t = job->seq[it / c->G].t;
     const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
     const float *prob = p->prob + (size_t)it * hpg * p->ldp;
-    merge_parts(hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
+    merge_parts(p->k, hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
                 p->ocmp + (size_t)it * hpg * c->dv, fac);
     for (int ch = 0; ch < nch; ch++) {
+        /* ps[j] = sum_i f_i row_i[j], in the order of i */
         const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
         float *ps = w->ps + j0;
         memset(ps, 0, sizeof(float) * (size_t)nk);
-        for (int i = 0; i < hpg; i++) {
-            const float *row = prob + (size_t)i * p->ldp + j0;
-            const float f = fac[(size_t)ch * hpg + i];
-            for (int j = 0; j < nk; j++)
-                ps[j] += f * row[j];
-        }
+        p->k->gemm_nn_acc(1, nk, hpg, fac + (size_t)ch * hpg, (size_t)hpg, prob + j0, p->ldp, ps,
+                          (size_t)nk);
     }
     score_select(c, job->map, t, w);
     memcpy(job->sel_out + (size_t)it * c->n, w->sel, sizeof(int32_t) * c->n);
@@ -804,12 +806,12 @@ static void dec_finish(const dplan *p, int it, scratch *w)
     const size_t at = ((size_t)b * H + (size_t)g * hpg) * dv, len = (size_t)hpg * dv;
     const float *parts = p->pc + (size_t)it * (p->nslc + p->nwin) * p->pstride;
     if (p->dense) {
-        merge_parts(hpg, dv, parts, p->pstride, p->nslc, job->out + at, NULL);
+        merge_parts(p->k, hpg, dv, parts, p->pstride, p->nslc, job->out + at, NULL);
         return;
     }
     const float *ocmp = p->ocmp + (size_t)it * len;
-    merge_parts(hpg, dv, parts, p->pstride, p->nslc, w->oslc, NULL);
-    merge_parts(hpg, dv, parts + (size_t)p->nslc * p->pstride, p->pstride, p->nwin, w->owin,
+    merge_parts(p->k, hpg, dv, parts, p->pstride, p->nslc, w->oslc, NULL);
+    merge_parts(p->k, hpg, dv, parts + (size_t)p->nslc * p->pstride, p->pstride, p->nwin, w->owin,
                 NULL);
     if (job->out_cmp)
         memcpy(job->out_cmp + at, ocmp, sizeof(float) * len);
