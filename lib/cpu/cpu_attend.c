@@ -602,6 +602,9 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
 typedef struct dplan {
     const nsa_simd_kernels *k;
     const nsa_decode_job *job;
+    const float *q; /* job->q copied 64-byte aligned: the kernels' rows then
+                       load whole cache lines (avx512 gemm_nt copies A
+                       otherwise, at every call) */
     int dense, hpg, nitem;
     int ncmp;       /* chunk slots an item in A */
     int nslc, nwin; /* chunk slots an item in C: selected (dense: all keys), window */
@@ -672,7 +675,7 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
     float *P = p->prob + (size_t)it * hpg * p->ldp + j0;
     const float *K = sq->kc + (size_t)j0 * krow + (size_t)g * dk;
     const float *V = sq->vc + (size_t)j0 * vrow + (size_t)g * dv;
-    const float *qh = job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
+    const float *qh = p->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
     /* The rows are cold at every step: the values are asked for at once
      * (used after the scores), the keys a tile of KT ahead. */
     enum { KT = 32 };
@@ -792,7 +795,7 @@ static void dec_attn_chunk(const dplan *p, int it, int ch, scratch *w)
         }
     }
     const span *sp = (!p->dense && ch < p->nslc) ? w->sp : piece;
-    flash_spans(p->k, hpg, dk, dv, job->scale, job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
+    flash_spans(p->k, hpg, dk, dv, job->scale, p->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
                 (size_t)dk, K + (size_t)g * dk, krow, V + (size_t)g * dv, vrow, sp, np, NULL, NULL,
                 w->s, m, l, o);
 }
@@ -864,12 +867,13 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
 #ifdef _OPENMP
     nth = omp_get_max_threads();
 #endif
-    /* one block: shared [prob, ocmp, pa, pc], then per thread [s, oslc,
+    /* one block: shared [prob, ocmp, pa, pc, q], then per thread [s, oslc,
      * owin, ps, score, work, sel, sp, fac] */
     const size_t rows = (size_t)p.nitem * p.hpg, f = sizeof(float), a = 64;
     const size_t sz_prob = dense ? 0 : rows * p.ldp * f, sz_ocmp = dense ? 0 : rows * c->dv * f;
     const size_t sz_pa = (size_t)p.nitem * p.ncmp * p.pstride * f;
     const size_t sz_pc = (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride * f;
+    const size_t sz_q = (size_t)job->B * c->H * c->dk * f;
     const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
     const size_t per[9] = {(size_t)p.hpg * BK * f, (size_t)p.hpg * c->dv * f,
                            (size_t)p.hpg * c->dv * f, p.ldp * f, vis * f, vis,
@@ -878,7 +882,7 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     size_t thread_bytes = 0;
     for (int i = 0; i < 9; i++)
         thread_bytes += (per[i] + a - 1) / a * a;
-    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) +
+    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) + (sz_q + a) +
                          (size_t)nth * thread_bytes + a;
     if (st->ws_size < bytes) {
         free(st->ws);
@@ -893,6 +897,9 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     p.ocmp = carve(&at, sz_ocmp);
     p.pa = carve(&at, sz_pa);
     p.pc = carve(&at, sz_pc);
+    float *qa = carve(&at, sz_q);
+    memcpy(qa, job->q, sz_q);
+    p.q = qa;
     char *const thread_base = at;
     const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
 #ifdef _OPENMP
