@@ -170,7 +170,9 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
     const size_t hpg = (size_t)(c->H / c->G), mt = TQ * hpg;
     const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
     memset(w, 0, sizeof *w);
-    w->qt = malloc(sizeof(float) * mt * (size_t)c->dk);
+    /* 64-byte aligned: with dk a multiple of 16 every query row then loads
+     * whole cache lines (the avx512 gemm_nt copies misaligned rows) */
+    w->qt = aligned_alloc(64, (sizeof(float) * mt * (size_t)c->dk + 63) / 64 * 64);
     w->s = malloc(sizeof(float) * mt * BK);
     w->pc = malloc(sizeof(float) * CTQ * hpg * ldp);
     w->ps = malloc(sizeof(float) * ldp);
