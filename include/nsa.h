@@ -124,15 +124,16 @@ NSA_API const char *nsa_context_last_error(const nsa_context *ctx);
 
 /* ------------------------------------------------- cpu backend: ISA cap */
 /* Caps the instruction set of the "cpu" backend's kernels on ctx, so one
- * machine can run every kernel path: "scalar", "avx2" or "neon" (a set
- * this build or processor lacks, or one of another processor family, gives
- * "scalar"); NULL or "native" lifts the cap. The environment variable
+ * machine can run every kernel path: "scalar", "avx2", "avx512" or "neon"
+ * (x86 orders scalar < avx2 < avx512: the highest set usable here not above
+ * the cap runs; a cap of another processor family gives "scalar"); NULL or
+ * "native" lifts the cap. The environment variable
  * NSA_MAX_ISA sets the cap when a context is created. Returns
  * NSA_ERR_UNSUPPORTED when ctx's backend is not "cpu", NSA_ERR_ARG for an
  * unknown name. */
 NSA_API nsa_status nsa_cpu_set_max_isa(nsa_context *ctx, const char *isa);
 /* The instruction set the "cpu" backend's kernels use on ctx ("scalar",
- * "avx2", "neon"; "" when ctx's backend is not "cpu"). */
+ * "avx2", "avx512", "neon"; "" when ctx's backend is not "cpu"). */
 NSA_API const char *nsa_cpu_isa(const nsa_context *ctx);
 
 /* A context on the "opencl" backend and a chosen device: an index into the

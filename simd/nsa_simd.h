@@ -15,7 +15,7 @@
 #endif
 
 typedef struct nsa_simd_kernels {
-    const char *isa; /* "scalar", "avx2", "neon" */
+    const char *isa; /* "scalar", "avx2", "avx512", "neon" */
     /* C[i*ldc + j] = alpha * sum_c A[i*lda + c] * B[j*ldb + c], i < m, j < n.
      * Q K^T for attention scores, x W^T for linear layers. */
     void (*gemm_nt)(int m, int n, int k, float alpha, const float *A, size_t lda,
@@ -42,6 +42,9 @@ typedef struct nsa_simd_kernels {
 extern NSA_SIMD_HIDDEN const nsa_simd_kernels nsa_simd_scalar;
 #ifdef NSA_HAVE_AVX2
 extern NSA_SIMD_HIDDEN const nsa_simd_kernels nsa_simd_avx2;
+#endif
+#ifdef NSA_HAVE_AVX512
+extern NSA_SIMD_HIDDEN const nsa_simd_kernels nsa_simd_avx512;
 #endif
 #ifdef NSA_HAVE_NEON
 extern NSA_SIMD_HIDDEN const nsa_simd_kernels nsa_simd_neon;

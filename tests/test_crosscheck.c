@@ -3,7 +3,7 @@
  *
  * The backend comes from NSA_TEST_BACKEND (default "cpu"), so any backend
  * can reuse this file. For "cpu", every kernel set usable here runs in turn
- * (scalar, then avx2 or neon), unless NSA_MAX_ISA picks one.
+ * (scalar, then avx2 and avx512, or neon), unless NSA_MAX_ISA picks one.
  *
  * Per case: (1) free run: compressed tokens and the compressed branch must
  * match, and the selection must be identical except near-ties; (2) run with
@@ -46,6 +46,19 @@ static int isa_list(const char **out)
     out[n++] = "scalar";
     if (nsa_cpu_kernels(NSA_ISA_AVX2))
         out[n++] = "avx2";
+    if (nsa_cpu_kernels(NSA_ISA_AVX512))
+        out[n++] = "avx512";
+    else if (nsa_cpu_kernels(NSA_ISA_AVX2)) {
+        static int said; /* once a run */
+        if (!said++)
+            print_message("[  SKIP    ] avx512 kernels not usable here (built: %s)\n",
+#ifdef NSA_HAVE_AVX512
+                          "yes"
+#else
+                          "no"
+#endif
+            );
+    }
     if (nsa_cpu_kernels(NSA_ISA_NEON))
         out[n++] = "neon";
     return n;

@@ -10,16 +10,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const nsa_simd_kernels *sets[3];
+static const nsa_simd_kernels *sets[NSA_ISA_COUNT];
 static int nsets;
 
+/* Every set usable here, in rank order (scalar, avx2, avx512 / neon); a
+ * set this machine or build lacks is skipped with a message saying why. */
 static int setup(void **state)
 {
     (void)state;
+    static const nsa_isa order[NSA_ISA_COUNT] = {NSA_ISA_SCALAR, NSA_ISA_AVX2, NSA_ISA_AVX512,
+                                                 NSA_ISA_NEON};
+    char why[160];
+    nsa_cpu_detect(why, sizeof why);
     nsets = 0;
-    for (int isa = NSA_ISA_SCALAR; isa <= NSA_ISA_NEON; isa++)
-        if (nsa_cpu_kernels((nsa_isa)isa))
-            sets[nsets++] = nsa_cpu_kernels((nsa_isa)isa);
+    for (int i = 0; i < NSA_ISA_COUNT; i++) {
+        if (nsa_cpu_kernels(order[i]))
+            sets[nsets++] = nsa_cpu_kernels(order[i]);
+#if defined(__x86_64__) || defined(__i386__)
+        else if (order[i] != NSA_ISA_NEON)
+            print_message("[  SKIP    ] %s kernels not usable here (%s)\n",
+                          nsa_cpu_isa_name(order[i]), why);
+#endif
+    }
     return 0;
 }
 
@@ -93,57 +105,72 @@ static void test_exp_sum_and_max(void **state)
 static void test_gemm(void **state)
 {
     (void)state;
-    static const int ms[] = {1, 2, 3, 4, 5, 6, 7, 13, 16};
-    static const int ns[] = {1, 3, 4, 5, 8, 9, 17, 24, 33};
-    static const int ks[] = {1, 7, 8, 9, 16, 31, 64, 192};
-    const size_t lda = 200, ldb = 210, ldc = 45;
-    float *A = malloc(sizeof(float) * 16 * lda), *B = malloc(sizeof(float) * 200 * ldb);
-    float *C = malloc(sizeof(float) * 16 * ldc), *C0 = malloc(sizeof(float) * 16 * ldc);
-    tl_fill(A, 16 * lda, 1, -1.0f, 1.0f);
-    tl_fill(B, 200 * ldb, 2, -1.0f, 1.0f);
-    tl_fill(C0, 16 * ldc, 3, -1.0f, 1.0f);
-    for (int s = 0; s < nsets; s++)
-        for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++)
-            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
-                for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
-                    const int m = ms[mi], n = ns[ni], k = ks[ki];
-                    /* gemm_nt: C = 0.5 A B^T; untouched columns keep their value */
-                    memcpy(C, C0, sizeof(float) * 16 * ldc);
-                    sets[s]->gemm_nt(m, n, k, 0.5f, A, lda, B, ldb, C, ldc);
-                    for (int i = 0; i < m; i++) {
-                        for (int j = 0; j < n; j++) {
-                            double w = 0.0, a = 0.0;
-                            for (int c = 0; c < k; c++) {
-                                w += (double)A[i * lda + c] * B[j * ldb + c];
-                                a += fabs((double)A[i * lda + c] * B[j * ldb + c]);
+    /* m past 16 and k past 256 reach avx512's row blocks and the path
+     * without the aligned copy of A */
+    static const int ms[] = {1, 2, 3, 4, 5, 6, 7, 13, 16, 21};
+    /* n past 64 and 128 reaches the 4-vector column tiles of avx512 */
+    static const int ns[] = {1, 3, 4, 5, 8, 9, 17, 24, 33, 47, 64, 100, 128};
+    static const int ks[] = {1, 7, 8, 9, 16, 31, 64, 192, 300};
+    const size_t lda = 320, ldb = 330, ldc = 135;
+    /* A 64-byte aligned with lda a multiple of 16 floats, and A shifted by
+     * 3 floats: kernels may treat the two differently */
+    float *Abuf = aligned_alloc(64, sizeof(float) * (21 * lda + 16));
+    float *B = malloc(sizeof(float) * 300 * ldb);
+    float *C = malloc(sizeof(float) * 21 * ldc), *C0 = malloc(sizeof(float) * 21 * ldc);
+    assert_non_null(Abuf);
+    tl_fill(Abuf, 21 * lda + 16, 1, -1.0f, 1.0f);
+    tl_fill(B, 300 * ldb, 2, -1.0f, 1.0f);
+    tl_fill(C0, 21 * ldc, 3, -1.0f, 1.0f);
+    for (int shift = 0; shift <= 3; shift += 3) {
+        const float *A = Abuf + shift;
+        for (int s = 0; s < nsets; s++)
+            for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++)
+                for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+                    for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+                        const int m = ms[mi], n = ns[ni], k = ks[ki];
+                        /* gemm_nt: C = 0.5 A B^T; untouched columns keep their value */
+                        memcpy(C, C0, sizeof(float) * 21 * ldc);
+                        sets[s]->gemm_nt(m, n, k, 0.5f, A, lda, B, ldb, C, ldc);
+                        for (int i = 0; i < m; i++) {
+                            for (int j = 0; j < n; j++) {
+                                double w = 0.0, a = 0.0;
+                                for (int c = 0; c < k; c++) {
+                                    w += (double)A[i * lda + c] * B[j * ldb + c];
+                                    a += fabs((double)A[i * lda + c] * B[j * ldb + c]);
+                                }
+                                const double got = C[i * ldc + j];
+                                if (fabs(got - 0.5 * w) > 0.5 * a * k * 1.2e-7 + 1e-30)
+                                    fail_msg("gemm_nt[%s] m=%d n=%d k=%d shift %d (%d,%d): %.9g vs "
+                                             "%.9g",
+                                             sets[s]->isa, m, n, k, shift, i, j, got, 0.5 * w);
                             }
-                            const double got = C[i * ldc + j];
-                            if (fabs(got - 0.5 * w) > 0.5 * a * k * 1.2e-7 + 1e-30)
-                                fail_msg("gemm_nt[%s] m=%d n=%d k=%d (%d,%d): %.9g vs %.9g",
-                                         sets[s]->isa, m, n, k, i, j, got, 0.5 * w);
+                            for (int j = n; j < (int)ldc; j++)
+                                assert_true(C[i * ldc + j] == C0[i * ldc + j]);
                         }
-                        for (int j = n; j < (int)ldc; j++)
-                            assert_true(C[i * ldc + j] == C0[i * ldc + j]);
-                    }
-                    /* gemm_nn_acc: C += A[m][k] B[k][n] (n as the column count) */
-                    memcpy(C, C0, sizeof(float) * 16 * ldc);
-                    sets[s]->gemm_nn_acc(m, n, k, A, lda, B, ldb, C, ldc);
-                    for (int i = 0; i < m; i++) {
-                        for (int c = 0; c < n; c++) {
-                            double w = C0[i * ldc + c], a = fabs(w);
-                            for (int j = 0; j < k; j++) {
-                                w += (double)A[i * lda + j] * B[j * ldb + c];
-                                a += fabs((double)A[i * lda + j] * B[j * ldb + c]);
+                        for (int i = m; i < 21; i++) /* rows past m untouched */
+                            assert_memory_equal(C + i * ldc, C0 + i * ldc, sizeof(float) * ldc);
+                        /* gemm_nn_acc: C += A[m][k] B[k][n] (n as the column count) */
+                        memcpy(C, C0, sizeof(float) * 21 * ldc);
+                        sets[s]->gemm_nn_acc(m, n, k, A, lda, B, ldb, C, ldc);
+                        for (int i = 0; i < m; i++) {
+                            for (int c = 0; c < n; c++) {
+                                double w = C0[i * ldc + c], a = fabs(w);
+                                for (int j = 0; j < k; j++) {
+                                    w += (double)A[i * lda + j] * B[j * ldb + c];
+                                    a += fabs((double)A[i * lda + j] * B[j * ldb + c]);
+                                }
+                                if (fabs(C[i * ldc + c] - w) > a * (k + 1) * 1.2e-7 + 1e-30)
+                                    fail_msg("gemm_nn_acc[%s] m=%d n=%d k=%d shift %d (%d,%d): "
+                                             "%.9g vs %.9g",
+                                             sets[s]->isa, m, n, k, shift, i, c, C[i * ldc + c],
+                                             w);
                             }
-                            if (fabs(C[i * ldc + c] - w) > a * (k + 1) * 1.2e-7 + 1e-30)
-                                fail_msg("gemm_nn_acc[%s] m=%d n=%d k=%d (%d,%d): %.9g vs %.9g",
-                                         sets[s]->isa, m, n, k, i, c, C[i * ldc + c], w);
+                            for (int c = n; c < (int)ldc; c++)
+                                assert_true(C[i * ldc + c] == C0[i * ldc + c]);
                         }
-                        for (int c = n; c < (int)ldc; c++)
-                            assert_true(C[i * ldc + c] == C0[i * ldc + c]);
                     }
-                }
-    free(A);
+    }
+    free(Abuf);
     free(B);
     free(C);
     free(C0);
@@ -161,6 +188,22 @@ static void test_isa_cap(void **state)
     assert_string_equal(nsa_cpu_isa(ctx), "scalar");
     assert_int_equal(nsa_cpu_set_max_isa(ctx, "native"), NSA_OK);
     assert_string_equal(nsa_cpu_isa(ctx), sets[nsets - 1]->isa);
+    /* caps order scalar < avx2 < avx512: each gives the highest usable set
+     * not above it */
+    static const char *caps[3] = {"avx2", "avx512", "neon"};
+    for (int c = 0; c < 3; c++) {
+        assert_int_equal(nsa_cpu_set_max_isa(ctx, caps[c]), NSA_OK);
+        const char *want = "scalar";
+        for (int s = 0; s < nsets; s++) {
+            const int x86 = strcmp(caps[c], "neon") != 0;
+            const char *n = sets[s]->isa;
+            const int below = strcmp(n, caps[c]) == 0 ||
+                              (x86 && strcmp(caps[c], "avx512") == 0 && strcmp(n, "avx2") == 0);
+            if (below)
+                want = n;
+        }
+        assert_string_equal(nsa_cpu_isa(ctx), want);
+    }
     assert_int_equal(nsa_cpu_set_max_isa(ctx, "sse9"), NSA_ERR_ARG);
     assert_non_null(strstr(nsa_context_last_error(ctx), "sse9"));
     assert_int_equal(nsa_context_create("ref", &ref, msg, sizeof msg), NSA_OK);

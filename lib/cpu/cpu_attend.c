@@ -170,7 +170,9 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
     const size_t hpg = (size_t)(c->H / c->G), mt = TQ * hpg;
     const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
     memset(w, 0, sizeof *w);
-    w->qt = malloc(sizeof(float) * mt * (size_t)c->dk);
+    /* 64-byte aligned: with dk a multiple of 16 every query row then loads
+     * whole cache lines (the avx512 gemm_nt copies misaligned rows) */
+    w->qt = aligned_alloc(64, (sizeof(float) * mt * (size_t)c->dk + 63) / 64 * 64);
     w->s = malloc(sizeof(float) * mt * BK);
     w->pc = malloc(sizeof(float) * CTQ * hpg * ldp);
     w->ps = malloc(sizeof(float) * ldp);
@@ -291,7 +293,7 @@ static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scrat
                 acc += (float)M->val[e] * w->ps[M->col[e]];
         w->score[j] = acc;
     }
-    nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+    nsa_cpu_select_topn(c, t, w->score, w->work, w->sel);
 }
 
 /* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
@@ -602,6 +604,9 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
 typedef struct dplan {
     const nsa_simd_kernels *k;
     const nsa_decode_job *job;
+    const float *q; /* job->q copied 64-byte aligned: the kernels' rows then
+                       load whole cache lines (avx512 gemm_nt copies A
+                       otherwise, at every call) */
     int dense, hpg, nitem;
     int ncmp;       /* chunk slots an item in A */
     int nslc, nwin; /* chunk slots an item in C: selected (dense: all keys), window */
@@ -617,12 +622,15 @@ static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
 /* Combines the partials c < nch (stride floats apart) into o[hpg][dv]:
  * o = sum_c f_c o_c with f_c = exp(m_c - M) / sum_c' exp(m_c' - M) l_c',
- * M = max_c m_c, in the order of c. A chunk with m_c = -inf saw no key and
- * weighs nothing; no key at all gives zeros. fac (optional) gets f_c,
+ * M = max_c m_c, in the order of c (the kernels' gemm_nn_acc, one head at a
+ * time). A chunk with m_c = -inf saw no key and weighs nothing (f_c = 0,
+ * its o_c is zeros); no key at all gives zeros. fac (optional) gets f_c,
  * [nch][hpg]. */
-static void merge_parts(int hpg, int dv, const float *parts, size_t stride, int nch, float *o,
-                        float *fac)
+static void merge_parts(const nsa_simd_kernels *k, int hpg, int dv, const float *parts,
+                        size_t stride, int nch, float *o, float *fac)
 {
+    enum { FB = 64 }; /* factors a kernel call */
+    float fi[FB];
     for (int i = 0; i < hpg; i++) {
         float M = -INFINITY, L = 0.0f;
         for (int c = 0; c < nch; c++) {
@@ -637,16 +645,18 @@ static void merge_parts(int hpg, int dv, const float *parts, size_t stride, int 
         const float inv = L > 0.0f ? 1.0f / L : 0.0f;
         float *oi = o + (size_t)i * dv;
         memset(oi, 0, sizeof(float) * (size_t)dv);
-        for (int c = 0; c < nch; c++) {
-            const float *pt = parts + (size_t)c * stride;
-            const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
-            if (fac)
-                fac[(size_t)c * hpg + i] = f;
-            if (f == 0.0f)
-                continue;
-            const float *oc = pt + 2 * (size_t)hpg + (size_t)i * dv;
-            for (int e = 0; e < dv; e++)
-                oi[e] += f * oc[e];
+        for (int c0 = 0; c0 < nch; c0 += FB) {
+            const int nb = nch - c0 < FB ? nch - c0 : FB;
+            for (int c = 0; c < nb; c++) {
+                const float *pt = parts + (size_t)(c0 + c) * stride;
+                const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
+                if (fac)
+                    fac[(size_t)(c0 + c) * hpg + i] = f;
+                fi[c] = f;
+            }
+            k->gemm_nn_acc(1, dv, nb, fi, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
+                                                    (size_t)i * dv,
+                           stride, oi, (size_t)dv);
         }
     }
 }
@@ -667,7 +677,7 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
     float *P = p->prob + (size_t)it * hpg * p->ldp + j0;
     const float *K = sq->kc + (size_t)j0 * krow + (size_t)g * dk;
     const float *V = sq->vc + (size_t)j0 * vrow + (size_t)g * dv;
-    const float *qh = job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
+    const float *qh = p->q + ((size_t)b * c->H + (size_t)g * hpg) * dk;
     /* The rows are cold at every step: the values are asked for at once
      * (used after the scores), the keys a tile of KT ahead. */
     enum { KT = 32 };
@@ -707,18 +717,15 @@ static void dec_select(const dplan *p, int it, scratch *w, float *fac)
     const int64_t t = job->seq[it / c->G].t;
     const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
     const float *prob = p->prob + (size_t)it * hpg * p->ldp;
-    merge_parts(hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
+    merge_parts(p->k, hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
                 p->ocmp + (size_t)it * hpg * c->dv, fac);
     for (int ch = 0; ch < nch; ch++) {
+        /* ps[j] = sum_i f_i row_i[j], in the order of i */
         const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
         float *ps = w->ps + j0;
         memset(ps, 0, sizeof(float) * (size_t)nk);
-        for (int i = 0; i < hpg; i++) {
-            const float *row = prob + (size_t)i * p->ldp + j0;
-            const float f = fac[(size_t)ch * hpg + i];
-            for (int j = 0; j < nk; j++)
-                ps[j] += f * row[j];
-        }
+        p->k->gemm_nn_acc(1, nk, hpg, fac + (size_t)ch * hpg, (size_t)hpg, prob + j0, p->ldp, ps,
+                          (size_t)nk);
     }
     score_select(c, job->map, t, w);
     memcpy(job->sel_out + (size_t)it * c->n, w->sel, sizeof(int32_t) * c->n);
@@ -790,7 +797,7 @@ static void dec_attn_chunk(const dplan *p, int it, int ch, scratch *w)
         }
     }
     const span *sp = (!p->dense && ch < p->nslc) ? w->sp : piece;
-    flash_spans(p->k, hpg, dk, dv, job->scale, job->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
+    flash_spans(p->k, hpg, dk, dv, job->scale, p->q + ((size_t)b * c->H + (size_t)g * hpg) * dk,
                 (size_t)dk, K + (size_t)g * dk, krow, V + (size_t)g * dv, vrow, sp, np, NULL, NULL,
                 w->s, m, l, o);
 }
@@ -804,12 +811,12 @@ static void dec_finish(const dplan *p, int it, scratch *w)
     const size_t at = ((size_t)b * H + (size_t)g * hpg) * dv, len = (size_t)hpg * dv;
     const float *parts = p->pc + (size_t)it * (p->nslc + p->nwin) * p->pstride;
     if (p->dense) {
-        merge_parts(hpg, dv, parts, p->pstride, p->nslc, job->out + at, NULL);
+        merge_parts(p->k, hpg, dv, parts, p->pstride, p->nslc, job->out + at, NULL);
         return;
     }
     const float *ocmp = p->ocmp + (size_t)it * len;
-    merge_parts(hpg, dv, parts, p->pstride, p->nslc, w->oslc, NULL);
-    merge_parts(hpg, dv, parts + (size_t)p->nslc * p->pstride, p->pstride, p->nwin, w->owin,
+    merge_parts(p->k, hpg, dv, parts, p->pstride, p->nslc, w->oslc, NULL);
+    merge_parts(p->k, hpg, dv, parts + (size_t)p->nslc * p->pstride, p->pstride, p->nwin, w->owin,
                 NULL);
     if (job->out_cmp)
         memcpy(job->out_cmp + at, ocmp, sizeof(float) * len);
@@ -862,12 +869,13 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
 #ifdef _OPENMP
     nth = omp_get_max_threads();
 #endif
-    /* one block: shared [prob, ocmp, pa, pc], then per thread [s, oslc,
+    /* one block: shared [prob, ocmp, pa, pc, q], then per thread [s, oslc,
      * owin, ps, score, work, sel, sp, fac] */
     const size_t rows = (size_t)p.nitem * p.hpg, f = sizeof(float), a = 64;
     const size_t sz_prob = dense ? 0 : rows * p.ldp * f, sz_ocmp = dense ? 0 : rows * c->dv * f;
     const size_t sz_pa = (size_t)p.nitem * p.ncmp * p.pstride * f;
     const size_t sz_pc = (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride * f;
+    const size_t sz_q = (size_t)job->B * c->H * c->dk * f;
     const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
     const size_t per[9] = {(size_t)p.hpg * BK * f, (size_t)p.hpg * c->dv * f,
                            (size_t)p.hpg * c->dv * f, p.ldp * f, vis * f, vis,
@@ -876,7 +884,7 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     size_t thread_bytes = 0;
     for (int i = 0; i < 9; i++)
         thread_bytes += (per[i] + a - 1) / a * a;
-    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) +
+    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) + (sz_q + a) +
                          (size_t)nth * thread_bytes + a;
     if (st->ws_size < bytes) {
         free(st->ws);
@@ -891,6 +899,9 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     p.ocmp = carve(&at, sz_ocmp);
     p.pa = carve(&at, sz_pa);
     p.pc = carve(&at, sz_pc);
+    float *qa = carve(&at, sz_q);
+    memcpy(qa, job->q, sz_q);
+    p.q = qa;
     char *const thread_base = at;
     const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
 #ifdef _OPENMP

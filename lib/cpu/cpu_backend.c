@@ -43,7 +43,7 @@ static nsa_status cpu_init(nsa_context *ctx, void **state)
         if (isa < 0) {
             free(st);
             return nsa_fail(ctx, NSA_ERR_ARG,
-                            "NSA_MAX_ISA='%s' must be scalar, avx2, neon or native", cap);
+                            "NSA_MAX_ISA='%s' must be scalar, avx2, avx512, neon or native", cap);
         }
         st->k = nsa_cpu_kernels_capped(st->best, (nsa_isa)isa);
     }
@@ -80,7 +80,7 @@ static void cpu_fini(void *state)
 
 const nsa_backend_ops nsa_backend_cpu = {
     .name = "cpu",
-    .description = "CPU: SIMD kernels (AVX2+FMA / NEON / scalar), OpenMP, OpenBLAS",
+    .description = "CPU: SIMD kernels (AVX-512 / AVX2+FMA / NEON / scalar), OpenMP, OpenBLAS",
     .probe = cpu_probe,
     .init = cpu_init,
     .fini = cpu_fini,
@@ -106,7 +106,7 @@ nsa_status nsa_cpu_set_max_isa(nsa_context *ctx, const char *isa)
     }
     int i = nsa_cpu_isa_parse(isa);
     if (i < 0)
-        return nsa_fail(ctx, NSA_ERR_ARG, "isa '%s' must be scalar, avx2, neon or native", isa);
+        return nsa_fail(ctx, NSA_ERR_ARG, "isa '%s' must be scalar, avx2, avx512, neon or native", isa);
     st->k = nsa_cpu_kernels_capped(st->best, (nsa_isa)i);
     return NSA_OK;
 }

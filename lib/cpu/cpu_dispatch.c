@@ -4,7 +4,8 @@
 
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) &&                                           \
+    (defined(NSA_HAVE_AVX2) || defined(NSA_HAVE_AVX512))
 #include <cpuid.h>
 
 /* AVX2 and FMA in the processor, and YMM state saved by the OS (OSXSAVE,
@@ -41,23 +42,88 @@ static int x86_avx2_fma(char *why, size_t len)
     }
     return 1;
 }
+
+#ifdef NSA_HAVE_AVX512
+/* AVX-512 F, DQ, BW and VL in the processor (cpuid leaf 7, EBX bits 16,
+ * 17, 30, 31), and the OS saving the opmask, upper ZMM0-15 and ZMM16-31
+ * state (XCR0 bits 5, 6, 7) besides SSE and YMM (bits 1, 2). Called after
+ * x86_avx2_fma, which checked OSXSAVE and leaf 7. */
+static int x86_avx512(char *why, size_t len)
+{
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    static const struct {
+        int bit;
+        const char *name;
+    } need[4] = {{16, "AVX512F"}, {17, "AVX512DQ"}, {30, "AVX512BW"}, {31, "AVX512VL"}};
+    for (int i = 0; i < 4; i++)
+        if (!((b >> need[i].bit) & 1u)) {
+            snprintf(why, len, "processor lacks %s", need[i].name);
+            return 0;
+        }
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 0xe6u) != 0xe6u) {
+        snprintf(why, len, "the OS does not save opmask/ZMM state (XCR0=%#x)", xlo);
+        return 0;
+    }
+    return 1;
+}
 #endif
+#endif
+
+/* Bit isa set for each kernel set built in and usable here; why gets what
+ * keeps the best set of this target's family from being used, if anything. */
+static unsigned usable_sets(char *why, size_t len)
+{
+    unsigned u = 1u << NSA_ISA_SCALAR;
+    why[0] = '\0';
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(NSA_HAVE_AVX2) || defined(NSA_HAVE_AVX512)
+    if (x86_avx2_fma(why, len)) {
+#ifdef NSA_HAVE_AVX2
+        u |= 1u << NSA_ISA_AVX2;
+#endif
+#ifdef NSA_HAVE_AVX512
+        if (x86_avx512(why, len))
+            u |= 1u << NSA_ISA_AVX512;
+        else /* keep why: the processor or OS lacks it */
+            return u;
+#else
+        snprintf(why, len, "AVX-512 kernels not built");
+#endif
+    }
+#else
+    snprintf(why, len, "no SIMD kernels built for this target");
+#endif
+#elif defined(NSA_HAVE_NEON) && defined(__aarch64__)
+    u |= 1u << NSA_ISA_NEON; /* baseline on aarch64 */
+#else
+    snprintf(why, len, "no SIMD kernels built for this target");
+#endif
+    return u;
+}
+
+/* Within a family, a set's rank (scalar 0 < avx2 1 < avx512 2; neon 1). */
+static int isa_rank(nsa_isa isa)
+{
+    return isa == NSA_ISA_AVX512 ? 2 : isa == NSA_ISA_SCALAR ? 0 : 1;
+}
+
+static int isa_x86(nsa_isa isa) { return isa == NSA_ISA_AVX2 || isa == NSA_ISA_AVX512; }
 
 nsa_isa nsa_cpu_detect(char *why, size_t len)
 {
-    char buf[128] = "";
+    char buf[128];
+    const unsigned u = usable_sets(buf, sizeof buf);
     nsa_isa best = NSA_ISA_SCALAR;
-#if defined(NSA_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
-    if (x86_avx2_fma(buf, sizeof buf))
-        best = NSA_ISA_AVX2;
-#elif defined(NSA_HAVE_NEON) && defined(__aarch64__)
-    best = NSA_ISA_NEON; /* baseline on aarch64 */
-#else
-    snprintf(buf, sizeof buf, "no SIMD kernels built for this target");
-#endif
+    for (int i = 0; i < NSA_ISA_COUNT; i++)
+        if ((u >> i & 1u) && isa_rank((nsa_isa)i) > isa_rank(best))
+            best = (nsa_isa)i;
     if (why && len) {
-        if (best == NSA_ISA_SCALAR)
-            snprintf(why, len, "kernels: scalar (%s)", buf);
+        if (buf[0])
+            snprintf(why, len, "kernels: %s (%s)", nsa_cpu_isa_name(best), buf);
         else
             snprintf(why, len, "kernels: %s", nsa_cpu_isa_name(best));
     }
@@ -72,6 +138,8 @@ int nsa_cpu_isa_parse(const char *name)
         return NSA_ISA_SCALAR;
     if (strcmp(name, "avx2") == 0)
         return NSA_ISA_AVX2;
+    if (strcmp(name, "avx512") == 0)
+        return NSA_ISA_AVX512;
     if (strcmp(name, "neon") == 0)
         return NSA_ISA_NEON;
     return -1;
@@ -81,6 +149,7 @@ const char *nsa_cpu_isa_name(nsa_isa isa)
 {
     switch (isa) {
     case NSA_ISA_AVX2: return "avx2";
+    case NSA_ISA_AVX512: return "avx512";
     case NSA_ISA_NEON: return "neon";
     default: return "scalar";
     }
@@ -88,26 +157,39 @@ const char *nsa_cpu_isa_name(nsa_isa isa)
 
 const nsa_simd_kernels *nsa_cpu_kernels(nsa_isa isa)
 {
-    nsa_isa best = nsa_cpu_detect(NULL, 0);
-    if (isa == NSA_ISA_SCALAR)
-        return &nsa_simd_scalar;
+    char buf[128];
+    if ((int)isa < 0 || (int)isa >= NSA_ISA_COUNT || !(usable_sets(buf, sizeof buf) >> isa & 1u))
+        return NULL;
+    switch (isa) {
 #ifdef NSA_HAVE_AVX2
-    if (isa == NSA_ISA_AVX2 && best == NSA_ISA_AVX2)
-        return &nsa_simd_avx2;
+    case NSA_ISA_AVX2: return &nsa_simd_avx2;
+#endif
+#ifdef NSA_HAVE_AVX512
+    case NSA_ISA_AVX512: return &nsa_simd_avx512;
 #endif
 #ifdef NSA_HAVE_NEON
-    if (isa == NSA_ISA_NEON && best == NSA_ISA_NEON)
-        return &nsa_simd_neon;
+    case NSA_ISA_NEON: return &nsa_simd_neon;
 #endif
-    (void)best;
-    return NULL;
+    case NSA_ISA_SCALAR: return &nsa_simd_scalar;
+    default: return NULL;
+    }
 }
 
 const nsa_simd_kernels *nsa_cpu_kernels_capped(nsa_isa best, nsa_isa cap)
 {
-    /* Both families order scalar below their one SIMD set, so the cap
-     * either is the best set, or scalar, or of the other family. */
-    if (cap == best)
-        return nsa_cpu_kernels(best);
-    return &nsa_simd_scalar;
+    /* a cap of the other family leaves the portable set */
+    if (cap != NSA_ISA_SCALAR && best != NSA_ISA_SCALAR && isa_x86(cap) != isa_x86(best))
+        return &nsa_simd_scalar;
+    const int top = isa_rank(cap) < isa_rank(best) ? isa_rank(cap) : isa_rank(best);
+    const nsa_simd_kernels *k = &nsa_simd_scalar;
+    int got = 0;
+    for (int i = 0; i < NSA_ISA_COUNT; i++) {
+        const int r = isa_rank((nsa_isa)i);
+        if (r > got && r <= top && (isa_x86((nsa_isa)i) == isa_x86(best)) &&
+            nsa_cpu_kernels((nsa_isa)i)) {
+            k = nsa_cpu_kernels((nsa_isa)i);
+            got = r;
+        }
+    }
+    return k;
 }

@@ -6,8 +6,15 @@
 #include "nsa_internal.h"
 #include "simd/nsa_simd.h"
 
-/* Instruction sets, ordered within a family (scalar < avx2, scalar < neon). */
-typedef enum nsa_isa { NSA_ISA_SCALAR = 0, NSA_ISA_AVX2 = 1, NSA_ISA_NEON = 2 } nsa_isa;
+/* Instruction sets, ordered within a family (scalar < avx2 < avx512,
+ * scalar < neon; the values are names, nsa_cpu_kernels_capped orders them). */
+typedef enum nsa_isa {
+    NSA_ISA_SCALAR = 0,
+    NSA_ISA_AVX2 = 1,
+    NSA_ISA_NEON = 2,
+    NSA_ISA_AVX512 = 3,
+    NSA_ISA_COUNT = 4
+} nsa_isa;
 
 typedef struct nsa_cpu_state {
     nsa_isa best;                /* the best set this build and processor allow */
@@ -24,14 +31,15 @@ typedef struct nsa_cpu_state {
  * it (cpuid + XGETBV on x86; NEON is baseline on aarch64). why (optional)
  * gets a description of what was found. */
 NSA_HIDDEN nsa_isa nsa_cpu_detect(char *why, size_t why_len);
-/* "scalar", "avx2", "neon" -> isa; -1 for an unknown name. */
+/* "scalar", "avx2", "avx512", "neon" -> isa; -1 for an unknown name. */
 NSA_HIDDEN int nsa_cpu_isa_parse(const char *name);
 NSA_HIDDEN const char *nsa_cpu_isa_name(nsa_isa isa);
 /* The kernels for isa, or NULL when not built in or not usable here. */
 NSA_HIDDEN const nsa_simd_kernels *nsa_cpu_kernels(nsa_isa isa);
-/* The set to use when the best is best and the cap is cap: cap itself if
- * usable, else scalar (a cap of another family, e.g. neon on x86, gives
- * scalar). */
+/* The set to use when the best is best and the cap is cap: the highest
+ * usable set not above cap in best's family (avx512 best, avx2 cap: avx2;
+ * avx2 best, avx512 cap: avx2); a cap of another family, e.g. neon on x86,
+ * gives scalar. */
 NSA_HIDDEN const nsa_simd_kernels *nsa_cpu_kernels_capped(nsa_isa best, nsa_isa cap);
 
 /* C[M][N] (row stride ldc) = A[M][K] B[N][K]^T + bias[N] (bias may be
@@ -62,5 +70,11 @@ NSA_HIDDEN nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *
 NSA_HIDDEN nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *cfg,
                                               const nsa_batch *batch, const float *q,
                                               const float *k, const float *v, float *out);
+
+
+/* nsa_bm_select_f (spec 3's top-n with the forced blocks) with the same
+ * result, in one pass over the scores (NaN scores: nsa_bm_select_f). */
+NSA_HIDDEN void nsa_cpu_select_topn(const nsa_config *c, int64_t t, const float *s,
+                                    unsigned char *taken, int32_t *sel);
 
 #endif
