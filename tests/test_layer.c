@@ -7,23 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static nsa_layer_config small_cfg(void)
-{
-    nsa_layer_config c = nsa_layer_config_default();
-    c.attn.H = 4;
-    c.attn.G = 2;
-    c.attn.dk = 8;
-    c.attn.dv = 6;
-    c.attn.l = 8;
-    c.attn.d = 4;
-    c.attn.l_sel = 16;
-    c.attn.n = 3;
-    c.attn.w = 12;
-    c.D = 16;
-    c.rope_dim = 8;
-    return c;
-}
-
 static nsa_layer *make(nsa_context *ctx, const nsa_layer_config *c, uint64_t seed)
 {
     nsa_layer *L = NULL;
@@ -38,7 +21,7 @@ static void test_causal_and_varlen(void **state)
     nsa_context *ctx;
     assert_int_equal(nsa_context_create("ref", &ctx, NULL, 0), NSA_OK);
     for (int variant = 0; variant < 4; variant++) {
-        nsa_layer_config c = small_cfg();
+        nsa_layer_config c = tl_layer_config_small();
         c.shared_kv = variant & 1;
         if (variant & 2) {
             c.phi = NSA_PHI_MLP;
@@ -93,7 +76,7 @@ static void test_phi_mlp_average(void **state)
     (void)state;
     nsa_context *ctx;
     assert_int_equal(nsa_context_create("ref", &ctx, NULL, 0), NSA_OK);
-    nsa_layer_config ca = small_cfg(), cm = small_cfg();
+    nsa_layer_config ca = tl_layer_config_small(), cm = tl_layer_config_small();
     cm.phi = NSA_PHI_MLP;
     cm.phi_hidden = 0;
     nsa_layer *A = make(ctx, &ca, 5), *M = make(ctx, &cm, 5);
@@ -169,17 +152,17 @@ static void test_config_rules(void **state)
 {
     (void)state;
     char msg[256];
-    nsa_layer_config c = small_cfg();
+    nsa_layer_config c = tl_layer_config_small();
     c.rope_dim = 7;
     assert_int_equal(nsa_layer_config_validate(&c, msg, sizeof msg), NSA_ERR_ARG);
     assert_non_null(strstr(msg, "rope_dim=7"));
-    c = small_cfg();
+    c = tl_layer_config_small();
     c.gate_tau = 0;
     assert_int_equal(nsa_layer_config_validate(&c, msg, sizeof msg), NSA_ERR_ARG);
-    c = small_cfg();
+    c = tl_layer_config_small();
     c.D = 0;
     assert_int_equal(nsa_layer_config_validate(&c, msg, sizeof msg), NSA_ERR_ZERO_SIZE);
-    c = small_cfg();
+    c = tl_layer_config_small();
     c.attn.G = 3;
     assert_int_equal(nsa_layer_config_validate(&c, msg, sizeof msg), NSA_ERR_GQA);
     nsa_context *ctx;

@@ -20,18 +20,7 @@
 
 static nsa_layer_config cfg_of(int variant)
 {
-    nsa_layer_config c = nsa_layer_config_default();
-    c.attn.H = 4;
-    c.attn.G = 2;
-    c.attn.dk = 8;
-    c.attn.dv = 6;
-    c.attn.l = 8;
-    c.attn.d = 4;
-    c.attn.l_sel = 16;
-    c.attn.n = 3;
-    c.attn.w = 12;
-    c.D = 16;
-    c.rope_dim = 8;
+    nsa_layer_config c = tl_layer_config_small();
     if (variant == 1) {
         /* the other weight slots: gate MLP with biases, shared K/V */
         c.gate_hidden = 5;

@@ -15,29 +15,12 @@
 #define NSA_SHARED_DIR "../shared"
 #endif
 
-static nsa_layer_config small_cfg(void)
-{
-    nsa_layer_config c = nsa_layer_config_default();
-    c.attn.H = 4;
-    c.attn.G = 2;
-    c.attn.dk = 8;
-    c.attn.dv = 6;
-    c.attn.l = 8;
-    c.attn.d = 4;
-    c.attn.l_sel = 16;
-    c.attn.n = 3;
-    c.attn.w = 12;
-    c.D = 16;
-    c.rope_dim = 8;
-    return c;
-}
-
 /* The variants the brief asks for: shared/independent KV, avg and mlp phi
  * (hidden 0 and > 0), pe, both gate activations and gate MLP shapes, and
  * the non-default enums and floats, so each metadata key matters. */
 static nsa_layer_config variant(int v)
 {
-    nsa_layer_config c = small_cfg();
+    nsa_layer_config c = tl_layer_config_small();
     switch (v) {
     case 0: /* defaults: independent KV, avg, softmax, linear gate */
         break;

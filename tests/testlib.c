@@ -4,6 +4,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+nsa_layer_config tl_layer_config_small(void)
+{
+    nsa_layer_config c = nsa_layer_config_default();
+    c.attn.H = 4;
+    c.attn.G = 2;
+    c.attn.dk = 8;
+    c.attn.dv = 6;
+    c.attn.l = 8;
+    c.attn.d = 4;
+    c.attn.l_sel = 16;
+    c.attn.n = 3;
+    c.attn.w = 12;
+    c.D = 16;
+    c.rope_dim = 8;
+    return c;
+}
+
 nsa_config tl_config(int H, int G, int dk, int dv, int l, int d, int l_sel, int n, int n_init,
                      int n_local, int w, nsa_mapping m)
 {

@@ -14,6 +14,9 @@
 /* The paper defaults with every size and the mapping given. */
 nsa_config tl_config(int H, int G, int dk, int dv, int l, int d, int l_sel, int n, int n_init,
                      int n_local, int w, nsa_mapping m);
+/* A small layer (D=16, H=4, G=2, dk=8, dv=6, l=8 d=4 l'=16 n=3 w=12,
+ * rope over all dk): fast enough for every backend and every test. */
+nsa_layer_config tl_layer_config_small(void);
 /* Fills n floats uniform in [lo, hi) from a seeded generator. */
 void tl_fill(float *x, size_t n, uint64_t seed, float lo, float hi);
 /* Allocates n floats filled with a NaN pattern, so unwritten outputs fail. */

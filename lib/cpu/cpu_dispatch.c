@@ -8,6 +8,16 @@
     (defined(NSA_HAVE_AVX2) || defined(NSA_HAVE_AVX512))
 #include <cpuid.h>
 
+/* XCR0's low word: which register states the OS saves (only after
+ * cpuid has shown OSXSAVE). */
+static unsigned xcr0_low(void)
+{
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    return lo;
+}
+
 /* AVX2 and FMA in the processor, and YMM state saved by the OS (OSXSAVE,
  * then XCR0 bits 1 and 2): without the last, the first AVX instruction
  * faults even on a processor that has it. */
@@ -23,9 +33,7 @@ static int x86_avx2_fma(char *why, size_t len)
         snprintf(why, len, "no AVX or no OSXSAVE");
         return 0;
     }
-    unsigned xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
+    const unsigned xlo = xcr0_low();
     if ((xlo & 6u) != 6u) {
         snprintf(why, len, "the OS does not save YMM state (XCR0=%#x)", xlo);
         return 0;
@@ -61,9 +69,7 @@ static int x86_avx512(char *why, size_t len)
             snprintf(why, len, "processor lacks %s", need[i].name);
             return 0;
         }
-    unsigned xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
+    const unsigned xlo = xcr0_low();
     if ((xlo & 0xe6u) != 0xe6u) {
         snprintf(why, len, "the OS does not save opmask/ZMM state (XCR0=%#x)", xlo);
         return 0;
