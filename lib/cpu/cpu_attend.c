@@ -517,70 +517,59 @@ nsa_status nsa_cpu_attend(nsa_context *ctx, const nsa_attn_job *job)
 }
 
 /* ------------------------------------------------------ dense baseline */
+typedef struct dense_arg {
+    const nsa_simd_kernels *k;
+    const nsa_config *c;
+    const nsa_batch *bt;
+    const items *it;
+    const float *q, *kk, *v;
+    float *out;
+} dense_arg;
+
+/* One (sequence, query tile, group) item of the dense causal baseline:
+ * flash attention of its TQ x hpg rows over keys [0, t]. */
+static void dense_item(int64_t i, scratch *w, const void *arg)
+{
+    const dense_arg *a = arg;
+    const nsa_config *c = a->c;
+    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
+    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
+    int b, g;
+    int64_t t0;
+    item_at(a->it, i, &b, &t0, &g);
+    const int64_t base = a->bt->cu[b], S = a->bt->cu[b + 1] - base;
+    const int nt = (int)(S - t0 < TQ ? S - t0 : TQ);
+    gather_q(c, a->q, base + t0, nt, g, w->qt);
+    for (int u = 0; u < nt; u++)
+        for (int r = 0; r < hpg; r++) {
+            w->rlo[u * hpg + r] = 0;
+            w->rhi[u * hpg + r] = t0 + u + 1;
+        }
+    span sp = {0, t0 + nt};
+    flash(a->k, nt * hpg, dk, dv, nsa_config_scale(c), w->qt, (size_t)dk,
+          a->kk + (size_t)base * krow + (size_t)g * dk, krow,
+          a->v + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, w->rlo, w->rhi, w->s,
+          w->mrow, w->lrow, w->ocmp);
+    for (int u = 0; u < nt; u++)
+        memcpy(a->out + ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv,
+               w->ocmp + (size_t)u * hpg * dv, sizeof(float) * (size_t)hpg * dv);
+}
+
 nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
                                    const nsa_batch *bt, const float *q, const float *kk,
                                    const float *v, float *out)
 {
-    const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
-    const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
-    const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
-    const float scale = nsa_config_scale(c);
     items it;
-    if (!items_make(&it, bt, G))
+    if (!items_make(&it, bt, c->G))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the dense attention");
-    int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
-    {
-        const size_t mt = (size_t)TQ * hpg;
-        float *qt = malloc(sizeof(float) * mt * dk), *s = malloc(sizeof(float) * mt * BK);
-        float *o = malloc(sizeof(float) * mt * dv), *ml = malloc(sizeof(float) * 2 * mt);
-        int64_t *lim = malloc(sizeof(int64_t) * 2 * mt);
-        const int ok = qt && s && o && ml && lim;
-        if (!ok) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t i = 0; i < it.n; i++) {
-            if (!ok)
-                continue;
-            int b, g;
-            int64_t t0;
-            item_at(&it, i, &b, &t0, &g);
-            const int64_t base = bt->cu[b], S = bt->cu[b + 1] - base;
-            const int nt = (int)(S - t0 < TQ ? S - t0 : TQ);
-            gather_q(c, q, base + t0, nt, g, qt);
-            for (int u = 0; u < nt; u++)
-                for (int r = 0; r < hpg; r++) {
-                    lim[u * hpg + r] = 0;
-                    lim[mt + u * hpg + r] = t0 + u + 1;
-                }
-            span sp = {0, t0 + nt};
-            flash(k, nt * hpg, dk, dv, scale, qt, (size_t)dk, kk + (size_t)base * krow + (size_t)g * dk,
-                  krow, v + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, lim, lim + mt, s,
-                  ml, ml + mt, o);
-            for (int u = 0; u < nt; u++)
-                memcpy(out + ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv,
-                       o + (size_t)u * hpg * dv, sizeof(float) * (size_t)hpg * dv);
-        }
-        free(qt);
-        free(s);
-        free(o);
-        free(ml);
-        free(lim);
-    }
+    const dense_arg arg = {((const nsa_cpu_state *)ctx->be_state)->k, c, bt, &it, q, kk, v, out};
+    /* the scratch of the NSA items serves: no compressed keys, no selection */
+    const int ok = parallel_items(c, 0, 1, it.n, dense_item, &arg);
     free(it.tile_off);
-    if (failed)
+    if (!ok)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the dense attention scratch");
     return NSA_OK;
 }
-
 
 /* ---------------------------------------------------------------- decode */
 /* One new token per (sequence, group) item over its caches (spec 7), split
