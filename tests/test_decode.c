@@ -5,7 +5,9 @@
  * device mirror of the caches (opencl) the same tests run through it, and
  * test_mirror checks its sync: reset and re-prefill of one sequence while
  * others go on, injected device failures, the attention and dense baseline
- * over the mirror against the reference over the host caches. */
+ * over the mirror against the reference over the host caches;
+ * test_fused_step the step whose q, gates and o stay on the device
+ * (dcache_step): gate activations, RoPE widths, device failures. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"

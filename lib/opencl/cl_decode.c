@@ -11,7 +11,10 @@
  * generation changed (reset, prefill) or whose last sync failed is
  * uploaded whole. The caches of all sequences share one buffer per tensor
  * with a common capacity that grows by doubling (copied on the device);
- * they never come back to the host. */
+ * they never come back to the host. nsa_cl_dcache_step (vtable
+ * dcache_step) runs a decode step's q and gate projections, RoPE of q, the
+ * gate activation, the attention and Wo here in one call, so q, the gates
+ * and o stay in the mirror's buffers. */
 #include "cl_run.h"
 #include "cl_weights.h"
 
