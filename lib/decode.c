@@ -11,7 +11,10 @@
  * A backend with a device mirror of the caches (vtable dcache_*) gets one
  * per state; the host caches stay the source of truth, and the mirror is
  * told per sequence a generation number (bumped on reset and prefill) so
- * that it re-uploads a sequence whose history changed. */
+ * that it re-uploads a sequence whose history changed. A backend that
+ * also offers dcache_step runs the rest of the step there: only the K/V
+ * projections come to the host (for the caches), q, the gates and the
+ * attention output stay on the device, and y comes back. */
 #include "decode.h"
 #include "layer.h"
 
@@ -39,6 +42,7 @@ struct nsa_decode_state {
     uint64_t *gen;            /* [B] generation of each sequence's history */
     int dc_fail;              /* test hook, see decode.h */
     int fail_late;            /* test hook, see decode.h */
+    int64_t fused_steps;      /* steps run by the backend's dcache_step */
 };
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
@@ -395,6 +399,16 @@ static nsa_status attend_job(nsa_decode_state *st, const nsa_decode_job *job, in
 
 int nsa_decode_has_mirror(const nsa_decode_state *st) { return st && st->dc; }
 
+int64_t nsa_decode_fused_steps(const nsa_decode_state *st) { return st ? st->fused_steps : 0; }
+
+/* The step's q, gates and o stay on the device (vtable dcache_step): a
+ * mirror, a backend that offers it, and a gate without hidden layer (the
+ * gate MLP runs on the host). */
+static int fused(const nsa_decode_state *st)
+{
+    return st->dc && st->be->dcache_step && st->L->cfg.gate_hidden == 0;
+}
+
 void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
 {
     if (st)
@@ -522,14 +536,21 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
     const size_t per = 2 * (kr + vr) + (kr + vr);
     float *tmp = st_alloc(st, sizeof(float) * (size_t)B * per);
     float *zk = st_alloc(st, sizeof(float) * (size_t)c->l * (kr + vr));
-    if (s == NSA_OK && (!o || !sel || !sd || !tmp || !zk))
+    const int dev = fused(st);
+    const int rd = L->cfg.rope_dim;
+    /* the fused step's RoPE angles (cos, sin) a sequence */
+    float *rope = dev && rd > 0 ? st_alloc(st, sizeof(float) * (size_t)B * rd) : NULL;
+    if (s == NSA_OK && (!o || !sel || !sd || !tmp || !zk || (dev && rd > 0 && !rope)))
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
     if (s == NSA_OK &&
         (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t),
                               &map)) != NSA_OK)
         nsa_fail(ctx, s, "out of memory for the mapping (state unchanged)");
     if (s == NSA_OK)
-        s = nsa_layer_project(L, x, B, need + 2 * B, aux ? aux->gates : NULL, &act);
+        s = dev ? nsa_layer_project_kv(L, x, B, need + 2 * B, &act)
+                : nsa_layer_project(L, x, B, need + 2 * B, aux ? aux->gates : NULL, &act);
+    if (s == NSA_OK && rope)
+        nsa_layer_rope_table(L, need + 2 * B, B, rope);
 
     /* compressed token due at t: phi over the ring's last l-1 rows + the new row */
     for (int b = 0; b < B && s == NSA_OK; b++) {
@@ -589,14 +610,30 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
             sd[b] = (nsa_decode_seq){t, sq->kc, sq->vc, sq->ks, sq->vs, sq->kw, sq->vw};
         }
         nsa_decode_job job = {c,   nsa_config_scale(c), &map, B,
-                              sd,  act.q,               act.gates, o,
+                              sd,  act.q,               act.gates, dev ? NULL : o,
                               aux ? aux->out_cmp : NULL, aux ? aux->out_slc : NULL,
                               aux ? aux->out_win : NULL, sel};
-        s = attend_job(st, &job, 0);
+        if (dev) {
+            /* q, gates, o on the device: projections, attention and Wo in
+             * one call; y (and what aux asks for) comes back */
+            nsa_linear_job lj[3];
+            nsa_wkey key[3];
+            nsa_layer_step_jobs(L, B, lj, key);
+            nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2], rd, rope,
+                                L->cfg.gate_act == NSA_GATE_SIGMOID, L->cfg.gate_tau,
+                                aux ? aux->gates : NULL, y};
+            nsa_dcache_sync sync = {st->gen, st->dc_fail};
+            st->dc_fail = 0;
+            s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
+            if (s == NSA_OK)
+                st->fused_steps++;
+        } else {
+            s = attend_job(st, &job, 0);
+        }
         if (s == NSA_OK && st->fail_late)
             s = nsa_fail(ctx, NSA_ERR_BACKEND, "injected failure after the attention (test)");
         st->fail_late = 0;
-        if (s == NSA_OK)
+        if (s == NSA_OK && !dev)
             s = nsa_layer_output(L, o, B, y);
         if (s != NSA_OK) {
             /* undo: only the ring rows hold something the state still needs */
@@ -647,5 +684,6 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
     free(sd);
     free(tmp);
     free(zk);
+    free(rope);
     return s;
 }

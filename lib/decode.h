@@ -16,6 +16,9 @@ NSA_HIDDEN nsa_status nsa_decode_view(const nsa_decode_state *st, int b, nsa_dec
 /* 1 if the state has a device mirror of its caches (the backend's
  * dcache_new succeeded). */
 NSA_HIDDEN int nsa_decode_has_mirror(const nsa_decode_state *st);
+/* Steps of this state that ran on the device past the K/V projections
+ * (the backend's dcache_step). */
+NSA_HIDDEN int64_t nsa_decode_fused_steps(const nsa_decode_state *st);
 
 /* Test hook: the n-th device operation of the next mirror call fails
  * (n >= 1; the call's failure marks the mirror stale). */

@@ -436,8 +436,9 @@ void nsa_acts_free(nsa_acts *a)
     memset(a, 0, sizeof *a);
 }
 
-nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const int64_t *pos,
-                             float *gates, nsa_acts *a)
+/* nsa_layer_project; with_qg = 0 leaves q and the gates out (NULL). */
+static nsa_status project(nsa_layer *L, const float *x, int64_t rows, const int64_t *pos,
+                          float *gates, nsa_acts *a, int with_qg)
 {
     const nsa_layer_config *c = &L->cfg;
     const nsa_config *ac = &c->attn;
@@ -446,12 +447,13 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
     const size_t nk = R * G * (size_t)ac->dk, nv = R * G * (size_t)ac->dv;
     const int nbr = c->shared_kv ? 1 : 3;
     memset(a, 0, sizeof *a);
-    a->q = malloc(sizeof(float) * R * H * (size_t)ac->dk);
+    a->q = with_qg ? malloc(sizeof(float) * R * H * (size_t)ac->dk) : NULL;
     a->kv = malloc(sizeof(float) * (nk + nv) * (size_t)nbr);
     a->kraw = c->rope_cmp == NSA_ROPE_AFTER ? malloc(sizeof(float) * nk) : NULL;
-    a->own_gates = gates == NULL;
-    a->gates = gates ? gates : malloc(sizeof(float) * R * H * 3);
-    if (!a->q || !a->kv || !a->gates || (c->rope_cmp == NSA_ROPE_AFTER && !a->kraw)) {
+    a->own_gates = with_qg && gates == NULL;
+    a->gates = !with_qg ? NULL : gates ? gates : malloc(sizeof(float) * R * H * 3);
+    if ((with_qg && (!a->q || !a->gates)) || !a->kv ||
+        (c->rope_cmp == NSA_ROPE_AFTER && !a->kraw)) {
         nsa_acts_free(a);
         return nsa_fail(ctx, NSA_ERR_NOMEM,
                         "out of memory for the layer's activations (%lld rows)",
@@ -463,17 +465,20 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
         a->v[b] = a->k[b] + nk;
     }
     /* every linear of x in one batch (x crosses to a device once) */
-    float *h = c->gate_hidden > 0 ? malloc(sizeof(float) * R * (size_t)c->gate_hidden) : NULL;
-    if (c->gate_hidden > 0 && !h) {
+    const int need_h = with_qg && c->gate_hidden > 0;
+    float *h = need_h ? malloc(sizeof(float) * R * (size_t)c->gate_hidden) : NULL;
+    if (need_h && !h) {
         nsa_acts_free(a);
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
     }
     nsa_wkey key[8];
     nsa_linear_job j[8];
     int nj = 0;
-    key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_Q, L->wgen};
-    j[nj] = (nsa_linear_job){x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q, &key[nj]};
-    nj++;
+    if (with_qg) {
+        key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_Q, L->wgen};
+        j[nj] = (nsa_linear_job){x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q, &key[nj]};
+        nj++;
+    }
     for (int b = 0; b < nbr; b++) {
         key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_K0 + b, L->wgen};
         j[nj] = (nsa_linear_job){x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b],
@@ -484,10 +489,12 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
                                  &key[nj]};
         nj++;
     }
-    gate_job(L, x, rows, a->gates, h, &key[nj], &j[nj]);
-    nj++;
+    if (with_qg) {
+        gate_job(L, x, rows, a->gates, h, &key[nj], &j[nj]);
+        nj++;
+    }
     nsa_status s = linear_many(ctx, j, nj);
-    if (s == NSA_OK)
+    if (s == NSA_OK && with_qg)
         s = gates_finish(L, rows, h, a->gates);
     free(h);
     if (s != NSA_OK) {
@@ -506,7 +513,8 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
         double *sn = cs + c->rope_dim / 2;
         for (size_t r = 0; r < R; r++) {
             rope_angles(c->rope_dim, c->rope_base, (double)pos[r], cs, sn);
-            rope_rotate(a->q + r * H * ac->dk, (int)H, ac->dk, c->rope_dim, cs, sn);
+            if (with_qg)
+                rope_rotate(a->q + r * H * ac->dk, (int)H, ac->dk, c->rope_dim, cs, sn);
             for (int b = 0; b < nbr; b++)
                 rope_rotate(a->k[b] + r * G * ac->dk, (int)G, ac->dk, c->rope_dim, cs, sn);
         }
@@ -514,6 +522,42 @@ nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const i
     }
     a->k_for_phi = a->kraw ? a->kraw : a->k[NSA_BR_CMP];
     return NSA_OK;
+}
+
+nsa_status nsa_layer_project(nsa_layer *L, const float *x, int64_t rows, const int64_t *pos,
+                             float *gates, nsa_acts *a)
+{
+    return project(L, x, rows, pos, gates, a, 1);
+}
+
+nsa_status nsa_layer_project_kv(nsa_layer *L, const float *x, int64_t rows, const int64_t *pos,
+                                nsa_acts *a)
+{
+    return project(L, x, rows, pos, NULL, a, 0);
+}
+
+void nsa_layer_rope_table(const nsa_layer *L, const int64_t *pos, int64_t rows, float *tab)
+{
+    const int rd = L->cfg.rope_dim, half = rd / 2;
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < half; i++) {
+            /* rope_angles' arithmetic */
+            const double th = (double)pos[r] * pow((double)L->cfg.rope_base, -2.0 * i / (double)rd);
+            tab[r * rd + i] = (float)cos(th);
+            tab[r * rd + half + i] = (float)sin(th);
+        }
+}
+
+void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[3], nsa_wkey key[3])
+{
+    const nsa_layer_config *c = &L->cfg;
+    const nsa_config *ac = &c->attn;
+    key[0] = (nsa_wkey){&L->wc, NSA_WSLOT_Q, L->wgen};
+    j[0] = (nsa_linear_job){NULL, rows, c->D, ac->H * ac->dk, L->wq, NULL, NULL, &key[0]};
+    key[1] = (nsa_wkey){&L->wc, NSA_WSLOT_GATE1, L->wgen};
+    j[1] = (nsa_linear_job){NULL, rows, c->D, ac->H * 3, L->gw1, L->gb1, NULL, &key[1]};
+    key[2] = (nsa_wkey){&L->wc, NSA_WSLOT_O, L->wgen};
+    j[2] = (nsa_linear_job){NULL, rows, ac->H * ac->dv, c->D, L->wo, NULL, NULL, &key[2]};
 }
 
 nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y)

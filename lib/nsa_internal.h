@@ -177,6 +177,26 @@ typedef struct nsa_dcache_sync {
     int fail_at; /* tests: the fail_at-th device operation of the call fails (0 = none) */
 } nsa_dcache_sync;
 
+/* One decode step past the K/V projections, on a backend that keeps it on
+ * the device (vtable dcache_step): x_t goes up, q = x Wq^T and the gate
+ * logits x Wg^T + bg are computed there, q rotated and the gates
+ * activated there, the decode attention (dj, whose q, gates and out are
+ * unused) reads them there, and its output goes into Wo there: only y (and
+ * dj's selection, the branch outputs and gates_out when asked) comes back.
+ * The linears are keyed (device-resident weights); their x and y are
+ * unused. */
+typedef struct nsa_dstep_job {
+    const nsa_decode_job *dj;
+    const float *x;                      /* [B][D] */
+    const nsa_linear_job *q, *gate, *wo; /* q: D -> H dk; gate: D -> H 3; wo: H dv -> D */
+    int rope_dim;
+    const float *rope;  /* [B][rope_dim]: cos of the rope_dim/2 angles at t, then sin */
+    int gate_sigmoid;   /* 1: sigmoid; 0: softmax with gate_tau */
+    float gate_tau;
+    float *gates_out;   /* optional [B][H][3] */
+    float *y;           /* [B][D] */
+} nsa_dstep_job;
+
 /* One entry of the backend registry. NULL members fall back to the
  * reference implementation (logged when NSA_VERBOSE is set). */
 typedef struct nsa_backend_ops {
@@ -208,6 +228,10 @@ typedef struct nsa_backend_ops {
      * projections of a layer: a device backend uploads x once and waits
      * once. NULL: one linear job each. */
     nsa_status (*linear_many)(nsa_context *ctx, const nsa_linear_job *jobs, int n);
+    /* Optional, with dcache_*: the rest of a decode step on the device (see
+     * nsa_dstep_job), syncing the mirror first as dcache_attend does. */
+    nsa_status (*dcache_step)(nsa_context *ctx, void *dc, const nsa_dstep_job *job,
+                              const nsa_dcache_sync *sync);
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);

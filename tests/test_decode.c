@@ -5,7 +5,9 @@
  * device mirror of the caches (opencl) the same tests run through it, and
  * test_mirror checks its sync: reset and re-prefill of one sequence while
  * others go on, injected device failures, the attention and dense baseline
- * over the mirror against the reference over the host caches. */
+ * over the mirror against the reference over the host caches;
+ * test_fused_step the step whose q, gates and o stay on the device
+ * (dcache_step): gate activations, RoPE widths, device failures. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
@@ -441,7 +443,7 @@ static void twin_refill(twin *w, int b, int S, uint64_t seed)
 
 /* Outputs of one step with every aux output, poisoned before the step. */
 typedef struct step_out {
-    float *y, *oc, *os, *ow;
+    float *y, *oc, *os, *ow, *g;
     int32_t *sel;
 } step_out;
 
@@ -452,6 +454,7 @@ static void step_out_alloc(step_out *o, const twin *w)
     o->oc = tl_poisoned(bhd);
     o->os = tl_poisoned(bhd);
     o->ow = tl_poisoned(bhd);
+    o->g = tl_poisoned((size_t)w->B * w->c.attn.H * 3);
     o->sel = tl_poisoned_i32((size_t)w->B * w->c.attn.G * w->c.attn.n);
 }
 
@@ -461,7 +464,15 @@ static void step_out_free(step_out *o)
     free(o->oc);
     free(o->os);
     free(o->ow);
+    free(o->g);
     free(o->sel);
+}
+
+/* 1 if w's steps must run on the device past the K/V projections: the
+ * backend offers it, the state has a mirror, the gate has no hidden layer. */
+static int twin_fused(const twin *w)
+{
+    return w->ctx->be->dcache_step && nsa_decode_has_mirror(w->sl) && w->c.gate_hidden == 0;
 }
 
 static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, step_out *o)
@@ -472,6 +483,7 @@ static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, 
     aux.out_cmp = o->oc;
     aux.out_slc = o->os;
     aux.out_win = o->ow;
+    aux.gates = o->g;
     return nsa_decode_step(L, st, x, o->y, &aux);
 }
 
@@ -481,8 +493,10 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
 {
     const size_t D = (size_t)w->c.D, bhd = (size_t)w->B * w->c.attn.H * w->c.attn.dv;
     const size_t ns = (size_t)w->B * w->c.attn.G * w->c.attn.n;
+    const size_t bh3 = (size_t)w->B * w->c.attn.H * 3;
     float *x = malloc(sizeof(float) * w->B * D);
     double worst = 0.0;
+    const int64_t f0 = nsa_decode_fused_steps(w->sl);
     for (int s = 0; s < steps; s++) {
         step_out a, r;
         step_out_alloc(&a, w);
@@ -490,10 +504,11 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
         tl_fill(x, w->B * D, seed + (uint64_t)s, -1, 1);
         assert_int_equal(step_with(w->L, w->sl, x, &a), NSA_OK);
         assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
-        const double e[4] = {tl_rel_l2(a.y, r.y, w->B * D), tl_rel_l2(a.oc, r.oc, bhd),
-                             tl_rel_l2(a.os, r.os, bhd), tl_rel_l2(a.ow, r.ow, bhd)};
-        for (int i = 0; i < 4; i++) {
-            /* spec 9: relative L2 <= 1e-5 (y and each branch output) */
+        const double e[5] = {tl_rel_l2(a.y, r.y, w->B * D), tl_rel_l2(a.oc, r.oc, bhd),
+                             tl_rel_l2(a.os, r.os, bhd), tl_rel_l2(a.ow, r.ow, bhd),
+                             tl_rel_l2(a.g, r.g, bh3)};
+        for (int i = 0; i < 5; i++) {
+            /* spec 9: relative L2 <= 1e-5 (y, each branch output, the gates) */
             if (!(e[i] <= 1e-5))
                 fail_msg("step %d output %d: relative L2 %g", s, i, e[i]);
             worst = e[i] > worst ? e[i] : worst;
@@ -502,6 +517,8 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
         step_out_free(&a);
         step_out_free(&r);
     }
+    /* every step took the device path where it must (else none did) */
+    assert_int_equal(nsa_decode_fused_steps(w->sl) - f0, twin_fused(w) ? steps : 0);
     free(x);
     return worst;
 }
@@ -589,6 +606,10 @@ static void twin_fail_steps(twin *w, uint64_t seed)
         step_out_free(&a);
     }
     assert_true(k > 5); /* several operations were failed */
+    /* on the device path: the q and gate projections, RoPE, the gate
+     * activation, the attention and Wo were among them */
+    if (twin_fused(w))
+        assert_true(k > 20);
     step_out_alloc(&r, w);
     assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
     /* spec 9: relative L2 <= 1e-5 */
@@ -655,6 +676,46 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
                   H, G, dk, dv, n, chunk ? chunk : "auto", window ? window : "late",
                   nsa_context_backend(w.ctx), worst);
     twin_free(&w);
+}
+
+/* The decode step on the device past the K/V projections (opencl's
+ * dcache_step) against the reference: sigmoid gates, softmax gates with a
+ * temperature, RoPE on part of dk and none; a gate MLP (the host path);
+ * every device operation failing in turn. On a backend without the path
+ * the same steps run the host's way. */
+static void test_fused_step(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 5; v++) {
+        nsa_layer_config c = cfg_small(16, 8, 16);
+        c.attn.n = 5;
+        c.attn.H = 8;
+        c.attn.dk = 16;
+        c.attn.dv = 12;
+        c.rope_dim = 16;
+        if (v == 0)
+            c.gate_act = NSA_GATE_SIGMOID;
+        if (v == 1)
+            c.gate_tau = 0.35f;
+        if (v == 2)
+            c.rope_dim = 6;
+        if (v == 3)
+            c.rope_dim = 0;
+        if (v == 4)
+            c.gate_hidden = 5; /* not on the device path */
+        twin w;
+        twin_make(&w, &c, 3, 900 + (uint64_t)v);
+        twin_refill(&w, 0, 150, 1);
+        twin_refill(&w, 1, 70, 2);
+        twin_refill(&w, 2, 1, 3);
+        const double e = twin_steps(&w, 20, 10);
+        twin_fail_steps(&w, 20);
+        twin_steps(&w, 4, 30);
+        print_message("fused step variant %d on %s (%s): worst relative L2 %.3g\n", v,
+                      nsa_context_backend(w.ctx), twin_fused(&w) ? "device path" : "host path",
+                      e);
+        twin_free(&w);
+    }
 }
 
 static void test_mirror(void **state)
@@ -751,6 +812,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clone_seq),
         cmocka_unit_test(test_mirror),
+        cmocka_unit_test(test_fused_step),
         cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),

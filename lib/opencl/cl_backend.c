@@ -16,7 +16,8 @@
 static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
     "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear",
-    "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put"};
+    "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
+    "nsa_ds_rope",    "nsa_ds_gate"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -213,5 +214,6 @@ const nsa_backend_ops nsa_backend_opencl = {
     .dcache_free = nsa_cl_dcache_free,
     .dcache_attend = nsa_cl_dcache_attend,
     .dcache_dense = nsa_cl_dcache_dense,
+    .dcache_step = nsa_cl_dcache_step,
     .linear_many = nsa_cl_linear_many,
 };

@@ -11,8 +11,12 @@
  * generation changed (reset, prefill) or whose last sync failed is
  * uploaded whole. The caches of all sequences share one buffer per tensor
  * with a common capacity that grows by doubling (copied on the device);
- * they never come back to the host. */
+ * they never come back to the host. nsa_cl_dcache_step (vtable
+ * dcache_step) runs a decode step's q and gate projections, RoPE of q, the
+ * gate activation, the attention and Wo here in one call, so q, the gates
+ * and o stay in the mirror's buffers. */
 #include "cl_run.h"
+#include "cl_weights.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -47,7 +51,8 @@ typedef struct dc_buf {
 } dc_buf;
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
-       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_COUNT };
+       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
+       DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -69,6 +74,7 @@ typedef struct nsa_cl_dcache {
     int32_t *hdesc, *htpos;
     size_t nstage, ndesc; /* filled */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
+    int q_on_device;      /* fused step: q and the gates are in DB_Q, DB_GATES already */
 } nsa_cl_dcache;
 
 /* Counts one device operation; the test hook fails the chosen one. */
@@ -490,20 +496,21 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
     const nsa_config *c = &dc->cfg;
     const size_t bh = (size_t)dc->B * c->H;
     nsa_status s;
+    const int up = !dc->q_on_device;
     for (int b = 0; b < dc->B; b++)
         dc->htpos[b] = (int32_t)job->seq[b].t;
     if ((s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * dc->B)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_Q].m, sizeof(float) * bh * c->dk, job->q, CL_FALSE)) !=
-            NSA_OK ||
+        (up && (s = dc_write(ctx, dc, dc->buf[DB_Q].m, sizeof(float) * bh * c->dk, job->q,
+                             CL_FALSE)) != NSA_OK) ||
         (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * dc->B, dc->htpos,
                       CL_FALSE)) != NSA_OK)
         return s;
     if (!with_gates)
         return NSA_OK;
     if ((s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_GATES].m, sizeof(float) * bh * 3, job->gates,
-                      CL_FALSE)) != NSA_OK)
+        (up && (s = dc_write(ctx, dc, dc->buf[DB_GATES].m, sizeof(float) * bh * 3, job->gates,
+                             CL_FALSE)) != NSA_OK))
         return s;
     const nsa_csr *m = job->map;
     const int nnz = m->rowptr[m->rows];
@@ -764,6 +771,8 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         if (dst[i] && (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, sizeof(float) * bhd * i,
                                    sizeof(float) * bhd, dst[i])) != NSA_OK)
             return s;
+    if (dc->q_on_device)
+        return NSA_OK; /* the fused step goes on with o in DB_OUT */
     cl_int err = clFinish(dc->st->queue);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
 }
@@ -788,6 +797,113 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
         return s;
     cl_int err = clFinish(dc->st->queue);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
+}
+
+/* ---------------------------------------------------------- fused step */
+/* One keyed linear over device buffers: the weights' device copy, then
+ * the kernel (two operations for the test hook). */
+static nsa_status dc_linear(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W,
+                            const nsa_linear_job *j, cl_mem x, cl_mem y)
+{
+    cl_mem w, b;
+    nsa_status s = dc_op(ctx, dc);
+    if (s == NSA_OK)
+        s = nsa_cl_weights(W, j, &w, &b);
+    if (s == NSA_OK)
+        s = dc_op(ctx, dc);
+    return s == NSA_OK ? nsa_cl_gemm(W, j, x, w, b, y) : s;
+}
+
+/* x up; q and the gate logits from it; RoPE of q and the gate activation;
+ * the decode attention over them; o into Wo; y (and what the job asks
+ * for) down. W holds the weights uploaded without a key (none when keyed). */
+static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                              nsa_clr_bufs *W)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t B = (size_t)dc->B, bh = B * c->H;
+    const size_t D = (size_t)sj->q->in, Dy = (size_t)sj->wo->out;
+    const int half = sj->rope_dim / 2;
+    nsa_status s;
+    if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_Y, sizeof(float) * B * Dy)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_X].m, sizeof(float) * B * D, sj->x, CL_FALSE)) !=
+            NSA_OK ||
+        (s = dc_linear(ctx, dc, W, sj->q, dc->buf[DB_X].m, dc->buf[DB_Q].m)) != NSA_OK ||
+        (s = dc_linear(ctx, dc, W, sj->gate, dc->buf[DB_X].m, dc->buf[DB_GATES].m)) != NSA_OK)
+        return s;
+    if (half > 0) {
+        if ((s = dc_ensure(ctx, dc, DB_ROPE, sizeof(float) * B * sj->rope_dim)) != NSA_OK ||
+            (s = dc_write(ctx, dc, dc->buf[DB_ROPE].m, sizeof(float) * B * sj->rope_dim,
+                          sj->rope, CL_FALSE)) != NSA_OK)
+            return s;
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_ROPE], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_Q].m);
+        ARG_MEM(&a, dc->buf[DB_ROPE].m);
+        ARG_INT(&a, dc->B);
+        ARG_INT(&a, c->H);
+        ARG_INT(&a, c->dk);
+        ARG_INT(&a, sj->rope_dim);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_ds_rope", bh * (size_t)half)) != NSA_OK)
+            return s;
+    }
+    {
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_GATE], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_GATES].m);
+        ARG_INT(&a, bh);
+        ARG_INT(&a, sj->gate_sigmoid);
+        ARG_FLT(&a, sj->gate_tau);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_ds_gate", bh)) != NSA_OK)
+            return s;
+    }
+    if (sj->gates_out &&
+        (s = dc_read(ctx, dc, dc->buf[DB_GATES].m, 0, sizeof(float) * bh * 3, sj->gates_out)) !=
+            NSA_OK)
+        return s;
+    dc->q_on_device = 1;
+    s = dc_attend_run(ctx, dc, sj->dj);
+    dc->q_on_device = 0;
+    if (s != NSA_OK ||
+        (s = dc_linear(ctx, dc, W, sj->wo, dc->buf[DB_OUT].m, dc->buf[DB_Y].m)) != NSA_OK ||
+        (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy, sj->y)) != NSA_OK)
+        return s;
+    cl_int err = clFinish(dc->st->queue);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
+}
+
+nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj,
+                              const nsa_dcache_sync *sync)
+{
+    nsa_cl_dcache *dc = p;
+    const nsa_decode_job *job = sj->dj;
+    const nsa_config *c = &dc->cfg;
+    if (job->B != dc->B || job->cfg->G != c->G || job->cfg->H != c->H ||
+        job->cfg->dk != c->dk || job->cfg->dv != c->dv || sj->q->rows != dc->B ||
+        sj->gate->rows != dc->B || sj->wo->rows != dc->B || sj->q->out != c->H * c->dk ||
+        sj->gate->out != c->H * 3 || sj->wo->in != c->H * c->dv || sj->gate->in != sj->q->in ||
+        sj->rope_dim < 0 || sj->rope_dim > c->dk || sj->rope_dim % 2)
+        return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode step: the job does not match its cache");
+    dc->fail_at = sync->fail_at;
+    dc->ops = 0;
+    nsa_clr_bufs W = {dc->st, ctx, 0, {0}};
+    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->kv);
+    if (s == NSA_OK)
+        s = nsa_cl_kernels(ctx, dc->st, NSA_CL_KV_F32); /* the linears' program */
+    if (s == NSA_OK)
+        s = dc_sync(ctx, dc, job, sync);
+    if (s == NSA_OK)
+        s = dc_step_run(ctx, dc, sj, &W);
+    if (s != NSA_OK) {
+        dc->q_on_device = 0;
+        clFinish(dc->st->queue);
+        for (int b = 0; b < dc->B; b++)
+            dc->seq[b].valid = 0;
+    }
+    nsa_clr_bufs_free(&W);
+    dc->fail_at = 0;
+    return s;
 }
 
 /* Sync, then run; any failure waits for what was queued (it may read the

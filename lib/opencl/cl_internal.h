@@ -37,6 +37,8 @@ enum {
     NSA_CLK_DC_SELECT,
     NSA_CLK_DC_FINAL,
     NSA_CLK_DC_PUT,
+    NSA_CLK_DS_ROPE,
+    NSA_CLK_DS_GATE,
     NSA_CLK_COUNT
 };
 
@@ -106,6 +108,8 @@ NSA_HIDDEN nsa_status nsa_cl_dcache_attend(nsa_context *ctx, void *dc,
                                            const nsa_dcache_sync *sync);
 NSA_HIDDEN nsa_status nsa_cl_dcache_dense(nsa_context *ctx, void *dc, const nsa_decode_job *job,
                                           const nsa_dcache_sync *sync);
+NSA_HIDDEN nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *dc, const nsa_dstep_job *job,
+                                         const nsa_dcache_sync *sync);
 
 /* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
 NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);

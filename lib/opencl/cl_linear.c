@@ -8,7 +8,7 @@
 
 /* y = x W^T + b for x and y already on the device (w, b from
  * nsa_cl_weights). */
-static nsa_status gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_mem w, cl_mem b,
+nsa_status nsa_cl_gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_mem w, cl_mem b,
                        cl_mem y)
 {
     nsa_cl_state *st = B->st;
@@ -49,7 +49,7 @@ nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->in, j->x, &x));
     TRY(nsa_cl_weights(&B, j, &w, &b)); /* the layer's device copy when keyed */
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
-    TRY(gemm(&B, j, x, w, b, y));
+    TRY(nsa_cl_gemm(&B, j, x, w, b, y));
     TRY(nsa_clr_download(&B, y, sizeof(float) * rows * j->out, j->y));
 done:
     nsa_clr_bufs_free(&B);
@@ -82,7 +82,7 @@ nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int 
         cl_mem w, b;
         TRY(nsa_cl_weights(&B, &jobs[i], &w, &b));
         TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * jobs[i].out, NULL, &y[i]));
-        TRY(gemm(&B, &jobs[i], x, w, b, y[i]));
+        TRY(nsa_cl_gemm(&B, &jobs[i], x, w, b, y[i]));
     }
     for (int i = 0; i < n; i++) {
         cl_int err = clEnqueueReadBuffer(st->queue, y[i], i == n - 1 ? CL_TRUE : CL_FALSE, 0,

@@ -23,6 +23,11 @@ NSA_HIDDEN nsa_status nsa_cl_weights(nsa_clr_bufs *bufs, const nsa_linear_job *j
  * weights; NULL: use the tiled nsa_linear. */
 NSA_HIDDEN cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *bufs, const nsa_linear_job *j);
 
+/* y = x W^T + b for j's shape, x and y already on the device (w, b from
+ * nsa_cl_weights): nsa_linear_rows when it applies, else nsa_linear. */
+NSA_HIDDEN nsa_status nsa_cl_gemm(nsa_clr_bufs *bufs, const nsa_linear_job *j, cl_mem x,
+                                  cl_mem w, cl_mem b, cl_mem y);
+
 /* n linears over one x (vtable linear_many): x uploaded once, one wait. */
 NSA_HIDDEN nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 
