@@ -315,18 +315,8 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     for (int i = lid; i < nhp * qst; i += NSA_WG) {
         const int hh = i / qst, e4 = i % qst;
         float4 v = (float4)(0.0f);
-        if (hh < nh && e4 < dk4) {
-            __global const float *src = q + (hbase + hh) * dk + e4 * 4;
-            if (e4 * 4 + 4 <= dk) {
-                v = (float4)(src[0], src[1], src[2], src[3]);
-            } else {
-                v.x = src[0];
-                if (e4 * 4 + 1 < dk)
-                    v.y = src[1];
-                if (e4 * 4 + 2 < dk)
-                    v.z = src[2];
-            }
-        }
+        if (hh < nh && e4 < dk4)
+            v = nsa_ld4(q + (hbase + hh) * dk + e4 * 4, dk - e4 * 4);
         qs[i] = v;
     }
     for (int i = lid; i < nhp * tp4; i += NSA_WG)

@@ -24,3 +24,18 @@ typedef half kv_t;
 typedef ushort kv_t;
 #define LDKV(p, i) as_float(((uint)(p)[i]) << 16)
 #endif
+
+/* p[0..3] as a float4, the lanes at or past left (>= 1 floats of the row
+ * remain) zero: a row's last float4 when its length is no multiple of 4. */
+inline float4 nsa_ld4(__global const float *p, int left)
+{
+    if (left >= 4)
+        return vload4(0, p);
+    float4 v = (float4)(0.0f);
+    v.x = p[0];
+    if (left > 1)
+        v.y = p[1];
+    if (left > 2)
+        v.z = p[2];
+    return v;
+}

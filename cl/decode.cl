@@ -163,16 +163,8 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     for (int i = lid; i < hcp * dk4; i += NSA_WG) {
         const int hh = i / dk4, e4 = i % dk4;
         float4 v = (float4)(0.0f);
-        if (hh < nh) {
-            __global const float *src = q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4;
-            v.x = src[0];
-            if (e4 * 4 + 1 < dk)
-                v.y = src[1];
-            if (e4 * 4 + 2 < dk)
-                v.z = src[2];
-            if (e4 * 4 + 3 < dk)
-                v.w = src[3];
-        }
+        if (hh < nh)
+            v = nsa_ld4(q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4, dk - e4 * 4);
         qs[i] = v;
     }
     /* rows of the chunk's keys */
@@ -661,15 +653,7 @@ __kernel void nsa_dc_put(__global const float *stage, __global const int4 *desc,
     const int kind = ds.x, isv = kind & 1, dim = isv ? dv : dk, dim4 = isv ? dv4 : dk4;
     if (e4 >= dim4)
         return;
-    __global const float *src = stage + ds.w + (size_t)g * dim + e4 * 4;
-    float4 v = (float4)(0.0f);
-    v.x = src[0];
-    if (e4 * 4 + 1 < dim)
-        v.y = src[1];
-    if (e4 * 4 + 2 < dim)
-        v.z = src[2];
-    if (e4 * 4 + 3 < dim)
-        v.w = src[3];
+    const float4 v = nsa_ld4(stage + ds.w + (size_t)g * dim + e4 * 4, dim - e4 * 4);
     const int cp = kind < 2 ? cap : kind < 4 ? wcap : ccap;
     __global kv_t *dst = kind == 0 ? Kr : kind == 1 ? Vr : kind == 2 ? Kw : kind == 3 ? Vw
                        : kind == 4 ? Kc : Vc;
