@@ -396,23 +396,6 @@ static nsa_status linear_many(nsa_context *ctx, const nsa_linear_job *j, int n)
     return s;
 }
 
-nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g)
-{
-    const nsa_layer_config *c = &L->cfg;
-    float *h = NULL;
-    if (c->gate_hidden > 0 &&
-        !(h = malloc(sizeof(float) * (size_t)rows * (size_t)c->gate_hidden)))
-        return nsa_fail(L->ctx, NSA_ERR_NOMEM, "out of memory for the gate MLP");
-    nsa_wkey key;
-    nsa_linear_job j;
-    gate_job(L, x, rows, g, h, &key, &j);
-    nsa_status s = nsa_run_linear(L->ctx, &j);
-    if (s == NSA_OK)
-        s = gates_finish(L, rows, h, g);
-    free(h);
-    return s;
-}
-
 /* RoPE "after": compressed key i of a sequence is rotated at position i*d. */
 void nsa_layer_rope_after(void *user, const nsa_batch *bt, float *kc)
 {

@@ -40,9 +40,6 @@ struct nsa_layer {
  * of length dim at x, all at position pos. */
 NSA_HIDDEN void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base,
                                double pos);
-/* The gate MLP + activation for rows of x: g[rows][H][3]. */
-NSA_HIDDEN nsa_status nsa_layer_gates(nsa_layer *L, const float *x, int64_t rows, float *g);
-
 /* Projected, rotated activations of rows of x (one allocation each). */
 typedef struct nsa_acts {
     float *q;            /* [R][H][dk], rotated */

@@ -3,9 +3,7 @@
  * dense causal baseline and the top-n test hook. */
 #include "cl_run.h"
 
-#include <limits.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* Local bytes of nsa_group_attn's four buffers with hc heads per
  * work-group and a key tile of `tile` (the layout in cl/attn.cl). */
