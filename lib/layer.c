@@ -291,11 +291,17 @@ nsa_status nsa_layer_init_random(nsa_layer *L, uint64_t seed)
 }
 
 /* -------------------------------------------------------------- pieces */
+/* Angle i < rope_dim/2 of RoPE at position pos. */
+static double rope_theta(int rope_dim, float base, double pos, int i)
+{
+    return pos * pow((double)base, -2.0 * i / (double)rope_dim);
+}
+
 /* The angles of nsa_rope_apply at position pos: cs[i], sn[i], i < rope_dim/2. */
 static void rope_angles(int rope_dim, float base, double pos, double *cs, double *sn)
 {
     for (int i = 0; i < rope_dim / 2; i++) {
-        const double theta = pos * pow((double)base, -2.0 * i / (double)rope_dim);
+        const double theta = rope_theta(rope_dim, base, pos, i);
         cs[i] = cos(theta);
         sn[i] = sin(theta);
     }
@@ -321,7 +327,7 @@ void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, doub
 {
     const int half = rope_dim / 2;
     for (int i = 0; i < half; i++) {
-        const double theta = pos * pow((double)base, -2.0 * i / (double)rope_dim);
+        const double theta = rope_theta(rope_dim, base, pos, i);
         const double cs = cos(theta), sn = sin(theta);
         for (int h = 0; h < heads; h++) {
             float *v = x + (size_t)h * dim;
@@ -524,8 +530,7 @@ void nsa_layer_rope_table(const nsa_layer *L, const int64_t *pos, int64_t rows, 
     const int rd = L->cfg.rope_dim, half = rd / 2;
     for (int64_t r = 0; r < rows; r++)
         for (int i = 0; i < half; i++) {
-            /* rope_angles' arithmetic */
-            const double th = (double)pos[r] * pow((double)L->cfg.rope_base, -2.0 * i / (double)rd);
+            const double th = rope_theta(rd, L->cfg.rope_base, (double)pos[r], i);
             tab[r * rd + i] = (float)cos(th);
             tab[r * rd + half + i] = (float)sin(th);
         }
