@@ -529,18 +529,19 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
     nsa_acts act;
     memset(&act, 0, sizeof act);
     nsa_csr map = {0};
-    float *o = st_alloc(st, sizeof(float) * (size_t)B * H * c->dv);
+    const int dev = fused(st);
+    /* o only when it comes to the host (the fused step keeps it on the device) */
+    float *o = dev ? NULL : st_alloc(st, sizeof(float) * (size_t)B * H * c->dv);
     int32_t *sel = st_alloc(st, sizeof(int32_t) * (size_t)B * G * n);
     nsa_decode_seq *sd = st_alloc(st, sizeof *sd * (size_t)B);
     /* per sequence: the new compressed token, then the saved ring rows */
     const size_t per = 2 * (kr + vr) + (kr + vr);
     float *tmp = st_alloc(st, sizeof(float) * (size_t)B * per);
     float *zk = st_alloc(st, sizeof(float) * (size_t)c->l * (kr + vr));
-    const int dev = fused(st);
     const int rd = L->cfg.rope_dim;
     /* the fused step's RoPE angles (cos, sin) a sequence */
     float *rope = dev && rd > 0 ? st_alloc(st, sizeof(float) * (size_t)B * rd) : NULL;
-    if (s == NSA_OK && (!o || !sel || !sd || !tmp || !zk || (dev && rd > 0 && !rope)))
+    if (s == NSA_OK && ((!dev && !o) || !sel || !sd || !tmp || !zk || (dev && rd > 0 && !rope)))
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
     if (s == NSA_OK &&
         (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t),
