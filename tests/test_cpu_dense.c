@@ -46,13 +46,9 @@ static void naive(const nsa_config *c, const int32_t *cu, int B, const float *q,
     free(p);
 }
 
-static void run_case(const char *isa, int H, int G, int dk, int dv, const int *lens, int B,
+static void run_case(nsa_context *ctx, int H, int G, int dk, int dv, const int *lens, int B,
                      uint64_t seed)
 {
-    nsa_context *ctx = NULL;
-    char msg[256];
-    assert_int_equal(nsa_context_create("cpu", &ctx, msg, sizeof msg), NSA_OK);
-    assert_int_equal(nsa_cpu_set_max_isa(ctx, isa), NSA_OK);
     const nsa_config c = tl_config(H, G, dk, dv, 32, 16, 64, 16, 1, 2, 512, NSA_MAPPING_OVERLAP);
     int32_t cu[8] = {0};
     for (int b = 0; b < B; b++)
@@ -82,7 +78,6 @@ static void run_case(const char *isa, int H, int G, int dk, int dv, const int *l
     free(want);
     free(got);
     nsa_batch_free(&bt);
-    nsa_context_free(ctx);
 }
 
 static void test_dense_every_isa(void **state)
@@ -90,13 +85,27 @@ static void test_dense_every_isa(void **state)
     (void)state;
     static const char *const isas[] = {"scalar", "avx2", "avx512", "neon"};
     static const int varlen[] = {1, 37, 130}, one[] = {300};
+    const char *done[4] = {0};
+    int ndone = 0;
     for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
-        /* a cap above what is usable here gives the best set below it:
-         * the case is then run again on that set, which is harmless */
-        run_case(isas[i], 4, 2, 32, 16, varlen, 3, 11 + i);
-        run_case(isas[i], 16, 1, 64, 48, one, 1, 23 + i);
-        run_case(isas[i], 3, 3, 8, 24, varlen, 3, 37 + i);
+        nsa_context *ctx = NULL;
+        char msg[256];
+        assert_int_equal(nsa_context_create("cpu", &ctx, msg, sizeof msg), NSA_OK);
+        assert_int_equal(nsa_cpu_set_max_isa(ctx, isas[i]), NSA_OK);
+        /* a cap gives the best usable set at or below it: each set once */
+        const char *got = nsa_cpu_isa(ctx);
+        int seen = 0;
+        for (int j = 0; j < ndone; j++)
+            seen |= strcmp(done[j], got) == 0;
+        if (!seen) {
+            done[ndone++] = got;
+            run_case(ctx, 4, 2, 32, 16, varlen, 3, 11 + i);
+            run_case(ctx, 16, 1, 64, 48, one, 1, 23 + i);
+            run_case(ctx, 3, 3, 8, 24, varlen, 3, 37 + i);
+        }
+        nsa_context_free(ctx);
     }
+    assert_true(ndone >= 1);
 }
 
 int main(void)
