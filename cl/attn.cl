@@ -104,21 +104,19 @@ static void topn_serial(__global const float *s, int vis, int n, int n_init, int
     }
 }
 
-__kernel void nsa_topn(__global const float *scores, __global const int *row_seq,
-                       __global const int *cu, int G, int lsel, int n, int n_init, int n_local,
-                       int row0, int rows, int max_vis, __global int *sel)
+/* The top-n of one (row, group): scores s[0 .. vis-1], n indices to out.
+ * Called by the whole work-group (nsa_topn here, nsa_dc_select in
+ * cl/decode.cl, so prefill and decode share one rule); the local arrays
+ * are the caller's (only a kernel may declare them): lmax, scan[0..1]
+ * NSA_WG each, ck, cj, pick NSA_TOPN_CAP each, one word each for thr, ns,
+ * ne, base. */
+static void topn_group(__global const float *s, int vis, int n, int n_init, int n_local,
+                       __global int *out, __local uint *lmax, __local uint *ck,
+                       __local int *cj, __local int *pick, __local int (*scan)[NSA_WG],
+                       __local uint *thr, __local int *ns, __local int *ne,
+                       __local int *base)
 {
-    __local uint lmax[NSA_WG], ck[NSA_TOPN_CAP];
-    __local int cj[NSA_TOPN_CAP], pick[NSA_TOPN_CAP], scan[2][NSA_WG];
-    __local uint thr;
-    __local int ns, ne, base;
-    const int lid = get_local_id(0), gid = get_group_id(0);
-    if (gid >= rows * G)
-        return; /* uniform: the whole work-group */
-    const int row = row0 + gid / G, g = gid % G;
-    const int t = row - cu[row_seq[row]], vis = t / lsel + 1;
-    __global const float *s = scores + (size_t)gid * max_vis;
-    __global int *out = sel + ((size_t)row * G + g) * n;
+    const int lid = get_local_id(0);
     if (vis <= n) { /* every visible block, then -1 */
         for (int k = lid; k < n; k += NSA_WG)
             out[k] = k < vis ? k : -1;
@@ -133,9 +131,9 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
         return;
     }
     if (lid == 0) {
-        thr = 0u;
-        ns = 0;
-        ne = 0;
+        *thr = 0u;
+        *ns = 0;
+        *ne = 0;
     }
     uint mx = 0u; /* the lane's largest candidate key */
     for (int j = n_init + lid; j < lo_loc; j += NSA_WG)
@@ -147,26 +145,26 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
         for (int i = 0; i < NSA_WG; i++)
             ge += lmax[i] >= mx;
         if (ge >= m)
-            atomic_max(&thr, mx);
+            atomic_max(thr, mx);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     /* thr = 0 only when fewer than m lanes hold candidates (m > NSA_WG):
      * every candidate is then above it */
-    const uint th = thr;
+    const uint th = *thr;
     for (int j = n_init + lid; j < lo_loc; j += NSA_WG) {
         const uint kj = topn_key(s[j]);
         if (kj > th) {
-            const int at = atomic_inc(&ns);
+            const int at = atomic_inc(ns);
             if (at < NSA_TOPN_CAP) {
                 ck[at] = kj;
                 cj[at] = j;
             }
         } else if (kj == th) {
-            atomic_inc(&ne);
+            atomic_inc(ne);
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int cs = ns, eq = ne;
+    const int cs = *ns, eq = *ne;
     if (cs > NSA_TOPN_CAP || m > NSA_TOPN_CAP) {
         if (lid == 0)
             topn_serial(s, vis, n, n_init, n_local, out);
@@ -186,16 +184,16 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
     if (got < m && eq == m - got) {
         /* every key equal to thr is a pick (the usual case: one) */
         if (lid == 0)
-            base = 0;
+            *base = 0;
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int j = n_init + lid; j < lo_loc; j += NSA_WG)
             if (topn_key(s[j]) == th)
-                pick[got + atomic_inc(&base)] = j;
+                pick[got + atomic_inc(base)] = j;
     } else if (got < m) {
         /* the m - got keys equal to thr of smallest j: a scan per chunk of
          * NSA_WG blocks in j order */
         if (lid == 0)
-            base = 0;
+            *base = 0;
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int j0 = n_init; j0 < lo_loc; j0 += NSA_WG) {
             const int j = j0 + lid;
@@ -209,14 +207,14 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
                 cur = 1 - cur;
                 barrier(CLK_LOCAL_MEM_FENCE);
             }
-            const int b = base, before = b + scan[cur][lid] - f;
+            const int b = *base, before = b + scan[cur][lid] - f;
             if (f && before < m - got)
                 pick[got + before] = j;
             barrier(CLK_LOCAL_MEM_FENCE);
             if (lid == 0)
-                base = b + scan[cur][NSA_WG - 1];
+                *base = b + scan[cur][NSA_WG - 1];
             barrier(CLK_LOCAL_MEM_FENCE);
-            if (base >= m - got)
+            if (*base >= m - got)
                 break;
         }
     }
@@ -234,6 +232,24 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
             r += pick[x] < p;
         out[n_init + r] = p;
     }
+}
+
+__kernel void nsa_topn(__global const float *scores, __global const int *row_seq,
+                       __global const int *cu, int G, int lsel, int n, int n_init, int n_local,
+                       int row0, int rows, int max_vis, __global int *sel)
+{
+    __local uint lmax[NSA_WG], ck[NSA_TOPN_CAP];
+    __local int cj[NSA_TOPN_CAP], pick[NSA_TOPN_CAP], scan[2][NSA_WG];
+    __local uint thr;
+    __local int ns, ne, base;
+    const int gid = get_group_id(0);
+    if (gid >= rows * G)
+        return; /* uniform: the whole work-group */
+    const int row = row0 + gid / G, g = gid % G;
+    const int t = row - cu[row_seq[row]];
+    topn_group(scores + (size_t)gid * max_vis, t / lsel + 1, n, n_init, n_local,
+               sel + ((size_t)row * G + g) * n, lmax, ck, cj, pick, scan, &thr, &ns, &ne,
+               &base);
 }
 
 /* Register tiling of nsa_group_attn (per-device -D defines, see

@@ -14,7 +14,8 @@
  * across work-groups and leaves per chunk and head the softmax statistics
  * (max, sum) and the unnormalised P V; nsa_dc_prob scores the selection
  * blocks through the compressed probabilities summed over the group's
- * heads, nsa_dc_select picks the top n; nsa_dc_final combines the chunks
+ * heads, nsa_dc_select picks the top n (prefill's rule and code,
+ * cl/attn.cl's topn_group); nsa_dc_final combines the chunks
  * of each branch and applies the gates. No kernel returns before a barrier
  * that other work-items still reach (PoCL 3.1 corrupted memory). */
 
@@ -373,13 +374,6 @@ static void dc_store(__global float *dst, float4 v, int e4, int dv)
         dst[3] = v.w;
 }
 
-/* True when (sa, ja) comes before (sb, jb) in the order of spec 3's top-n:
- * larger score first, the smaller block on ties. */
-static bool dc_before(float sa, int ja, float sb, int jb)
-{
-    return sa > sb || (sa == sb && ja < jb);
-}
-
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
  * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
  * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
@@ -439,123 +433,20 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     sbuf[(size_t)bg * max_vis + j] = a;
 }
 
-/* Lanes a first-level lane of the top-n reduction covers. */
-#define DC_L1 (NSA_WG >= 16 ? 16 : NSA_WG)
-
-/* This lane's best block after (ls, lj) in that order (lj < 0: none yet)
- * among its candidates n_init + lid, + WG, ... < hi; scores in Sl when loc,
- * else in S. */
-static int dc_best(__global const float *S, __local const float *Sl, int loc, int lid,
-                   int n_init, int hi, float ls, int lj, float *bs)
-{
-    float ms = 0.0f;
-    int mj = -1;
-    for (int j = n_init + lid; j < hi; j += NSA_WG) {
-        const float sj = loc ? Sl[j] : S[j];
-        if (lj >= 0 && !dc_before(ls, lj, sj, j))
-            continue;
-        if (mj < 0 || dc_before(sj, j, ms, mj)) {
-            ms = sj;
-            mj = j;
-        }
-    }
-    *bs = ms;
-    return mj;
-}
-
 /* The selection of (b, g), one work-group each, from the block scores of
- * nsa_dc_prob (sbuf): the top-n of spec 3: forced blocks, then the largest
- * scores, ties to the smaller j; written ascending, -1 padded. A pick is
- * the best of the lanes' best candidates after the previous pick (two
- * levels: WG/16 lanes reduce 16 each); only the lane that owned the pick
- * looks for its next one (the others' stay the best after the new pick).
- * The scores are first copied to local memory (Sl) when slocal (the
- * host's choice: they fit), else read from sbuf (a rescan is then a chain
- * of global loads). Local: bs, bj 2 WG each, l2s, l2j 2 WG/16 each
- * (double-buffered by pass), Sl max_vis floats when slocal, pk n ints
- * (the picks, sorted into sel at the end). */
+ * nsa_dc_prob (sbuf): cl/attn.cl's topn_group, the rule of prefill's
+ * nsa_topn (spec 3; NaN scores rank lowest, as there). */
 __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
                             __global const float *sbuf, int max_vis, int n, int n_init,
-                            int n_local, __global int *sel, int slocal, __local float *bs,
-                            __local int *bj, __local float *l2s, __local int *l2j,
-                            __local float *Sl, __local int *pk)
+                            int n_local, __global int *sel)
 {
-    const int lid = get_local_id(0), bg = get_group_id(0), t = tpos[bg / G];
-    const int vis = t / lsel + 1;
-    __global const float *S = sbuf + (size_t)bg * max_vis;
-    __global int *out = sel + (size_t)bg * n;
-    /* vis <= n: every visible block (no early return: see the top) */
-    const int all = vis <= n;
-    if (slocal && !all)
-        for (int j = lid; j < vis; j += NSA_WG)
-            Sl[j] = S[j];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    /* forced blocks first (lane 0 writes the picks pk; vis > n >= n_init +
-     * n_local) */
-    int k = 0;
-    for (int j = 0; j < n_init && !all; j++, k++)
-        if (lid == 0)
-            pk[k] = j;
-    for (int j = vis - n_local; j < vis && !all; j++, k++)
-        if (lid == 0)
-            pk[k] = j;
-    const int hi = vis - n_local, ng = NSA_WG / DC_L1;
-    float ms = 0.0f;
-    int mj = all ? -1 : dc_best(S, Sl, slocal, lid, n_init, hi, 0.0f, -1, &ms);
-    for (int pass = 0; k < n && !all; pass++) {
-        const int b1 = (pass & 1) * NSA_WG, b2 = (pass & 1) * ng;
-        bs[b1 + lid] = ms;
-        bj[b1 + lid] = mj;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (lid < ng) {
-            float ws = 0.0f;
-            int wj = -1;
-            for (int x = lid * DC_L1; x < lid * DC_L1 + DC_L1; x++) {
-                const int jx = bj[b1 + x];
-                if (jx >= 0 && (wj < 0 || dc_before(bs[b1 + x], jx, ws, wj))) {
-                    ws = bs[b1 + x];
-                    wj = jx;
-                }
-            }
-            l2s[b2 + lid] = ws;
-            l2j[b2 + lid] = wj;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        float ws = 0.0f;
-        int wj = -1;
-        for (int x = 0; x < ng; x++) {
-            const int jx = l2j[b2 + x];
-            if (jx >= 0 && (wj < 0 || dc_before(l2s[b2 + x], jx, ws, wj))) {
-                ws = l2s[b2 + x];
-                wj = jx;
-            }
-        }
-        if (wj < 0)
-            break; /* fewer candidates than picks (NaN scores) */
-        if (lid == 0)
-            pk[k] = wj;
-        k++;
-        if (wj == mj) /* this lane's candidate was picked: its next one */
-            mj = dc_best(S, Sl, slocal, lid, n_init, hi, ws, wj, &ms);
-    }
-    /* ascending: a pick's place is the number of smaller picks (they are
-     * distinct) */
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int a = lid; a < n; a += NSA_WG) {
-        if (all) {
-            out[a] = a < vis ? a : -1;
-            continue;
-        }
-        if (a >= k) {
-            out[a] = -1;
-            continue;
-        }
-        const int v = pk[a];
-        int r = 0;
-        for (int x = 0; x < k; x++)
-            r += pk[x] < v;
-        out[r] = v;
-    }
+    __local uint lmax[NSA_WG], ck[NSA_TOPN_CAP];
+    __local int cj[NSA_TOPN_CAP], pick[NSA_TOPN_CAP], scan[2][NSA_WG];
+    __local uint thr;
+    __local int ns, ne, base;
+    const int bg = get_group_id(0), t = tpos[bg / G];
+    topn_group(sbuf + (size_t)bg * max_vis, t / lsel + 1, n, n_init, n_local,
+               sel + (size_t)bg * n, lmax, ck, cj, pick, scan, &thr, &ns, &ne, &base);
 }
 
 /* Outputs per (b, h, float4 column) = item, DC_FP lanes an item (lane =

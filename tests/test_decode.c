@@ -525,16 +525,22 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
 
 /* The attention alone and the dense baseline over the state's caches
  * (through the mirror if any) against the reference over the host caches
- * of the same state, for random q and gates. */
-static void twin_attend_cached(twin *w, uint64_t seed, int zero_q)
+ * of the same state, for random q and gates. q_kind 1: q = 0 (equal logits: many blocks tie
+ * exactly, the smaller j wins); 2: one q element of head 0 of sequence 0
+ * NaN, so every candidate score of its group is NaN (the selection must
+ * still be the reference's: NaN ranks lowest, ties to the smaller j) and
+ * that head's outputs are not compared (NaN in the reference). */
+static void twin_attend_cached(twin *w, uint64_t seed, int q_kind)
 {
     const nsa_config *a = &w->c.attn;
     const int B = w->B;
     const size_t bhd = (size_t)B * a->H * a->dv, ns = (size_t)B * a->G * a->n;
     float *q = malloc(sizeof(float) * B * a->H * a->dk), *g = malloc(sizeof(float) * B * a->H * 3);
     tl_fill(q, (size_t)B * a->H * a->dk, seed, -1, 1);
-    if (zero_q) /* equal logits: many blocks tie exactly, the smaller j wins */
+    if (q_kind == 1)
         memset(q, 0, sizeof(float) * B * a->H * a->dk);
+    if (q_kind == 2)
+        q[1] = NAN;
     tl_fill(g, (size_t)B * a->H * 3, seed + 1, 0, 1);
     float *o = tl_poisoned(bhd), *ro = tl_poisoned(bhd);
     int32_t *sel = tl_poisoned_i32(ns), *rsel = tl_poisoned_i32(ns);
@@ -551,6 +557,16 @@ static void twin_attend_cached(twin *w, uint64_t seed, int zero_q)
     nsa_decode_job job = {a, nsa_config_scale(a), &map, B, sd, q, g, ro, NULL, NULL, NULL, rsel};
     assert_int_equal(nsa_decode_attend_cached(w->sl, q, g, o, sel, 0), NSA_OK);
     assert_int_equal(nsa_ref_decode_attend(w->rctx, &job), NSA_OK);
+    if (q_kind == 2) {
+        /* the NaN head's outputs (sequence 0, head 0: the first dv) */
+        for (int e = 0; e < a->dv; e++)
+            o[e] = ro[e] = 0.0f;
+        /* the case is real: the group's candidates scored NaN in the
+         * reference, and it picked them (no -1 among them) */
+        assert_true(nsa_bm_n_sel_visible(a, sd[0].t) > a->n);
+        for (int k = 0; k < a->n; k++)
+            assert_true(rsel[k] >= 0);
+    }
     /* spec 9: relative L2 <= 1e-5 */
     assert_true(tl_rel_l2(o, ro, bhd) <= 1e-5);
     assert_memory_equal(sel, rsel, sizeof(int32_t) * ns);
@@ -561,6 +577,9 @@ static void twin_attend_cached(twin *w, uint64_t seed, int zero_q)
     job.out = ro;
     assert_int_equal(nsa_decode_attend_cached(w->sl, q, NULL, o, sel, 1), NSA_OK);
     assert_int_equal(nsa_ref_dense_decode(w->rctx, &job), NSA_OK);
+    if (q_kind == 2)
+        for (int e = 0; e < a->dv; e++)
+            o[e] = ro[e] = 0.0f;
     /* spec 9: relative L2 <= 1e-5 */
     assert_true(tl_rel_l2(o, ro, bhd) <= 1e-5);
     nsa_bm_map_free(&map);
@@ -736,14 +755,11 @@ static void test_mirror(void **state)
 
 /* Top-n over many blocks (188 visible, more than a work-group's lanes)
  * with random and with equal logits (exact ties), on long prompts of
- * tiny heads; the scores in local memory (default) or in global memory,
- * whichever chunks. */
-static void topn_run(const char *chunk, const char *scores)
+ * tiny heads, whichever chunks. */
+static void topn_run(const char *chunk)
 {
     if (chunk)
         setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
-    if (scores) /* "global": the top-n reads the scores from global memory */
-        setenv("NSA_OPENCL_DECODE_SCORES", scores, 1);
     nsa_layer_config c = cfg_small(16, 8, 16);
     c.attn.H = 2;
     c.attn.G = 1;
@@ -755,20 +771,20 @@ static void topn_run(const char *chunk, const char *scores)
     twin w;
     twin_make(&w, &c, 2, 77);
     unsetenv("NSA_OPENCL_DECODE_CHUNK");
-    unsetenv("NSA_OPENCL_DECODE_SCORES");
     twin_refill(&w, 0, 3000, 11);
     twin_refill(&w, 1, 2200, 12);
     twin_steps(&w, 3, 13);
     twin_attend_cached(&w, 14, 0);
     twin_attend_cached(&w, 15, 1);
+    twin_attend_cached(&w, 16, 2);
     twin_free(&w);
 }
 
 static void test_mirror_topn(void **state)
 {
     (void)state;
-    topn_run(NULL, NULL);
-    topn_run("128", "global");
+    topn_run(NULL);
+    topn_run("128");
 }
 
 /* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps

@@ -577,6 +577,70 @@ static void test_topn_long_rows(void **st)
     }
 }
 
+/* The decode top-n (nsa_dc_select over a batch whose sequence b is at t =
+ * b) against prefill's (nsa_topn over one sequence, row t) on the same
+ * scores, entry for entry: every tie pattern of topn_score, and NaN
+ * scores (kind 6: a few among distinct values, also first in a lane's
+ * candidates; kind 7: all), where nsa_bm_select_f's outcome depends on
+ * the scan order but both kernels rank NaN lowest. Rows of up to 900
+ * blocks, n = 16 (1 + 2 forced) and n = 5 (0 + 1). */
+static void test_topn_decode_equals_prefill(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_rng r = {0x70b3ull};
+    for (int cas = 0; cas < 16; cas++) {
+        const int kind = cas % 8;
+        nsa_config c = nsa_config_default();
+        c.G = 2;
+        c.H = 2;
+        c.d = 1;
+        c.l = 1;
+        c.l_sel = 1;
+        if (cas >= 8) {
+            c.n = 5;
+            c.n_init = 0;
+            c.n_local = 1;
+        }
+        const int T = 900;
+        const int32_t cu[] = {0, T};
+        nsa_batch b;
+        assert_int_equal(nsa_batch_init(g_ref, &c, T, cu, 1, &b), NSA_OK);
+        const size_t tg = (size_t)T * c.G;
+        float *s = malloc(sizeof(float) * tg * T);
+        int32_t *pre = tl_poisoned_i32(tg * c.n), *dec = tl_poisoned_i32(tg * c.n);
+        int32_t *tpos = malloc(sizeof(int32_t) * T);
+        assert_non_null(s);
+        assert_non_null(tpos);
+        for (size_t i = 0; i < tg * T; i++) {
+            if (kind < 6)
+                s[i] = topn_score(&r, kind);
+            else if (kind == 6)
+                s[i] = pick(&r, 0, 7) == 0 ? NAN : nsa_rng_uniform(&r) + 2.0f;
+            else
+                s[i] = NAN;
+        }
+        if (kind == 6) /* NaN first among lanes' candidates (blocks n_init + lane) */
+            for (size_t row = 0; row < tg; row++)
+                for (int j = c.n_init; j < c.n_init + 4 && j < T; j++)
+                    s[row * T + j] = NAN;
+        for (int t = 0; t < T; t++)
+            tpos[t] = t;
+        assert_int_equal(nsa_cl_topn(g_ctx, &c, &b, s, T, pre), NSA_OK);
+        assert_int_equal(nsa_cl_dc_topn(g_ctx, &c, T, tpos, s, T, dec), NSA_OK);
+        for (size_t i = 0; i < tg * c.n; i++)
+            if (pre[i] != dec[i])
+                fail_msg("case %d (kind %d): row %zu group %zu entry %zu: decode picked %d, "
+                         "prefill %d",
+                         cas, kind, i / c.n / c.G, i / c.n % c.G, i % c.n, dec[i], pre[i]);
+        free(s);
+        free(pre);
+        free(dec);
+        free(tpos);
+        nsa_batch_free(&b);
+    }
+}
+
 /* The paper's block structure (l=32, d=16, l'=64, n=16 with 1+2 forced) at
  * small head counts and dims, over sequences long enough for 2 chunks of
  * real top-n choices. */
@@ -1036,6 +1100,7 @@ int main(void)
         cmocka_unit_test(test_cross_random),
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_topn_long_rows),
+        cmocka_unit_test(test_topn_decode_equals_prefill),
         cmocka_unit_test(test_cross_no_cmp_tokens),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_tile_shapes),

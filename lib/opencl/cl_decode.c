@@ -61,7 +61,6 @@ typedef struct nsa_cl_dcache {
     int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
     int resident;     /* work-groups a compute unit runs at once (chunk model) */
     int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
-    int scores_global;  /* NSA_OPENCL_DECODE_SCORES=global: top-n over global scores */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
@@ -219,8 +218,6 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
     dc->win_early = env && strcmp(env, "early") == 0;
-    env = getenv("NSA_OPENCL_DECODE_SCORES");
-    dc->scores_global = env && strcmp(env, "global") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     if (!dc->seq || !dc->htpos) {
@@ -725,14 +722,8 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
-    /* top-n; the scores in local memory when they fit */
+    /* top-n (prefill's rule and code, see cl/decode.cl) */
     {
-        const size_t l1 = dc->st->wg >= 16 ? 16 : (size_t)dc->st->wg;
-        const size_t red = (sizeof(float) + sizeof(int)) * 2 * ((size_t)dc->st->wg +
-                                                                 (size_t)dc->st->wg / l1);
-        const size_t fixed = red + sizeof(int) * (size_t)n;
-        const int slocal =
-            !dc->scores_global && fixed + sizeof(float) * (size_t)max_vis <= dc->st->local_mem;
         nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, G);
@@ -743,13 +734,6 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_INT(&a, c->n_init);
         ARG_INT(&a, c->n_local);
         ARG_MEM(&a, dc->buf[DB_SEL].m);
-        ARG_INT(&a, slocal);
-        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
-        nsa_clr_arg(&a, sizeof(int) * 2 * (size_t)dc->st->wg, NULL);
-        nsa_clr_arg(&a, sizeof(float) * 2 * ((size_t)dc->st->wg / l1), NULL);
-        nsa_clr_arg(&a, sizeof(int) * 2 * ((size_t)dc->st->wg / l1), NULL);
-        nsa_clr_arg(&a, sizeof(float) * (slocal ? (size_t)max_vis : 1), NULL);
-        nsa_clr_arg(&a, sizeof(int) * (size_t)n, NULL);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
@@ -941,4 +925,38 @@ nsa_status nsa_cl_dcache_dense(nsa_context *ctx, void *p, const nsa_decode_job *
                            const nsa_dcache_sync *sync)
 {
     return dc_call(ctx, p, job, sync, 1);
+}
+
+/* Test hook: nsa_dc_select alone over scores[B][G][max_vis] of positions
+ * tpos[b] -> sel[B][G][n]. */
+nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B, const int32_t *tpos,
+                          const float *scores, int max_vis, int32_t *sel)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const size_t bg = (size_t)B * cfg->G;
+    nsa_clr_bufs W = {st, ctx, 0, {0}};
+    cl_mem tb, sb, selb;
+    TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * (size_t)B, tpos, &tb));
+    TRY(nsa_clr_buf_new(&W, sizeof(float) * bg * (size_t)max_vis, scores, &sb));
+    TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * bg * cfg->n, NULL, &selb));
+    nsa_clr_args a = {st->kernel[st->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
+    ARG_MEM(&a, tb);
+    ARG_INT(&a, cfg->G);
+    ARG_INT(&a, cfg->l_sel);
+    ARG_MEM(&a, sb);
+    ARG_INT(&a, max_vis);
+    ARG_INT(&a, cfg->n);
+    ARG_INT(&a, cfg->n_init);
+    ARG_INT(&a, cfg->n_local);
+    ARG_MEM(&a, selb);
+    TRY(nsa_clr_launch(&W, &a, "nsa_dc_select", bg * (size_t)st->wg, (size_t)st->wg));
+    TRY(nsa_clr_download(&W, selb, sizeof(int32_t) * bg * cfg->n, sel));
+done:
+    nsa_clr_bufs_free(&W);
+    return s;
 }

@@ -152,6 +152,12 @@ NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, cons
 NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
                                   const float *scores, int max_vis, int32_t *sel);
 
+/* The decode top-n kernel alone over scores[B][G][max_vis] at positions
+ * tpos[b] -> sel[B][G][n] (cl_decode.c). */
+NSA_HIDDEN nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B,
+                                     const int32_t *tpos, const float *scores, int max_vis,
+                                     int32_t *sel);
+
 /* fp32 -> fp16 / bf16 bits, round to nearest even (also used by tests). */
 NSA_HIDDEN uint16_t nsa_cl_f32_to_f16(float f);
 NSA_HIDDEN uint16_t nsa_cl_f32_to_bf16(float f);
