@@ -577,6 +577,32 @@ static void test_topn_long_rows(void **st)
     }
 }
 
+/* Growth of the decode mirror's buffers: doubling, but never past the
+ * device's largest allocation when the request fits it (no device needed). */
+static void test_decode_growth_cap(void **st)
+{
+    (void)st;
+    /* scratch bytes: doubled, at least 64 */
+    assert_int_equal(nsa_cl_dc_grow_bytes(0, 10, 0), 64);
+    assert_int_equal(nsa_cl_dc_grow_bytes(100, 150, 0), 200);
+    assert_int_equal(nsa_cl_dc_grow_bytes(100, 350, 0), 350);
+    assert_int_equal(nsa_cl_dc_grow_bytes(100, 150, 1000), 200);
+    /* the doubling would pass the limit, the request does not: the limit */
+    assert_int_equal(nsa_cl_dc_grow_bytes(600, 700, 1000), 1000);
+    assert_int_equal(nsa_cl_dc_grow_bytes(600, 1000, 1000), 1000);
+    /* the request itself is over: not capped (the allocation refuses it) */
+    assert_true(nsa_cl_dc_grow_bytes(600, 1001, 1000) >= 1001);
+    /* rows: multiples of 64, doubled from 64 */
+    assert_int_equal(nsa_cl_dc_grow_rows(0, 1, 1 << 20), 64);
+    assert_int_equal(nsa_cl_dc_grow_rows(64, 65, 1 << 20), 128);
+    assert_int_equal(nsa_cl_dc_grow_rows(128, 1000, 1 << 20), 1024);
+    /* capped at the largest multiple of 64 within the limit, not below need */
+    assert_int_equal(nsa_cl_dc_grow_rows(1024, 1500, 1800), 1792);
+    assert_int_equal(nsa_cl_dc_grow_rows(1024, 1792, 1800), 1792);
+    assert_int_equal(nsa_cl_dc_grow_rows(1024, 1795, 1800), 1856); /* over: refused later */
+    assert_int_equal(nsa_cl_dc_grow_rows(1024, 1100, 1100), 1152);
+}
+
 /* The decode top-n (nsa_dc_select over a batch whose sequence b is at t =
  * b) against prefill's (nsa_topn over one sequence, row t) on the same
  * scores, entry for entry: every tie pattern of topn_score, and NaN
@@ -1101,6 +1127,7 @@ int main(void)
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_topn_long_rows),
         cmocka_unit_test(test_topn_decode_equals_prefill),
+        cmocka_unit_test(test_decode_growth_cap),
         cmocka_unit_test(test_cross_no_cmp_tokens),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_tile_shapes),

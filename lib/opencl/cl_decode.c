@@ -105,9 +105,7 @@ static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size
     dc_buf *b = &dc->buf[which];
     if (b->m && b->bytes >= bytes)
         return NSA_OK;
-    size_t want = b->bytes * 2 > bytes ? b->bytes * 2 : bytes;
-    if (want < 64)
-        want = 64;
+    const size_t want = nsa_cl_dc_grow_bytes(b->bytes, bytes, dc->st->max_alloc);
     cl_mem m;
     nsa_status s = dc_create(ctx, dc, want, &m);
     if (s != NSA_OK)
@@ -275,15 +273,45 @@ static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *m, size
     return NSA_OK;
 }
 
-static int64_t grown(int64_t cap, int64_t need)
+/* The new size of a scratch buffer of have bytes that must hold need:
+ * doubled, at least 64, but not past the device's largest allocation most
+ * (0: no limit) when need fits it (a request that fits must not fail). */
+size_t nsa_cl_dc_grow_bytes(size_t have, size_t need, uint64_t most)
 {
-    int64_t c = cap < DC_TK ? DC_TK : cap; /* stays a multiple of DC_TK */
+    size_t want = have * 2 > need ? have * 2 : need;
+    if (want < 64)
+        want = 64;
+    if (most && want > most && need <= most)
+        want = (size_t)most;
+    return want;
+}
+
+/* The new row capacity of a cache of cap rows that must hold need rows:
+ * doubled from DC_TK (so a multiple of DC_TK), but at most the multiple of
+ * DC_TK in most rows (the largest allocation's rows, or the kernels' int
+ * range), and never below need rounded up to DC_TK (which dc_create
+ * refuses if it exceeds the allocation). */
+int64_t nsa_cl_dc_grow_rows(int64_t cap, int64_t need, int64_t most)
+{
+    int64_t c = cap < DC_TK ? DC_TK : cap;
     while (c < need)
         c *= 2;
-    /* the kernels take capacities as int: no doubling past need there */
-    if (c > INT32_MAX)
-        c = (need + DC_TK - 1) / DC_TK * DC_TK;
+    const int64_t lim = most / DC_TK * DC_TK, floor = (need + DC_TK - 1) / DC_TK * DC_TK;
+    if (c > lim)
+        c = lim > floor ? lim : floor;
     return c;
+}
+
+/* grown for a cache whose rows take row_bytes across all (b, g) (K's or
+ * V's: the larger). */
+static int64_t grown(const nsa_cl_dcache *dc, int64_t cap, int64_t need)
+{
+    const size_t row_bytes = (size_t)dc->B * dc->cfg.G * 4 * dc->es *
+                             (size_t)(dc->dk4 > dc->dv4 ? dc->dk4 : dc->dv4);
+    int64_t most = INT32_MAX; /* the kernels take capacities as int */
+    if (dc->st->max_alloc && (int64_t)(dc->st->max_alloc / row_bytes) < most)
+        most = (int64_t)(dc->st->max_alloc / row_bytes);
+    return nsa_cl_dc_grow_rows(cap, need, most);
 }
 
 /* Raw and compressed caches with room for need and needc rows: per (b, g)
@@ -293,7 +321,7 @@ static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, 
     const size_t bg = (size_t)dc->B * dc->cfg.G, w4 = 4 * dc->es;
     nsa_status s = NSA_OK;
     if (need > dc->cap || !dc->kr) {
-        const int64_t nc = grown(dc->cap, need);
+        const int64_t nc = grown(dc, dc->cap, need);
         if ((s = dc_regrow(ctx, dc, &dc->kr, (size_t)dc->cap * dc->dk4 * w4,
                            (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
             return s;
@@ -310,7 +338,7 @@ static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, 
         dc->cap = nc;
     }
     if (needc > dc->ccap || !dc->kc) {
-        const int64_t nc = grown(dc->ccap, needc);
+        const int64_t nc = grown(dc, dc->ccap, needc);
         if ((s = dc_regrow(ctx, dc, &dc->kc, (size_t)dc->ccap * dc->dk4 * w4,
                            (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
             return s;

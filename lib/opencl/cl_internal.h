@@ -158,6 +158,11 @@ NSA_HIDDEN nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, in
                                      const int32_t *tpos, const float *scores, int max_vis,
                                      int32_t *sel);
 
+/* Growth of the decode mirror's buffers, capped at the device's largest
+ * allocation (cl_decode.c; exposed for tests). */
+NSA_HIDDEN size_t nsa_cl_dc_grow_bytes(size_t have, size_t need, uint64_t most);
+NSA_HIDDEN int64_t nsa_cl_dc_grow_rows(int64_t cap, int64_t need, int64_t most);
+
 /* fp32 -> fp16 / bf16 bits, round to nearest even (also used by tests). */
 NSA_HIDDEN uint16_t nsa_cl_f32_to_f16(float f);
 NSA_HIDDEN uint16_t nsa_cl_f32_to_bf16(float f);
