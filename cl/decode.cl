@@ -311,21 +311,17 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     }
 }
 
-/* Lanes that share the chunks of one output in nsa_dc_final. */
-#define DC_FP 1
-
-/* Softmax state (max, sum; o in *o) of chunks c0, c0 + step, ... < c1 of
- * one head, one pass with a running max: every chunk's partials are
- * written (0 and -inf when it had no key), so the loads of several chunks
- * go out together. */
-static float2 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
-                         size_t at, size_t stride, int c0, int c1, int step, int dv4, int e4,
-                         float4 *o)
+/* Softmax state of chunks c0 .. c1-1 of one head (max, sum; o / sum in
+ * *o, 0 when no key was visible), one pass with a running max: every
+ * chunk's partials are written (0 and -inf when it had no key), so the
+ * loads of several chunks go out together. */
+static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
+                         size_t at, size_t stride, int c0, int c1, int dv4, int e4)
 {
     float m = -INFINITY, sum = 0.0f;
     float4 acc = (float4)(0.0f);
 #pragma unroll 4
-    for (int c = c0; c < c1; c += step) {
+    for (int c = c0; c < c1; c++) {
         const float2 st = pstat[at + c * stride];
         const float4 pa = pacc[(at + c * stride) * dv4 + e4];
         const float mn = fmax(m, st.x);
@@ -336,31 +332,7 @@ static float2 dc_combine(__global const float2 *pstat, __global const float4 *pa
             m = mn;
         }
     }
-    *o = acc;
-    return (float2)(m, sum);
-}
-
-/* The output of DC_FP lanes' states at lm/lo + x WG / DC_FP: o / sum; 0
- * when no key was visible. */
-static float4 dc_merge(__local const float2 *lm, __local const float4 *lo)
-{
-    const int per = NSA_WG / DC_FP;
-    float m = -INFINITY;
-    for (int p = 0; p < DC_FP; p++)
-        m = fmax(m, lm[p * per].x);
-    if (m == -INFINITY)
-        return (float4)(0.0f);
-    float sum = 0.0f;
-    float4 o = (float4)(0.0f);
-    for (int p = 0; p < DC_FP; p++) {
-        const float2 st = lm[p * per];
-        if (st.x != -INFINITY) {
-            const float a = exp(st.x - m);
-            sum += st.y * a;
-            o = mad((float4)(a), lo[p * per], o);
-        }
-    }
-    return o / sum;
+    return m == -INFINITY ? (float4)(0.0f) : acc / sum;
 }
 
 static void dc_store(__global float *dst, float4 v, int e4, int dv)
@@ -449,57 +421,35 @@ __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
                sel + (size_t)bg * n, lmax, ck, cj, pick, scan, &thr, &ns, &ne, &base);
 }
 
-/* Outputs per (b, h, float4 column) = item, DC_FP lanes an item (lane =
- * part WG/DC_FP + sub, item = group WG/DC_FP + sub): each lane combines
- * every DC_FP-th chunk of a branch, lane part 0 merges the states (local
- * lm, lo: 3 WG each) and writes. NSA (dense == 0): the compressed chunks
- * 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the selected chunks
- * 0 .. nch_a-1 of pstat/pacc and the window chunks (nch_ac .. nch_c-1 of
- * pst_c if any, else nch_a .. nch-1 of pstat) combined, then out = g_cmp
- * o_cmp + g_slc o_slc + g_win o_win (spec 5); with branches, o_cmp, o_slc,
- * o_win also go to out + {1, 2, 3} B H dv. dense: out = the combine of all
- * chunks of pstat/pacc. */
+/* One lane per output (b, h, float4 column) = item. NSA (dense == 0): the
+ * compressed chunks 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the
+ * selected chunks 0 .. nch_a-1 of pstat/pacc and the window chunks
+ * (nch_ac .. nch_c-1 of pst_c if any, else nch_a .. nch-1 of pstat)
+ * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
+ * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
+ * dense: out = the combine of all chunks of pstat/pacc. */
 __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
                            __global const float4 *pacc, int nch_a, int nch,
                            __global const float2 *pst_c, __global const float4 *pacc_c,
                            int nch_ac, int nch_c, int B, int H, int G, int dv, int dv4,
-                           __global const float *gates, int branches, __global float *out,
-                           __local float2 *lm, __local float4 *lo)
+                           __global const float *gates, int branches, __global float *out)
 {
-    const int lid = get_local_id(0), per = NSA_WG / DC_FP, part = lid / per, sub = lid % per;
-    const size_t item = (size_t)get_group_id(0) * per + sub;
-    const int live = item < (size_t)B * H * dv4;
-    const size_t it = live ? item : 0; /* dead lanes still meet the barrier */
-    const int e4 = it % dv4, bh = it / dv4, h = bh % H, b = bh / H, hpg = H / G;
+    const size_t item = get_global_id(0);
+    if (item >= (size_t)B * H * dv4)
+        return;
+    const int e4 = item % dv4, bh = item / dv4, h = bh % H, b = bh / H, hpg = H / G;
     const int g = h / hpg, hh = h % hpg;
     const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
     const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
-    float4 acc;
     if (dense) {
-        lm[lid] = dc_combine(pstat, pacc, at, hpg, part, nch, DC_FP, dv4, e4, &acc);
-        lo[lid] = acc;
-    } else {
-        lm[lid] = dc_combine(pst_c, pacc_c, atc, hpg, part, nch_ac, DC_FP, dv4, e4, &acc);
-        lo[lid] = acc;
-        lm[NSA_WG + lid] = dc_combine(pstat, pacc, at, hpg, part, nch_a, DC_FP, dv4, e4, &acc);
-        lo[NSA_WG + lid] = acc;
-        /* the window's chunks follow the compressed or the selected ones */
-        lm[2 * NSA_WG + lid] =
-            nch_ac < nch_c
-                ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac + part, nch_c, DC_FP, dv4, e4, &acc)
-                : dc_combine(pstat, pacc, at, hpg, nch_a + part, nch, DC_FP, dv4, e4, &acc);
-        lo[2 * NSA_WG + lid] = acc;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (part != 0 || !live)
-        return;
-    if (dense) {
-        dc_store(out + o, dc_merge(lm + sub, lo + sub), e4, dv);
+        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
         return;
     }
-    const float4 oc = dc_merge(lm + sub, lo + sub);
-    const float4 os = dc_merge(lm + NSA_WG + sub, lo + NSA_WG + sub);
-    const float4 ow = dc_merge(lm + 2 * NSA_WG + sub, lo + 2 * NSA_WG + sub);
+    const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
+    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
+    /* the window's chunks follow the compressed or the selected ones */
+    const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
+                                     : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
     __global const float *gt = gates + (size_t)bh * 3;
     dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
     if (branches) {

@@ -681,13 +681,9 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
     ARG_MEM(&a, gt);
     ARG_INT(&a, branches);
     ARG_MEM(&a, dc->buf[DB_OUT].m);
-    const size_t wg = (size_t)dc->st->wg, fp = 1, per = wg / fp;
-    nsa_clr_arg(&a, sizeof(float) * 2 * 3 * wg, NULL);
-    nsa_clr_arg(&a, sizeof(float) * 4 * 3 * wg, NULL);
-    /* cl/decode.cl's DC_FP lanes an output */
-    const size_t items = (size_t)dc->B * c->H * dc->dv4;
+    /* one lane an output float4 */
     return dc_launch(ctx, dc, &a, C ? "nsa_dc_final" : "nsa_dc_final(dense)",
-                     (items + per - 1) / per * wg);
+                     (size_t)dc->B * c->H * dc->dv4);
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
