@@ -136,6 +136,8 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
                     &st->global_mem, NULL);
     clGetDeviceInfo(st->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof st->max_alloc,
                     &st->max_alloc, NULL);
+    clGetDeviceInfo(st->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof st->compute_units,
+                    &st->compute_units, NULL);
     nsa_cl_tune(st);
 
     cl_int err;

@@ -57,7 +57,7 @@ enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PST
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
-    int B, dk4, dv4, hc, cus;
+    int B, dk4, dv4, hc;
     int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
     int resident;     /* work-groups a compute unit runs at once (chunk model) */
     int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
@@ -206,9 +206,6 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         dc->hc = atoi(henv);
     while (dc->hc > 1 && partial_local(dc, dc->hc, 8) > st->local_mem)
         dc->hc = (dc->hc + 1) / 2;
-    cl_uint cus = 1;
-    clGetDeviceInfo(st->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL);
-    dc->cus = cus ? (int)cus : 1;
     const char *env = getenv("NSA_OPENCL_DECODE_CHUNK");
     if (env && sscanf(env, "%d,%d", &dc->chunk_env[0], &dc->chunk_env[1]) == 1)
         dc->chunk_env[1] = dc->chunk_env[0];
@@ -570,7 +567,8 @@ static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
 {
     const int64_t parts = (dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
     const int64_t slots = (int64_t)dc->B * dc->cfg.G * parts;
-    const int64_t res = (int64_t)dc->cus * dc->resident;
+    const int64_t cus = dc->st->compute_units ? dc->st->compute_units : 1;
+    const int64_t res = cus * dc->resident;
     const int fixed = dc->chunk_env[which];
     int ch = 0;
     if (fixed > 0)

@@ -68,6 +68,7 @@ typedef struct nsa_cl_state {
     cl_device_type type;
     cl_ulong local_mem, global_mem, max_alloc;
     size_t max_wg;
+    cl_uint compute_units; /* CL_DEVICE_MAX_COMPUTE_UNITS (decode's chunk model) */
     int wg, tile; /* from the per-device table, as -D defines */
     /* register tiles of nsa_group_attn (cl/attn.cl), table or
      * NSA_OPENCL_TUNE, as -D defines: logits rh heads x rk keys a lane, sk
