@@ -1,0 +1,285 @@
+/* Tensor-core variant of cl/decode.cl's nsa_dc_partial for NVIDIA devices
+ * of compute capability 8.0 and later: the logits Q K^T and P V as
+ * mma.sync m16n8k8 tf32 through inline PTX. Built only with -DNSA_MMA=1
+ * (lib/opencl/cl_decode.c builds a second program with it where the
+ * device allows, and falls back to the portable kernel when that build
+ * fails); other compilers never see the asm.
+ *
+ * The 16 heads of a group are the M = 16 rows of the mma (rows past the
+ * work-group's heads are 0). Precision stays fp32-level through the
+ * 3xTF32 split: x = hi + lo with hi = tf32(x), lo = tf32(x - hi), and
+ * a b ~= a_lo b_hi + a_hi b_lo + a_hi b_hi with fp32 accumulation (the
+ * a_lo b_lo term, ~2^-22 relative, is dropped).
+ *
+ * Fragments (PTX ISA, m16n8k8 .tf32): lane = 4 gq + tq. A (16 x 8, row):
+ * a0 (gq, tq), a1 (gq + 8, tq), a2 (gq, tq + 4), a3 (gq + 8, tq + 4); B
+ * (8 x 8, col): b0 (tq, gq), b1 (tq + 4, gq); C (16 x 8): c0 (gq, 2 tq),
+ * c1 (gq, 2 tq + 1), c2 (gq + 8, 2 tq), c3 (gq + 8, 2 tq + 1). The k index
+ * of a product is a free choice as long as A and B agree, so a lane loads
+ * whole float4: in the logits, k = tq stands for component x (then z) and
+ * k = tq + 4 for y (then w) of the float4 plane p0 + tq; in P V, lane gq
+ * loads the float4 column c4 of V and mma tile u takes its component u, so
+ * tile u's column n is V's column 4 (c4 of lane n) + u. */
+#if NSA_MMA
+
+static uint mma_tf32(float x)
+{
+    uint r;
+    __asm__("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+/* d += a b for one m16n8k8 tile */
+#define MMA_1(d, a0, a1, a2, a3, b0, b1)                                                       \
+    __asm__("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
+        "{%8,%9}, {%0,%1,%2,%3};"                                                              \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                       \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+
+/* hi and lo words of x */
+#define MMA_SPLIT(x, hi, lo)                                                                   \
+    do {                                                                                       \
+        hi = mma_tf32(x);                                                                      \
+        lo = mma_tf32((x) - as_float(hi));                                                     \
+    } while (0)
+
+/* d += a b in 3xTF32 from a (ah, al)[4] and b (bh, bl)[2], small terms
+ * first */
+#define MMA_3(d, ah, al, bh, bl)                                                               \
+    do {                                                                                       \
+        MMA_1(d, al[0], al[1], al[2], al[3], bh[0], bh[1]);                                    \
+        MMA_1(d, ah[0], ah[1], ah[2], ah[3], bl[0], bl[1]);                                    \
+        MMA_1(d, ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);                                    \
+    } while (0)
+
+/* Key groups of 8 a warp scores at once (each A fragment serves them). */
+#define MMA_NG 4
+
+/* Same arguments, local memory and outputs as nsa_dc_partial (NSA_WG a
+ * multiple of 32, at most 16 heads a work-group). Logits: each warp takes
+ * passes of 8 MMA_NG keys, one lane loading one float4 of a key per
+ * group and plane step. P V: each warp takes 32 columns of dv (8 float4)
+ * over all the chunk's keys, 8 keys an mma step. */
+__kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global const int *tpos,
+                                 __global const kv_t *K, __global const kv_t *V, int cap,
+                                 __global const kv_t *Kw, __global const kv_t *Vw, int w,
+                                 int wcap, __global const int *sel, int n, int lsel, int l,
+                                 int d, int H, int G, int hc, int dk, int dk4, int dv4,
+                                 float scale, int CH, int nch_a, int nch, __global float *zout,
+                                 int max_nc, __global float2 *pstat, __global float4 *pacc,
+                                 __local float4 *qs, __local float4 *zl4, __local int *rows,
+                                 __local float *red, __local int *spans)
+{
+    __local float *zl = (__local float *)zl4;
+    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
+    const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
+    const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
+    const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
+    const int t = tpos[b];
+    int cnt = 0, base = c * CH, branch = 0, ring = 0;
+    __global const kv_t *Kx = K, *Vx = V;
+    int capx = cap;
+    if (c >= nch_a) {
+        branch = 2;
+        base = (c - nch_a) * CH;
+        cnt = clamp(min(w, t + 1) - base, 0, CH);
+        Kx = Kw;
+        Vx = Vw;
+        capx = wcap;
+        ring = 1;
+    } else if (mode == 1) {
+        branch = 1;
+        if (lid == 0) {
+            int acc = 0;
+            for (int k = 0; k < n; k++) {
+                spans[k] = acc;
+                const int blk = sel[(size_t)bg * n + k];
+                if (blk >= 0)
+                    acc += max(0, min(blk * lsel + lsel, t + 1) - blk * lsel);
+            }
+            spans[n] = acc;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        cnt = clamp(spans[n] - base, 0, CH);
+    } else {
+        cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
+    }
+    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
+        const int hh = i / dk4, e4 = i % dk4;
+        float4 v = (float4)(0.0f);
+        if (hh < nh)
+            v = nsa_ld4(q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4, dk - e4 * 4);
+        qs[i] = v;
+    }
+    for (int k = lid; k < cnt; k += NSA_WG) {
+        const int i = base + k;
+        int row = i;
+        if (branch == 1) {
+            int s = 0;
+            while (s + 1 < n && spans[s + 1] <= i)
+                s++;
+            row = sel[(size_t)bg * n + s] * lsel + (i - spans[s]);
+        } else if (ring) {
+            row = (t - min(w, t + 1) + 1 + i) % w;
+        }
+        rows[k] = row;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int lane = lid & 31, wid = lid >> 5, nw = NSA_WG / 32;
+    const int gq = lane >> 2, tq = lane & 3;
+    const int ra = gq < hcp, rb = gq + 8 < hcp; /* rows of A this lane holds */
+    /* logits: every condition around an mma is uniform over the warp */
+    for (int k0 = wid * 8 * MMA_NG; k0 < cnt; k0 += nw * 8 * MMA_NG) {
+        float acc[MMA_NG][4];
+        size_t kb[MMA_NG]; /* KAT of plane 0 of the key this lane loads */
+        int kok[MMA_NG];
+#pragma unroll
+        for (int u = 0; u < MMA_NG; u++) {
+            const int k = k0 + u * 8 + gq;
+            kok[u] = k < cnt;
+            const int row = kok[u] ? rows[k] : 0;
+            kb[u] = ((size_t)bg * capx + (row & ~(NSA_DC_TK - 1))) * dk4 + (row & (NSA_DC_TK - 1));
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[u][i] = 0.0f;
+        }
+        float4 kv[MMA_NG], kn[MMA_NG];
+#pragma unroll
+        for (int u = 0; u < MMA_NG; u++)
+            kv[u] = kok[u] && tq < dk4 ? LD4(Kx, kb[u] + (size_t)tq * NSA_DC_TK) : (float4)(0.0f);
+        for (int p0 = 0; p0 < dk4; p0 += 4) {
+            const int e4 = p0 + tq, en = e4 + 4;
+            /* the next plane step's keys in flight during these mma */
+#pragma unroll
+            for (int u = 0; u < MMA_NG; u++)
+                kn[u] = kok[u] && en < dk4 ? LD4(Kx, kb[u] + (size_t)en * NSA_DC_TK)
+                                           : (float4)(0.0f);
+            const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
+            const float4 qb = e4 < dk4 && rb ? qs[(gq + 8) * dk4 + e4] : (float4)(0.0f);
+            uint ah[4], al[4], bh[2], bl[2];
+            /* k step 1: components x (k = tq) and y (k = tq + 4) */
+            MMA_SPLIT(qa.x, ah[0], al[0]);
+            MMA_SPLIT(qb.x, ah[1], al[1]);
+            MMA_SPLIT(qa.y, ah[2], al[2]);
+            MMA_SPLIT(qb.y, ah[3], al[3]);
+#pragma unroll
+            for (int u = 0; u < MMA_NG; u++) {
+                MMA_SPLIT(kv[u].x, bh[0], bl[0]);
+                MMA_SPLIT(kv[u].y, bh[1], bl[1]);
+                MMA_3(acc[u], ah, al, bh, bl);
+            }
+            /* k step 2: components z and w */
+            MMA_SPLIT(qa.z, ah[0], al[0]);
+            MMA_SPLIT(qb.z, ah[1], al[1]);
+            MMA_SPLIT(qa.w, ah[2], al[2]);
+            MMA_SPLIT(qb.w, ah[3], al[3]);
+#pragma unroll
+            for (int u = 0; u < MMA_NG; u++) {
+                MMA_SPLIT(kv[u].z, bh[0], bl[0]);
+                MMA_SPLIT(kv[u].w, bh[1], bl[1]);
+                MMA_3(acc[u], ah, al, bh, bl);
+                kv[u] = kn[u];
+            }
+        }
+        /* c0, c1: head gq, keys 2 tq, 2 tq + 1 of group u; c2, c3: head gq + 8 */
+#pragma unroll
+        for (int u = 0; u < MMA_NG; u++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int k = k0 + u * 8 + 2 * tq + (i & 1), hh = gq + (i >> 1) * 8;
+                if (k < cnt && hh < hcp) {
+                    const float z = hh < nh ? acc[u][i] * scale : -INFINITY;
+                    zl[k * hcp + hh] = z;
+                    if (mode == 0 && branch == 0 && hh < nh)
+                        zout[((size_t)bg * hpg + h0 + hh) * max_nc + base + k] = z;
+                }
+            }
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* softmax statistics per head over the chunk, as nsa_dc_partial */
+    const int npl = NSA_WG / hcp, hh = lid % hcp, sl = lid / hcp;
+    const int act = sl < npl;
+    float m = -INFINITY;
+    if (act)
+        for (int k = sl; k < cnt; k += npl)
+            m = fmax(m, zl[k * hcp + hh]);
+    red[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    m = -INFINITY;
+    for (int x = 0; x < npl; x++)
+        m = fmax(m, red[x * hcp + hh]);
+    float sum = 0.0f;
+    if (act)
+        for (int k = sl; k < cnt; k += npl) {
+            const float p = m == -INFINITY ? 0.0f : exp(zl[k * hcp + hh] - m);
+            zl[k * hcp + hh] = p;
+            sum += p;
+        }
+    red[NSA_WG + lid] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
+    if (sl == 0 && hh < nh) {
+        float tot = 0.0f;
+        for (int x = 0; x < npl; x++)
+            tot += red[NSA_WG + x * hcp + hh];
+        pstat[slot + hh] = (float2)(m, tot);
+    }
+    /* P V: warp wid takes the float4 columns 8 cg .. 8 cg + 7 */
+    const size_t vrow = (size_t)bg * capx;
+    for (int cg = wid; cg * 8 < dv4; cg += nw) {
+        const int c4 = cg * 8 + gq, cok = c4 < dv4;
+        float acc[4][4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[u][i] = 0.0f;
+        /* keys k0 + tq (k = tq) and k0 + tq + 4 (k = tq + 4) of each step */
+        float4 va = cok && tq < cnt ? LD4(Vx, (vrow + rows[tq]) * dv4 + c4) : (float4)(0.0f);
+        float4 vb =
+            cok && tq + 4 < cnt ? LD4(Vx, (vrow + rows[tq + 4]) * dv4 + c4) : (float4)(0.0f);
+        for (int k0 = 0; k0 < cnt; k0 += 8) {
+            const int ka = k0 + tq, kb = ka + 4, na = ka + 8, nb = kb + 8;
+            const float4 vna =
+                cok && na < cnt ? LD4(Vx, (vrow + rows[na]) * dv4 + c4) : (float4)(0.0f);
+            const float4 vnb =
+                cok && nb < cnt ? LD4(Vx, (vrow + rows[nb]) * dv4 + c4) : (float4)(0.0f);
+            const float p0 = ka < cnt && ra ? zl[ka * hcp + gq] : 0.0f;
+            const float p1 = ka < cnt && rb ? zl[ka * hcp + gq + 8] : 0.0f;
+            const float p2 = kb < cnt && ra ? zl[kb * hcp + gq] : 0.0f;
+            const float p3 = kb < cnt && rb ? zl[kb * hcp + gq + 8] : 0.0f;
+            uint ah[4], al[4], bh[2], bl[2];
+            MMA_SPLIT(p0, ah[0], al[0]);
+            MMA_SPLIT(p1, ah[1], al[1]);
+            MMA_SPLIT(p2, ah[2], al[2]);
+            MMA_SPLIT(p3, ah[3], al[3]);
+            MMA_SPLIT(va.x, bh[0], bl[0]);
+            MMA_SPLIT(vb.x, bh[1], bl[1]);
+            MMA_3(acc[0], ah, al, bh, bl);
+            MMA_SPLIT(va.y, bh[0], bl[0]);
+            MMA_SPLIT(vb.y, bh[1], bl[1]);
+            MMA_3(acc[1], ah, al, bh, bl);
+            MMA_SPLIT(va.z, bh[0], bl[0]);
+            MMA_SPLIT(vb.z, bh[1], bl[1]);
+            MMA_3(acc[2], ah, al, bh, bl);
+            MMA_SPLIT(va.w, bh[0], bl[0]);
+            MMA_SPLIT(vb.w, bh[1], bl[1]);
+            MMA_3(acc[3], ah, al, bh, bl);
+            va = vna;
+            vb = vnb;
+        }
+        /* tile u's c0, c1: head gq, float4 columns 8 cg + 2 tq (+1),
+         * component u; c2, c3 the same for head gq + 8 */
+        const int o4 = cg * 8 + 2 * tq;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int hx = gq + (i >> 1) * 8, cx = o4 + (i & 1);
+            if (hx < nh && cx < dv4)
+                pacc[(slot + hx) * dv4 + cx] =
+                    (float4)(acc[0][i], acc[1][i], acc[2][i], acc[3][i]);
+        }
+    }
+}
+
+#endif
