@@ -53,7 +53,35 @@ static uint mma_tf32(float x)
     } while (0)
 
 /* Key groups of 8 a warp scores at once (each A fragment serves them). */
+#ifndef MMA_NG
 #define MMA_NG 4
+#endif
+/* Ring slots of K plane steps (MMA_KR - 1 steps in flight ahead) and of
+ * value steps of 8 keys in P V. */
+#ifndef MMA_KR
+#define MMA_KR 4
+#endif
+#ifndef MMA_VR
+#define MMA_VR 4
+#endif
+
+/* The float4 of plane step st (planes 4 st .. 4 st + 3, this lane's
+ * 4 st + tq) of the key this lane loads in each group, into dst[]. */
+#define MMA_KLOAD(dst, st)                                                                     \
+    do {                                                                                       \
+        const int e4_ = (st) * 4 + tq;                                                         \
+        _Pragma("unroll") for (int u = 0; u < MMA_NG; u++) dst[u] =                            \
+            kok[u] && e4_ < dk4 ? LD4(Kx, kb[u] + (size_t)e4_ * NSA_DC_TK) : (float4)(0.0f);   \
+    } while (0)
+
+/* The value float4 of column c4 of keys 8 st + tq and 8 st + tq + 4
+ * into a and b (0 past the chunk's keys or dv). */
+#define MMA_VLOAD(a, b, st)                                                                    \
+    do {                                                                                       \
+        const int ka_ = (st) * 8 + tq, kb_ = ka_ + 4;                                          \
+        a = cok && ka_ < cnt ? LD4(Vx, (vrow + rows[ka_]) * dv4 + c4) : (float4)(0.0f);         \
+        b = cok && kb_ < cnt ? LD4(Vx, (vrow + rows[kb_]) * dv4 + c4) : (float4)(0.0f);         \
+    } while (0)
 
 /* Same arguments, local memory and outputs as nsa_dc_partial (NSA_WG a
  * multiple of 32, at most 16 heads a work-group). Logits: each warp takes
@@ -143,42 +171,48 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
             for (int i = 0; i < 4; i++)
                 acc[u][i] = 0.0f;
         }
-        float4 kv[MMA_NG], kn[MMA_NG];
+        /* plane steps (4 float4 planes each) in a ring of MMA_KR slots:
+         * the loads of MMA_KR - 1 steps ahead are in flight during the mma
+         * of this one (the loop is unrolled by the ring, so every slot
+         * index is a constant) */
+        const int nst = (dk4 + 3) / 4;
+        float4 kv[MMA_KR][MMA_NG];
 #pragma unroll
-        for (int u = 0; u < MMA_NG; u++)
-            kv[u] = kok[u] && tq < dk4 ? LD4(Kx, kb[u] + (size_t)tq * NSA_DC_TK) : (float4)(0.0f);
-        for (int p0 = 0; p0 < dk4; p0 += 4) {
-            const int e4 = p0 + tq, en = e4 + 4;
-            /* the next plane step's keys in flight during these mma */
+        for (int r = 0; r < MMA_KR - 1; r++)
+            MMA_KLOAD(kv[r], r);
+        for (int p = 0; p < nst; p += MMA_KR) {
 #pragma unroll
-            for (int u = 0; u < MMA_NG; u++)
-                kn[u] = kok[u] && en < dk4 ? LD4(Kx, kb[u] + (size_t)en * NSA_DC_TK)
-                                           : (float4)(0.0f);
-            const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
-            const float4 qb = e4 < dk4 && rb ? qs[(gq + 8) * dk4 + e4] : (float4)(0.0f);
-            uint ah[4], al[4], bh[2], bl[2];
-            /* k step 1: components x (k = tq) and y (k = tq + 4) */
-            MMA_SPLIT(qa.x, ah[0], al[0]);
-            MMA_SPLIT(qb.x, ah[1], al[1]);
-            MMA_SPLIT(qa.y, ah[2], al[2]);
-            MMA_SPLIT(qb.y, ah[3], al[3]);
+            for (int r = 0; r < MMA_KR; r++) {
+                MMA_KLOAD(kv[(r + MMA_KR - 1) % MMA_KR], p + r + MMA_KR - 1);
+                if (p + r < nst) {
+                    const int e4 = (p + r) * 4 + tq;
+                    const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
+                    const float4 qb =
+                        e4 < dk4 && rb ? qs[(gq + 8) * dk4 + e4] : (float4)(0.0f);
+                    uint ah[4], al[4], bh[2], bl[2];
+                    /* k step 1: components x (k = tq) and y (k = tq + 4) */
+                    MMA_SPLIT(qa.x, ah[0], al[0]);
+                    MMA_SPLIT(qb.x, ah[1], al[1]);
+                    MMA_SPLIT(qa.y, ah[2], al[2]);
+                    MMA_SPLIT(qb.y, ah[3], al[3]);
 #pragma unroll
-            for (int u = 0; u < MMA_NG; u++) {
-                MMA_SPLIT(kv[u].x, bh[0], bl[0]);
-                MMA_SPLIT(kv[u].y, bh[1], bl[1]);
-                MMA_3(acc[u], ah, al, bh, bl);
-            }
-            /* k step 2: components z and w */
-            MMA_SPLIT(qa.z, ah[0], al[0]);
-            MMA_SPLIT(qb.z, ah[1], al[1]);
-            MMA_SPLIT(qa.w, ah[2], al[2]);
-            MMA_SPLIT(qb.w, ah[3], al[3]);
+                    for (int u = 0; u < MMA_NG; u++) {
+                        MMA_SPLIT(kv[r][u].x, bh[0], bl[0]);
+                        MMA_SPLIT(kv[r][u].y, bh[1], bl[1]);
+                        MMA_3(acc[u], ah, al, bh, bl);
+                    }
+                    /* k step 2: components z and w */
+                    MMA_SPLIT(qa.z, ah[0], al[0]);
+                    MMA_SPLIT(qb.z, ah[1], al[1]);
+                    MMA_SPLIT(qa.w, ah[2], al[2]);
+                    MMA_SPLIT(qb.w, ah[3], al[3]);
 #pragma unroll
-            for (int u = 0; u < MMA_NG; u++) {
-                MMA_SPLIT(kv[u].z, bh[0], bl[0]);
-                MMA_SPLIT(kv[u].w, bh[1], bl[1]);
-                MMA_3(acc[u], ah, al, bh, bl);
-                kv[u] = kn[u];
+                    for (int u = 0; u < MMA_NG; u++) {
+                        MMA_SPLIT(kv[r][u].z, bh[0], bl[0]);
+                        MMA_SPLIT(kv[r][u].w, bh[1], bl[1]);
+                        MMA_3(acc[u], ah, al, bh, bl);
+                    }
+                }
             }
         }
         /* c0, c1: head gq, keys 2 tq, 2 tq + 1 of group u; c2, c3: head gq + 8 */
@@ -235,39 +269,43 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 acc[u][i] = 0.0f;
-        /* keys k0 + tq (k = tq) and k0 + tq + 4 (k = tq + 4) of each step */
-        float4 va = cok && tq < cnt ? LD4(Vx, (vrow + rows[tq]) * dv4 + c4) : (float4)(0.0f);
-        float4 vb =
-            cok && tq + 4 < cnt ? LD4(Vx, (vrow + rows[tq + 4]) * dv4 + c4) : (float4)(0.0f);
-        for (int k0 = 0; k0 < cnt; k0 += 8) {
-            const int ka = k0 + tq, kb = ka + 4, na = ka + 8, nb = kb + 8;
-            const float4 vna =
-                cok && na < cnt ? LD4(Vx, (vrow + rows[na]) * dv4 + c4) : (float4)(0.0f);
-            const float4 vnb =
-                cok && nb < cnt ? LD4(Vx, (vrow + rows[nb]) * dv4 + c4) : (float4)(0.0f);
-            const float p0 = ka < cnt && ra ? zl[ka * hcp + gq] : 0.0f;
-            const float p1 = ka < cnt && rb ? zl[ka * hcp + gq + 8] : 0.0f;
-            const float p2 = kb < cnt && ra ? zl[kb * hcp + gq] : 0.0f;
-            const float p3 = kb < cnt && rb ? zl[kb * hcp + gq + 8] : 0.0f;
-            uint ah[4], al[4], bh[2], bl[2];
-            MMA_SPLIT(p0, ah[0], al[0]);
-            MMA_SPLIT(p1, ah[1], al[1]);
-            MMA_SPLIT(p2, ah[2], al[2]);
-            MMA_SPLIT(p3, ah[3], al[3]);
-            MMA_SPLIT(va.x, bh[0], bl[0]);
-            MMA_SPLIT(vb.x, bh[1], bl[1]);
-            MMA_3(acc[0], ah, al, bh, bl);
-            MMA_SPLIT(va.y, bh[0], bl[0]);
-            MMA_SPLIT(vb.y, bh[1], bl[1]);
-            MMA_3(acc[1], ah, al, bh, bl);
-            MMA_SPLIT(va.z, bh[0], bl[0]);
-            MMA_SPLIT(vb.z, bh[1], bl[1]);
-            MMA_3(acc[2], ah, al, bh, bl);
-            MMA_SPLIT(va.w, bh[0], bl[0]);
-            MMA_SPLIT(vb.w, bh[1], bl[1]);
-            MMA_3(acc[3], ah, al, bh, bl);
-            va = vna;
-            vb = vnb;
+        /* steps of 8 keys: k0 + tq (k = tq) and k0 + tq + 4 (k = tq + 4), in
+         * a ring of MMA_VR slots as the logits' planes */
+        const int nst = (cnt + 7) / 8;
+        float4 va[MMA_VR], vb[MMA_VR];
+#pragma unroll
+        for (int r = 0; r < MMA_VR - 1; r++)
+            MMA_VLOAD(va[r], vb[r], r);
+        for (int p = 0; p < nst; p += MMA_VR) {
+#pragma unroll
+            for (int r = 0; r < MMA_VR; r++) {
+                MMA_VLOAD(va[(r + MMA_VR - 1) % MMA_VR], vb[(r + MMA_VR - 1) % MMA_VR],
+                          p + r + MMA_VR - 1);
+                if (p + r < nst) {
+                    const int ka = (p + r) * 8 + tq, kb = ka + 4;
+                    const float p0 = ka < cnt && ra ? zl[ka * hcp + gq] : 0.0f;
+                    const float p1 = ka < cnt && rb ? zl[ka * hcp + gq + 8] : 0.0f;
+                    const float p2 = kb < cnt && ra ? zl[kb * hcp + gq] : 0.0f;
+                    const float p3 = kb < cnt && rb ? zl[kb * hcp + gq + 8] : 0.0f;
+                    uint ah[4], al[4], bh[2], bl[2];
+                    MMA_SPLIT(p0, ah[0], al[0]);
+                    MMA_SPLIT(p1, ah[1], al[1]);
+                    MMA_SPLIT(p2, ah[2], al[2]);
+                    MMA_SPLIT(p3, ah[3], al[3]);
+                    MMA_SPLIT(va[r].x, bh[0], bl[0]);
+                    MMA_SPLIT(vb[r].x, bh[1], bl[1]);
+                    MMA_3(acc[0], ah, al, bh, bl);
+                    MMA_SPLIT(va[r].y, bh[0], bl[0]);
+                    MMA_SPLIT(vb[r].y, bh[1], bl[1]);
+                    MMA_3(acc[1], ah, al, bh, bl);
+                    MMA_SPLIT(va[r].z, bh[0], bl[0]);
+                    MMA_SPLIT(vb[r].z, bh[1], bl[1]);
+                    MMA_3(acc[2], ah, al, bh, bl);
+                    MMA_SPLIT(va[r].w, bh[0], bl[0]);
+                    MMA_SPLIT(vb[r].w, bh[1], bl[1]);
+                    MMA_3(acc[3], ah, al, bh, bl);
+                }
+            }
         }
         /* tile u's c0, c1: head gq, float4 columns 8 cg + 2 tq (+1),
          * component u; c2, c3 the same for head gq + 8 */
