@@ -59,7 +59,7 @@ static uint mma_tf32(float x)
 /* Ring slots of K plane steps (MMA_KR - 1 steps in flight ahead) and of
  * value steps of 8 keys in P V. */
 #ifndef MMA_KR
-#define MMA_KR 4
+#define MMA_KR 2
 #endif
 #ifndef MMA_VR
 #define MMA_VR 4
