@@ -346,53 +346,24 @@ static void dc_store(__global float *dst, float4 v, int e4, int dv)
         dst[3] = v.w;
 }
 
-/* P[i] = sum over the heads of a group of p_cmp(t, h)[i] from the logits
- * z[h][i] (rows max_nc apart) and the heads' (max, 1 / sum) in mst, heads
- * ascending (the reference's order). inline: as a called function PoCL
- * 3.1 crashed in it (a kernel with its own __local array calling a
- * function that takes a __local pointer). */
-inline float dc_pcmp(__global const float *z, __local const float *mst, int hpg, int max_nc,
-                     int i)
-{
-    float p = 0.0f;
-    for (int h0 = 0; h0 < hpg; h0 += 4) {
-        float zz[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            if (h0 + u < hpg)
-                p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
-    }
-    return p;
-}
-
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
  * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
  * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
  * < n_sel_visible(t); work-group id bg njc + j-chunk. Each work-group
  * first combines the softmax statistics of the compressed chunks
  * 0 .. ncmb-1 (of nch per (b, g)) of the group's heads (local mst: max,
- * then 1 / sum); then P[i] for the compressed tokens its blocks read
- * (ilo .. ihi-1, one lane a token, coalesced over the logits zout) into
- * local pl when they are at most pcap (else each block computes P where
- * it needs it: a token lies in 1 or 2 blocks with the paper's sizes); the
- * sums run heads ascending, then entries in the mapping's order. */
+ * then 1 / sum); P[i] is computed from the logits zout where a block needs
+ * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
+ * a launch and a pass over P; the sums run heads ascending, then entries
+ * in the mapping's order. */
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
                           int ncmb, int H, int G, int l, int d, int lsel,
                           __global const float *zout, int max_nc, __global const int *rowptr,
                           __global const int *col, __global const int *val, int njc,
-                          int max_vis, __global float *sbuf, __local float *mst,
-                          __local float *pl, int pcap)
+                          int max_vis, __global float *sbuf, __local float *mst)
 {
-    __local int range[2];
     const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
     const int hpg = H / G, t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
-    if (lid == 0) {
-        range[0] = INT_MAX;
-        range[1] = -1;
-    }
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
         float m = -INFINITY, sum = 0.0f; /* one pass, running max */
@@ -409,29 +380,26 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int j = jc * NSA_WG + lid, live = j < vis;
-    if (live)
-        for (int e = rowptr[j]; e < rowptr[j + 1]; e++)
-            if (col[e] < nc) {
-                atomic_min(&range[0], col[e]);
-                atomic_max(&range[1], col[e]);
-            }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    __global const float *z = zout + (size_t)bg * hpg * max_nc;
-    /* no token read (ilo > ihi): nothing to stage */
-    const int ilo = range[0], ihi = range[1] + 1, local_p = ihi > ilo && ihi - ilo <= pcap;
-    if (local_p)
-        for (int i = ilo + lid; i < ihi; i += NSA_WG)
-            pl[i - ilo] = dc_pcmp(z, mst, hpg, max_nc, i);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (!live)
+    const int j = jc * NSA_WG + lid;
+    if (j >= vis)
         return;
+    __global const float *z = zout + (size_t)bg * hpg * max_nc;
     float a = 0.0f;
     for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
         const int i = col[e];
         if (i >= nc)
             continue;
-        const float p = local_p ? pl[i - ilo] : dc_pcmp(z, mst, hpg, max_nc, i);
+        float p = 0.0f;
+        for (int h0 = 0; h0 < hpg; h0 += 4) {
+            float zz[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (h0 + u < hpg)
+                    p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
+        }
         a += (float)val[e] * p;
     }
     sbuf[(size_t)bg * max_vis + j] = a;

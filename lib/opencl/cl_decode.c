@@ -810,11 +810,6 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
         ARG_INT(&a, max_vis);
         ARG_MEM(&a, dc->buf[DB_S].m);
         nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
-        /* P of the compressed tokens a work-group's blocks read (4 WG + 4
-         * with the paper's mapping), when they fit */
-        const int pcap = 8 * dc->st->wg;
-        nsa_clr_arg(&a, sizeof(float) * (size_t)pcap, NULL);
-        ARG_INT(&a, pcap);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
