@@ -112,8 +112,9 @@ typedef struct nsa_backend_info {
 NSA_API int nsa_backend_count(void);
 NSA_API nsa_status nsa_backend_get_info(int index, nsa_backend_info *info);
 
-/* backend: a registered name, "auto" (first available; the environment
- * variable NSA_BACKEND overrides it), or NULL (= "auto"). On failure *out is
+/* backend: a registered name, "auto" (the first that is available and
+ * starts; the environment variable NSA_BACKEND overrides it), or NULL
+ * (= "auto"). On failure *out is
  * NULL; msg (optional) receives the reason. */
 NSA_API nsa_status nsa_context_create(const char *backend, nsa_context **out,
                                       char *msg, size_t msg_len);
