@@ -59,8 +59,9 @@ NSA_HIDDEN void nsa_bm_map_free(nsa_csr *m);
  * forced must hold n_init + n_local entries; returns the count. */
 NSA_HIDDEN int nsa_bm_forced(const nsa_config *cfg, int64_t t, int32_t *forced);
 /* Top-n selection for t from group scores s[0..visible-1] (spec 3): forced
- * blocks, then the largest s, ties to the smaller j; writes n indices sorted
- * ascending, padded with -1. work needs n_sel_visible(t) bytes. */
+ * blocks, then the largest s, ties to the smaller j (+0 = -0; NaN below
+ * every number); writes n indices sorted ascending, padded with -1. work
+ * needs n_sel_visible(t) bytes. */
 NSA_HIDDEN void nsa_bm_select(const nsa_config *cfg, int64_t t, const double *s,
                               unsigned char *work, int32_t *sel);
 /* Same, float scores (backends that score in float32). */

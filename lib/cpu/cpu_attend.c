@@ -293,7 +293,7 @@ static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scrat
                 acc += (float)M->val[e] * w->ps[M->col[e]];
         w->score[j] = acc;
     }
-    nsa_cpu_select_topn(c, t, w->score, w->work, w->sel);
+    nsa_bm_select_f(c, t, w->score, w->work, w->sel);
 }
 
 /* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
