@@ -249,6 +249,9 @@ NSA_HIDDEN nsa_status nsa_ref_dense_decode(nsa_context *ctx, const nsa_decode_jo
 NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
+/* n linears over one x: the backend's linear_many, else nsa_run_linear on
+ * each in turn (stopping at the first failure). */
+NSA_HIDDEN nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 NSA_HIDDEN nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
 NSA_HIDDEN nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job);
 
