@@ -629,43 +629,48 @@ typedef struct dplan {
 static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
 /* Combines the partials c < nch (stride floats apart) into o[hpg][dv]:
- * o = sum_c f_c o_c with f_c = exp(m_c - M) / sum_c' exp(m_c' - M) l_c',
- * M = max_c m_c, in the order of c (the kernels' gemm_nn_acc, one head at a
- * time). A chunk with m_c = -inf saw no key and weighs nothing (f_c = 0,
- * its o_c is zeros); no key at all gives zeros. fac (optional) gets f_c,
- * [nch][hpg]. */
+ * o = sum_c f_c o_c with f_c = e_c / L, e_c = exp(m_c - M), M = max_c m_c,
+ * L = sum_c e_c l_c; each e_c is computed once, in one pass in the order of
+ * c that sums L and e_c o_c (the kernels' gemm_nn_acc, one head at a time),
+ * then o is divided by L. A chunk with m_c = -inf saw no key and weighs
+ * nothing (e_c = 0, its o_c is zeros); no key at all gives zeros. fac
+ * (optional) gets f_c, [nch][hpg]. */
 static void merge_parts(const nsa_simd_kernels *k, int hpg, int dv, const float *parts,
                         size_t stride, int nch, float *o, float *fac)
 {
     enum { FB = 64 }; /* factors a kernel call */
-    float fi[FB];
+    float ei[FB];
     for (int i = 0; i < hpg; i++) {
         float M = -INFINITY, L = 0.0f;
         for (int c = 0; c < nch; c++) {
             const float m = parts[(size_t)c * stride + i];
             M = m > M ? m : M;
         }
-        for (int c = 0; c < nch; c++) {
-            const float *pt = parts + (size_t)c * stride;
-            if (pt[i] != -INFINITY)
-                L += expf(pt[i] - M) * pt[hpg + i];
-        }
-        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
         float *oi = o + (size_t)i * dv;
         memset(oi, 0, sizeof(float) * (size_t)dv);
         for (int c0 = 0; c0 < nch; c0 += FB) {
             const int nb = nch - c0 < FB ? nch - c0 : FB;
             for (int c = 0; c < nb; c++) {
                 const float *pt = parts + (size_t)(c0 + c) * stride;
-                const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
+                float e = 0.0f;
+                if (pt[i] != -INFINITY) {
+                    e = expf(pt[i] - M);
+                    L += e * pt[hpg + i];
+                }
+                ei[c] = e;
                 if (fac)
-                    fac[(size_t)(c0 + c) * hpg + i] = f;
-                fi[c] = f;
+                    fac[(size_t)(c0 + c) * hpg + i] = e;
             }
-            k->gemm_nn_acc(1, dv, nb, fi, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
+            k->gemm_nn_acc(1, dv, nb, ei, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
                                                     (size_t)i * dv,
                            stride, oi, (size_t)dv);
         }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        for (int x = 0; x < dv; x++)
+            oi[x] *= inv;
+        if (fac)
+            for (int c = 0; c < nch; c++)
+                fac[(size_t)c * hpg + i] *= inv;
     }
 }
 
