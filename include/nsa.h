@@ -99,6 +99,11 @@ NSA_API int nsa_n_cmp(const nsa_config *cfg, int64_t t);
 NSA_API int64_t nsa_cmp_tokens(const nsa_config *cfg, int64_t S);
 
 /* ------------------------------------------------------ context/backends */
+/* A context: a backend, its state and workspaces, the last error message.
+ * It runs one call at a time: calls on one context, and on the layers and
+ * decode states made on it, must not overlap, so a program that computes
+ * on several threads gives each thread its own context (the library keeps
+ * no other mutable state). */
 typedef struct nsa_context nsa_context;
 
 typedef struct nsa_backend_info {

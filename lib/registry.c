@@ -176,6 +176,18 @@ nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job)
     return nsa_ref_linear(ctx, job);
 }
 
+nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n)
+{
+    if (ctx->be->linear_many)
+        return ctx->be->linear_many(ctx, jobs, n);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no linear_many: one linear job each", ctx->be->name);
+    nsa_status s = NSA_OK;
+    for (int i = 0; i < n && s == NSA_OK; i++)
+        s = nsa_run_linear(ctx, &jobs[i]);
+    return s;
+}
+
 nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
 {
     if (ctx->be->decode_attend)

@@ -48,6 +48,15 @@ nsa_op_args tl_problem_args(const tl_problem *p);
  * lib/blockmath.c, so a test that uses it can catch an error there. */
 int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
 
+/* The cpu backend's kernel sets usable here, each once, in rank order
+ * (scalar, avx2, avx512; scalar, neon), into names[TL_KERNEL_SETS]: a set's
+ * name, which as a cap (nsa_cpu_set_max_isa, NSA_MAX_ISA) gives exactly that
+ * set. A cap that maps to a set already listed is skipped; a set of this
+ * processor's family not usable here gets a SKIP line saying why (once a
+ * run). Returns the count, at least 1 (scalar). */
+#define TL_KERNEL_SETS 4
+int tl_kernel_sets(const char **names);
+
 /* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
  * test binaries later cross-check other backends. */
 const char *tl_backend_name(void);
