@@ -114,6 +114,9 @@ static void flash_spans(const nsa_simd_kernels *k, int m, int dk, int dv, float 
                 mrow[i] = mnew;
                 if (corr != 1.0f) {
                     float *o = O + (size_t)i * dv;
+#ifdef _OPENMP
+#pragma omp simd
+#endif
                     for (int e = 0; e < dv; e++)
                         o[e] *= corr;
                 }
@@ -145,6 +148,7 @@ typedef struct scratch {
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
     int32_t *sel; /* [n] */
+    int32_t *selt; /* [TQ][n] the selections of an item's positions */
     span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
     float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
     float *mrow, *lrow;        /* [TQ*hpg] */
@@ -185,6 +189,7 @@ static size_t scratch_layout(scratch *w, const nsa_config *c, int max_nc, int ma
     w->score = carve(base, &used, vis * f);
     w->work = carve(base, &used, vis);
     w->sel = carve(base, &used, n * sizeof(int32_t));
+    w->selt = carve(base, &used, dec ? 0 : TQ * n * sizeof(int32_t));
     w->sp = carve(base, &used, (dec ? 2 : 1) * n * sizeof(span));
     w->ocmp = carve(base, &used, dec ? 0 : mt * dv * f);
     w->oslc = carve(base, &used, mt * dv * f);
@@ -370,28 +375,76 @@ static int sel_spans(const nsa_config *c, int64_t t, const int32_t *sel, span *s
     return nsp;
 }
 
-/* Selected branch for one position, over w->sel; K and V point at the
- * group's key and value of position 0 of the sequence (row strides krow,
- * vrow). */
-static void selected_at(const nsa_simd_kernels *k, const nsa_config *c, float scale, int64_t t,
-                        const float *K, const float *V, const float *qh, scratch *w,
-                        float *oslc)
-{
-    const int hpg = c->H / c->G, G = c->G;
-    const size_t krow = (size_t)G * c->dk, vrow = (size_t)G * c->dv;
-    const int nsp = sel_spans(c, t, w->sel, w->sp);
-    flash(k, hpg, c->dk, c->dv, scale, qh, (size_t)c->dk, K, krow, V, vrow, w->sp, nsp, NULL,
-          NULL, w->s, w->mrow, w->lrow, oslc);
-}
-
-static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t,
-                     int g, const float *qh, scratch *w, float *oslc)
+/* Selected branch for the item's positions t0 .. t0+nt-1, over their
+ * selections w->selt[u][0..n), block-major: the blocks are visited in
+ * ascending order of the union of the selections, and each block is
+ * applied to every position that selected it while its rows are hot, so a
+ * block shared by several positions (block 0, the local blocks, common
+ * picks) is read from memory once an item; the next block of the union is
+ * prefetched meanwhile. Each position still sees its own blocks in the
+ * order of its selection (ascending), one online-softmax step a block. */
+static void selected_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
+                          int nt, int g, scratch *w)
 {
     const nsa_config *c = job->cfg;
-    const size_t krow = (size_t)c->G * c->dk, vrow = (size_t)c->G * c->dv;
-    const int64_t base = job->batch->cu[b];
-    selected_at(k, c, job->scale, t, job->k_slc + (size_t)base * krow + (size_t)g * c->dk,
-                job->v_slc + (size_t)base * vrow + (size_t)g * c->dv, qh, w, oslc);
+    const int hpg = c->H / c->G, dk = c->dk, dv = c->dv, n = c->n;
+    const size_t krow = (size_t)c->G * dk, vrow = (size_t)c->G * dv;
+    const int64_t base = job->batch->cu[b], tmax = t0 + nt - 1;
+    const float *K = job->k_slc + (size_t)base * krow + (size_t)g * dk;
+    const float *V = job->v_slc + (size_t)base * vrow + (size_t)g * dv;
+    int cur[TQ]; /* next entry of each position's selection */
+    for (int u = 0; u < nt; u++) {
+        cur[u] = 0;
+        flash_init(hpg, dv, w->mrow + (size_t)u * hpg, w->lrow + (size_t)u * hpg,
+                   w->oslc + (size_t)u * hpg * dv);
+    }
+    for (;;) {
+        /* the smallest block at the head of a selection (-1 pads skipped) */
+        int32_t blk = -1;
+        for (int u = 0; u < nt; u++) {
+            const int32_t *su = w->selt + (size_t)u * n;
+            while (cur[u] < n && su[cur[u]] < 0)
+                cur[u]++;
+            if (cur[u] < n && (blk < 0 || su[cur[u]] < blk))
+                blk = su[cur[u]];
+        }
+        if (blk < 0)
+            break;
+        /* the next block of the union, to prefetch */
+        int32_t nxt = -1;
+        for (int u = 0; u < nt; u++) {
+            const int32_t *su = w->selt + (size_t)u * n;
+            int e = cur[u];
+            if (e < n && su[e] == blk)
+                e++;
+            while (e < n && su[e] < 0)
+                e++;
+            if (e < n && (nxt < 0 || su[e] < nxt))
+                nxt = su[e];
+        }
+        if (nxt >= 0) {
+            const int64_t lo = (int64_t)nxt * c->l_sel;
+            const int64_t hi = lo + c->l_sel < tmax + 1 ? lo + c->l_sel : tmax + 1;
+            if (lo < hi) {
+                prefetch_rows(K + (size_t)lo * krow, krow, hi - lo, dk);
+                prefetch_rows(V + (size_t)lo * vrow, vrow, hi - lo, dv);
+            }
+        }
+        for (int u = 0; u < nt; u++) {
+            if (cur[u] >= n || w->selt[(size_t)u * n + cur[u]] != blk)
+                continue;
+            cur[u]++;
+            const int64_t t = t0 + u, lo = (int64_t)blk * c->l_sel;
+            const span sp = {lo, lo + c->l_sel < t + 1 ? lo + c->l_sel : t + 1};
+            if (sp.lo < sp.hi)
+                flash_spans(k, hpg, dk, dv, job->scale, w->qt + (size_t)u * hpg * dk, (size_t)dk,
+                            K, krow, V, vrow, &sp, 1, NULL, NULL, w->s,
+                            w->mrow + (size_t)u * hpg, w->lrow + (size_t)u * hpg,
+                            w->oslc + (size_t)u * hpg * dv);
+        }
+    }
+    for (int u = 0; u < nt; u++)
+        flash_finish(hpg, dv, w->lrow + (size_t)u * hpg, w->oslc + (size_t)u * hpg * dv);
 }
 
 static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
@@ -427,16 +480,18 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
             cmp_tile(k, job, b, t0, u0, u1, g, ldp, w);
         for (int u = u0; u < u1; u++) {
             const int64_t t = t0 + u;
-            if (branches & NSA_CPU_CMP)
+            int32_t *su = w->selt + (size_t)u * c->n;
+            if (branches & NSA_CPU_CMP) {
                 select_blocks(job, b, t, g, ldp, w->pc + (size_t)(u - u0) * hpg * ldp, w);
-            else if (branches & NSA_CPU_SLC)
-                memcpy(w->sel, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
+                memcpy(su, w->sel, sizeof(int32_t) * c->n);
+            } else if (branches & NSA_CPU_SLC) {
+                memcpy(su, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
                        sizeof(int32_t) * c->n);
-            if (branches & NSA_CPU_SLC)
-                selected(k, job, b, t, g, w->qt + (size_t)u * hpg * dk, w,
-                         w->oslc + (size_t)u * hpg * dv);
+            }
         }
     }
+    if (branches & NSA_CPU_SLC)
+        selected_item(k, job, b, t0, nt, g, w);
     /* outputs: the group's heads are contiguous in [T][H][dv] */
     for (int u = 0; u < nt; u++) {
         const size_t at = ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv;
@@ -908,9 +963,12 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
     dplan_layout(&p, base);
     memcpy(p.q, job->q, sizeof(float) * (size_t)job->B * c->H * c->dk);
     char *const thread_base = base + shared;
-    const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
+    /* A: compressed chunks; B: the selections, with the window chunks
+     * (which need no selection) filling the threads B leaves idle; C: the
+     * selected chunks (dense: all); D: merges and gates. */
+    const int nu_a = p.nitem * p.ncmp, nu_b = p.nitem * (1 + p.nwin), nu_c = p.nitem * p.nslc;
 #ifdef _OPENMP
-#pragma omp parallel if (nu_c > 1)
+#pragma omp parallel if (nu_a + nu_b + nu_c > 1)
 #endif
     {
         int id = 0;
@@ -928,14 +986,20 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (int it = 0; it < p.nitem; it++)
-                dec_select(&p, it, &w);
+            for (int u = 0; u < nu_b; u++) {
+                if (u < p.nitem) {
+                    dec_select(&p, u, &w);
+                } else {
+                    const int v = u - p.nitem;
+                    dec_attn_chunk(&p, v / p.nwin, p.nslc + v % p.nwin, &w);
+                }
+            }
         }
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int u = 0; u < nu_c; u++)
-            dec_attn_chunk(&p, u / (p.nslc + p.nwin), u % (p.nslc + p.nwin), &w);
+            dec_attn_chunk(&p, u / p.nslc, u % p.nslc, &w);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
