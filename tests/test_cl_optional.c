@@ -24,18 +24,9 @@ static int g_have_cl; /* a plain opencl context can be made here */
 static int setup(void **state)
 {
     (void)state;
-    if (!getenv("NSA_OPENCL_DEVICE")) {
-        cl_platform_id p;
-        cl_device_id d;
-        char why[300];
-        if (!nsa_cl_pick_device(NULL, &p, &d, why, sizeof why))
-            setenv("NSA_OPENCL_DEVICE", "*", 1);
-    }
-    /* a private program cache: the suite never writes into the user's */
     snprintf(g_cache_dir, sizeof g_cache_dir, "%s", "/tmp/nsa-cloptional-XXXXXX");
-    if (!mkdtemp(g_cache_dir))
+    if (!tl_opencl_setup(g_cache_dir)) /* device choice and a private cache */
         return -1;
-    setenv("NSA_OPENCL_CACHE_DIR", g_cache_dir, 1);
     unsetenv("NSA_OPENCL_UNUSABLE");
     nsa_context *c = NULL;
     char msg[NSA_MSG_LEN];

@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
 #include "testlib.h"
 
 #include "cpu/cpu_internal.h"
@@ -359,4 +360,22 @@ int tl_kernel_sets(const char **names)
     }
     said = 1;
     return n;
+}
+
+int tl_opencl_setup(char *tmpl)
+{
+    if (!getenv("NSA_OPENCL_DEVICE")) {
+        int found = 0;
+        for (int i = 0; i < nsa_backend_count(); i++) {
+            nsa_backend_info info;
+            if (nsa_backend_get_info(i, &info) == NSA_OK && strcmp(info.name, "opencl") == 0)
+                found = info.available;
+        }
+        if (!found)
+            setenv("NSA_OPENCL_DEVICE", "*", 1);
+    }
+    if (!mkdtemp(tmpl))
+        return 0;
+    setenv("NSA_OPENCL_CACHE_DIR", tmpl, 1);
+    return 1;
 }
