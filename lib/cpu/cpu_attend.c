@@ -114,9 +114,6 @@ static void flash_spans(const nsa_simd_kernels *k, int m, int dk, int dv, float 
                 mrow[i] = mnew;
                 if (corr != 1.0f) {
                     float *o = O + (size_t)i * dv;
-#ifdef _OPENMP
-#pragma omp simd
-#endif
                     for (int e = 0; e < dv; e++)
                         o[e] *= corr;
                 }
