@@ -99,6 +99,11 @@ NSA_API int nsa_n_cmp(const nsa_config *cfg, int64_t t);
 NSA_API int64_t nsa_cmp_tokens(const nsa_config *cfg, int64_t S);
 
 /* ------------------------------------------------------ context/backends */
+/* A context: a backend, its state and workspaces, the last error message.
+ * It runs one call at a time: calls on one context, and on the layers and
+ * decode states made on it, must not overlap, so a program that computes
+ * on several threads gives each thread its own context (the library keeps
+ * no other mutable state). */
 typedef struct nsa_context nsa_context;
 
 typedef struct nsa_backend_info {
@@ -112,8 +117,9 @@ typedef struct nsa_backend_info {
 NSA_API int nsa_backend_count(void);
 NSA_API nsa_status nsa_backend_get_info(int index, nsa_backend_info *info);
 
-/* backend: a registered name, "auto" (first available; the environment
- * variable NSA_BACKEND overrides it), or NULL (= "auto"). On failure *out is
+/* backend: a registered name, "auto" (the first that is available and
+ * starts; the environment variable NSA_BACKEND overrides it), or NULL
+ * (= "auto"). On failure *out is
  * NULL; msg (optional) receives the reason. */
 NSA_API nsa_status nsa_context_create(const char *backend, nsa_context **out,
                                       char *msg, size_t msg_len);

@@ -124,29 +124,85 @@ int nsa_bm_selection_valid(const nsa_config *c, int64_t t, const int32_t *sel)
     return 1;
 }
 
-/* Shared body of the top-n rule; SCORE(j) reads the group score. */
-#define SELECT_BODY(SCORE)                                                       \
-    int vis = nsa_bm_n_sel_visible(c, t), k = 0;                                 \
+/* Order-preserving unsigned images of the scores, so the rule compares
+ * integers: +0 and -0 are equal (as they compare); NaN, which spec 3 leaves
+ * unordered, is the lowest score (below -inf), ties among NaNs going to the
+ * smaller j like any other tie. */
+static uint32_t key_f(float x)
+{
+    if (x != x)
+        return 0;
+    uint32_t u = 0;
+    if (x != 0.0f)
+        memcpy(&u, &x, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static uint64_t key_d(double x)
+{
+    if (x != x)
+        return 0;
+    uint64_t u = 0;
+    if (x != 0.0)
+        memcpy(&u, &x, sizeof u);
+    return (u & 0x8000000000000000u) ? ~u : (u | 0x8000000000000000u);
+}
+
+#define TOPN_LIST 64 /* picks one pass over the scores collects */
+
+/* Shared body of the top-n rule (spec 3); KEY(j) is block j's key (type KT).
+ * The picks are the first n - forced non-forced blocks in the order (key
+ * descending, j ascending). One pass over the scores keeps the best up to
+ * TOPN_LIST blocks that come after the previous pass's last pick in a short
+ * list in that order; most blocks are rejected by one comparison with its
+ * last entry, so a pass costs about one read of the scores (an argmax per
+ * pick costs n of them: ~20 us at 64k, serial in a decode step). More than
+ * TOPN_LIST picks take further passes. */
+#define SELECT_BODY(KT, KEY)                                                     \
+    const int vis = nsa_bm_n_sel_visible(c, t);                                  \
+    int k = 0;                                                                   \
     if (vis <= c->n) {                                                           \
         for (int j = 0; j < vis; j++)                                            \
             sel[k++] = j;                                                        \
     } else {                                                                     \
+        /* vis > n >= n_init + n_local: the forced ranges are disjoint and   \
+         * leave more than want candidates between them */                   \
+        const int lo_local = vis - c->n_local;                                   \
+        int want = c->n - c->n_init - c->n_local;                                \
         memset(taken, 0, (size_t)vis);                                           \
-        int nf = 0;                                                              \
         for (int j = 0; j < vis; j++)                                            \
-            if (j < c->n_init || j >= vis - c->n_local) {                        \
-                taken[j] = 1;                                                    \
-                nf++;                                                            \
+            taken[j] = j < c->n_init || j >= lo_local;                           \
+        KT last_k = (KT)-1; /* before every key: nothing picked yet */           \
+        int last_j = -1;                                                         \
+        while (want > 0) {                                                       \
+            const int m = want < TOPN_LIST ? want : TOPN_LIST;                   \
+            KT bk[TOPN_LIST];                                                    \
+            int bj[TOPN_LIST], cnt = 0;                                          \
+            for (int j = c->n_init; j < lo_local; j++) {                         \
+                const KT kj = KEY(j);                                            \
+                if (cnt == m && !(kj > bk[m - 1]))                               \
+                    continue; /* ties keep the earlier j */                      \
+                if (kj > last_k || (kj == last_k && j <= last_j))                \
+                    continue; /* picked by an earlier pass */                    \
+                /* after every entry >= kj: equal keys stay in j order */        \
+                int at = cnt < m ? cnt : m - 1;                                  \
+                while (at > 0 && bk[at - 1] < kj) {                              \
+                    bk[at] = bk[at - 1];                                         \
+                    bj[at] = bj[at - 1];                                         \
+                    at--;                                                        \
+                }                                                                \
+                bk[at] = kj;                                                     \
+                bj[at] = j;                                                      \
+                if (cnt < m)                                                     \
+                    cnt++;                                                       \
             }                                                                    \
-        /* n - nf picks, each the largest remaining score, first j on ties */    \
-        for (int pick = nf; pick < c->n; pick++) {                               \
-            int best = -1;                                                       \
-            for (int j = 0; j < vis; j++)                                        \
-                if (!taken[j] && (best < 0 || SCORE(j) > SCORE(best)))           \
-                    best = j;                                                    \
-            if (best < 0)                                                        \
-                break;                                                           \
-            taken[best] = 1;                                                     \
+            if (cnt == 0)                                                        \
+                break; /* unreachable: more candidates than picks */             \
+            for (int i = 0; i < cnt; i++)                                        \
+                taken[bj[i]] = 1;                                                \
+            last_k = bk[cnt - 1];                                                \
+            last_j = bj[cnt - 1];                                                \
+            want -= cnt;                                                         \
         }                                                                        \
         for (int j = 0; j < vis; j++)                                            \
             if (taken[j])                                                        \
@@ -158,15 +214,15 @@ int nsa_bm_selection_valid(const nsa_config *c, int64_t t, const int32_t *sel)
 void nsa_bm_select(const nsa_config *c, int64_t t, const double *s, unsigned char *taken,
                    int32_t *sel)
 {
-#define S_D(j) s[j]
-    SELECT_BODY(S_D)
-#undef S_D
+#define K_D(j) key_d(s[j])
+    SELECT_BODY(uint64_t, K_D)
+#undef K_D
 }
 
 void nsa_bm_select_f(const nsa_config *c, int64_t t, const float *s, unsigned char *taken,
                      int32_t *sel)
 {
-#define S_F(j) s[j]
-    SELECT_BODY(S_F)
-#undef S_F
+#define K_F(j) key_f(s[j])
+    SELECT_BODY(uint32_t, K_F)
+#undef K_F
 }

@@ -14,7 +14,10 @@
  * that it re-uploads a sequence whose history changed. A backend that
  * also offers dcache_step runs the rest of the step there: only the K/V
  * projections come to the host (for the caches), q, the gates and the
- * attention output stay on the device, and y comes back. */
+ * attention output stay on the device, and y comes back. A backend whose
+ * mirror cannot do a job here (its kernels unusable on the device) says
+ * NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the step again without
+ * dcache_step, for good (the failed try changed nothing). */
 #include "decode.h"
 #include "layer.h"
 
@@ -43,6 +46,7 @@ struct nsa_decode_state {
     int dc_fail;              /* test hook, see decode.h */
     int fail_late;            /* test hook, see decode.h */
     int64_t fused_steps;      /* steps run by the backend's dcache_step */
+    int no_step;              /* dcache_step said NSA_ERR_UNSUPPORTED */
 };
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
@@ -406,7 +410,7 @@ int64_t nsa_decode_fused_steps(const nsa_decode_state *st) { return st ? st->fus
  * gate MLP runs on the host). */
 static int fused(const nsa_decode_state *st)
 {
-    return st->dc && st->be->dcache_step && st->L->cfg.gate_hidden == 0;
+    return st->dc && st->be->dcache_step && !st->no_step && st->L->cfg.gate_hidden == 0;
 }
 
 void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
@@ -493,8 +497,8 @@ static int emits(const nsa_config *c, int64_t t)
     return t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
 }
 
-nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
-                           const nsa_layer_aux *aux)
+static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
+                            const nsa_layer_aux *aux)
 {
     if (!L || !st)
         return NSA_ERR_NULL;
@@ -530,6 +534,7 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
     memset(&act, 0, sizeof act);
     nsa_csr map = {0};
     const int dev = fused(st);
+    int late = 0; /* fail_late kept for the second try (see nsa_decode_step) */
     /* o only when it comes to the host (the fused step keeps it on the device) */
     float *o = dev ? NULL : st_alloc(st, sizeof(float) * (size_t)B * H * c->dv);
     int32_t *sel = st_alloc(st, sizeof(int32_t) * (size_t)B * G * n);
@@ -628,12 +633,19 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
             s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
             if (s == NSA_OK)
                 st->fused_steps++;
+            if (s == NSA_ERR_UNSUPPORTED) { /* nsa_decode_step tries again */
+                st->no_step = 1;
+                st->dc_fail = sync.fail_at; /* test hooks: for the second try */
+                late = st->fail_late;
+                nsa_log(ctx, "decode: no device step on '%s' (%s): q, gates and Wo on their own",
+                        st->be->name, ctx->msg);
+            }
         } else {
             s = attend_job(st, &job, 0);
         }
         if (s == NSA_OK && st->fail_late)
             s = nsa_fail(ctx, NSA_ERR_BACKEND, "injected failure after the attention (test)");
-        st->fail_late = 0;
+        st->fail_late = late;
         if (s == NSA_OK && !dev)
             s = nsa_layer_output(L, o, B, y);
         if (s != NSA_OK) {
@@ -686,5 +698,16 @@ nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, f
     free(tmp);
     free(zk);
     free(rope);
+    return s;
+}
+
+nsa_status nsa_decode_step(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
+                           const nsa_layer_aux *aux)
+{
+    const int no_step = !st || st->no_step;
+    nsa_status s = step_once(L, st, x, y, aux);
+    /* the fused step was unsupported and undone: the same step without it */
+    if (s == NSA_ERR_UNSUPPORTED && !no_step && st->no_step)
+        s = step_once(L, st, x, y, aux);
     return s;
 }

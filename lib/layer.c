@@ -391,17 +391,6 @@ static nsa_status gates_finish(nsa_layer *L, int64_t rows, float *h, float *g)
     return NSA_OK;
 }
 
-/* Several linears over one x: one job for a backend that batches them. */
-static nsa_status linear_many(nsa_context *ctx, const nsa_linear_job *j, int n)
-{
-    if (ctx->be->linear_many)
-        return ctx->be->linear_many(ctx, j, n);
-    nsa_status s = NSA_OK;
-    for (int i = 0; i < n && s == NSA_OK; i++)
-        s = nsa_run_linear(ctx, &j[i]);
-    return s;
-}
-
 /* RoPE "after": compressed key i of a sequence is rotated at position i*d. */
 void nsa_layer_rope_after(void *user, const nsa_batch *bt, float *kc)
 {
@@ -482,7 +471,7 @@ static nsa_status project(nsa_layer *L, const float *x, int64_t rows, const int6
         gate_job(L, x, rows, a->gates, h, &key[nj], &j[nj]);
         nj++;
     }
-    nsa_status s = linear_many(ctx, j, nj);
+    nsa_status s = nsa_run_linear_many(ctx, j, nj);
     if (s == NSA_OK && with_qg)
         s = gates_finish(L, rows, h, a->gates);
     free(h);

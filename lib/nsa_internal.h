@@ -59,8 +59,9 @@ NSA_HIDDEN void nsa_bm_map_free(nsa_csr *m);
  * forced must hold n_init + n_local entries; returns the count. */
 NSA_HIDDEN int nsa_bm_forced(const nsa_config *cfg, int64_t t, int32_t *forced);
 /* Top-n selection for t from group scores s[0..visible-1] (spec 3): forced
- * blocks, then the largest s, ties to the smaller j; writes n indices sorted
- * ascending, padded with -1. work needs n_sel_visible(t) bytes. */
+ * blocks, then the largest s, ties to the smaller j (+0 = -0; NaN below
+ * every number); writes n indices sorted ascending, padded with -1. work
+ * needs n_sel_visible(t) bytes. */
 NSA_HIDDEN void nsa_bm_select(const nsa_config *cfg, int64_t t, const double *s,
                               unsigned char *work, int32_t *sel);
 /* Same, float scores (backends that score in float32). */
@@ -248,6 +249,9 @@ NSA_HIDDEN nsa_status nsa_ref_dense_decode(nsa_context *ctx, const nsa_decode_jo
 NSA_HIDDEN nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job);
 NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
+/* n linears over one x: the backend's linear_many, else nsa_run_linear on
+ * each in turn (stopping at the first failure). */
+NSA_HIDDEN nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 NSA_HIDDEN nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
 NSA_HIDDEN nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job);
 

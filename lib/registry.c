@@ -1,6 +1,6 @@
 /* The backend registry (the library's only global state: a constant array)
  * and contexts. Backends are listed best first; "ref" is always last, and
- * "auto" takes the first whose probe succeeds. */
+ * "auto" takes the first that probes and starts. */
 #include "nsa_internal.h"
 
 #include <stdlib.h>
@@ -63,42 +63,10 @@ static void list_names(char *buf, size_t len)
                                  registry[i]->name);
 }
 
-nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
-                              size_t msg_len)
+/* A context on backend be (its init run); on failure msg says why. */
+static nsa_status start(const nsa_backend_ops *be, int verbose, nsa_context **out, char *msg,
+                        size_t msg_len)
 {
-    if (!out)
-        return nsa_fail_buf(msg, msg_len, NSA_ERR_NULL, "out is NULL");
-    *out = NULL;
-    int verbose = nsa_env_verbose();
-    const char *env = getenv("NSA_BACKEND");
-    const char *want = backend ? backend : "auto";
-    if (strcmp(want, "auto") == 0 && env && *env)
-        want = env; /* the environment overrides "auto" only */
-
-    const nsa_backend_ops *be = NULL;
-    char why[160];
-    if (strcmp(want, "auto") == 0) {
-        for (int i = 0; i < N_BACKENDS && !be; i++) {
-            if (probe(registry[i], why, sizeof why))
-                be = registry[i];
-            else if (verbose)
-                fprintf(stderr, "libnsa: auto: skipping '%s': %s\n", registry[i]->name, why);
-        }
-    } else {
-        be = nsa_registry_find(want);
-        if (!be) {
-            char names[256];
-            list_names(names, sizeof names);
-            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
-                                "unknown backend '%s' (registered: %s)", want, names);
-        }
-        if (!probe(be, why, sizeof why))
-            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
-                                "backend '%s' is not available here: %s", want, why);
-    }
-    if (!be) /* unreachable: "ref" always probes true */
-        return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE, "no backend available");
-
     nsa_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
@@ -118,6 +86,53 @@ nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
         msg[0] = '\0';
     *out = ctx;
     return NSA_OK;
+}
+
+nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
+                              size_t msg_len)
+{
+    if (!out)
+        return nsa_fail_buf(msg, msg_len, NSA_ERR_NULL, "out is NULL");
+    *out = NULL;
+    int verbose = nsa_env_verbose();
+    const char *env = getenv("NSA_BACKEND");
+    const char *want = backend ? backend : "auto";
+    if (strcmp(want, "auto") == 0 && env && *env)
+        want = env; /* the environment overrides "auto" only */
+
+    if (strcmp(want, "auto") != 0) {
+        const nsa_backend_ops *be = nsa_registry_find(want);
+        char why[160];
+        if (!be) {
+            char names[256];
+            list_names(names, sizeof names);
+            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
+                                "unknown backend '%s' (registered: %s)", want, names);
+        }
+        if (!probe(be, why, sizeof why))
+            return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
+                                "backend '%s' is not available here: %s", want, why);
+        return start(be, verbose, out, msg, msg_len);
+    }
+    /* auto: the first backend that probes and starts; one that probes but
+     * fails to start (e.g. an OpenCL device that cannot run a core kernel)
+     * is skipped like one that does not probe. "ref" always starts. */
+    nsa_status s = NSA_ERR_UNAVAILABLE;
+    for (int i = 0; i < N_BACKENDS; i++) {
+        char why[160];
+        if (!probe(registry[i], why, sizeof why)) {
+            if (verbose)
+                fprintf(stderr, "libnsa: auto: skipping '%s': %s\n", registry[i]->name, why);
+            continue;
+        }
+        s = start(registry[i], verbose, out, msg, msg_len);
+        if (s == NSA_OK || s == NSA_ERR_NOMEM)
+            return s;
+        if (verbose)
+            fprintf(stderr, "libnsa: auto: skipping '%s': %s\n", registry[i]->name,
+                    msg && msg_len ? msg : "failed to start");
+    }
+    return s;
 }
 
 void nsa_context_free(nsa_context *ctx)
@@ -159,6 +174,18 @@ nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job)
     if (ctx->be != &nsa_backend_ref)
         nsa_log(ctx, "backend '%s' has no linear: using ref", ctx->be->name);
     return nsa_ref_linear(ctx, job);
+}
+
+nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n)
+{
+    if (ctx->be->linear_many)
+        return ctx->be->linear_many(ctx, jobs, n);
+    if (ctx->be != &nsa_backend_ref)
+        nsa_log(ctx, "backend '%s' has no linear_many: one linear job each", ctx->be->name);
+    nsa_status s = NSA_OK;
+    for (int i = 0; i < n && s == NSA_OK; i++)
+        s = nsa_run_linear(ctx, &jobs[i]);
+    return s;
 }
 
 nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job)

@@ -42,26 +42,7 @@ static int isa_list(const char **out)
         out[0] = cap;
         return 1;
     }
-    int n = 0;
-    out[n++] = "scalar";
-    if (nsa_cpu_kernels(NSA_ISA_AVX2))
-        out[n++] = "avx2";
-    if (nsa_cpu_kernels(NSA_ISA_AVX512))
-        out[n++] = "avx512";
-    else if (nsa_cpu_kernels(NSA_ISA_AVX2)) {
-        static int said; /* once a run */
-        if (!said++)
-            print_message("[  SKIP    ] avx512 kernels not usable here (built: %s)\n",
-#ifdef NSA_HAVE_AVX512
-                          "yes"
-#else
-                          "no"
-#endif
-            );
-    }
-    if (nsa_cpu_kernels(NSA_ISA_NEON))
-        out[n++] = "neon";
-    return n;
+    return tl_kernel_sets(out);
 }
 
 /* --------------------------------------------------------- random phi */
@@ -297,7 +278,7 @@ static void run_case(const case_spec *cs, const char *name)
     outs_make(&r, &p, C);
     run(ref, &p, &pk, &pv, NULL, &r);
 
-    const char *isas[4];
+    const char *isas[TL_KERNEL_SETS];
     const int nisa = isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
         char label[320];
@@ -548,7 +529,7 @@ static void test_linear(void **state)
     assert_int_equal(nsa_context_create("ref", &ref, msg, sizeof msg), NSA_OK);
     if (nsa_context_create(backend_name(), &be, msg, sizeof msg) != NSA_OK)
         fail_msg("backend '%s': %s", backend_name(), msg);
-    const char *isas[4];
+    const char *isas[TL_KERNEL_SETS];
     const int nisa = isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
         if (isas[ii]) {

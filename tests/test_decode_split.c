@@ -186,15 +186,10 @@ static void test_one_item(void **state)
     const int64_t t[1] = {6000};
     caches x;
     caches_make(&x, &c, t, 1, 41);
-    check(&x, NULL);
-    /* every usable set besides the best one (which NULL ran) */
-    static const nsa_isa others[3] = {NSA_ISA_SCALAR, NSA_ISA_AVX2, NSA_ISA_NEON};
-    const nsa_isa best = nsa_cpu_detect(NULL, 0);
-    for (int i = 0; i < 3; i++)
-        if (others[i] != best && nsa_cpu_kernels(others[i]))
-            check(&x, nsa_cpu_isa_name(others[i]));
-    if (best != NSA_ISA_AVX512 && nsa_cpu_kernels(NSA_ISA_AVX2))
-        print_message("[  SKIP    ] avx512 kernels not usable here\n");
+    const char *sets[TL_KERNEL_SETS]; /* every usable set */
+    const int nsets = tl_kernel_sets(sets);
+    for (int i = 0; i < nsets; i++)
+        check(&x, sets[i]);
     caches_free(&x);
 }
 

@@ -49,19 +49,9 @@ static int setup(void **state)
 {
     (void)state;
     /* the default device (a GPU) if there is one, else any (PoCL in CI) */
-    if (!getenv("NSA_OPENCL_DEVICE")) {
-        cl_platform_id p;
-        cl_device_id d;
-        char why[300];
-        if (!nsa_cl_pick_device(NULL, &p, &d, why, sizeof why))
-            setenv("NSA_OPENCL_DEVICE", "*", 1);
-    }
-    /* a private cache, so the cache tests start empty and the suite never
-     * writes into the user's cache */
     snprintf(g_cache_dir, sizeof g_cache_dir, "%s", "/tmp/nsa-cltest-XXXXXX");
-    if (!mkdtemp(g_cache_dir))
+    if (!tl_opencl_setup(g_cache_dir)) /* device choice and a private cache */
         return -1;
-    setenv("NSA_OPENCL_CACHE_DIR", g_cache_dir, 1);
     char msg[NSA_MSG_LEN];
     if (nsa_context_create("ref", &g_ref, msg, sizeof msg) != NSA_OK)
         return -1;

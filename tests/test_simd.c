@@ -18,20 +18,10 @@ static int nsets;
 static int setup(void **state)
 {
     (void)state;
-    static const nsa_isa order[NSA_ISA_COUNT] = {NSA_ISA_SCALAR, NSA_ISA_AVX2, NSA_ISA_AVX512,
-                                                 NSA_ISA_NEON};
-    char why[160];
-    nsa_cpu_detect(why, sizeof why);
-    nsets = 0;
-    for (int i = 0; i < NSA_ISA_COUNT; i++) {
-        if (nsa_cpu_kernels(order[i]))
-            sets[nsets++] = nsa_cpu_kernels(order[i]);
-#if defined(__x86_64__) || defined(__i386__)
-        else if (order[i] != NSA_ISA_NEON)
-            print_message("[  SKIP    ] %s kernels not usable here (%s)\n",
-                          nsa_cpu_isa_name(order[i]), why);
-#endif
-    }
+    const char *names[TL_KERNEL_SETS];
+    nsets = tl_kernel_sets(names);
+    for (int i = 0; i < nsets; i++)
+        sets[i] = nsa_cpu_kernels((nsa_isa)nsa_cpu_isa_parse(names[i]));
     return 0;
 }
 

@@ -1,4 +1,7 @@
+#define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
 #include "testlib.h"
+
+#include "cpu/cpu_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -327,4 +330,52 @@ int tl_rows_identical_i32(const int32_t *a, const int32_t *b, int64_t r0, int64_
         return 1;
     return memcmp(a + (size_t)r0 * w, b + (size_t)r0 * w,
                   sizeof(int32_t) * (size_t)(r1 - r0) * w) == 0;
+}
+
+int tl_kernel_sets(const char **names)
+{
+    static const nsa_isa caps[TL_KERNEL_SETS] = {NSA_ISA_SCALAR, NSA_ISA_AVX2, NSA_ISA_AVX512,
+                                                 NSA_ISA_NEON};
+    static int said; /* the SKIP lines once a run */
+    char why[160];
+    const nsa_isa best = nsa_cpu_detect(why, sizeof why);
+    int n = 0;
+    for (int i = 0; i < TL_KERNEL_SETS; i++) {
+        const char *set = nsa_cpu_kernels_capped(best, caps[i])->isa;
+        int seen = 0;
+        for (int j = 0; j < n; j++)
+            seen |= strcmp(names[j], set) == 0;
+        if (!seen)
+            names[n++] = set;
+#if defined(__x86_64__) || defined(__i386__)
+        const int ours = caps[i] == NSA_ISA_AVX2 || caps[i] == NSA_ISA_AVX512;
+#elif defined(__aarch64__)
+        const int ours = caps[i] == NSA_ISA_NEON;
+#else
+        const int ours = 0;
+#endif
+        if (ours && !said && !nsa_cpu_kernels(caps[i]))
+            print_message("[  SKIP    ] %s kernels not usable here (%s)\n",
+                          nsa_cpu_isa_name(caps[i]), why);
+    }
+    said = 1;
+    return n;
+}
+
+int tl_opencl_setup(char *tmpl)
+{
+    if (!getenv("NSA_OPENCL_DEVICE")) {
+        int found = 0;
+        for (int i = 0; i < nsa_backend_count(); i++) {
+            nsa_backend_info info;
+            if (nsa_backend_get_info(i, &info) == NSA_OK && strcmp(info.name, "opencl") == 0)
+                found = info.available;
+        }
+        if (!found)
+            setenv("NSA_OPENCL_DEVICE", "*", 1);
+    }
+    if (!mkdtemp(tmpl))
+        return 0;
+    setenv("NSA_OPENCL_CACHE_DIR", tmpl, 1);
+    return 1;
 }

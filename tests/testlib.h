@@ -48,8 +48,24 @@ nsa_op_args tl_problem_args(const tl_problem *p);
  * lib/blockmath.c, so a test that uses it can catch an error there. */
 int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
 
+/* The cpu backend's kernel sets usable here, each once, in rank order
+ * (scalar, avx2, avx512; scalar, neon), into names[TL_KERNEL_SETS]: a set's
+ * name, which as a cap (nsa_cpu_set_max_isa, NSA_MAX_ISA) gives exactly that
+ * set. A cap that maps to a set already listed is skipped; a set of this
+ * processor's family not usable here gets a SKIP line saying why (once a
+ * run). Returns the count, at least 1 (scalar). */
+#define TL_KERNEL_SETS 4
+int tl_kernel_sets(const char **names);
+
 /* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
  * test binaries later cross-check other backends. */
+/* The OpenCL suites' setup: the default device (a GPU) if the backend
+ * finds one, else any device (PoCL in CI), unless NSA_OPENCL_DEVICE is set;
+ * and a private program cache made from tmpl ("/tmp/name-XXXXXX", rewritten
+ * in place) as NSA_OPENCL_CACHE_DIR, so a suite never writes into the
+ * user's cache. 0 if the directory cannot be made. */
+int tl_opencl_setup(char *tmpl);
+
 const char *tl_backend_name(void);
 /* A context on tl_backend_name(); fails the test if it cannot be made. */
 nsa_context *tl_context(void);

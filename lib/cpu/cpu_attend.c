@@ -134,7 +134,9 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
     flash_finish(m, dv, lrow, O);
 }
 
-/* Per-thread scratch, sized for the longest sequence. */
+/* Per-thread scratch, sized for the longest sequence: prefill's for TQ
+ * positions x hpg heads; decode's (dec_*) for hpg rows, without the query
+ * copy, compressed rows, output of o_cmp and row bounds, with fac. */
 typedef struct scratch {
     float *qt;    /* [TQ*hpg][dk] the item's query rows, gathered */
     float *s;     /* [TQ*hpg*BK] scores of a key tile */
@@ -143,55 +145,74 @@ typedef struct scratch {
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
     int32_t *sel; /* [n] */
+    int32_t *selt; /* [TQ][n] the selections of an item's positions */
     span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
     float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
     float *mrow, *lrow;        /* [TQ*hpg] */
     int64_t *rlo, *rhi;        /* [TQ*hpg] */
+    float *fac;                /* decode: [ncmp*hpg + 1] merge factors of A */
+    void *mem;                 /* prefill: the one allocation */
 } scratch;
+
+/* The part of bytes bytes at *used from base (NULL when base is, or for an
+ * empty part), then *used past it to the next 64-byte boundary. */
+static void *carve(char *base, size_t *used, size_t bytes)
+{
+    void *p = base && bytes ? base + *used : NULL;
+    *used += (bytes + 63) / 64 * 64;
+    return p;
+}
+
+/* The one sizing of a thread's scratch: lays w out from base (64-byte
+ * aligned; NULL: sizes only) and returns its bytes, a multiple of 64.
+ * dec_ncmp < 0: prefill's scratch; else decode's, whose compressed branch
+ * has dec_ncmp chunk slots. 64-byte aligned parts: with dk a multiple of
+ * 16 every query row loads whole cache lines (the avx512 gemm_nt copies
+ * misaligned rows). */
+static size_t scratch_layout(scratch *w, const nsa_config *c, int max_nc, int max_vis,
+                             int dec_ncmp, char *base)
+{
+    const int dec = dec_ncmp >= 0;
+    const size_t hpg = (size_t)(c->H / c->G), mt = dec ? hpg : TQ * hpg, f = sizeof(float);
+    const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
+    const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
+    const size_t dk = (size_t)c->dk, dv = (size_t)c->dv, n = (size_t)c->n;
+    size_t used = 0;
+    memset(w, 0, sizeof *w);
+    w->qt = carve(base, &used, dec ? 0 : mt * dk * f);
+    w->s = carve(base, &used, mt * BK * f);
+    w->pc = carve(base, &used, dec ? 0 : CTQ * hpg * ldp * f);
+    w->ps = carve(base, &used, ldp * f);
+    w->score = carve(base, &used, vis * f);
+    w->work = carve(base, &used, vis);
+    w->sel = carve(base, &used, n * sizeof(int32_t));
+    w->selt = carve(base, &used, dec ? 0 : TQ * n * sizeof(int32_t));
+    w->sp = carve(base, &used, (dec ? 2 : 1) * n * sizeof(span));
+    w->ocmp = carve(base, &used, dec ? 0 : mt * dv * f);
+    w->oslc = carve(base, &used, mt * dv * f);
+    w->owin = carve(base, &used, mt * dv * f);
+    w->mrow = carve(base, &used, dec ? 0 : mt * f);
+    w->lrow = carve(base, &used, dec ? 0 : mt * f);
+    w->rlo = carve(base, &used, dec ? 0 : mt * sizeof(int64_t));
+    w->rhi = carve(base, &used, dec ? 0 : mt * sizeof(int64_t));
+    w->fac = carve(base, &used, dec ? ((size_t)dec_ncmp * hpg + 1) * f : 0);
+    return used;
+}
 
 static void scratch_free(scratch *w)
 {
-    free(w->qt);
-    free(w->s);
-    free(w->pc);
-    free(w->ps);
-    free(w->score);
-    free(w->work);
-    free(w->sel);
-    free(w->sp);
-    free(w->ocmp);
-    free(w->mrow);
-    free(w->rlo);
+    free(w->mem);
     memset(w, 0, sizeof *w);
 }
 
+/* Prefill's scratch in one allocation; 0 when out of memory. */
 static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vis)
 {
-    const size_t hpg = (size_t)(c->H / c->G), mt = TQ * hpg;
-    const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
-    memset(w, 0, sizeof *w);
-    /* 64-byte aligned: with dk a multiple of 16 every query row then loads
-     * whole cache lines (the avx512 gemm_nt copies misaligned rows) */
-    w->qt = aligned_alloc(64, (sizeof(float) * mt * (size_t)c->dk + 63) / 64 * 64);
-    w->s = malloc(sizeof(float) * mt * BK);
-    w->pc = malloc(sizeof(float) * CTQ * hpg * ldp);
-    w->ps = malloc(sizeof(float) * ldp);
-    w->score = malloc(sizeof(float) * (size_t)max_vis);
-    w->work = malloc((size_t)max_vis);
-    w->sel = malloc(sizeof(int32_t) * (size_t)c->n);
-    w->sp = malloc(sizeof(span) * (size_t)c->n);
-    w->ocmp = malloc(sizeof(float) * 3 * mt * (size_t)c->dv);
-    w->mrow = malloc(sizeof(float) * 2 * mt);
-    w->rlo = malloc(sizeof(int64_t) * 2 * mt);
-    if (!w->qt || !w->s || !w->pc || !w->ps || !w->score || !w->work || !w->sel || !w->sp || !w->ocmp ||
-        !w->mrow || !w->rlo) {
-        scratch_free(w);
+    char *mem = aligned_alloc(64, scratch_layout(w, c, max_nc, max_vis, -1, NULL));
+    if (!mem)
         return 0;
-    }
-    w->oslc = w->ocmp + mt * c->dv;
-    w->owin = w->oslc + mt * c->dv;
-    w->lrow = w->mrow + mt;
-    w->rhi = w->rlo + mt;
+    scratch_layout(w, c, max_nc, max_vis, -1, mem);
+    w->mem = mem;
     return 1;
 }
 
@@ -293,7 +314,7 @@ static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scrat
                 acc += (float)M->val[e] * w->ps[M->col[e]];
         w->score[j] = acc;
     }
-    nsa_cpu_select_topn(c, t, w->score, w->work, w->sel);
+    nsa_bm_select_f(c, t, w->score, w->work, w->sel);
 }
 
 /* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
@@ -351,28 +372,76 @@ static int sel_spans(const nsa_config *c, int64_t t, const int32_t *sel, span *s
     return nsp;
 }
 
-/* Selected branch for one position, over w->sel; K and V point at the
- * group's key and value of position 0 of the sequence (row strides krow,
- * vrow). */
-static void selected_at(const nsa_simd_kernels *k, const nsa_config *c, float scale, int64_t t,
-                        const float *K, const float *V, const float *qh, scratch *w,
-                        float *oslc)
-{
-    const int hpg = c->H / c->G, G = c->G;
-    const size_t krow = (size_t)G * c->dk, vrow = (size_t)G * c->dv;
-    const int nsp = sel_spans(c, t, w->sel, w->sp);
-    flash(k, hpg, c->dk, c->dv, scale, qh, (size_t)c->dk, K, krow, V, vrow, w->sp, nsp, NULL,
-          NULL, w->s, w->mrow, w->lrow, oslc);
-}
-
-static void selected(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t,
-                     int g, const float *qh, scratch *w, float *oslc)
+/* Selected branch for the item's positions t0 .. t0+nt-1, over their
+ * selections w->selt[u][0..n), block-major: the blocks are visited in
+ * ascending order of the union of the selections, and each block is
+ * applied to every position that selected it while its rows are hot, so a
+ * block shared by several positions (block 0, the local blocks, common
+ * picks) is read from memory once an item; the next block of the union is
+ * prefetched meanwhile. Each position still sees its own blocks in the
+ * order of its selection (ascending), one online-softmax step a block. */
+static void selected_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
+                          int nt, int g, scratch *w)
 {
     const nsa_config *c = job->cfg;
-    const size_t krow = (size_t)c->G * c->dk, vrow = (size_t)c->G * c->dv;
-    const int64_t base = job->batch->cu[b];
-    selected_at(k, c, job->scale, t, job->k_slc + (size_t)base * krow + (size_t)g * c->dk,
-                job->v_slc + (size_t)base * vrow + (size_t)g * c->dv, qh, w, oslc);
+    const int hpg = c->H / c->G, dk = c->dk, dv = c->dv, n = c->n;
+    const size_t krow = (size_t)c->G * dk, vrow = (size_t)c->G * dv;
+    const int64_t base = job->batch->cu[b], tmax = t0 + nt - 1;
+    const float *K = job->k_slc + (size_t)base * krow + (size_t)g * dk;
+    const float *V = job->v_slc + (size_t)base * vrow + (size_t)g * dv;
+    int cur[TQ]; /* next entry of each position's selection */
+    for (int u = 0; u < nt; u++) {
+        cur[u] = 0;
+        flash_init(hpg, dv, w->mrow + (size_t)u * hpg, w->lrow + (size_t)u * hpg,
+                   w->oslc + (size_t)u * hpg * dv);
+    }
+    for (;;) {
+        /* the smallest block at the head of a selection (-1 pads skipped) */
+        int32_t blk = -1;
+        for (int u = 0; u < nt; u++) {
+            const int32_t *su = w->selt + (size_t)u * n;
+            while (cur[u] < n && su[cur[u]] < 0)
+                cur[u]++;
+            if (cur[u] < n && (blk < 0 || su[cur[u]] < blk))
+                blk = su[cur[u]];
+        }
+        if (blk < 0)
+            break;
+        /* the next block of the union, to prefetch */
+        int32_t nxt = -1;
+        for (int u = 0; u < nt; u++) {
+            const int32_t *su = w->selt + (size_t)u * n;
+            int e = cur[u];
+            if (e < n && su[e] == blk)
+                e++;
+            while (e < n && su[e] < 0)
+                e++;
+            if (e < n && (nxt < 0 || su[e] < nxt))
+                nxt = su[e];
+        }
+        if (nxt >= 0) {
+            const int64_t lo = (int64_t)nxt * c->l_sel;
+            const int64_t hi = lo + c->l_sel < tmax + 1 ? lo + c->l_sel : tmax + 1;
+            if (lo < hi) {
+                prefetch_rows(K + (size_t)lo * krow, krow, hi - lo, dk);
+                prefetch_rows(V + (size_t)lo * vrow, vrow, hi - lo, dv);
+            }
+        }
+        for (int u = 0; u < nt; u++) {
+            if (cur[u] >= n || w->selt[(size_t)u * n + cur[u]] != blk)
+                continue;
+            cur[u]++;
+            const int64_t t = t0 + u, lo = (int64_t)blk * c->l_sel;
+            const span sp = {lo, lo + c->l_sel < t + 1 ? lo + c->l_sel : t + 1};
+            if (sp.lo < sp.hi)
+                flash_spans(k, hpg, dk, dv, job->scale, w->qt + (size_t)u * hpg * dk, (size_t)dk,
+                            K, krow, V, vrow, &sp, 1, NULL, NULL, w->s,
+                            w->mrow + (size_t)u * hpg, w->lrow + (size_t)u * hpg,
+                            w->oslc + (size_t)u * hpg * dv);
+        }
+    }
+    for (int u = 0; u < nt; u++)
+        flash_finish(hpg, dv, w->lrow + (size_t)u * hpg, w->oslc + (size_t)u * hpg * dv);
 }
 
 static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, int64_t t0,
@@ -408,16 +477,18 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
             cmp_tile(k, job, b, t0, u0, u1, g, ldp, w);
         for (int u = u0; u < u1; u++) {
             const int64_t t = t0 + u;
-            if (branches & NSA_CPU_CMP)
+            int32_t *su = w->selt + (size_t)u * c->n;
+            if (branches & NSA_CPU_CMP) {
                 select_blocks(job, b, t, g, ldp, w->pc + (size_t)(u - u0) * hpg * ldp, w);
-            else if (branches & NSA_CPU_SLC)
-                memcpy(w->sel, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
+                memcpy(su, w->sel, sizeof(int32_t) * c->n);
+            } else if (branches & NSA_CPU_SLC) {
+                memcpy(su, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
                        sizeof(int32_t) * c->n);
-            if (branches & NSA_CPU_SLC)
-                selected(k, job, b, t, g, w->qt + (size_t)u * hpg * dk, w,
-                         w->oslc + (size_t)u * hpg * dv);
+            }
         }
     }
+    if (branches & NSA_CPU_SLC)
+        selected_item(k, job, b, t0, nt, g, w);
     /* outputs: the group's heads are contiguous in [T][H][dv] */
     for (int u = 0; u < nt; u++) {
         const size_t at = ((size_t)(base + t0 + u) * H + (size_t)g * hpg) * dv;
@@ -593,7 +664,7 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
 typedef struct dplan {
     const nsa_simd_kernels *k;
     const nsa_decode_job *job;
-    const float *q; /* job->q copied 64-byte aligned: the kernels' rows then
+    float *q;       /* job->q copied 64-byte aligned: the kernels' rows then
                        load whole cache lines (avx512 gemm_nt copies A
                        otherwise, at every call) */
     int dense, hpg, nitem;
@@ -610,43 +681,48 @@ typedef struct dplan {
 static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
 /* Combines the partials c < nch (stride floats apart) into o[hpg][dv]:
- * o = sum_c f_c o_c with f_c = exp(m_c - M) / sum_c' exp(m_c' - M) l_c',
- * M = max_c m_c, in the order of c (the kernels' gemm_nn_acc, one head at a
- * time). A chunk with m_c = -inf saw no key and weighs nothing (f_c = 0,
- * its o_c is zeros); no key at all gives zeros. fac (optional) gets f_c,
- * [nch][hpg]. */
+ * o = sum_c f_c o_c with f_c = e_c / L, e_c = exp(m_c - M), M = max_c m_c,
+ * L = sum_c e_c l_c; each e_c is computed once, in one pass in the order of
+ * c that sums L and e_c o_c (the kernels' gemm_nn_acc, one head at a time),
+ * then o is divided by L. A chunk with m_c = -inf saw no key and weighs
+ * nothing (e_c = 0, its o_c is zeros); no key at all gives zeros. fac
+ * (optional) gets f_c, [nch][hpg]. */
 static void merge_parts(const nsa_simd_kernels *k, int hpg, int dv, const float *parts,
                         size_t stride, int nch, float *o, float *fac)
 {
     enum { FB = 64 }; /* factors a kernel call */
-    float fi[FB];
+    float ei[FB];
     for (int i = 0; i < hpg; i++) {
         float M = -INFINITY, L = 0.0f;
         for (int c = 0; c < nch; c++) {
             const float m = parts[(size_t)c * stride + i];
             M = m > M ? m : M;
         }
-        for (int c = 0; c < nch; c++) {
-            const float *pt = parts + (size_t)c * stride;
-            if (pt[i] != -INFINITY)
-                L += expf(pt[i] - M) * pt[hpg + i];
-        }
-        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
         float *oi = o + (size_t)i * dv;
         memset(oi, 0, sizeof(float) * (size_t)dv);
         for (int c0 = 0; c0 < nch; c0 += FB) {
             const int nb = nch - c0 < FB ? nch - c0 : FB;
             for (int c = 0; c < nb; c++) {
                 const float *pt = parts + (size_t)(c0 + c) * stride;
-                const float f = pt[i] != -INFINITY ? expf(pt[i] - M) * inv : 0.0f;
+                float e = 0.0f;
+                if (pt[i] != -INFINITY) {
+                    e = expf(pt[i] - M);
+                    L += e * pt[hpg + i];
+                }
+                ei[c] = e;
                 if (fac)
-                    fac[(size_t)(c0 + c) * hpg + i] = f;
-                fi[c] = f;
+                    fac[(size_t)(c0 + c) * hpg + i] = e;
             }
-            k->gemm_nn_acc(1, dv, nb, fi, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
+            k->gemm_nn_acc(1, dv, nb, ei, FB, parts + (size_t)c0 * stride + 2 * (size_t)hpg +
                                                     (size_t)i * dv,
                            stride, oi, (size_t)dv);
         }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        for (int x = 0; x < dv; x++)
+            oi[x] *= inv;
+        if (fac)
+            for (int c = 0; c < nch; c++)
+                fac[(size_t)c * hpg + i] *= inv;
     }
 }
 
@@ -695,11 +771,12 @@ static void dec_cmp_chunk(const dplan *p, int it, int ch)
     p->k->gemm_nn_acc(hpg, dv, nk, P, p->ldp, V, vrow, o, (size_t)dv);
 }
 
-/* B: o_cmp and the selection of item it; fac holds ncmp*hpg floats. The
+/* B: o_cmp and the selection of item it (w->fac: ncmp*hpg floats). The
  * rows hold exp(s - m_c) per chunk c: p_cmp = f_c exp(s - m_c) with merge's
  * factors f_c, summed over the heads straight into ps (spec 3, Eq. 10). */
-static void dec_select(const dplan *p, int it, scratch *w, float *fac)
+static void dec_select(const dplan *p, int it, scratch *w)
 {
+    float *fac = w->fac;
     const nsa_decode_job *job = p->job;
     const nsa_config *c = job->cfg;
     const int hpg = p->hpg;
@@ -824,12 +901,19 @@ static void dec_finish(const dplan *p, int it, scratch *w)
     }
 }
 
-/* Carves n bytes, 64-byte aligned, from *at. */
-static void *carve(char **at, size_t n)
+/* Lays out p's shared arrays from base (64-byte aligned; NULL: sizes
+ * only) and returns their bytes: prob, ocmp, pa, pc and the copy of q. */
+static size_t dplan_layout(dplan *p, char *base)
 {
-    void *p = *at;
-    *at += (n + 63) / 64 * 64;
-    return p;
+    const nsa_config *c = p->job->cfg;
+    const size_t rows = (size_t)p->nitem * p->hpg, f = sizeof(float);
+    size_t used = 0;
+    p->prob = carve(base, &used, p->dense ? 0 : rows * p->ldp * f);
+    p->ocmp = carve(base, &used, p->dense ? 0 : rows * c->dv * f);
+    p->pa = carve(base, &used, (size_t)p->nitem * p->ncmp * p->pstride * f);
+    p->pc = carve(base, &used, (size_t)p->nitem * (size_t)(p->nslc + p->nwin) * p->pstride * f);
+    p->q = carve(base, &used, (size_t)p->job->B * c->H * c->dk * f);
+    return used;
 }
 
 static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int dense)
@@ -858,23 +942,12 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
 #ifdef _OPENMP
     nth = omp_get_max_threads();
 #endif
-    /* one block: shared [prob, ocmp, pa, pc, q], then per thread [s, oslc,
-     * owin, ps, score, work, sel, sp, fac] */
-    const size_t rows = (size_t)p.nitem * p.hpg, f = sizeof(float), a = 64;
-    const size_t sz_prob = dense ? 0 : rows * p.ldp * f, sz_ocmp = dense ? 0 : rows * c->dv * f;
-    const size_t sz_pa = (size_t)p.nitem * p.ncmp * p.pstride * f;
-    const size_t sz_pc = (size_t)p.nitem * (size_t)(p.nslc + p.nwin) * p.pstride * f;
-    const size_t sz_q = (size_t)job->B * c->H * c->dk * f;
-    const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
-    const size_t per[9] = {(size_t)p.hpg * BK * f, (size_t)p.hpg * c->dv * f,
-                           (size_t)p.hpg * c->dv * f, p.ldp * f, vis * f, vis,
-                           sizeof(int32_t) * c->n, sizeof(span) * 2 * c->n,
-                           ((size_t)p.ncmp * p.hpg + 1) * f};
-    size_t thread_bytes = 0;
-    for (int i = 0; i < 9; i++)
-        thread_bytes += (per[i] + a - 1) / a * a;
-    const size_t bytes = (sz_prob + a) + (sz_ocmp + a) + (sz_pa + a) + (sz_pc + a) + (sz_q + a) +
-                         (size_t)nth * thread_bytes + a;
+    /* one block, 64-byte aligned: p's shared arrays, then a scratch per
+     * thread */
+    scratch sized;
+    const size_t shared = dplan_layout(&p, NULL);
+    const size_t thread_bytes = scratch_layout(&sized, c, max_nc, max_vis, p.ncmp, NULL);
+    const size_t bytes = 63 + shared + (size_t)nth * thread_bytes;
     if (st->ws_size < bytes) {
         free(st->ws);
         st->ws_size = 0;
@@ -883,36 +956,24 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
             return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the cpu decode workspace");
         st->ws_size = bytes;
     }
-    char *at = (char *)(((uintptr_t)st->ws + a - 1) / a * a);
-    p.prob = carve(&at, sz_prob);
-    p.ocmp = carve(&at, sz_ocmp);
-    p.pa = carve(&at, sz_pa);
-    p.pc = carve(&at, sz_pc);
-    float *qa = carve(&at, sz_q);
-    memcpy(qa, job->q, sz_q);
-    p.q = qa;
-    char *const thread_base = at;
-    const int nu_a = p.nitem * p.ncmp, nu_c = p.nitem * (p.nslc + p.nwin);
+    char *const base = (char *)(((uintptr_t)st->ws + 63) / 64 * 64);
+    dplan_layout(&p, base);
+    memcpy(p.q, job->q, sizeof(float) * (size_t)job->B * c->H * c->dk);
+    char *const thread_base = base + shared;
+    /* A: compressed chunks; B: the selections, with the window chunks
+     * (which need no selection) filling the threads B leaves idle; C: the
+     * selected chunks (dense: all); D: merges and gates. */
+    const int nu_a = p.nitem * p.ncmp, nu_b = p.nitem * (1 + p.nwin), nu_c = p.nitem * p.nslc;
 #ifdef _OPENMP
-#pragma omp parallel if (nu_c > 1)
+#pragma omp parallel if (nu_a + nu_b + nu_c > 1)
 #endif
     {
         int id = 0;
 #ifdef _OPENMP
         id = omp_get_thread_num();
 #endif
-        char *tat = thread_base + (size_t)id * thread_bytes;
         scratch w;
-        memset(&w, 0, sizeof w);
-        w.s = carve(&tat, per[0]);
-        w.oslc = carve(&tat, per[1]);
-        w.owin = carve(&tat, per[2]);
-        w.ps = carve(&tat, per[3]);
-        w.score = carve(&tat, per[4]);
-        w.work = carve(&tat, per[5]);
-        w.sel = carve(&tat, per[6]);
-        w.sp = carve(&tat, per[7]);
-        float *fac = carve(&tat, per[8]);
+        scratch_layout(&w, c, max_nc, max_vis, p.ncmp, thread_base + (size_t)id * thread_bytes);
         if (!dense) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -922,14 +983,20 @@ static nsa_status decode_run(nsa_context *ctx, const nsa_decode_job *job, int de
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (int it = 0; it < p.nitem; it++)
-                dec_select(&p, it, &w, fac);
+            for (int u = 0; u < nu_b; u++) {
+                if (u < p.nitem) {
+                    dec_select(&p, u, &w);
+                } else {
+                    const int v = u - p.nitem;
+                    dec_attn_chunk(&p, v / p.nwin, p.nslc + v % p.nwin, &w);
+                }
+            }
         }
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int u = 0; u < nu_c; u++)
-            dec_attn_chunk(&p, u / (p.nslc + p.nwin), u % (p.nslc + p.nwin), &w);
+            dec_attn_chunk(&p, u / p.nslc, u % p.nslc, &w);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif

@@ -71,10 +71,4 @@ NSA_HIDDEN nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config
                                               const nsa_batch *batch, const float *q,
                                               const float *k, const float *v, float *out);
 
-
-/* nsa_bm_select_f (spec 3's top-n with the forced blocks) with the same
- * result, in one pass over the scores (NaN scores: nsa_bm_select_f). */
-NSA_HIDDEN void nsa_cpu_select_topn(const nsa_config *c, int64_t t, const float *s,
-                                    unsigned char *taken, int32_t *sel);
-
 #endif

@@ -193,7 +193,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
                         &stats));
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * (size_t)max_vis : 4,
                         NULL, &scores));
-    ga_launch L = {2, 0, 0, 0, q, kc, vc, rsb, cub, cob, sel, oc, want, max_nc, zs, stats};
+    ga_launch L = {.mode = 2, .w = 0, .row0 = 0, .rows = 0, .q = q, .K = kc, .V = vc,
+                   .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = oc,
+                   .want_z = want, .max_nc = max_nc, .zs = zs, .stats = stats};
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
@@ -236,9 +238,13 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         TRY(nsa_clr_launch(&B, &t, "nsa_topn", (size_t)rows * G * wg, wg));
     }
     /* selected branch (group-centric over the selected blocks), window */
-    ga_launch S = {0, 0, 0, (int)T, q, ks, vs, rsb, cub, cob, sel, os, 0, 0, zs, stats};
+    ga_launch S = {.mode = 0, .w = 0, .row0 = 0, .rows = (int)T, .q = q, .K = ks, .V = vs,
+                   .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = os,
+                   .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
-    ga_launch W = {1, c->w, 0, (int)T, q, kw, vw, rsb, cub, cob, sel, ow, 0, 0, zs, stats};
+    ga_launch W = {.mode = 1, .w = c->w, .row0 = 0, .rows = (int)T, .q = q, .K = kw, .V = vw,
+                   .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = ow,
+                   .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};
     TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
     {
         nsa_clr_args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
@@ -336,8 +342,10 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
     TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &cub));
     TRY(nsa_clr_buf_new(&B, sizeof(float) * th * cfg->dv, NULL, &ob));
     TRY(nsa_clr_buf_new(&B, 4, NULL, &dummy));
-    ga_launch L = {1,   bt->max_len, 0,     (int)bt->T, qb, kb, vb,    rsb,
-                   cub, dummy,       dummy, ob,         0,  0,  dummy, dummy};
+    ga_launch L = {.mode = 1, .w = bt->max_len, .row0 = 0, .rows = (int)bt->T, .q = qb,
+                   .K = kb, .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy,
+                   .sel = dummy, .out = ob, .want_z = 0, .max_nc = 0, .zs = dummy,
+                   .stats = dummy};
     TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:

@@ -5,7 +5,8 @@
  * device-resident caches in cl_decode.c. Environment:
  * NSA_OPENCL_DEVICE picks the device (see nsa_cl_pick_device),
  * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_PROFILE=1 times
- * every kernel. */
+ * every kernel, NSA_OPENCL_UNUSABLE=name,... marks kernels unusable (tests:
+ * the optional-kernel rule, see nsa_cl_feat). */
 #include "cl_internal.h"
 #include "cl_weights.h"
 
@@ -16,6 +17,7 @@
 static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_phi_avg", "nsa_phi_lin",    "nsa_phi_out", "nsa_cmp_scores",
     "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear",
+    "nsa_linear_rows",
     "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
     "nsa_ds_rope",    "nsa_ds_gate"};
 
@@ -46,6 +48,75 @@ static void cl_fini(void *state)
     free(st);
 }
 
+const char *nsa_cl_kernel_name(int k) { return kernel_names[k]; }
+
+/* By name, so that a new decode kernel is optional without a second list. */
+nsa_cl_feat nsa_cl_kernel_feat(int k)
+{
+    const char *n = kernel_names[k];
+    if (strncmp(n, "nsa_dc_", 7) == 0)
+        return NSA_CLF_DECODE;
+    if (strncmp(n, "nsa_ds_", 7) == 0)
+        return NSA_CLF_STEP;
+    if (strcmp(n, "nsa_linear_rows") == 0)
+        return NSA_CLF_ROWS;
+    return NSA_CLF_CORE;
+}
+
+/* Each feature, and what runs without it (logged). */
+static const char *const feat_what[] = {"the backend", "the decode cache mirror",
+                                        "the fused decode step", "few-row linears"};
+static const char *const feat_instead[] = {"", "decode attends over the host caches",
+                                           "q, gates and Wo run as separate jobs",
+                                           "nsa_linear runs them"};
+
+/* 1 if name is an item of the comma-separated list. */
+static int listed(const char *list, const char *name)
+{
+    const size_t n = strlen(name);
+    while (list && *list) {
+        const char *end = strchr(list, ',');
+        const size_t len = end ? (size_t)(end - list) : strlen(list);
+        if (len == n && strncmp(list, name, n) == 0)
+            return 1;
+        list = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Kernel k of prog in *out if it can run here; else NULL and why. */
+static void make_kernel(nsa_cl_state *st, cl_program prog, int k, cl_kernel *out, char *why,
+                        size_t len)
+{
+    *out = NULL;
+    why[0] = '\0';
+    if (listed(getenv("NSA_OPENCL_UNUSABLE"), kernel_names[k])) {
+        snprintf(why, len, "listed in NSA_OPENCL_UNUSABLE");
+        return;
+    }
+    cl_int err;
+    cl_kernel kr = clCreateKernel(prog, kernel_names[k], &err);
+    if (err != CL_SUCCESS) {
+        snprintf(why, len, "clCreateKernel failed: %s (%d)", nsa_cl_error_name(err), (int)err);
+        return;
+    }
+    size_t most = 0;
+    err = clGetKernelWorkGroupInfo(kr, st->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof most,
+                                   &most, NULL);
+    const size_t need = k == NSA_CLK_LINEAR        ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS
+                        : k == NSA_CLK_LINEAR_ROWS ? NSA_CL_LIN_WG
+                                                   : (size_t)st->wg;
+    if (err != CL_SUCCESS)
+        snprintf(why, len, "clGetKernelWorkGroupInfo failed: %s (%d)", nsa_cl_error_name(err),
+                 (int)err);
+    else if (most < need)
+        snprintf(why, len, "allows work-groups of %zu, libnsa needs %zu", most, need);
+    else
+        *out = kr;
+    if (!*out)
+        clReleaseKernel(kr);
+}
+
 nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 {
     if (st->program[kv])
@@ -58,33 +129,38 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
         return s;
     cl_kernel ks[NSA_CLK_COUNT] = {0};
     for (int k = 0; k < NSA_CLK_COUNT; k++) {
-        cl_int err;
-        ks[k] = clCreateKernel(prog, kernel_names[k], &err);
-        size_t most = 0;
-        if (err == CL_SUCCESS)
-            err = clGetKernelWorkGroupInfo(ks[k], st->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                           sizeof most, &most, NULL);
-        const size_t need =
-            k == NSA_CLK_LINEAR ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS : (size_t)st->wg;
-        if (err == CL_SUCCESS && most < need) {
-            s = nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
-                         "OpenCL kernel %s allows work-groups of %zu, libnsa needs %zu on %s",
-                         kernel_names[k], most, need, st->device_name);
-        } else if (err != CL_SUCCESS) {
-            s = nsa_cl_fail(ctx, "clCreateKernel", err);
+        char *why = st->kernel_why[kv][k];
+        make_kernel(st, prog, k, &ks[k], why, sizeof st->kernel_why[kv][k]);
+        if (ks[k])
+            continue;
+        const nsa_cl_feat f = nsa_cl_kernel_feat(k);
+        if (f != NSA_CLF_CORE) {
+            nsa_log(ctx, "opencl: optional kernel %s unusable on %s (%s): without %s, %s",
+                    kernel_names[k], st->device_name, why, feat_what[f], feat_instead[f]);
+            continue;
         }
-        if (s != NSA_OK) {
-            for (int j = 0; j <= k; j++)
-                if (ks[j])
-                    clReleaseKernel(ks[j]);
-            clReleaseProgram(prog);
-            return s;
-        }
+        s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "OpenCL kernel %s unusable on %s: %s",
+                     kernel_names[k], st->device_name, why);
+        for (int j = 0; j < k; j++)
+            if (ks[j])
+                clReleaseKernel(ks[j]);
+        clReleaseProgram(prog);
+        return s;
     }
     st->program[kv] = prog;
     memcpy(st->kernel[kv], ks, sizeof ks);
     nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
     return NSA_OK;
+}
+
+nsa_status nsa_cl_feature(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv, nsa_cl_feat f)
+{
+    nsa_status s = nsa_cl_kernels(ctx, st, kv);
+    for (int k = 0; s == NSA_OK && k < NSA_CLK_COUNT; k++)
+        if (nsa_cl_kernel_feat(k) == f && !st->kernel[kv][k])
+            s = nsa_fail(ctx, NSA_ERR_UNSUPPORTED, "opencl: %s needs kernel %s, unusable on %s: %s",
+                         feat_what[f], kernel_names[k], st->device_name, st->kernel_why[kv][k]);
+    return s;
 }
 
 static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)

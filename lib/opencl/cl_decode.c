@@ -248,7 +248,7 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
 {
     nsa_cl_state *st = ctx->be_state;
     *out = NULL;
-    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    nsa_status s = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE);
     if (s != NSA_OK)
         return s;
     nsa_cl_dcache *dc = calloc(1, sizeof *dc);
@@ -960,10 +960,13 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
         sj->gate->out != c->H * 3 || sj->wo->in != c->H * c->dv || sj->gate->in != sj->q->in ||
         sj->rope_dim < 0 || sj->rope_dim > c->dk || sj->rope_dim % 2)
         return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode step: the job does not match its cache");
+    nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_STEP);
+    if (s != NSA_OK)
+        return s; /* nothing done: decode.c runs the step without dcache_step */
     dc->fail_at = sync->fail_at;
     dc->ops = 0;
     nsa_clr_bufs W = {dc->st, ctx, 0, {0}};
-    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->kv);
+    s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_DECODE);
     if (s == NSA_OK)
         s = nsa_cl_kernels(ctx, dc->st, NSA_CL_KV_F32); /* the linears' program */
     if (s == NSA_OK)
@@ -992,7 +995,7 @@ static nsa_status dc_call(nsa_context *ctx, void *p, const nsa_decode_job *job,
         return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode: the job does not match its cache");
     dc->fail_at = sync->fail_at;
     dc->ops = 0;
-    nsa_status s = nsa_cl_kernels(ctx, dc->st, dc->kv);
+    nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_DECODE);
     if (s == NSA_OK)
         s = dc_sync(ctx, dc, job, sync);
     if (s == NSA_OK)
@@ -1026,7 +1029,7 @@ nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B, const 
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     if (!st)
         return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    nsa_status s = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE);
     if (s != NSA_OK)
         return s;
     const size_t bg = (size_t)B * cfg->G;

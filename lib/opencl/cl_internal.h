@@ -32,6 +32,7 @@ enum {
     NSA_CLK_GROUP_ATTN,
     NSA_CLK_GATE,
     NSA_CLK_LINEAR,
+    NSA_CLK_LINEAR_ROWS,
     NSA_CLK_DC_PARTIAL,
     NSA_CLK_DC_PROB,
     NSA_CLK_DC_SELECT,
@@ -41,6 +42,18 @@ enum {
     NSA_CLK_DS_GATE,
     NSA_CLK_COUNT
 };
+
+/* What a kernel serves, from its name. Core kernels (prefill: phi,
+ * attention, nsa_linear) are mandatory: one that cannot run on the device
+ * makes the backend unavailable. The others are optional: an unusable one
+ * is NULL in nsa_cl_state.kernel, why is kept and logged, and what needs it
+ * reports NSA_ERR_UNSUPPORTED (its callers then take the host path). */
+typedef enum nsa_cl_feat {
+    NSA_CLF_CORE,
+    NSA_CLF_DECODE, /* nsa_dc_*: the decode cache mirror (vtable dcache_*) */
+    NSA_CLF_STEP,   /* nsa_ds_*: the fused decode step (vtable dcache_step) */
+    NSA_CLF_ROWS    /* nsa_linear_rows: few-row linears (else nsa_linear) */
+} nsa_cl_feat;
 
 /* What the binary cache did on the last program build. */
 typedef enum nsa_cl_cache_event {
@@ -79,7 +92,8 @@ typedef struct nsa_cl_state {
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
     cl_program program[NSA_CL_KV_COUNT];
-    cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT];
+    cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT]; /* NULL: optional, unusable */
+    char kernel_why[NSA_CL_KV_COUNT][NSA_CLK_COUNT][160]; /* why NULL ("" if not) */
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
@@ -131,8 +145,19 @@ NSA_HIDDEN void nsa_cl_tune(nsa_cl_state *st);
 /* The compile options of storage kind kv for st's device. */
 NSA_HIDDEN void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len);
 
-/* The program and kernels of storage kind kv, built on first use. */
+/* The program and kernels of storage kind kv, built on first use: every
+ * core kernel (else NSA_ERR_UNAVAILABLE naming it and why), the usable
+ * optional ones. NSA_OPENCL_UNUSABLE=name,name... (a test hook) marks
+ * those kernels unusable. */
 NSA_HIDDEN nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv);
+/* Kernel k's name and feature. */
+NSA_HIDDEN const char *nsa_cl_kernel_name(int k);
+NSA_HIDDEN nsa_cl_feat nsa_cl_kernel_feat(int k);
+/* NSA_OK when program kv is built and every kernel of feature f usable;
+ * else NSA_ERR_UNSUPPORTED naming the first unusable one and why (or the
+ * build's error). */
+NSA_HIDDEN nsa_status nsa_cl_feature(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv,
+                                     nsa_cl_feat f);
 
 /* The embedded kernel source and its hash (generated from cl/). */
 NSA_HIDDEN const char *nsa_cl_source(void);

@@ -19,10 +19,6 @@ typedef struct wslot {
 typedef struct cl_wcache {
     nsa_cl_state *st; /* the context whose device holds the copies */
     wslot slot[NSA_WSLOT_COUNT];
-    /* nsa_linear_rows (cl/linear.cl), the kernel for few rows over these
-     * weights; made on first use, NULL if the device cannot run it */
-    cl_kernel rows_k;
-    int rows_k_tried;
 } cl_wcache;
 
 static void slot_clear(wslot *s)
@@ -41,8 +37,6 @@ static void wcache_release(void *data)
         return;
     for (int i = 0; i < NSA_WSLOT_COUNT; i++)
         slot_clear(&c->slot[i]);
-    if (c->rows_k)
-        clReleaseKernel(c->rows_k);
     free(c);
 }
 
@@ -130,32 +124,6 @@ nsa_status nsa_cl_weights(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem *w, c
     return NSA_OK;
 }
 
-/* The kernel name of the device program, made once per cache (*tried);
- * NULL if it cannot run work-groups of wg lanes here. */
-static cl_kernel kernel_of(nsa_clr_bufs *B, const char *name, size_t wg, cl_kernel *k,
-                           int *tried)
-{
-    if (*tried)
-        return *k;
-    *tried = 1;
-    cl_int err;
-    cl_kernel kr = clCreateKernel(B->st->program[NSA_CL_KV_F32], name, &err);
-    if (err != CL_SUCCESS)
-        kr = NULL;
-    size_t most = 0;
-    if (kr)
-        err = clGetKernelWorkGroupInfo(kr, B->st->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                       sizeof most, &most, NULL);
-    if (kr && err == CL_SUCCESS && most >= wg)
-        *k = kr;
-    else if (kr)
-        clReleaseKernel(kr); /* too small a work-group here */
-    if (!*k)
-        nsa_log(B->ctx, "opencl: no %s on %s: the tiled nsa_linear instead", name,
-                B->st->device_name);
-    return *k;
-}
-
 cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
 {
     const nsa_wkey *k = j->key;
@@ -164,8 +132,6 @@ cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
     if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX ||
         j->in % 4 != 0 || (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1))
         return NULL;
-    cl_wcache *c = k->cache->data;
-    if (!c || c->st != B->st)
-        return NULL;
-    return kernel_of(B, "nsa_linear_rows", NSA_CL_LIN_WG, &c->rows_k, &c->rows_k_tried);
+    /* NULL where the device cannot run it (an optional kernel) */
+    return B->st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS];
 }
