@@ -3,7 +3,10 @@
  * double-precision softmax(q k^T * scale) v over keys 0..t of the token's
  * own sequence, under every kernel set usable here: varlen batches (a
  * sequence of one token, lengths off the query tile), GQA (several heads a
- * group, one group and several), dk != dv. Outputs are poisoned first. */
+ * group, one group and several), dk != dv. Outputs are poisoned first.
+ * Also nsa-bench's other internal path: the selected branch alone
+ * (nsa_cpu_attend_part with NSA_CPU_SLC on a given selection) must give
+ * the forward's o_slc bit for bit. */
 #include "testlib.h"
 
 #include "cpu/cpu_internal.h"
@@ -100,10 +103,67 @@ static void test_dense_every_isa(void **state)
     assert_true(nsets >= 1);
 }
 
+/* The selected branch alone on the forward's own selection (the slc column
+ * of nsa-bench prefill) against the forward's o_slc: the same code on the
+ * same blocks, so the same bits. Varlen, so items end at sequence ends. */
+static void test_selected_alone(void **state)
+{
+    (void)state;
+    static const int lens[] = {1, 77, 300, 130};
+    nsa_config c = tl_config(8, 2, 32, 24, 16, 8, 16, 5, 1, 2, 48, NSA_MAPPING_OVERLAP);
+    tl_problem p;
+    tl_problem_make(&p, &c, lens, 4, 0, 4242);
+    nsa_context *ctx = NULL;
+    assert_int_equal(nsa_context_create("cpu", &ctx, NULL, 0), NSA_OK);
+    tl_outputs o;
+    tl_outputs_alloc(&o, &p);
+    nsa_op_args a = tl_problem_args(&p);
+    tl_outputs_attach(&o, &a);
+    assert_int_equal(nsa_attention_forward(ctx, &c, &a), NSA_OK);
+
+    nsa_batch bt;
+    nsa_csr map = {0};
+    assert_int_equal(nsa_batch_init(ctx, &c, p.T, p.cu, p.B, &bt), NSA_OK);
+    assert_int_equal(nsa_bm_map_build(&c, nsa_bm_n_sel_visible(&c, bt.max_len - 1),
+                                      nsa_bm_n_cmp(&c, bt.max_len - 1), &map),
+                     NSA_OK);
+    const size_t rows = (size_t)p.T * c.H * c.dv;
+    float *slc = tl_poisoned(rows);
+    nsa_attn_job job;
+    memset(&job, 0, sizeof job);
+    job.cfg = &c;
+    job.scale = nsa_config_scale(&c);
+    job.batch = &bt;
+    job.map = &map;
+    job.q = p.q;
+    job.kc = o.kc;
+    job.vc = o.vc;
+    job.k_slc = p.ks;
+    job.v_slc = p.vs;
+    job.k_win = p.kw;
+    job.v_win = p.vw;
+    job.gates = p.gates;
+    job.sel_in = o.sel;
+    job.out_slc = slc;
+    assert_int_equal(nsa_cpu_attend_part(ctx, &job, NSA_CPU_SLC), NSA_OK);
+    /* the same computation: identical bits (poison would show) */
+    assert_memory_equal(slc, o.out_slc, sizeof(float) * rows);
+    /* a selected branch with no selection to read is refused */
+    job.sel_in = NULL;
+    assert_int_equal(nsa_cpu_attend_part(ctx, &job, NSA_CPU_SLC), NSA_ERR_ARG);
+    free(slc);
+    nsa_bm_map_free(&map);
+    nsa_batch_free(&bt);
+    tl_outputs_free(&o);
+    tl_problem_free(&p);
+    nsa_context_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_every_isa),
+        cmocka_unit_test(test_selected_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
