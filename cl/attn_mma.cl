@@ -29,7 +29,13 @@
 #define MMA_TK 64
 #define MMA_PST (MMA_TK + 4) /* ps row stride: the A reads of a warp on 32 banks */
 #ifndef MMA_PVC
-#define MMA_PVC 2 /* column groups of 8 float4 a warp accumulates */
+#define MMA_PVC 1 /* column groups of 8 float4 a warp accumulates */
+#endif
+#ifndef MMA_KD
+#define MMA_KD 4 /* plane steps of keys loaded at once */
+#endif
+#ifndef MMA_VD
+#define MMA_VD 4 /* value steps of 8 keys loaded at once */
 #endif
 #define MMA_NW (NSA_WG / 32)
 #define MMA_AG (MMA_TK / 8 / MMA_NW) /* key groups of 8 a warp scores a tile */
@@ -156,36 +162,41 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                     for (int i = 0; i < 4; i++)
                         s[u][i] = 0.0f;
                 }
-                /* the next plane step's keys load during this one's mma */
-                float4 kc[MMA_AG], kn[MMA_AG];
-                AM_KLOAD(kc, 0);
-                for (int st = 0; st < nst; st++) {
-                    AM_KLOAD(kn, st + 1);
-                    const int e4 = st * 4 + tq;
-                    const uint4 qah = qh[gq * qst + e4], qal = ql[gq * qst + e4];
-                    const uint4 qbh = qh[(gq + 8) * qst + e4], qbl = ql[(gq + 8) * qst + e4];
-                    uint ah[4], al[4], bh[2], bl[2];
-                    ah[0] = qah.x, ah[1] = qbh.x, ah[2] = qah.y, ah[3] = qbh.y;
-                    al[0] = qal.x, al[1] = qbl.x, al[2] = qal.y, al[3] = qbl.y;
+                /* MMA_KD plane steps of keys load at once; each plane step
+                 * sums into a fresh accumulator (short mma chains), added
+                 * to s in fp32 */
+                for (int st0 = 0; st0 < nst; st0 += MMA_KD) {
+                    float4 kb[MMA_KD][MMA_AG];
 #pragma unroll
-                    for (int u = 0; u < MMA_AG; u++)
-                        if ((wid + u * MMA_NW) * 8 < cnt) {
-                            MMA_SPLIT(kc[u].x, bh[0], bl[0]);
-                            MMA_SPLIT(kc[u].y, bh[1], bl[1]);
-                            MMA_3(s[u], ah, al, bh, bl);
-                        }
-                    ah[0] = qah.z, ah[1] = qbh.z, ah[2] = qah.w, ah[3] = qbh.w;
-                    al[0] = qal.z, al[1] = qbl.z, al[2] = qal.w, al[3] = qbl.w;
+                    for (int j = 0; j < MMA_KD; j++)
+                        AM_KLOAD(kb[j], st0 + j);
 #pragma unroll
-                    for (int u = 0; u < MMA_AG; u++)
-                        if ((wid + u * MMA_NW) * 8 < cnt) {
-                            MMA_SPLIT(kc[u].z, bh[0], bl[0]);
-                            MMA_SPLIT(kc[u].w, bh[1], bl[1]);
-                            MMA_3(s[u], ah, al, bh, bl);
-                        }
+                    for (int j = 0; j < MMA_KD; j++) {
+                        if (st0 + j >= nst)
+                            break;
+                        const int e4 = (st0 + j) * 4 + tq;
+                        const uint4 qah = qh[gq * qst + e4], qal = ql[gq * qst + e4];
+                        const uint4 qbh = qh[(gq + 8) * qst + e4], qbl = ql[(gq + 8) * qst + e4];
+                        uint ah[4], al[4], ah2[4], al2[4], bh[2], bl[2];
+                        ah[0] = qah.x, ah[1] = qbh.x, ah[2] = qah.y, ah[3] = qbh.y;
+                        al[0] = qal.x, al[1] = qbl.x, al[2] = qal.y, al[3] = qbl.y;
+                        ah2[0] = qah.z, ah2[1] = qbh.z, ah2[2] = qah.w, ah2[3] = qbh.w;
+                        al2[0] = qal.z, al2[1] = qbl.z, al2[2] = qal.w, al2[3] = qbl.w;
 #pragma unroll
-                    for (int u = 0; u < MMA_AG; u++)
-                        kc[u] = kn[u];
+                        for (int u = 0; u < MMA_AG; u++)
+                            if ((wid + u * MMA_NW) * 8 < cnt) {
+                                float dd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                                MMA_SPLIT(kb[j][u].x, bh[0], bl[0]);
+                                MMA_SPLIT(kb[j][u].y, bh[1], bl[1]);
+                                MMA_3(dd, ah, al, bh, bl);
+                                MMA_SPLIT(kb[j][u].z, bh[0], bl[0]);
+                                MMA_SPLIT(kb[j][u].w, bh[1], bl[1]);
+                                MMA_3(dd, ah2, al2, bh, bl);
+#pragma unroll
+                                for (int i = 0; i < 4; i++)
+                                    s[u][i] += dd[i];
+                            }
+                    }
                 }
                 /* c0, c1: head gq, keys 2 tq, 2 tq + 1 of the group; c2, c3: head gq + 8 */
 #pragma unroll
@@ -204,6 +215,15 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                             ps[hh * MMA_PST + k] = z;
                         }
                     }
+            }
+            /* the first MMA_VD value steps of column group wid load now:
+             * in flight through the softmax's barriers */
+            float4 va[MMA_VD], vb[MMA_VD];
+            {
+                const int c4 = wid * 8 + gq, cok = c4 < dv4;
+#pragma unroll
+                for (int j = 0; j < MMA_VD; j++)
+                    AM_VLOAD(va[j], vb[j], j * 8 + tq, j * 8 + tq + 4);
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* 2. softmax as nsa_group_attn: partial maxima */
@@ -244,7 +264,8 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* 3. P V: rescale the lane's rows gq, gq + 8 by the running max
-             * (rows past nh: -inf both, factor 1) */
+             * (rows past nh: -inf both, factor 1), then MMA_VD steps of 8
+             * keys at a time into a fresh accumulator added in fp32 */
             {
                 const float ma = mn[gq], mb = mn[gq + 8];
                 const float fa = ma == -INFINITY ? 1.0f : exp(mo[gq] - ma);
@@ -262,32 +283,48 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                     }
                     if (cg * 8 >= dv4)
                         continue; /* uniform over the warp */
-                    float4 va, vb, na, nb;
-                    AM_VLOAD(va, vb, tq, tq + 4);
-                    for (int st = 0; st < nks; st++) {
-                        const int ka = st * 8 + tq, kb = ka + 4;
-                        AM_VLOAD(na, nb, ka + 8, kb + 8);
-                        uint ah[4], al[4], bh[2], bl[2];
-                        const float p0a = ps[gq * MMA_PST + ka], p1a = ps[(gq + 8) * MMA_PST + ka];
-                        const float p0b = ps[gq * MMA_PST + kb], p1b = ps[(gq + 8) * MMA_PST + kb];
-                        MMA_SPLIT(p0a, ah[0], al[0]);
-                        MMA_SPLIT(p1a, ah[1], al[1]);
-                        MMA_SPLIT(p0b, ah[2], al[2]);
-                        MMA_SPLIT(p1b, ah[3], al[3]);
-                        MMA_SPLIT(va.x, bh[0], bl[0]);
-                        MMA_SPLIT(vb.x, bh[1], bl[1]);
-                        MMA_3(acc[x][0], ah, al, bh, bl);
-                        MMA_SPLIT(va.y, bh[0], bl[0]);
-                        MMA_SPLIT(vb.y, bh[1], bl[1]);
-                        MMA_3(acc[x][1], ah, al, bh, bl);
-                        MMA_SPLIT(va.z, bh[0], bl[0]);
-                        MMA_SPLIT(vb.z, bh[1], bl[1]);
-                        MMA_3(acc[x][2], ah, al, bh, bl);
-                        MMA_SPLIT(va.w, bh[0], bl[0]);
-                        MMA_SPLIT(vb.w, bh[1], bl[1]);
-                        MMA_3(acc[x][3], ah, al, bh, bl);
-                        va = na;
-                        vb = nb;
+                    for (int st0 = 0; st0 < nks; st0 += MMA_VD) {
+                        if (x > 0 || st0 > 0) {
+#pragma unroll
+                            for (int j = 0; j < MMA_VD; j++)
+                                AM_VLOAD(va[j], vb[j], (st0 + j) * 8 + tq, (st0 + j) * 8 + tq + 4);
+                        }
+                        float dd[4][4];
+#pragma unroll
+                        for (int u = 0; u < 4; u++)
+#pragma unroll
+                            for (int i = 0; i < 4; i++)
+                                dd[u][i] = 0.0f;
+#pragma unroll
+                        for (int j = 0; j < MMA_VD; j++) {
+                            if (st0 + j >= nks)
+                                break;
+                            const int ka = (st0 + j) * 8 + tq, kb = ka + 4;
+                            const float p0a = ps[gq * MMA_PST + ka], p1a = ps[(gq + 8) * MMA_PST + ka];
+                            const float p0b = ps[gq * MMA_PST + kb], p1b = ps[(gq + 8) * MMA_PST + kb];
+                            uint ah[4], al[4], bh[2], bl[2];
+                            MMA_SPLIT(p0a, ah[0], al[0]);
+                            MMA_SPLIT(p1a, ah[1], al[1]);
+                            MMA_SPLIT(p0b, ah[2], al[2]);
+                            MMA_SPLIT(p1b, ah[3], al[3]);
+                            MMA_SPLIT(va[j].x, bh[0], bl[0]);
+                            MMA_SPLIT(vb[j].x, bh[1], bl[1]);
+                            MMA_3(dd[0], ah, al, bh, bl);
+                            MMA_SPLIT(va[j].y, bh[0], bl[0]);
+                            MMA_SPLIT(vb[j].y, bh[1], bl[1]);
+                            MMA_3(dd[1], ah, al, bh, bl);
+                            MMA_SPLIT(va[j].z, bh[0], bl[0]);
+                            MMA_SPLIT(vb[j].z, bh[1], bl[1]);
+                            MMA_3(dd[2], ah, al, bh, bl);
+                            MMA_SPLIT(va[j].w, bh[0], bl[0]);
+                            MMA_SPLIT(vb[j].w, bh[1], bl[1]);
+                            MMA_3(dd[3], ah, al, bh, bl);
+                        }
+#pragma unroll
+                        for (int u = 0; u < 4; u++)
+#pragma unroll
+                            for (int i = 0; i < 4; i++)
+                                acc[x][u][i] += dd[u][i];
                     }
                 }
             }

@@ -58,7 +58,7 @@ static int heads_per_wg_mma(const nsa_cl_state *st, const nsa_config *c, size_t 
     if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
         hc = st->max_heads_wg;
     const int nw = st->wg / 32, dv4 = (c->dv + 3) / 4, nst = ((c->dk + 3) / 4 + 3) / 4;
-    if (!st->mma_kernel[NSA_CLM_GROUP_ATTN] || dv4 > 8 * nw * NSA_CL_MMA_PVC)
+    if (!st->mma_kernel[st->kv][NSA_CLM_GROUP_ATTN] || dv4 > 8 * nw * NSA_CL_MMA_PVC)
         return 0;
     const size_t qst = (size_t)nst * 4 + (nst & 1 ? 0 : 4);
     f[0] = f[1] = 16 * 16 * qst;
@@ -81,7 +81,7 @@ static nsa_status group_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
     size_t f[4];
     int tile = NSA_CL_MMA_TK;
     /* the tensor-core kernel where it is built and fits, else the portable one */
-    cl_kernel k = B->st->mma_kernel[NSA_CLM_GROUP_ATTN];
+    cl_kernel k = B->st->mma_kernel[B->st->kv][NSA_CLM_GROUP_ATTN];
     int hc = heads_per_wg_mma(B->st, c, f);
     if (!hc) {
         k = B->st->kernel[B->st->kv][NSA_CLK_GROUP_ATTN];

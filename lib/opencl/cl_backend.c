@@ -40,11 +40,13 @@ static void cl_fini(void *state)
         if (st->program[kv])
             clReleaseProgram(st->program[kv]);
     }
-    for (int k = 0; k < NSA_CLM_COUNT; k++)
-        if (st->mma_kernel[k])
-            clReleaseKernel(st->mma_kernel[k]);
-    if (st->mma_program)
-        clReleaseProgram(st->mma_program);
+    for (int kv = 0; kv < NSA_CL_KV_COUNT; kv++) {
+        for (int k = 0; k < NSA_CLM_COUNT; k++)
+            if (st->mma_kernel[kv][k])
+                clReleaseKernel(st->mma_kernel[kv][k]);
+        if (st->mma_program[kv])
+            clReleaseProgram(st->mma_program[kv]);
+    }
     if (st->queue)
         clReleaseCommandQueue(st->queue);
     if (st->context)
@@ -127,13 +129,13 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, const char *name, siz
 static const char *const mma_names[NSA_CLM_COUNT] = {"nsa_dc_partial_mma",
                                                      "nsa_group_attn_mma"};
 
-/* The tensor-core program (cl/mma_frag.cl) of storage st->kv where the
+/* The tensor-core program (cl/mma_frag.cl) of storage kv where the
  * device is NVIDIA of compute capability >= 8.0 with work-groups of 32 ..
  * 256 lanes and NSA_OPENCL_MMA is not 0: the source built again with
  * -DNSA_MMA=1 (through the binary cache). Its kernels are optional: a
  * failed build or an unusable kernel leaves the portable kernel in use
  * (why kept in st->mma_why and logged), never an error. */
-static void mma_init(nsa_context *ctx, nsa_cl_state *st)
+static void mma_init(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 {
     const char *env = getenv("NSA_OPENCL_MMA"), *why = NULL;
     cl_uint major = 0;
@@ -148,13 +150,13 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st)
              major < 8)
         why = "compute capability below 8.0";
     for (int k = 0; why && k < NSA_CLM_COUNT; k++)
-        snprintf(st->mma_why[k], sizeof st->mma_why[k], "%s", why);
+        snprintf(st->mma_why[kv][k], sizeof st->mma_why[kv][k], "%s", why);
     if (why) {
         nsa_log(ctx, "opencl: no tensor-core kernels (%s): portable kernels", why);
         return;
     }
     char opts[600];
-    nsa_cl_options(st, st->kv, opts, sizeof opts - 16);
+    nsa_cl_options(st, kv, opts, sizeof opts - 16);
     strcat(opts, " -DNSA_MMA=1");
     /* nsa_cl_build records its cache event, entry and any build log on the
      * state, a failure on ctx: keep the main program's and the caller's */
@@ -168,7 +170,8 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st)
     if (s != NSA_OK) {
         nsa_log(ctx, "opencl: tensor-core program not built (portable kernels): %s", ctx->msg);
         for (int k = 0; k < NSA_CLM_COUNT; k++)
-            snprintf(st->mma_why[k], sizeof st->mma_why[k], "the -DNSA_MMA=1 build failed");
+            snprintf(st->mma_why[kv][k], sizeof st->mma_why[kv][k],
+                     "the -DNSA_MMA=1 build failed");
     }
     free(st->build_log);
     st->build_log = log;
@@ -179,19 +182,19 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st)
         return;
     int any = 0;
     for (int k = 0; k < NSA_CLM_COUNT; k++) {
-        make_kernel(st, prog, mma_names[k], (size_t)st->wg, &st->mma_kernel[k], st->mma_why[k],
-                    sizeof st->mma_why[k]);
-        if (st->mma_kernel[k])
+        make_kernel(st, prog, mma_names[k], (size_t)st->wg, &st->mma_kernel[kv][k],
+                    st->mma_why[kv][k], sizeof st->mma_why[kv][k]);
+        if (st->mma_kernel[kv][k])
             any = 1;
         else
             nsa_log(ctx, "opencl: tensor-core kernel %s unusable (%s): portable kernel",
-                    mma_names[k], st->mma_why[k]);
+                    mma_names[k], st->mma_why[kv][k]);
     }
     if (!any) {
         clReleaseProgram(prog);
         return;
     }
-    st->mma_program = prog;
+    st->mma_program[kv] = prog;
     nsa_log(ctx, "opencl: tensor-core kernels (compute capability %u)", major);
 }
 
@@ -232,7 +235,7 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     memcpy(st->kernel[kv], ks, sizeof ks);
     nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
     if (kv == st->kv)
-        mma_init(ctx, st);
+        mma_init(ctx, st, kv);
     return NSA_OK;
 }
 

@@ -99,11 +99,13 @@ typedef struct nsa_cl_state {
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT]; /* NULL: optional, unusable */
     char kernel_why[NSA_CL_KV_COUNT][NSA_CLK_COUNT][160]; /* why NULL ("" if not) */
-    /* the tensor-core program of storage kv (built with the program of
-     * st->kv at init), its kernels (NULL: unusable) and why not */
-    cl_program mma_program;
-    cl_kernel mma_kernel[NSA_CLM_COUNT];
-    char mma_why[NSA_CLM_COUNT][160];
+    /* the tensor-core program of each storage kind (built with the
+     * program of st->kv at init: tests switch st->kv, so each kind keeps
+     * its own), its kernels (NULL: unusable, portable kernels run) and
+     * why not */
+    cl_program mma_program[NSA_CL_KV_COUNT];
+    cl_kernel mma_kernel[NSA_CL_KV_COUNT][NSA_CLM_COUNT];
+    char mma_why[NSA_CL_KV_COUNT][NSA_CLM_COUNT][160];
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
@@ -122,7 +124,7 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
  * MMA_PST, MMA_PVC there). */
 #define NSA_CL_MMA_TK 64
 #define NSA_CL_MMA_PST (NSA_CL_MMA_TK + 4)
-#define NSA_CL_MMA_PVC 2
+#define NSA_CL_MMA_PVC 1
 
 /* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
 #define NSA_CL_GEMM_TS 16
