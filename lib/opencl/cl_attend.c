@@ -46,6 +46,27 @@ static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, 
     }
 }
 
+/* Heads per work-group of nsa_group_attn_mma (cl/attn_mma.cl) and its
+ * four local buffers, if the state holds it and the shape fits: at most
+ * 16 heads (fewer under the tests' cap; more take several work-groups),
+ * dv within the warps' accumulators, local memory. 0 if not. */
+static int heads_per_wg_mma(const nsa_cl_state *st, const nsa_config *c, size_t f[4])
+{
+    int hc = c->H / c->G;
+    if (hc > 16)
+        hc = 16;
+    if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
+        hc = st->max_heads_wg;
+    const int nw = st->wg / 32, dv4 = (c->dv + 3) / 4, nst = ((c->dk + 3) / 4 + 3) / 4;
+    if (!st->mma_kernel[st->kv][NSA_CLM_GROUP_ATTN] || dv4 > 8 * nw * NSA_CL_MMA_PVC)
+        return 0;
+    const size_t qst = (size_t)nst * 4 + (nst & 1 ? 0 : 4);
+    f[0] = f[1] = 16 * 16 * qst;
+    f[2] = sizeof(float) * 16 * NSA_CL_MMA_PST;
+    f[3] = sizeof(float) * (2 * 16 * NSA_CL_NP + 2 * 16);
+    return f[0] + f[1] + f[2] + f[3] <= st->local_mem ? hc : 0;
+}
+
 /* One launch of nsa_group_attn over rows row0 .. row0 + rows - 1. */
 typedef struct ga_launch {
     int mode, w, row0, rows;
@@ -54,12 +75,18 @@ typedef struct ga_launch {
     cl_mem zs, stats; /* mode 2 with want_z */
 } ga_launch;
 
-static nsa_status group_attn(nsa_clr_bufs *B, cl_kernel k, const nsa_config *c, float scale,
+static nsa_status group_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
                              const ga_launch *L)
 {
     size_t f[4];
-    int tile = 0;
-    const int hc = heads_per_wg(B->st, c, &tile, f);
+    int tile = NSA_CL_MMA_TK;
+    /* the tensor-core kernel where it is built and fits, else the portable one */
+    cl_kernel k = B->st->mma_kernel[B->st->kv][NSA_CLM_GROUP_ATTN];
+    int hc = heads_per_wg_mma(B->st, c, f);
+    if (!hc) {
+        k = B->st->kernel[B->st->kv][NSA_CLK_GROUP_ATTN];
+        hc = heads_per_wg(B->st, c, &tile, f);
+    }
     if (!hc)
         return nsa_fail(B->ctx, NSA_ERR_UNSUPPORTED,
                         "opencl: attention with dk=%d, dv=%d needs more local memory for "
@@ -200,7 +227,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         const int rows = (int)(T - r0 < chunk ? T - r0 : chunk);
         L.row0 = (int)r0;
         L.rows = rows;
-        TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &L));
+        TRY(group_attn(&B, c, job->scale, &L));
         if (!want)
             continue;
         nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
@@ -241,11 +268,11 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     ga_launch S = {.mode = 0, .w = 0, .row0 = 0, .rows = (int)T, .q = q, .K = ks, .V = vs,
                    .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = os,
                    .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};
-    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &S));
+    TRY(group_attn(&B, c, job->scale, &S));
     ga_launch W = {.mode = 1, .w = c->w, .row0 = 0, .rows = (int)T, .q = q, .K = kw, .V = vw,
                    .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = ow,
                    .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};
-    TRY(group_attn(&B, K[NSA_CLK_GROUP_ATTN], c, job->scale, &W));
+    TRY(group_attn(&B, c, job->scale, &W));
     {
         nsa_clr_args a = {K[NSA_CLK_GATE], 0, CL_SUCCESS};
         cl_ulong total = (cl_ulong)th * dv;
@@ -346,7 +373,7 @@ nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch
                    .K = kb, .V = vb, .row_seq = rsb, .cu = cub, .cmp_off = dummy,
                    .sel = dummy, .out = ob, .want_z = 0, .max_nc = 0, .zs = dummy,
                    .stats = dummy};
-    TRY(group_attn(&B, st->kernel[st->kv][NSA_CLK_GROUP_ATTN], cfg, nsa_config_scale(cfg), &L));
+    TRY(group_attn(&B, cfg, nsa_config_scale(cfg), &L));
     TRY(nsa_clr_download(&B, ob, sizeof(float) * th * cfg->dv, out));
 done:
     nsa_clr_bufs_free(&B);

@@ -40,6 +40,13 @@ static void cl_fini(void *state)
         if (st->program[kv])
             clReleaseProgram(st->program[kv]);
     }
+    for (int kv = 0; kv < NSA_CL_KV_COUNT; kv++) {
+        for (int k = 0; k < NSA_CLM_COUNT; k++)
+            if (st->mma_kernel[kv][k])
+                clReleaseKernel(st->mma_kernel[kv][k]);
+        if (st->mma_program[kv])
+            clReleaseProgram(st->mma_program[kv]);
+    }
     if (st->queue)
         clReleaseCommandQueue(st->queue);
     if (st->context)
@@ -84,18 +91,19 @@ static int listed(const char *list, const char *name)
     return 0;
 }
 
-/* Kernel k of prog in *out if it can run here; else NULL and why. */
-static void make_kernel(nsa_cl_state *st, cl_program prog, int k, cl_kernel *out, char *why,
-                        size_t len)
+/* Kernel name of prog in *out if it can run here with work-groups of
+ * need lanes; else NULL and why. */
+static void make_kernel(nsa_cl_state *st, cl_program prog, const char *name, size_t need,
+                        cl_kernel *out, char *why, size_t len)
 {
     *out = NULL;
     why[0] = '\0';
-    if (listed(getenv("NSA_OPENCL_UNUSABLE"), kernel_names[k])) {
+    if (listed(getenv("NSA_OPENCL_UNUSABLE"), name)) {
         snprintf(why, len, "listed in NSA_OPENCL_UNUSABLE");
         return;
     }
     cl_int err;
-    cl_kernel kr = clCreateKernel(prog, kernel_names[k], &err);
+    cl_kernel kr = clCreateKernel(prog, name, &err);
     if (err != CL_SUCCESS) {
         snprintf(why, len, "clCreateKernel failed: %s (%d)", nsa_cl_error_name(err), (int)err);
         return;
@@ -103,9 +111,6 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, int k, cl_kernel *out
     size_t most = 0;
     err = clGetKernelWorkGroupInfo(kr, st->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof most,
                                    &most, NULL);
-    const size_t need = k == NSA_CLK_LINEAR        ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS
-                        : k == NSA_CLK_LINEAR_ROWS ? NSA_CL_LIN_WG
-                                                   : (size_t)st->wg;
     if (err != CL_SUCCESS)
         snprintf(why, len, "clGetKernelWorkGroupInfo failed: %s (%d)", nsa_cl_error_name(err),
                  (int)err);
@@ -115,6 +120,82 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, int k, cl_kernel *out
         *out = kr;
     if (!*out)
         clReleaseKernel(kr);
+}
+
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
+#endif
+
+static const char *const mma_names[NSA_CLM_COUNT] = {"nsa_dc_partial_mma",
+                                                     "nsa_group_attn_mma"};
+
+/* The tensor-core program (cl/mma_frag.cl) of storage kv where the
+ * device is NVIDIA of compute capability >= 8.0 with work-groups of 32 ..
+ * 256 lanes and NSA_OPENCL_MMA is not 0: the source built again with
+ * -DNSA_MMA=1 (through the binary cache). Its kernels are optional: a
+ * failed build or an unusable kernel leaves the portable kernel in use
+ * (why kept in st->mma_why and logged), never an error. */
+static void mma_init(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
+{
+    const char *env = getenv("NSA_OPENCL_MMA"), *why = NULL;
+    cl_uint major = 0;
+    if (env && strcmp(env, "0") == 0)
+        why = "NSA_OPENCL_MMA=0";
+    else if (!strstr(st->vendor, "NVIDIA"))
+        why = "not an NVIDIA device";
+    else if (st->wg % 32 != 0 || st->wg > 256)
+        why = "work-group not 32 .. 256 lanes in warps";
+    else if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major,
+                             &major, NULL) != CL_SUCCESS ||
+             major < 8)
+        why = "compute capability below 8.0";
+    for (int k = 0; why && k < NSA_CLM_COUNT; k++)
+        snprintf(st->mma_why[kv][k], sizeof st->mma_why[kv][k], "%s", why);
+    if (why) {
+        nsa_log(ctx, "opencl: no tensor-core kernels (%s): portable kernels", why);
+        return;
+    }
+    char opts[600];
+    nsa_cl_options(st, kv, opts, sizeof opts - 16);
+    strcat(opts, " -DNSA_MMA=1");
+    /* nsa_cl_build records its cache event, entry and any build log on the
+     * state, a failure on ctx: keep the main program's and the caller's */
+    const nsa_cl_cache_event ev = st->cache_event;
+    char *log = st->build_log, path[sizeof st->cache_path], msg[sizeof ctx->msg];
+    memcpy(path, st->cache_path, sizeof path);
+    memcpy(msg, ctx->msg, sizeof msg);
+    st->build_log = NULL;
+    cl_program prog = NULL;
+    nsa_status s = nsa_cl_build(ctx, st, nsa_cl_source(), opts, &prog);
+    if (s != NSA_OK) {
+        nsa_log(ctx, "opencl: tensor-core program not built (portable kernels): %s", ctx->msg);
+        for (int k = 0; k < NSA_CLM_COUNT; k++)
+            snprintf(st->mma_why[kv][k], sizeof st->mma_why[kv][k],
+                     "the -DNSA_MMA=1 build failed");
+    }
+    free(st->build_log);
+    st->build_log = log;
+    st->cache_event = ev;
+    memcpy(st->cache_path, path, sizeof path);
+    memcpy(ctx->msg, msg, sizeof msg);
+    if (s != NSA_OK)
+        return;
+    int any = 0;
+    for (int k = 0; k < NSA_CLM_COUNT; k++) {
+        make_kernel(st, prog, mma_names[k], (size_t)st->wg, &st->mma_kernel[kv][k],
+                    st->mma_why[kv][k], sizeof st->mma_why[kv][k]);
+        if (st->mma_kernel[kv][k])
+            any = 1;
+        else
+            nsa_log(ctx, "opencl: tensor-core kernel %s unusable (%s): portable kernel",
+                    mma_names[k], st->mma_why[kv][k]);
+    }
+    if (!any) {
+        clReleaseProgram(prog);
+        return;
+    }
+    st->mma_program[kv] = prog;
+    nsa_log(ctx, "opencl: tensor-core kernels (compute capability %u)", major);
 }
 
 nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
@@ -130,7 +211,10 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     cl_kernel ks[NSA_CLK_COUNT] = {0};
     for (int k = 0; k < NSA_CLK_COUNT; k++) {
         char *why = st->kernel_why[kv][k];
-        make_kernel(st, prog, k, &ks[k], why, sizeof st->kernel_why[kv][k]);
+        const size_t need = k == NSA_CLK_LINEAR        ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS
+                            : k == NSA_CLK_LINEAR_ROWS ? NSA_CL_LIN_WG
+                                                       : (size_t)st->wg;
+        make_kernel(st, prog, kernel_names[k], need, &ks[k], why, sizeof st->kernel_why[kv][k]);
         if (ks[k])
             continue;
         const nsa_cl_feat f = nsa_cl_kernel_feat(k);
@@ -150,6 +234,8 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     st->program[kv] = prog;
     memcpy(st->kernel[kv], ks, sizeof ks);
     nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
+    if (kv == st->kv)
+        mma_init(ctx, st, kv);
     return NSA_OK;
 }
 

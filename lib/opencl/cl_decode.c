@@ -72,8 +72,7 @@ typedef struct nsa_cl_dcache {
     float *hstage;
     int32_t *hdesc, *htpos;
     size_t nstage, ndesc; /* filled */
-    cl_program mma_prog;  /* the program built with -DNSA_MMA=1, if any */
-    cl_kernel mma_k;      /* its nsa_dc_partial_mma: used for every partial launch */
+    cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
     int q_on_device;      /* fused step: q and the gates are in DB_Q, DB_GATES already */
 } nsa_cl_dcache;
@@ -164,10 +163,6 @@ void nsa_cl_dcache_free(void *p)
     for (int i = 0; i < DB_COUNT; i++)
         if (dc->buf[i].m)
             clReleaseMemObject(dc->buf[i].m);
-    if (dc->mma_k)
-        clReleaseKernel(dc->mma_k);
-    if (dc->mma_prog)
-        clReleaseProgram(dc->mma_prog);
     free(dc->seq);
     free(dc->hstage);
     free(dc->hdesc);
@@ -182,66 +177,6 @@ static size_t partial_local(const nsa_cl_dcache *dc, int hc, int ch)
     return 16 * hcp * (size_t)dc->dk4 + sizeof(float) * (size_t)ch * hcp +
            sizeof(int) * (size_t)ch + sizeof(float) * 2 * (size_t)dc->st->wg +
            sizeof(int) * ((size_t)dc->cfg.n + 1);
-}
-
-#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
-#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
-#endif
-
-/* The tensor-core partial kernel (cl/mma.cl) where the device is NVIDIA of
- * compute capability >= 8.0 and NSA_OPENCL_MMA is not 0: the source built
- * again with -DNSA_MMA=1 (through the binary cache). Any failure leaves
- * the portable kernel in use (logged), never an error. */
-static void dc_mma_init(nsa_context *ctx, nsa_cl_dcache *dc)
-{
-    nsa_cl_state *st = dc->st;
-    const char *env = getenv("NSA_OPENCL_MMA");
-    if ((env && strcmp(env, "0") == 0) || st->wg % 32 != 0 || !strstr(st->vendor, "NVIDIA"))
-        return;
-    cl_uint major = 0;
-    if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major,
-                        NULL) != CL_SUCCESS ||
-        major < 8)
-        return;
-    char opts[600];
-    nsa_cl_options(st, dc->kv, opts, sizeof opts - 16);
-    strcat(opts, " -DNSA_MMA=1");
-    /* nsa_cl_build records its cache event, entry and any build log on the
-     * state, a failure on ctx: keep the main program's and the caller's */
-    const nsa_cl_cache_event ev = st->cache_event;
-    char *log = st->build_log, path[sizeof st->cache_path], msg[sizeof ctx->msg];
-    memcpy(path, st->cache_path, sizeof path);
-    memcpy(msg, ctx->msg, sizeof msg);
-    st->build_log = NULL;
-    cl_program prog = NULL;
-    nsa_status s = nsa_cl_build(ctx, st, nsa_cl_source(), opts, &prog);
-    if (s != NSA_OK)
-        nsa_log(ctx, "opencl decode: tensor-core kernel not built (portable kernel): %s",
-                ctx->msg);
-    free(st->build_log);
-    st->build_log = log;
-    st->cache_event = ev;
-    memcpy(st->cache_path, path, sizeof path);
-    memcpy(ctx->msg, msg, sizeof msg);
-    if (s != NSA_OK)
-        return;
-    cl_int err;
-    cl_kernel k = clCreateKernel(prog, "nsa_dc_partial_mma", &err);
-    size_t most = 0;
-    if (err == CL_SUCCESS)
-        err = clGetKernelWorkGroupInfo(k, st->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof most,
-                                       &most, NULL);
-    if (err != CL_SUCCESS || most < (size_t)st->wg) {
-        nsa_log(ctx, "opencl decode: tensor-core kernel unusable (%d, work-group %zu)",
-                (int)err, most);
-        if (k)
-            clReleaseKernel(k);
-        clReleaseProgram(prog);
-        return;
-    }
-    dc->mma_prog = prog;
-    dc->mma_k = k;
-    nsa_log(ctx, "opencl decode: tensor-core partial kernel (compute capability %u)", major);
 }
 
 nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, void **out)
@@ -302,8 +237,11 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         nsa_cl_dcache_free(dc);
         return s;
     }
+    /* the tensor-core partial kernel (cl/mma.cl) holds at most 16 heads */
     if (dc->hc <= 16)
-        dc_mma_init(ctx, dc);
+        dc->mma_k = st->mma_kernel[dc->kv][NSA_CLM_DC_PARTIAL];
+    if (dc->mma_k)
+        nsa_log(ctx, "opencl decode: tensor-core partial kernel");
     nsa_log(ctx, "opencl: decode cache for %d sequences, %d heads a work-group", B, dc->hc);
     *out = dc;
     return NSA_OK;

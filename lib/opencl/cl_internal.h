@@ -55,6 +55,11 @@ typedef enum nsa_cl_feat {
     NSA_CLF_ROWS    /* nsa_linear_rows: few-row linears (else nsa_linear) */
 } nsa_cl_feat;
 
+/* Kernels of the tensor-core program (cl/mma_frag.cl, built with
+ * -DNSA_MMA=1 where the device allows: NVIDIA, compute capability >= 8.0,
+ * NSA_OPENCL_MMA not 0). Optional: NULL means the portable kernel runs. */
+enum { NSA_CLM_DC_PARTIAL, NSA_CLM_GROUP_ATTN, NSA_CLM_COUNT };
+
 /* What the binary cache did on the last program build. */
 typedef enum nsa_cl_cache_event {
     NSA_CL_CACHE_OFF = 0,    /* disabled (NSA_OPENCL_CACHE=0) or no cache dir */
@@ -94,6 +99,13 @@ typedef struct nsa_cl_state {
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT]; /* NULL: optional, unusable */
     char kernel_why[NSA_CL_KV_COUNT][NSA_CLK_COUNT][160]; /* why NULL ("" if not) */
+    /* the tensor-core program of each storage kind (built with the
+     * program of st->kv at init: tests switch st->kv, so each kind keeps
+     * its own), its kernels (NULL: unusable, portable kernels run) and
+     * why not */
+    cl_program mma_program[NSA_CL_KV_COUNT];
+    cl_kernel mma_kernel[NSA_CL_KV_COUNT][NSA_CLM_COUNT];
+    char mma_why[NSA_CL_KV_COUNT][NSA_CLM_COUNT][160];
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
@@ -106,6 +118,13 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
 
 /* Lanes per head row in nsa_group_attn's softmax (NSA_NP). */
 #define NSA_CL_NP 8
+
+/* nsa_group_attn_mma (cl/attn_mma.cl): keys a tile, the row stride of
+ * its probabilities, float4 column groups of 8 a warp holds (MMA_TK,
+ * MMA_PST, MMA_PVC there). */
+#define NSA_CL_MMA_TK 64
+#define NSA_CL_MMA_PST (NSA_CL_MMA_TK + 4)
+#define NSA_CL_MMA_PVC 1
 
 /* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
 #define NSA_CL_GEMM_TS 16
