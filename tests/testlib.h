@@ -57,8 +57,6 @@ int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
 #define TL_KERNEL_SETS 4
 int tl_kernel_sets(const char **names);
 
-/* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
- * test binaries later cross-check other backends. */
 /* The OpenCL suites' setup: the default device (a GPU) if the backend
  * finds one, else any device (PoCL in CI), unless NSA_OPENCL_DEVICE is set;
  * and a private program cache made from tmpl ("/tmp/name-XXXXXX", rewritten
@@ -66,6 +64,8 @@ int tl_kernel_sets(const char **names);
  * user's cache. 0 if the directory cannot be made. */
 int tl_opencl_setup(char *tmpl);
 
+/* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
+ * test binaries later cross-check other backends. */
 const char *tl_backend_name(void);
 /* A context on tl_backend_name(); fails the test if it cannot be made. */
 nsa_context *tl_context(void);

@@ -5,7 +5,8 @@
  * of all heads of the group go through every key block together
  * (group-centric loading, as the paper's kernel): one load of a key/value
  * tile serves hpg heads (and, for the window and the dense baseline, TQ
- * positions). Softmax is online (flash-style) over key tiles of BK rows, so
+ * positions; for the selected branch, every position of the item that
+ * selected the block). Softmax is online (flash-style) over key tiles of BK rows, so
  * scratch stays in L1/L2 whatever the sequence length; only the compressed
  * branch keeps whole rows, because its probabilities feed the selection. */
 #include "cpu/cpu_internal.h"
@@ -136,7 +137,8 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
 
 /* Per-thread scratch, sized for the longest sequence: prefill's for TQ
  * positions x hpg heads; decode's (dec_*) for hpg rows, without the query
- * copy, compressed rows, output of o_cmp and row bounds, with fac. */
+ * copy, compressed rows, the positions' selections, o_cmp, the softmax
+ * state and row bounds, with fac. */
 typedef struct scratch {
     float *qt;    /* [TQ*hpg][dk] the item's query rows, gathered */
     float *s;     /* [TQ*hpg*BK] scores of a key tile */
@@ -372,6 +374,27 @@ static int sel_spans(const nsa_config *c, int64_t t, const int32_t *sel, span *s
     return nsp;
 }
 
+/* The smallest block at the heads of the nt selections sel[u][0..n) from
+ * their cursors cur[u] (-1 pads skipped, cursors moved past them), a head
+ * equal to skip read past; -1 when none is left. */
+static int32_t union_head(const int32_t *sel, int n, int nt, int *cur, int32_t skip)
+{
+    int32_t best = -1;
+    for (int u = 0; u < nt; u++) {
+        const int32_t *su = sel + (size_t)u * n;
+        while (cur[u] < n && su[cur[u]] < 0)
+            cur[u]++;
+        int e = cur[u];
+        if (skip >= 0 && e < n && su[e] == skip)
+            e++;
+        while (e < n && su[e] < 0)
+            e++;
+        if (e < n && (best < 0 || su[e] < best))
+            best = su[e];
+    }
+    return best;
+}
+
 /* Selected branch for the item's positions t0 .. t0+nt-1, over their
  * selections w->selt[u][0..n), block-major: the blocks are visited in
  * ascending order of the union of the selections, and each block is
@@ -396,30 +419,15 @@ static void selected_item(const nsa_simd_kernels *k, const nsa_attn_job *job, in
                    w->oslc + (size_t)u * hpg * dv);
     }
     for (;;) {
-        /* the smallest block at the head of a selection (-1 pads skipped) */
-        int32_t blk = -1;
-        for (int u = 0; u < nt; u++) {
-            const int32_t *su = w->selt + (size_t)u * n;
-            while (cur[u] < n && su[cur[u]] < 0)
-                cur[u]++;
-            if (cur[u] < n && (blk < 0 || su[cur[u]] < blk))
-                blk = su[cur[u]];
-        }
+        /* the smallest block at the heads of the selections, then the next
+         * one of the union (to prefetch) */
+        const int32_t blk = union_head(w->selt, n, nt, cur, -1);
         if (blk < 0)
             break;
-        /* the next block of the union, to prefetch */
-        int32_t nxt = -1;
-        for (int u = 0; u < nt; u++) {
-            const int32_t *su = w->selt + (size_t)u * n;
-            int e = cur[u];
-            if (e < n && su[e] == blk)
-                e++;
-            while (e < n && su[e] < 0)
-                e++;
-            if (e < n && (nxt < 0 || su[e] < nxt))
-                nxt = su[e];
-        }
+        const int32_t nxt = union_head(w->selt, n, nt, cur, blk);
         if (nxt >= 0) {
+            /* clipped to the item's last position: rows past it may lie
+             * past the end of the sequence's K/V */
             const int64_t lo = (int64_t)nxt * c->l_sel;
             const int64_t hi = lo + c->l_sel < tmax + 1 ? lo + c->l_sel : tmax + 1;
             if (lo < hi) {
@@ -655,8 +663,11 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
  *     probability rows, l and P V;
  *   B item: merge A's partials into o_cmp, scale the rows to the exact
  *     p_cmp of spec 2 (they feed the selection), score and select (spec 3);
- *   C (item, selected or window chunk): partial softmax over the chunk;
- *   D item: merge C's partials into o_slc and o_win, gates (spec 5).
+ *     and, in the same loop, (item, window chunk): partial softmax over
+ *     the chunk (the window needs no selection);
+ *   C (item, selected chunk): partial softmax over the chunk;
+ *   D item: merge the selected and window partials into o_slc and o_win,
+ *     gates (spec 5).
  * The dense baseline is C and D over all t+1 raw keys. */
 #define DCH 256 /* keys a chunk: 2 key tiles; 6 chunks (1024 + 512 keys)
                    share the selected and window branches at the defaults */
@@ -669,13 +680,13 @@ typedef struct dplan {
                        otherwise, at every call) */
     int dense, hpg, nitem;
     int ncmp;       /* chunk slots an item in A */
-    int nslc, nwin; /* chunk slots an item in C: selected (dense: all keys), window */
+    int nslc, nwin; /* chunk slots an item: selected (C; dense: all keys), window (B) */
     size_t ldp;     /* row stride of the probability rows */
     size_t pstride; /* floats a partial: m[hpg], l[hpg], o[hpg][dv] */
     float *prob;    /* [nitem][hpg][ldp] */
     float *ocmp;    /* [nitem][hpg][dv] */
     float *pa;      /* [nitem][ncmp] partials of A */
-    float *pc;      /* [nitem][nslc + nwin] partials of C */
+    float *pc;      /* [nitem][nslc + nwin] partials of C, then of B's window chunks */
 } dplan;
 
 static int ceil_div(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
