@@ -251,6 +251,14 @@ NSA_HIDDEN nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job);
 NSA_HIDDEN nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job);
 /* n linears over one x: the backend's linear_many, else nsa_run_linear on
  * each in turn (stopping at the first failure). */
+/* Context creation's one path (registry.c): a context on backend be,
+ * started by init_on(ctx, state, arg) (a backend's own entry point, e.g.
+ * the OpenCL device choice) or, when NULL, by be->init; the log line and
+ * msg as nsa_context_create's. */
+typedef nsa_status (*nsa_init_on_fn)(nsa_context *ctx, void **state, const char *arg);
+NSA_HIDDEN nsa_status nsa_context_start(const nsa_backend_ops *be, nsa_init_on_fn init_on,
+                                        const char *arg, nsa_context **out, char *msg,
+                                        size_t msg_len);
 NSA_HIDDEN nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 NSA_HIDDEN nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job);
 NSA_HIDDEN nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job);

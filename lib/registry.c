@@ -63,23 +63,25 @@ static void list_names(char *buf, size_t len)
                                  registry[i]->name);
 }
 
-/* A context on backend be (its init run); on failure msg says why. */
-static nsa_status start(const nsa_backend_ops *be, int verbose, nsa_context **out, char *msg,
-                        size_t msg_len)
+/* A context on backend be, started by init_on(ctx, state, arg) or, when
+ * that is NULL, by be->init; on failure msg says why. */
+nsa_status nsa_context_start(const nsa_backend_ops *be, nsa_init_on_fn init_on, const char *arg,
+                             nsa_context **out, char *msg, size_t msg_len)
 {
     nsa_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
     ctx->be = be;
-    ctx->verbose = verbose;
-    if (be->init) {
-        nsa_status s = be->init(ctx, &ctx->be_state);
-        if (s != NSA_OK) {
-            nsa_fail_buf(msg, msg_len, s, "backend '%s' failed to start: %s", be->name,
-                         ctx->msg);
-            free(ctx);
-            return s;
-        }
+    ctx->verbose = nsa_env_verbose();
+    nsa_status s = NSA_OK;
+    if (init_on)
+        s = init_on(ctx, &ctx->be_state, arg);
+    else if (be->init)
+        s = be->init(ctx, &ctx->be_state);
+    if (s != NSA_OK) {
+        nsa_fail_buf(msg, msg_len, s, "backend '%s' failed to start: %s", be->name, ctx->msg);
+        free(ctx);
+        return s;
     }
     nsa_log(ctx, "using backend '%s'", be->name);
     if (msg && msg_len)
@@ -112,7 +114,7 @@ nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
         if (!probe(be, why, sizeof why))
             return nsa_fail_buf(msg, msg_len, NSA_ERR_UNAVAILABLE,
                                 "backend '%s' is not available here: %s", want, why);
-        return start(be, verbose, out, msg, msg_len);
+        return nsa_context_start(be, NULL, NULL, out, msg, msg_len);
     }
     /* auto: the first backend that probes and starts; one that probes but
      * fails to start (e.g. an OpenCL device that cannot run a core kernel)
@@ -125,7 +127,7 @@ nsa_status nsa_context_create(const char *backend, nsa_context **out, char *msg,
                 fprintf(stderr, "libnsa: auto: skipping '%s': %s\n", registry[i]->name, why);
             continue;
         }
-        s = start(registry[i], verbose, out, msg, msg_len);
+        s = nsa_context_start(registry[i], NULL, NULL, out, msg, msg_len);
         if (s == NSA_OK || s == NSA_ERR_NOMEM)
             return s;
         if (verbose)

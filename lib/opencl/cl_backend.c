@@ -55,7 +55,6 @@ static void cl_fini(void *state)
     free(st);
 }
 
-const char *nsa_cl_kernel_name(int k) { return kernel_names[k]; }
 
 /* By name, so that a new decode kernel is optional without a second list. */
 nsa_cl_feat nsa_cl_kernel_feat(int k)
@@ -76,6 +75,9 @@ static const char *const feat_what[] = {"the backend", "the decode cache mirror"
 static const char *const feat_instead[] = {"", "decode attends over the host caches",
                                            "q, gates and Wo run as separate jobs",
                                            "nsa_linear runs them"};
+_Static_assert(sizeof feat_what / sizeof feat_what[0] == NSA_CLF_ROWS + 1 &&
+                   sizeof feat_instead / sizeof feat_instead[0] == NSA_CLF_ROWS + 1,
+               "one entry per nsa_cl_feat");
 
 /* 1 if name is an item of the comma-separated list. */
 static int listed(const char *list, const char *name)
@@ -342,22 +344,7 @@ static nsa_status cl_init(nsa_context *ctx, void **state)
 nsa_status nsa_cl_context_create(const char *device, nsa_context **out, char *msg,
                                  size_t msg_len)
 {
-    nsa_context *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
-        return nsa_fail_buf(msg, msg_len, NSA_ERR_NOMEM, "out of memory for the context");
-    ctx->be = &nsa_backend_opencl;
-    ctx->verbose = nsa_env_verbose();
-    nsa_status s = cl_init_on(ctx, &ctx->be_state, device);
-    if (s != NSA_OK) {
-        nsa_fail_buf(msg, msg_len, s, "backend 'opencl' failed to start: %s", ctx->msg);
-        free(ctx);
-        return s;
-    }
-    nsa_log(ctx, "using backend 'opencl'");
-    if (msg && msg_len)
-        msg[0] = '\0';
-    *out = ctx;
-    return NSA_OK;
+    return nsa_context_start(&nsa_backend_opencl, cl_init_on, device, out, msg, msg_len);
 }
 
 nsa_cl_state *nsa_cl_state_of(nsa_context *ctx)

@@ -237,9 +237,10 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         nsa_cl_dcache_free(dc);
         return s;
     }
-    /* the tensor-core partial kernel (cl/mma.cl) holds at most 16 heads */
-    if (dc->hc <= 16)
-        dc->mma_k = st->mma_kernel[dc->kv][NSA_CLM_DC_PARTIAL];
+    /* the tensor-core partial kernel (cl/mma.cl): the mma's M = 16 rows
+     * hold a work-group's heads */
+    _Static_assert(DC_HC <= 16, "cl/mma.cl holds at most 16 heads a work-group");
+    dc->mma_k = st->mma_kernel[dc->kv][NSA_CLM_DC_PARTIAL];
     if (dc->mma_k)
         nsa_log(ctx, "opencl decode: tensor-core partial kernel");
     nsa_log(ctx, "opencl: decode cache for %d sequences, %d heads a work-group", B, dc->hc);

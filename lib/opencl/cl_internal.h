@@ -169,8 +169,7 @@ NSA_HIDDEN void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, 
  * optional ones. NSA_OPENCL_UNUSABLE=name,name... (a test hook) marks
  * those kernels unusable. */
 NSA_HIDDEN nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv);
-/* Kernel k's name and feature. */
-NSA_HIDDEN const char *nsa_cl_kernel_name(int k);
+/* Kernel k's feature. */
 NSA_HIDDEN nsa_cl_feat nsa_cl_kernel_feat(int k);
 /* NSA_OK when program kv is built and every kernel of feature f usable;
  * else NSA_ERR_UNSUPPORTED naming the first unusable one and why (or the
