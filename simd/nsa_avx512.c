@@ -210,8 +210,8 @@ INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t ld
         }
 }
 
-/* The columns of MR rows: 64 at a time, then what is left as 1-3 vectors,
- * the last one masked. */
+/* The columns of MR rows: 64 at a time, then what is left (1-63) as 1-4
+ * vectors, the last one masked. */
 #define NN_COLS(MR)                                                                        \
     do {                                                                                   \
         int c = 0;                                                                         \
@@ -219,7 +219,9 @@ INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t ld
             nn_tile(MR, 4, k, a, lda, B + c, ldb, cc + c, ldc, 0xFFFF);                    \
         const int left = n - c;                                                            \
         const __mmask16 mk = tail_mask(left - (left - 1) / 16 * 16);                      \
-        if (left > 32)                                                                     \
+        if (left > 48)                                                                     \
+            nn_tile(MR, 4, k, a, lda, B + c, ldb, cc + c, ldc, mk);                        \
+        else if (left > 32)                                                                \
             nn_tile(MR, 3, k, a, lda, B + c, ldb, cc + c, ldc, mk);                        \
         else if (left > 16)                                                                \
             nn_tile(MR, 2, k, a, lda, B + c, ldb, cc + c, ldc, mk);                        \
