@@ -694,6 +694,25 @@ static nsa_status dc_final(nsa_context *ctx, nsa_cl_dcache *dc, const dc_part *P
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* nsa_dc_select's arguments: the positions tpos[B], the scores
+ * [B][G][max_vis], the picks sel [B][G][n] (one binding for the step and
+ * its test hook, nsa_cl_dc_topn). */
+static nsa_clr_args select_args(cl_kernel k, const nsa_config *c, cl_mem tpos, cl_mem scores,
+                                int max_vis, cl_mem sel)
+{
+    nsa_clr_args a = {k, 0, CL_SUCCESS};
+    ARG_MEM(&a, tpos);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->l_sel);
+    ARG_MEM(&a, scores);
+    ARG_INT(&a, max_vis);
+    ARG_INT(&a, c->n);
+    ARG_INT(&a, c->n_init);
+    ARG_INT(&a, c->n_local);
+    ARG_MEM(&a, sel);
+    return a;
+}
+
 static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
 {
     const nsa_config *c = &dc->cfg;
@@ -754,16 +773,9 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     }
     /* top-n (prefill's rule and code, see cl/decode.cl) */
     {
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
-        ARG_MEM(&a, dc->buf[DB_TPOS].m);
-        ARG_INT(&a, G);
-        ARG_INT(&a, c->l_sel);
-        ARG_MEM(&a, dc->buf[DB_S].m);
-        ARG_INT(&a, max_vis);
-        ARG_INT(&a, n);
-        ARG_INT(&a, c->n_init);
-        ARG_INT(&a, c->n_local);
-        ARG_MEM(&a, dc->buf[DB_SEL].m);
+        nsa_clr_args a = select_args(dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], c,
+                                     dc->buf[DB_TPOS].m, dc->buf[DB_S].m, max_vis,
+                                     dc->buf[DB_SEL].m);
         if ((s = dc_launch(ctx, dc, &a, "nsa_dc_select", bg * (size_t)dc->st->wg)) != NSA_OK)
             return s;
     }
@@ -977,16 +989,7 @@ nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B, const 
     TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * (size_t)B, tpos, &tb));
     TRY(nsa_clr_buf_new(&W, sizeof(float) * bg * (size_t)max_vis, scores, &sb));
     TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * bg * cfg->n, NULL, &selb));
-    nsa_clr_args a = {st->kernel[st->kv][NSA_CLK_DC_SELECT], 0, CL_SUCCESS};
-    ARG_MEM(&a, tb);
-    ARG_INT(&a, cfg->G);
-    ARG_INT(&a, cfg->l_sel);
-    ARG_MEM(&a, sb);
-    ARG_INT(&a, max_vis);
-    ARG_INT(&a, cfg->n);
-    ARG_INT(&a, cfg->n_init);
-    ARG_INT(&a, cfg->n_local);
-    ARG_MEM(&a, selb);
+    nsa_clr_args a = select_args(st->kernel[st->kv][NSA_CLK_DC_SELECT], cfg, tb, sb, max_vis, selb);
     TRY(nsa_clr_launch(&W, &a, "nsa_dc_select", bg * (size_t)st->wg, (size_t)st->wg));
     TRY(nsa_clr_download(&W, selb, sizeof(int32_t) * bg * cfg->n, sel));
 done:
