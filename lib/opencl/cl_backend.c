@@ -39,8 +39,6 @@ static void cl_fini(void *state)
                 clReleaseKernel(st->kernel[kv][k]);
         if (st->program[kv])
             clReleaseProgram(st->program[kv]);
-    }
-    for (int kv = 0; kv < NSA_CL_KV_COUNT; kv++) {
         for (int k = 0; k < NSA_CLM_COUNT; k++)
             if (st->mma_kernel[kv][k])
                 clReleaseKernel(st->mma_kernel[kv][k]);
@@ -54,7 +52,6 @@ static void cl_fini(void *state)
     free(st->build_log);
     free(st);
 }
-
 
 /* By name, so that a new decode kernel is optional without a second list. */
 nsa_cl_feat nsa_cl_kernel_feat(int k)
