@@ -307,20 +307,24 @@ static void rope_angles(int rope_dim, float base, double pos, double *cs, double
     }
 }
 
-/* nsa_rope_apply with the angles given (the same arithmetic, so the same
- * bits). */
+/* The rotation of the pair (v[i], v[i + half]) by the angle (cs, sn): the
+ * one arithmetic of nsa_rope_apply and rope_rotate, so both give the same
+ * bits. */
+static void rope_pair(float *v, int i, int half, double cs, double sn)
+{
+    const double a = v[i], b = v[i + half];
+    v[i] = (float)(a * cs - b * sn);
+    v[i + half] = (float)(b * cs + a * sn);
+}
+
+/* nsa_rope_apply with the angles given. */
 static void rope_rotate(float *x, int heads, int dim, int rope_dim, const double *cs,
                         const double *sn)
 {
     const int half = rope_dim / 2;
-    for (int h = 0; h < heads; h++) {
-        float *v = x + (size_t)h * dim;
-        for (int i = 0; i < half; i++) {
-            const double a = v[i], b = v[i + half];
-            v[i] = (float)(a * cs[i] - b * sn[i]);
-            v[i + half] = (float)(b * cs[i] + a * sn[i]);
-        }
-    }
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < half; i++)
+            rope_pair(x + (size_t)h * dim, i, half, cs[i], sn[i]);
 }
 
 void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, double pos)
@@ -329,12 +333,8 @@ void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, doub
     for (int i = 0; i < half; i++) {
         const double theta = rope_theta(rope_dim, base, pos, i);
         const double cs = cos(theta), sn = sin(theta);
-        for (int h = 0; h < heads; h++) {
-            float *v = x + (size_t)h * dim;
-            const double a = v[i], b = v[i + half];
-            v[i] = (float)(a * cs - b * sn);
-            v[i + half] = (float)(b * cs + a * sn);
-        }
+        for (int h = 0; h < heads; h++)
+            rope_pair(x + (size_t)h * dim, i, half, cs, sn);
     }
 }
 
