@@ -107,6 +107,112 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
     } while (0)
 #endif
 
+/* The keys of chunk c of a partial launch (see nsa_dc_partial) and where
+ * they live, with the queries of the work-group's heads staged in qs and
+ * the keys' rows in rows (all lanes call it; it ends with a barrier):
+ * shared by nsa_dc_partial and cl/mma.cl's nsa_dc_partial_mma. */
+typedef struct dc_keys {
+    __global const kv_t *K, *V; /* the chunk's caches */
+    int cap;                    /* their rows per (b, g) */
+    int cnt, base;              /* keys base .. base + cnt - 1 of its branch */
+    int branch;                 /* 0 compressed or dense, 1 selected, 2 window */
+} dc_keys;
+
+static dc_keys dc_chunk_keys(int mode, int c, int nch_a, int CH, int t, int bg,
+                             __global const kv_t *K, __global const kv_t *V, int cap,
+                             __global const kv_t *Kw, __global const kv_t *Vw, int w, int wcap,
+                             __global const int *sel, int n, int lsel, int l, int d,
+                             __global const float *qh, int nh, int hcp, int dk, int dk4,
+                             __local float4 *qs, __local int *rows, __local int *spans)
+{
+    const int lid = get_local_id(0);
+    dc_keys ck = {K, V, cap, 0, c * CH, 0};
+    if (c >= nch_a) {
+        ck.branch = 2; /* window ring */
+        ck.base = (c - nch_a) * CH;
+        ck.cnt = clamp(min(w, t + 1) - ck.base, 0, CH);
+        ck.K = Kw;
+        ck.V = Vw;
+        ck.cap = wcap;
+    } else if (mode == 1) {
+        ck.branch = 1; /* selected blocks: spans in the order of sel */
+        if (lid == 0) {
+            int acc = 0;
+            for (int k = 0; k < n; k++) {
+                spans[k] = acc;
+                const int blk = sel[(size_t)bg * n + k];
+                if (blk >= 0)
+                    acc += max(0, min(blk * lsel + lsel, t + 1) - blk * lsel);
+            }
+            spans[n] = acc;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        ck.cnt = clamp(spans[n] - ck.base, 0, CH);
+    } else {
+        ck.cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - ck.base, 0, CH);
+    }
+    /* the heads' queries: qh is head h0's row; rows past nh hold 0 */
+    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
+        const int hh = i / dk4, e4 = i % dk4;
+        qs[i] = hh < nh ? nsa_ld4(qh + (size_t)hh * dk + e4 * 4, dk - e4 * 4) : (float4)(0.0f);
+    }
+    for (int k = lid; k < ck.cnt; k += NSA_WG) {
+        const int i = ck.base + k;
+        int row = i;
+        if (ck.branch == 1) {
+            int s = 0;
+            /* the entry whose span holds i (spans are ascending; -1 and
+             * empty entries are skipped since their successor starts at i
+             * or before) */
+            while (s + 1 < n && spans[s + 1] <= i)
+                s++;
+            row = sel[(size_t)bg * n + s] * lsel + (i - spans[s]);
+        } else if (ck.branch == 2) {
+            row = (t - min(w, t + 1) + 1 + i) % w;
+        }
+        rows[k] = row;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return ck;
+}
+
+/* Softmax statistics per head over a chunk's logits zl (key-major, hcp a
+ * key; written by every lane before the call): npl lanes a head find the
+ * max, turn zl into exp(z - max) and sum them; (max, sum) of heads < nh go
+ * to pst[hh]. All lanes call it; zl is ready for P V on return. red holds
+ * 2 NSA_WG floats. */
+static void dc_chunk_softmax(__local float *zl, __local float *red, int cnt, int hcp, int nh,
+                             __global float2 *pst)
+{
+    const int lid = get_local_id(0), npl = NSA_WG / hcp, hh = lid % hcp, sl = lid / hcp;
+    const int act = sl < npl;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float m = -INFINITY;
+    if (act)
+        for (int k = sl; k < cnt; k += npl)
+            m = fmax(m, zl[k * hcp + hh]);
+    red[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    m = -INFINITY;
+    for (int x = 0; x < npl; x++)
+        m = fmax(m, red[x * hcp + hh]);
+    float sum = 0.0f;
+    if (act)
+        for (int k = sl; k < cnt; k += npl) {
+            const float p = m == -INFINITY ? 0.0f : exp(zl[k * hcp + hh] - m);
+            zl[k * hcp + hh] = p;
+            sum += p;
+        }
+    red[NSA_WG + lid] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (sl == 0 && hh < nh) {
+        float tot = 0.0f;
+        for (int x = 0; x < npl; x++)
+            tot += red[NSA_WG + x * hcp + hh];
+        pst[hh] = (float2)(m, tot);
+    }
+}
+
 /* Partial attention of one chunk of keys for the heads h0 .. h0+nh-1 of
  * group g. Chunks c < nch_a: mode 0 the compressed tokens 0 .. n_cmp(t)-1
  * of K/V (the logits also go to zout for the scores), mode 1 the tokens
@@ -132,60 +238,11 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
     const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
     const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
     const int t = tpos[b];
-    /* the chunk's keys and where they live */
-    int cnt = 0, base = c * CH, branch = 0, ring = 0;
-    __global const kv_t *Kx = K, *Vx = V;
-    int capx = cap;
-    if (c >= nch_a) {
-        branch = 2; /* window ring */
-        base = (c - nch_a) * CH;
-        cnt = clamp(min(w, t + 1) - base, 0, CH);
-        Kx = Kw;
-        Vx = Vw;
-        capx = wcap;
-        ring = 1;
-    } else if (mode == 1) {
-        branch = 1; /* selected blocks: spans in the order of sel */
-        if (lid == 0) {
-            int acc = 0;
-            for (int k = 0; k < n; k++) {
-                spans[k] = acc;
-                const int blk = sel[(size_t)bg * n + k];
-                if (blk >= 0)
-                    acc += max(0, min(blk * lsel + lsel, t + 1) - blk * lsel);
-            }
-            spans[n] = acc;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        cnt = clamp(spans[n] - base, 0, CH);
-    } else {
-        cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
-    }
-    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
-        const int hh = i / dk4, e4 = i % dk4;
-        float4 v = (float4)(0.0f);
-        if (hh < nh)
-            v = nsa_ld4(q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4, dk - e4 * 4);
-        qs[i] = v;
-    }
-    /* rows of the chunk's keys */
-    for (int k = lid; k < cnt; k += NSA_WG) {
-        const int i = base + k;
-        int row = i;
-        if (branch == 1) {
-            int s = 0;
-            /* the entry whose span holds i (spans are ascending; -1 and
-             * empty entries are skipped since their successor starts at i
-             * or before) */
-            while (s + 1 < n && spans[s + 1] <= i)
-                s++;
-            row = sel[(size_t)bg * n + s] * lsel + (i - spans[s]);
-        } else if (ring) {
-            row = (t - min(w, t + 1) + 1 + i) % w;
-        }
-        rows[k] = row;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    const dc_keys ck =
+        dc_chunk_keys(mode, c, nch_a, CH, t, bg, K, V, cap, Kw, Vw, w, wcap, sel, n, lsel, l, d,
+                      q + ((size_t)b * H + g * hpg + h0) * dk, nh, hcp, dk, dk4, qs, rows, spans);
+    const int cnt = ck.cnt, base = ck.base, branch = ck.branch, capx = ck.cap;
+    __global const kv_t *Kx = ck.K, *Vx = ck.V;
     /* logits: a lane scores NSA_DC_KPT keys for all heads, the key's
      * float4 read straight from its plane (coalesced across lanes) */
     /* every loop over a register array below has constant bounds and
@@ -224,35 +281,8 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
             }
         }
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    /* softmax statistics per head over the chunk: npl lanes a head */
-    const int npl = NSA_WG / hcp, hh = lid % hcp, sl = lid / hcp;
-    const int act = sl < npl;
-    float m = -INFINITY;
-    if (act)
-        for (int k = sl; k < cnt; k += npl)
-            m = fmax(m, zl[k * hcp + hh]);
-    red[lid] = m;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    m = -INFINITY;
-    for (int x = 0; x < npl; x++)
-        m = fmax(m, red[x * hcp + hh]);
-    float sum = 0.0f;
-    if (act)
-        for (int k = sl; k < cnt; k += npl) {
-            const float p = m == -INFINITY ? 0.0f : exp(zl[k * hcp + hh] - m);
-            zl[k * hcp + hh] = p;
-            sum += p;
-        }
-    red[NSA_WG + lid] = sum;
-    barrier(CLK_LOCAL_MEM_FENCE);
     const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
-    if (sl == 0 && hh < nh) {
-        float tot = 0.0f;
-        for (int x = 0; x < npl; x++)
-            tot += red[NSA_WG + x * hcp + hh];
-        pstat[slot + hh] = (float2)(m, tot);
-    }
+    dc_chunk_softmax(zl, red, cnt, hcp, nh, pstat + slot);
     /* P V: a lane owns 4 heads x one float4 column; consecutive lanes
      * read consecutive columns of a value row */
     const size_t vrow = (size_t)bg * capx;

@@ -22,6 +22,46 @@
 #define MMA_VR 4
 #endif
 
+/* L2 prefetch distances (0: none): plane steps of K ahead of the mma
+ * (a warp's next pass when past its last step), value steps of 8 keys
+ * ahead in P V (the first MMA_VPF steps before the softmax). A prefetch
+ * holds no register, so it adds loads in flight where a longer register
+ * ring (MMA_KR = 4, MMA_VR = 8) cost occupancy. */
+#ifndef MMA_KPF
+#define MMA_KPF 0
+#endif
+#ifndef MMA_VPF
+#define MMA_VPF 0
+#endif
+
+/* Prefetch into L2 of the line holding float4 i of p (kv_t elements). */
+#define MMA_PF(p, i)                                                                           \
+    __asm__ volatile("prefetch.global.L2 [%0];" ::"l"(                                          \
+        (ulong)((__global const char *)(p) + (size_t)(i) * (NSA_KV == 0 ? 16 : 8))))
+
+/* Prefetch of plane step st of pass k0 (st >= nst: step st - nst of this
+ * warp's next pass), the float4 this lane would load. */
+#define MMA_KPREF(k0, st)                                                                      \
+    do {                                                                                       \
+        const int nx_ = (st) >= nst, e4_ = ((st) - nx_ * nst) * 4 + tq;                       \
+        const int kq_ = (k0) + nx_ * nw * 8 * MMA_NG + gq;                                    \
+        _Pragma("unroll") for (int u = 0; u < MMA_NG; u++) {                                   \
+            if (kq_ + u * 8 < cnt && e4_ < dk4)                                                \
+                MMA_PF(Kx, KAT(bg, capx, rows[kq_ + u * 8], e4_, dk4));                       \
+        }                                                                                      \
+    } while (0)
+
+/* Prefetch of the value float4 of column c4 of keys 8 st + tq and 8 st +
+ * tq + 4 (those MMA_VLOAD(st) loads). */
+#define MMA_VPREF(st)                                                                          \
+    do {                                                                                       \
+        const int ka_ = (st) * 8 + tq, kb_ = ka_ + 4;                                          \
+        if (cok && ka_ < cnt)                                                                  \
+            MMA_PF(Vx, (vrow + rows[ka_]) * dv4 + c4);                                         \
+        if (cok && kb_ < cnt)                                                                  \
+            MMA_PF(Vx, (vrow + rows[kb_]) * dv4 + c4);                                         \
+    } while (0)
+
 /* The float4 of plane step st (planes 4 st .. 4 st + 3, this lane's
  * 4 st + tq) of the key this lane loads in each group, into dst[]. */
 #define MMA_KLOAD(dst, st)                                                                     \
@@ -61,58 +101,19 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
     const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
     const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
     const int t = tpos[b];
-    int cnt = 0, base = c * CH, branch = 0, ring = 0;
-    __global const kv_t *Kx = K, *Vx = V;
-    int capx = cap;
-    if (c >= nch_a) {
-        branch = 2;
-        base = (c - nch_a) * CH;
-        cnt = clamp(min(w, t + 1) - base, 0, CH);
-        Kx = Kw;
-        Vx = Vw;
-        capx = wcap;
-        ring = 1;
-    } else if (mode == 1) {
-        branch = 1;
-        if (lid == 0) {
-            int acc = 0;
-            for (int k = 0; k < n; k++) {
-                spans[k] = acc;
-                const int blk = sel[(size_t)bg * n + k];
-                if (blk >= 0)
-                    acc += max(0, min(blk * lsel + lsel, t + 1) - blk * lsel);
-            }
-            spans[n] = acc;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        cnt = clamp(spans[n] - base, 0, CH);
-    } else {
-        cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - base, 0, CH);
-    }
-    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
-        const int hh = i / dk4, e4 = i % dk4;
-        float4 v = (float4)(0.0f);
-        if (hh < nh)
-            v = nsa_ld4(q + ((size_t)b * H + g * hpg + h0 + hh) * dk + e4 * 4, dk - e4 * 4);
-        qs[i] = v;
-    }
-    for (int k = lid; k < cnt; k += NSA_WG) {
-        const int i = base + k;
-        int row = i;
-        if (branch == 1) {
-            int s = 0;
-            while (s + 1 < n && spans[s + 1] <= i)
-                s++;
-            row = sel[(size_t)bg * n + s] * lsel + (i - spans[s]);
-        } else if (ring) {
-            row = (t - min(w, t + 1) + 1 + i) % w;
-        }
-        rows[k] = row;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    const dc_keys ck =
+        dc_chunk_keys(mode, c, nch_a, CH, t, bg, K, V, cap, Kw, Vw, w, wcap, sel, n, lsel, l, d,
+                      q + ((size_t)b * H + g * hpg + h0) * dk, nh, hcp, dk, dk4, qs, rows, spans);
+    const int cnt = ck.cnt, base = ck.base, branch = ck.branch, capx = ck.cap;
+    __global const kv_t *Kx = ck.K, *Vx = ck.V;
     const int lane = lid & 31, wid = lid >> 5, nw = NSA_WG / 32;
     const int gq = lane >> 2, tq = lane & 3;
     const int ra = gq < hcp, rb = gq + 8 < hcp; /* rows of A this lane holds */
+    const int nst = (dk4 + 3) / 4; /* plane steps of the logits */
+#if MMA_KPF
+    for (int st = 0; st < MMA_KPF; st++)
+        MMA_KPREF(wid * 8 * MMA_NG, st);
+#endif
     /* logits: every condition around an mma is uniform over the warp */
     for (int k0 = wid * 8 * MMA_NG; k0 < cnt; k0 += nw * 8 * MMA_NG) {
         float acc[MMA_NG][4];
@@ -132,7 +133,6 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
          * the loads of MMA_KR - 1 steps ahead are in flight during the mma
          * of this one (the loop is unrolled by the ring, so every slot
          * index is a constant) */
-        const int nst = (dk4 + 3) / 4;
         float4 kv[MMA_KR][MMA_NG];
 #pragma unroll
         for (int r = 0; r < MMA_KR - 1; r++)
@@ -141,6 +141,9 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
 #pragma unroll
             for (int r = 0; r < MMA_KR; r++) {
                 MMA_KLOAD(kv[(r + MMA_KR - 1) % MMA_KR], p + r + MMA_KR - 1);
+#if MMA_KPF
+                MMA_KPREF(k0, p + r + MMA_KPF);
+#endif
                 if (p + r < nst) {
                     const int e4 = (p + r) * 4 + tq;
                     const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
@@ -187,37 +190,18 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
             }
         }
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    /* softmax statistics per head over the chunk, as nsa_dc_partial */
-    const int npl = NSA_WG / hcp, hh = lid % hcp, sl = lid / hcp;
-    const int act = sl < npl;
-    float m = -INFINITY;
-    if (act)
-        for (int k = sl; k < cnt; k += npl)
-            m = fmax(m, zl[k * hcp + hh]);
-    red[lid] = m;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    m = -INFINITY;
-    for (int x = 0; x < npl; x++)
-        m = fmax(m, red[x * hcp + hh]);
-    float sum = 0.0f;
-    if (act)
-        for (int k = sl; k < cnt; k += npl) {
-            const float p = m == -INFINITY ? 0.0f : exp(zl[k * hcp + hh] - m);
-            zl[k * hcp + hh] = p;
-            sum += p;
-        }
-    red[NSA_WG + lid] = sum;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
-    if (sl == 0 && hh < nh) {
-        float tot = 0.0f;
-        for (int x = 0; x < npl; x++)
-            tot += red[NSA_WG + x * hcp + hh];
-        pstat[slot + hh] = (float2)(m, tot);
-    }
-    /* P V: warp wid takes the float4 columns 8 cg .. 8 cg + 7 */
     const size_t vrow = (size_t)bg * capx;
+#if MMA_VPF
+    /* the first value steps of this warp's columns load during the softmax */
+    {
+        const int c4 = wid * 8 + gq, cok = c4 < dv4;
+        for (int st = 0; st < MMA_VPF; st++)
+            MMA_VPREF(st);
+    }
+#endif
+    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
+    dc_chunk_softmax(zl, red, cnt, hcp, nh, pstat + slot);
+    /* P V: warp wid takes the float4 columns 8 cg .. 8 cg + 7 */
     for (int cg = wid; cg * 8 < dv4; cg += nw) {
         const int c4 = cg * 8 + gq, cok = c4 < dv4;
         float acc[4][4];
@@ -238,6 +222,9 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
             for (int r = 0; r < MMA_VR; r++) {
                 MMA_VLOAD(va[(r + MMA_VR - 1) % MMA_VR], vb[(r + MMA_VR - 1) % MMA_VR],
                           p + r + MMA_VR - 1);
+#if MMA_VPF
+                MMA_VPREF(p + r + MMA_VPF);
+#endif
                 if (p + r < nst) {
                     const int ka = (p + r) * 8 + tq, kb = ka + 4;
                     const float p0 = ka < cnt && ra ? zl[ka * hcp + gq] : 0.0f;

@@ -602,7 +602,7 @@ static int dc_chunk(const nsa_cl_dcache *dc, int64_t ka, int64_t kb, int which)
 
 typedef struct dc_part {
     int mode, ch, nch_a, nch;
-    const char *label;
+    const char *label; /* what it reads, after the kernel's name in profiles */
     int pst, pacc; /* DB_ indices of the partials */
 } dc_part;
 
@@ -658,7 +658,11 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)dc->st->wg, NULL);
     nsa_clr_arg(&a, sizeof(int) * ((size_t)c->n + 1), NULL);
     const size_t wgs = (size_t)dc->B * c->G * parts * (size_t)P->nch;
-    return dc_launch(ctx, dc, &a, P->label, wgs * (size_t)dc->st->wg);
+    /* the profile names the kernel that ran (test_decode_mma asserts it) */
+    char label[32];
+    snprintf(label, sizeof label, "%s%s", dc->mma_k ? "nsa_dc_partial_mma" : "nsa_dc_partial",
+             P->label);
+    return dc_launch(ctx, dc, &a, label, wgs * (size_t)dc->st->wg);
 }
 
 /* The outputs from the partials of P (and, for NSA, the compressed
@@ -738,10 +742,10 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
     const int64_t kw = c->w < span ? c->w : span;
     const int64_t kw_c = dc->win_early ? kw : 0;
-    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "nsa_dc_partial(cmp)", DB_PSTC,
+    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "(cmp)", DB_PSTC,
                   DB_PACCC};
     if (kw_c)
-        pc.label = "nsa_dc_partial(cmp+win)";
+        pc.label = "(cmp+win)";
     pc.nch_a = (int)ceil_div(max_nc, pc.ch);
     pc.nch = pc.nch_a + (int)ceil_div(kw_c, pc.ch);
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
@@ -781,9 +785,9 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     }
     /* selected blocks (and the window when late) */
     const int64_t kw_s = kw - kw_c;
-    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "nsa_dc_partial(slc)", DB_PSTS, DB_PACCS};
+    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "(slc)", DB_PSTS, DB_PACCS};
     if (kw_s)
-        pw.label = "nsa_dc_partial(slc+win)";
+        pw.label = "(slc+win)";
     pw.nch_a = (int)ceil_div(ks, pw.ch);
     pw.nch = pw.nch_a + (int)ceil_div(kw_s, pw.ch);
     if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
@@ -814,7 +818,7 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
     if ((s = dc_inputs(ctx, dc, job, 0)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd)) != NSA_OK)
         return s;
-    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "nsa_dc_partial(dense)", DB_PSTS, DB_PACCS};
+    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "(dense)", DB_PSTS, DB_PACCS};
     pd.nch = (int)ceil_div(max_t + 1, pd.ch);
     pd.nch_a = pd.nch;
     if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
