@@ -107,26 +107,117 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
     } while (0)
 #endif
 
-/* The keys of chunk c of a partial launch (see nsa_dc_partial) and where
- * they live, with the queries of the work-group's heads staged in qs and
- * the keys' rows in rows (all lanes call it; it ends with a barrier):
- * shared by nsa_dc_partial and cl/mma.cl's nsa_dc_partial_mma. */
+/* Softmax state of chunks c0 .. c1-1 of one head (max, sum; o / sum in
+ * *o, 0 when no key was visible), one pass with a running max: every
+ * chunk's partials are written (0 and -inf when it had no key), so the
+ * loads of several chunks go out together. */
+static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc, size_t at,
+                         size_t stride, int c0, int c1, int dv4, int e4)
+{
+    float m = -INFINITY, sum = 0.0f;
+    float4 acc = (float4)(0.0f);
+#pragma unroll 4
+    for (int c = c0; c < c1; c++) {
+        const float2 st = pstat[at + c * stride];
+        const float4 pa = pacc[(at + c * stride) * dv4 + e4];
+        const float mn = fmax(m, st.x);
+        if (mn != -INFINITY) {
+            const float a = exp(m - mn), b = exp(st.x - mn);
+            sum = sum * a + st.y * b;
+            acc = mad((float4)(b), pa, acc * a);
+            m = mn;
+        }
+    }
+    return m == -INFINITY ? (float4)(0.0f) : acc / sum;
+}
+
+static void dc_store(__global float *dst, float4 v, int e4, int dv)
+{
+    dst[0] = v.x;
+    if (e4 * 4 + 1 < dv)
+        dst[1] = v.y;
+    if (e4 * 4 + 2 < dv)
+        dst[2] = v.z;
+    if (e4 * 4 + 3 < dv)
+        dst[3] = v.w;
+}
+
+/* Output float4 column e4 of head h of sequence b. NSA (dense == 0): the
+ * compressed chunks 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the
+ * selected chunks 0 .. nch_a-1 of pstat/pacc and the window chunks
+ * (nch_ac .. nch_c-1 of pst_c if any, else nch_a .. nch-1 of pstat)
+ * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
+ * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
+ * dense: out = the combine of all chunks of pstat/pacc. */
+static void dc_output(int dense, __global const float2 *pstat, __global const float4 *pacc,
+                      int nch_a, int nch,
+                      __global const float2 *pst_c, __global const float4 *pacc_c, int nch_ac,
+                      int nch_c, int B, int H, int G, int dv, int dv4,
+                      __global const float *gates, int branches, __global float *out, int b,
+                      int h, int e4)
+{
+    const int hpg = H / G, g = h / hpg, hh = h % hpg, bh = b * H + h;
+    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
+    const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
+    if (dense) {
+        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
+        return;
+    }
+    const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
+    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
+    /* the window's chunks follow the compressed or the selected ones */
+    const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
+                                     : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
+    __global const float *gt = gates + (size_t)bh * 3;
+    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
+    if (branches) {
+        const size_t plane = (size_t)B * H * dv;
+        dc_store(out + plane + o, oc, e4, dv);
+        dc_store(out + 2 * plane + o, os, e4, dv);
+        dc_store(out + 3 * plane + o, ow, e4, dv);
+    }
+}
+
+/* The arguments of nsa_dc_partial and cl/mma.cl's nsa_dc_partial_mma: one
+ * list, bound once by the host (cl_decode.c's dc_partial). */
+#define DC_PARTIAL_PARAMS                                                                      \
+    int mode, __global const float *q, __global const int *tpos, __global const kv_t *K,       \
+        __global const kv_t *V, int cap, __global const kv_t *Kw, __global const kv_t *Vw,     \
+        int w, int wcap, __global const int *sel, int n, int lsel, int l, int d, int H, int G, \
+        int hc, int dk, int dk4, int dv4, float scale, int CH, int nch_a, int nch,             \
+        __global float *zout, int max_nc, __global float2 *pstat, __global float4 *pacc,       \
+        int fuse, __global int *done, __global const float2 *pst_c,                            \
+        __global const float4 *pacc_c, int nch_ac, int nch_c, int B, int dv,                   \
+        __global const float *gates, int branches, __global float *out, __local float4 *qs,   \
+        __local float4 *zl4, __local int *rows, __local float *red, __local int *spans
+
+/* A partial work-group's place and the keys of its chunk (see
+ * nsa_dc_partial). */
 typedef struct dc_keys {
     __global const kv_t *K, *V; /* the chunk's caches */
     int cap;                    /* their rows per (b, g) */
     int cnt, base;              /* keys base .. base + cnt - 1 of its branch */
     int branch;                 /* 0 compressed or dense, 1 selected, 2 window */
+    int b, bg, r, h0, nh, hcp;  /* r = bg parts + part: the heads h0 .. h0 + nh - 1 */
+    size_t slot;                /* its first head's partials in pstat/pacc */
 } dc_keys;
 
-static dc_keys dc_chunk_keys(int mode, int c, int nch_a, int CH, int t, int bg,
+/* The chunk's keys and where they live, with the queries of the
+ * work-group's heads staged in qs (rows past nh 0) and the keys' rows in
+ * rows. All lanes call it; it ends with a barrier. */
+static dc_keys dc_chunk_keys(int mode, __global const float *q, __global const int *tpos,
                              __global const kv_t *K, __global const kv_t *V, int cap,
                              __global const kv_t *Kw, __global const kv_t *Vw, int w, int wcap,
-                             __global const int *sel, int n, int lsel, int l, int d,
-                             __global const float *qh, int nh, int hcp, int dk, int dk4,
+                             __global const int *sel, int n, int lsel, int l, int d, int H,
+                             int G, int hc, int dk, int dk4, int CH, int nch_a, int nch,
                              __local float4 *qs, __local int *rows, __local int *spans)
 {
-    const int lid = get_local_id(0);
-    dc_keys ck = {K, V, cap, 0, c * CH, 0};
+    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
+    const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
+    const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G, h0 = part * hc;
+    const int t = tpos[b];
+    dc_keys ck = {K, V, cap, 0, c * CH, 0, b, bg, r, h0, min(hc, hpg - h0), (hc + 3) & ~3,
+                  ((size_t)bg * nch + c) * hpg + h0};
     if (c >= nch_a) {
         ck.branch = 2; /* window ring */
         ck.base = (c - nch_a) * CH;
@@ -151,10 +242,11 @@ static dc_keys dc_chunk_keys(int mode, int c, int nch_a, int CH, int t, int bg,
     } else {
         ck.cnt = clamp((mode == 0 ? dc_ncmp(t, l, d) : t + 1) - ck.base, 0, CH);
     }
-    /* the heads' queries: qh is head h0's row; rows past nh hold 0 */
-    for (int i = lid; i < hcp * dk4; i += NSA_WG) {
+    __global const float *qh = q + ((size_t)b * H + g * hpg + h0) * dk;
+    for (int i = lid; i < ck.hcp * dk4; i += NSA_WG) {
         const int hh = i / dk4, e4 = i % dk4;
-        qs[i] = hh < nh ? nsa_ld4(qh + (size_t)hh * dk + e4 * 4, dk - e4 * 4) : (float4)(0.0f);
+        qs[i] = hh < ck.nh ? nsa_ld4(qh + (size_t)hh * dk + e4 * 4, dk - e4 * 4)
+                           : (float4)(0.0f);
     }
     for (int k = lid; k < ck.cnt; k += NSA_WG) {
         const int i = ck.base + k;
@@ -175,6 +267,9 @@ static dc_keys dc_chunk_keys(int mode, int c, int nch_a, int CH, int t, int bg,
     barrier(CLK_LOCAL_MEM_FENCE);
     return ck;
 }
+#define DC_CHUNK_KEYS()                                                                        \
+    dc_chunk_keys(mode, q, tpos, K, V, cap, Kw, Vw, w, wcap, sel, n, lsel, l, d, H, G, hc, dk, \
+                  dk4, CH, nch_a, nch, qs, rows, spans)
 
 /* Softmax statistics per head over a chunk's logits zl (key-major, hcp a
  * key; written by every lane before the call): npl lanes a head find the
@@ -213,6 +308,54 @@ static void dc_chunk_softmax(__local float *zl, __local float *red, int cnt, int
     }
 }
 
+/* A fence that makes this work-item's global writes visible to the whole
+ * device before what follows (NVIDIA: membar.gl, stated in the tensor-core
+ * build where inline PTX is allowed). */
+#if NSA_MMA
+#define DC_GFENCE() __asm__ volatile("membar.gl;" ::: "memory")
+#else
+#define DC_GFENCE() mem_fence(CLK_GLOBAL_MEM_FENCE)
+#endif
+
+/* fuse: the final combine in the partial launch (modes 1 and 2) instead of
+ * nsa_dc_final's launch. Every work-group of (b, g, part) counts itself in
+ * done[r] after its partials are written and fenced; the last one resets
+ * the counter and writes the outputs of the part's heads from all chunks
+ * (dc_output). All lanes call it, after the work-group's last writes.
+ * Plain loads suffice after the fences: this work-group never read the
+ * other work-groups' partials before, so no cache of its compute unit
+ * holds a stale copy. */
+static void dc_merge_last(const dc_keys *ck, int mode, int fuse, __global int *done, int nch,
+                          __global const float2 *pstat, __global const float4 *pacc, int nch_a,
+                          __global const float2 *pst_c, __global const float4 *pacc_c,
+                          int nch_ac, int nch_c, int B, int H, int G, int dv, int dv4,
+                          __global const float *gates, int branches, __global float *out,
+                          __local int *flag)
+{
+    if (!fuse)
+        return;
+    DC_GFENCE();
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    const int lid = get_local_id(0);
+    if (lid == 0) {
+        const int last = atomic_inc(done + ck->r) == nch - 1;
+        if (last)
+            atomic_xchg(done + ck->r, 0);
+        flag[0] = last;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!flag[0])
+        return;
+    DC_GFENCE();
+    const int hpg = H / G, h = (ck->bg % G) * hpg + ck->h0;
+    for (int it = lid; it < ck->nh * dv4; it += NSA_WG)
+        dc_output(mode == 2, pstat, pacc, nch_a, nch, pst_c, pacc_c, nch_ac, nch_c, B, H, G, dv,
+                  dv4, gates, branches, out, ck->b, h + it / dv4, it % dv4);
+}
+#define DC_MERGE_LAST(ck)                                                                      \
+    dc_merge_last(&(ck), mode, fuse, done, nch, pstat, pacc, nch_a, pst_c, pacc_c, nch_ac,     \
+                  nch_c, B, H, G, dv, dv4, gates, branches, out, spans)
+
 /* Partial attention of one chunk of keys for the heads h0 .. h0+nh-1 of
  * group g. Chunks c < nch_a: mode 0 the compressed tokens 0 .. n_cmp(t)-1
  * of K/V (the logits also go to zout for the scores), mode 1 the tokens
@@ -221,27 +364,18 @@ static void dc_chunk_softmax(__local float *zl, __local float *red, int cnt, int
  * the window positions max(0, t-w+1) .. t of the ring Kw/Vw.
  * Work-group id: (bg parts + part) nch + chunk. Local memory: qs hcp dk4
  * float4, zl CH hcp floats (logits, then probabilities, key-major), rows
- * CH ints, red 2 WG floats, spans n+1 ints. */
-__kernel void nsa_dc_partial(int mode, __global const float *q, __global const int *tpos,
-                             __global const kv_t *K, __global const kv_t *V, int cap,
-                             __global const kv_t *Kw, __global const kv_t *Vw, int w, int wcap,
-                             __global const int *sel, int n, int lsel, int l, int d, int H,
-                             int G, int hc, int dk, int dk4, int dv4, float scale, int CH,
-                             int nch_a, int nch, __global float *zout, int max_nc,
-                             __global float2 *pstat, __global float4 *pacc,
-                             __local float4 *qs, __local float4 *zl4, __local int *rows,
-                             __local float *red, __local int *spans)
+ * CH ints, red 2 WG floats, spans n+1 ints (then the merge's flag). With
+ * fuse (modes 1, 2) the last work-group of a (b, g, part) also writes its
+ * heads' outputs (dc_merge_last; the arguments after fuse are
+ * nsa_dc_final's). */
+__kernel void nsa_dc_partial(DC_PARTIAL_PARAMS)
 {
     __local float *zl = (__local float *)zl4;
-    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
-    const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
-    const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
-    const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
-    const int t = tpos[b];
-    const dc_keys ck =
-        dc_chunk_keys(mode, c, nch_a, CH, t, bg, K, V, cap, Kw, Vw, w, wcap, sel, n, lsel, l, d,
-                      q + ((size_t)b * H + g * hpg + h0) * dk, nh, hcp, dk, dk4, qs, rows, spans);
+    const int hpg = H / G, lid = get_local_id(0);
+    const dc_keys ck = DC_CHUNK_KEYS();
     const int cnt = ck.cnt, base = ck.base, branch = ck.branch, capx = ck.cap;
+    const int bg = ck.bg, h0 = ck.h0, nh = ck.nh, hcp = ck.hcp;
+    const size_t slot = ck.slot;
     __global const kv_t *Kx = ck.K, *Vx = ck.V;
     /* logits: a lane scores NSA_DC_KPT keys for all heads, the key's
      * float4 read straight from its plane (coalesced across lanes) */
@@ -281,7 +415,6 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
             }
         }
     }
-    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
     dc_chunk_softmax(zl, red, cnt, hcp, nh, pstat + slot);
     /* P V: a lane owns 4 heads x one float4 column; consecutive lanes
      * read consecutive columns of a value row */
@@ -339,41 +472,7 @@ __kernel void nsa_dc_partial(int mode, __global const float *q, __global const i
         if (hb + 3 < nh)
             dst[3 * dv4] = a3;
     }
-}
-
-/* Softmax state of chunks c0 .. c1-1 of one head (max, sum; o / sum in
- * *o, 0 when no key was visible), one pass with a running max: every
- * chunk's partials are written (0 and -inf when it had no key), so the
- * loads of several chunks go out together. */
-static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
-                         size_t at, size_t stride, int c0, int c1, int dv4, int e4)
-{
-    float m = -INFINITY, sum = 0.0f;
-    float4 acc = (float4)(0.0f);
-#pragma unroll 4
-    for (int c = c0; c < c1; c++) {
-        const float2 st = pstat[at + c * stride];
-        const float4 pa = pacc[(at + c * stride) * dv4 + e4];
-        const float mn = fmax(m, st.x);
-        if (mn != -INFINITY) {
-            const float a = exp(m - mn), b = exp(st.x - mn);
-            sum = sum * a + st.y * b;
-            acc = mad((float4)(b), pa, acc * a);
-            m = mn;
-        }
-    }
-    return m == -INFINITY ? (float4)(0.0f) : acc / sum;
-}
-
-static void dc_store(__global float *dst, float4 v, int e4, int dv)
-{
-    dst[0] = v.x;
-    if (e4 * 4 + 1 < dv)
-        dst[1] = v.y;
-    if (e4 * 4 + 2 < dv)
-        dst[2] = v.z;
-    if (e4 * 4 + 3 < dv)
-        dst[3] = v.w;
+    DC_MERGE_LAST(ck);
 }
 
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
@@ -451,13 +550,7 @@ __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
                sel + (size_t)bg * n, lmax, ck, cj, pick, scan, &thr, &ns, &ne, &base);
 }
 
-/* One lane per output (b, h, float4 column) = item. NSA (dense == 0): the
- * compressed chunks 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the
- * selected chunks 0 .. nch_a-1 of pstat/pacc and the window chunks
- * (nch_ac .. nch_c-1 of pst_c if any, else nch_a .. nch-1 of pstat)
- * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
- * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
- * dense: out = the combine of all chunks of pstat/pacc. */
+/* One lane per output (b, h, float4 column): dc_output. */
 __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
                            __global const float4 *pacc, int nch_a, int nch,
                            __global const float2 *pst_c, __global const float4 *pacc_c,
@@ -467,27 +560,9 @@ __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
     const size_t item = get_global_id(0);
     if (item >= (size_t)B * H * dv4)
         return;
-    const int e4 = item % dv4, bh = item / dv4, h = bh % H, b = bh / H, hpg = H / G;
-    const int g = h / hpg, hh = h % hpg;
-    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
-    const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
-    if (dense) {
-        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
-        return;
-    }
-    const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
-    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
-    /* the window's chunks follow the compressed or the selected ones */
-    const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
-                                     : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
-    __global const float *gt = gates + (size_t)bh * 3;
-    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
-    if (branches) {
-        const size_t plane = (size_t)B * H * dv;
-        dc_store(out + plane + o, oc, e4, dv);
-        dc_store(out + 2 * plane + o, os, e4, dv);
-        dc_store(out + 3 * plane + o, ow, e4, dv);
-    }
+    const int e4 = item % dv4, bh = item / dv4;
+    dc_output(dense, pstat, pacc, nch_a, nch, pst_c, pacc_c, nch_ac, nch_c, B, H, G, dv, dv4,
+              gates, branches, out, bh / H, bh % H, e4);
 }
 
 #if NSA_KV == 1

@@ -85,26 +85,14 @@
  * passes of 8 MMA_NG keys, one lane loading one float4 of a key per
  * group and plane step. P V: each warp takes 32 columns of dv (8 float4)
  * over all the chunk's keys, 8 keys an mma step. */
-__kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global const int *tpos,
-                                 __global const kv_t *K, __global const kv_t *V, int cap,
-                                 __global const kv_t *Kw, __global const kv_t *Vw, int w,
-                                 int wcap, __global const int *sel, int n, int lsel, int l,
-                                 int d, int H, int G, int hc, int dk, int dk4, int dv4,
-                                 float scale, int CH, int nch_a, int nch, __global float *zout,
-                                 int max_nc, __global float2 *pstat, __global float4 *pacc,
-                                 __local float4 *qs, __local float4 *zl4, __local int *rows,
-                                 __local float *red, __local int *spans)
+__kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
 {
     __local float *zl = (__local float *)zl4;
-    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
-    const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
-    const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G;
-    const int h0 = part * hc, nh = min(hc, hpg - h0), hcp = (hc + 3) & ~3;
-    const int t = tpos[b];
-    const dc_keys ck =
-        dc_chunk_keys(mode, c, nch_a, CH, t, bg, K, V, cap, Kw, Vw, w, wcap, sel, n, lsel, l, d,
-                      q + ((size_t)b * H + g * hpg + h0) * dk, nh, hcp, dk, dk4, qs, rows, spans);
+    const int hpg = H / G, lid = get_local_id(0);
+    const dc_keys ck = DC_CHUNK_KEYS();
     const int cnt = ck.cnt, base = ck.base, branch = ck.branch, capx = ck.cap;
+    const int bg = ck.bg, h0 = ck.h0, nh = ck.nh, hcp = ck.hcp;
+    const size_t slot = ck.slot;
     __global const kv_t *Kx = ck.K, *Vx = ck.V;
     const int lane = lid & 31, wid = lid >> 5, nw = NSA_WG / 32;
     const int gq = lane >> 2, tq = lane & 3;
@@ -199,7 +187,6 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
             MMA_VPREF(st);
     }
 #endif
-    const size_t slot = ((size_t)bg * nch + c) * hpg + h0;
     dc_chunk_softmax(zl, red, cnt, hcp, nh, pstat + slot);
     /* P V: warp wid takes the float4 columns 8 cg .. 8 cg + 7 */
     for (int cg = wid; cg * 8 < dv4; cg += nw) {
@@ -262,6 +249,7 @@ __kernel void nsa_dc_partial_mma(int mode, __global const float *q, __global con
                     (float4)(acc[0][i], acc[1][i], acc[2][i], acc[3][i]);
         }
     }
+    DC_MERGE_LAST(ck);
 }
 
 #endif
