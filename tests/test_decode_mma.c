@@ -1,0 +1,282 @@
+/* The tensor-core decode partial kernel (cl/mma.cl's nsa_dc_partial_mma)
+ * where the device has tensor cores for it (NVIDIA, compute capability >=
+ * 8.0, work-groups of whole warps): it must be the kernel that runs, every
+ * partial launch of the decode step, the attention and the dense baseline
+ * over the mirror (the profile names the kernel of each launch), and its
+ * results must equal the portable kernel's (NSA_OPENCL_MMA=0) within spec
+ * 9, with the same selections. A capable device whose tensor-core build or
+ * kernel is unusable fails here (the library itself falls back silently);
+ * other devices (PoCL in CI) skip, saying so. */
+#define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
+#include "cl_internal.h"
+#include "decode.h"
+#include "testlib.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TOL 1e-5 /* spec 9: relative L2 of every fp32 output */
+
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
+#endif
+
+static char g_cache_dir[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_cache_dir, sizeof g_cache_dir, "%s", "/tmp/nsa-decmma-XXXXXX");
+    if (!tl_opencl_setup(g_cache_dir)) /* device choice and a private cache */
+        return -1;
+    /* profiled queues: the kernel of every launch is recorded by name */
+    setenv("NSA_OPENCL_PROFILE", "1", 1);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    DIR *d = opendir(g_cache_dir);
+    if (d) {
+        struct dirent *e;
+        char path[600];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", g_cache_dir, e->d_name);
+                remove(path);
+            }
+        closedir(d);
+    }
+    rmdir(g_cache_dir);
+    return 0;
+}
+
+/* An opencl context with (mma = 1) or without (NSA_OPENCL_MMA=0) the
+ * tensor-core program; NULL if none can be made here. */
+static nsa_context *cl_ctx(int mma)
+{
+    if (mma)
+        unsetenv("NSA_OPENCL_MMA");
+    else
+        setenv("NSA_OPENCL_MMA", "0", 1);
+    nsa_context *c = NULL;
+    char msg[NSA_MSG_LEN];
+    if (nsa_context_create("opencl", &c, msg, sizeof msg) != NSA_OK) {
+        print_message("opencl not usable: %s\n", msg);
+        c = NULL;
+    }
+    unsetenv("NSA_OPENCL_MMA");
+    return c;
+}
+
+/* Why the device cannot run the tensor-core kernels, NULL if it can: the
+ * rule of cl_backend.c's mma_init restated from the device's own
+ * properties, so that a failed build or an unusable kernel on a capable
+ * device counts as a fallback (a failure), never as a skip. */
+static const char *mma_unsupported(const nsa_cl_state *st)
+{
+    if (!strstr(st->vendor, "NVIDIA"))
+        return "not an NVIDIA device";
+    if (st->wg % 32 != 0 || st->wg > 256)
+        return "work-group not 32 .. 256 lanes in warps";
+    cl_uint major = 0;
+    if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major,
+                        NULL) != CL_SUCCESS ||
+        major < 8)
+        return "compute capability below 8.0";
+    return NULL;
+}
+
+/* Calls of the profiled partial launches whose label starts with prefix
+ * (then "(": the kernel's name exactly). */
+static long partial_calls(const nsa_cl_state *st, const char *prefix)
+{
+    const size_t n = strlen(prefix);
+    long calls = 0;
+    for (int i = 0; i < st->n_prof; i++)
+        if (strncmp(st->prof[i].label, prefix, n) == 0 && st->prof[i].label[n] == '(')
+            calls += st->prof[i].calls;
+    return calls;
+}
+
+static nsa_layer_config layer_cfg(int H, int G, int dk, int dv, int n)
+{
+    nsa_layer_config c = nsa_layer_config_default();
+    c.attn.H = H;
+    c.attn.G = G;
+    c.attn.dk = dk;
+    c.attn.dv = dv;
+    c.attn.l = 16;
+    c.attn.d = 8;
+    c.attn.l_sel = 16;
+    c.attn.n = n;
+    c.attn.w = 40;
+    c.D = 24;
+    c.rope_dim = dk;
+    return c;
+}
+
+/* One side: a layer and a decode state of B sequences on ctx. */
+typedef struct side {
+    nsa_layer *L;
+    nsa_decode_state *st;
+} side;
+
+static void side_make(side *s, nsa_context *ctx, const nsa_layer_config *c, int B,
+                      const int *prompt, uint64_t seed)
+{
+    assert_int_equal(nsa_layer_create(ctx, c, &s->L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(s->L, seed), NSA_OK);
+    assert_int_equal(nsa_decode_create(s->L, B, 0, &s->st), NSA_OK);
+    assert_true(nsa_decode_has_mirror(s->st));
+    for (int b = 0; b < B; b++) {
+        float *x = malloc(sizeof(float) * (size_t)prompt[b] * c->D);
+        tl_fill(x, (size_t)prompt[b] * c->D, seed * 7 + (uint64_t)b, -1, 1);
+        assert_int_equal(nsa_decode_prefill(s->st, b, x, prompt[b], NULL), NSA_OK);
+        free(x);
+    }
+}
+
+static void side_free(side *s)
+{
+    nsa_decode_free(s->st);
+    nsa_layer_free(s->L);
+}
+
+/* The same layer, prompts and inputs on the tensor-core context m and the
+ * portable one p: decode steps (the device step), then the attention and
+ * the dense baseline over the mirrors with the same q and gates. Returns
+ * the worst relative L2 seen. chunk: NSA_OPENCL_DECODE_CHUNK (several
+ * chunks a branch: the merge of the fused final), window: "early" or
+ * NULL. */
+static double compare(nsa_context *m, nsa_context *p, int H, int G, int dk, int dv, int n,
+                      const char *chunk, const char *window)
+{
+    nsa_cl_state *sm = nsa_cl_state_of(m), *sp = nsa_cl_state_of(p);
+    const nsa_layer_config c = layer_cfg(H, G, dk, dv, n);
+    enum { B = 3, STEPS = 6 };
+    const int prompt[B] = {700, 333, 1};
+    if (chunk)
+        setenv("NSA_OPENCL_DECODE_CHUNK", chunk, 1);
+    if (window)
+        setenv("NSA_OPENCL_DECODE_WINDOW", window, 1);
+    side a, b;
+    side_make(&a, m, &c, B, prompt, 5 + (uint64_t)H);
+    side_make(&b, p, &c, B, prompt, 5 + (uint64_t)H);
+    unsetenv("NSA_OPENCL_DECODE_CHUNK");
+    unsetenv("NSA_OPENCL_DECODE_WINDOW");
+    sm->n_prof = sp->n_prof = 0; /* from here: the decode's launches alone */
+    const size_t D = (size_t)c.D, bhd = (size_t)B * H * dv, ns = (size_t)B * G * n;
+    float *x = malloc(sizeof(float) * B * D), *ya = tl_poisoned(B * D), *yb = tl_poisoned(B * D);
+    int32_t *sa = tl_poisoned_i32(ns), *sb = tl_poisoned_i32(ns);
+    double worst = 0.0;
+    const int64_t fa = nsa_decode_fused_steps(a.st), fb = nsa_decode_fused_steps(b.st);
+    for (int s = 0; s < STEPS; s++) {
+        tl_fill(x, B * D, 100 + (uint64_t)s, -1, 1);
+        nsa_layer_aux aux;
+        memset(&aux, 0, sizeof aux);
+        aux.selection = sa;
+        assert_int_equal(nsa_decode_step(a.L, a.st, x, ya, &aux), NSA_OK);
+        aux.selection = sb;
+        assert_int_equal(nsa_decode_step(b.L, b.st, x, yb, &aux), NSA_OK);
+        const double e = tl_rel_l2(ya, yb, B * D);
+        worst = e > worst ? e : worst;
+        /* spec 9: relative L2 <= 1e-5 */
+        if (!(e <= TOL))
+            fail_msg("step %d: tensor-core vs portable relative L2 %g", s, e);
+        assert_memory_equal(sa, sb, sizeof(int32_t) * ns);
+    }
+    /* both ran the step on the device (the partial kernels under test) */
+    assert_int_equal(nsa_decode_fused_steps(a.st) - fa, STEPS);
+    assert_int_equal(nsa_decode_fused_steps(b.st) - fb, STEPS);
+    float *q = malloc(sizeof(float) * B * H * dk), *g = malloc(sizeof(float) * B * H * 3);
+    tl_fill(q, (size_t)B * H * dk, 200, -1, 1);
+    tl_fill(g, (size_t)B * H * 3, 201, 0, 1);
+    float *oa = tl_poisoned(bhd), *ob = tl_poisoned(bhd);
+    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sa, 0), NSA_OK);
+    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sb, 0), NSA_OK);
+    double e = tl_rel_l2(oa, ob, bhd);
+    worst = e > worst ? e : worst;
+    assert_true(e <= TOL); /* spec 9 */
+    assert_memory_equal(sa, sb, sizeof(int32_t) * ns);
+    free(oa);
+    free(ob);
+    oa = tl_poisoned(bhd);
+    ob = tl_poisoned(bhd);
+    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sa, 1), NSA_OK);
+    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sb, 1), NSA_OK);
+    e = tl_rel_l2(oa, ob, bhd);
+    worst = e > worst ? e : worst;
+    assert_true(e <= TOL); /* spec 9 */
+    /* the kernels that ran: each launch of the tensor-core side on
+     * nsa_dc_partial_mma (compressed, selected + window, dense: 2 a step
+     * and attention, 1 the dense), none on the portable kernel; the
+     * portable side the other way round */
+    const long want = 2 * (STEPS + 1) + 1;
+    if (partial_calls(sm, "nsa_dc_partial_mma") != want ||
+        partial_calls(sm, "nsa_dc_partial") != 0)
+        fail_msg("tensor-core context: %ld launches of nsa_dc_partial_mma (want %ld), %ld of "
+                 "nsa_dc_partial (want 0)",
+                 partial_calls(sm, "nsa_dc_partial_mma"), want,
+                 partial_calls(sm, "nsa_dc_partial"));
+    assert_int_equal(partial_calls(sp, "nsa_dc_partial"), want);
+    assert_int_equal(partial_calls(sp, "nsa_dc_partial_mma"), 0);
+    free(x);
+    free(ya);
+    free(yb);
+    free(sa);
+    free(sb);
+    free(q);
+    free(g);
+    free(oa);
+    free(ob);
+    side_free(&a);
+    side_free(&b);
+    return worst;
+}
+
+static void test_mma_partial_active_and_equal(void **state)
+{
+    (void)state;
+    nsa_context *m = cl_ctx(1);
+    if (!m) {
+        print_message("skipped: no usable opencl device\n");
+        skip();
+    }
+    nsa_cl_state *sm = nsa_cl_state_of(m);
+    const char *why = mma_unsupported(sm);
+    if (why) {
+        print_message("skipped: no tensor-core decode kernel on %s (%s)\n", sm->device_name, why);
+        nsa_context_free(m);
+        skip();
+    }
+    /* a capable device: the kernel must exist (the library would fall
+     * back to the portable one without a word) */
+    if (!sm->mma_kernel[sm->kv][NSA_CLM_DC_PARTIAL])
+        fail_msg("%s supports tensor cores but nsa_dc_partial_mma is unusable: %s",
+                 sm->device_name, sm->mma_why[sm->kv][NSA_CLM_DC_PARTIAL]);
+    nsa_context *p = cl_ctx(0);
+    assert_non_null(p);
+    assert_null(nsa_cl_state_of(p)->mma_kernel[nsa_cl_state_of(p)->kv][NSA_CLM_DC_PARTIAL]);
+    double w = compare(m, p, 32, 2, 192, 128, 6, NULL, NULL); /* the paper's head shape */
+    print_message("paper head shape: worst relative L2 %.3g\n", w);
+    w = compare(m, p, 32, 2, 192, 128, 6, "64", NULL); /* several chunks a branch */
+    print_message("paper head shape, chunks of 64: worst relative L2 %.3g\n", w);
+    w = compare(m, p, 10, 2, 20, 12, 5, "48,40", "early"); /* 5 heads, padded dk, dv */
+    print_message("5 heads a group, dk 20, dv 12, window early: worst relative L2 %.3g\n", w);
+    w = compare(m, p, 40, 2, 8, 4, 6, NULL, NULL); /* 20 heads: two work-groups a group */
+    print_message("20 heads a group: worst relative L2 %.3g\n", w);
+    nsa_context_free(m);
+    nsa_context_free(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mma_partial_active_and_equal),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
