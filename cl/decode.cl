@@ -107,77 +107,6 @@ static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 
     } while (0)
 #endif
 
-/* Softmax state of chunks c0 .. c1-1 of one head (max, sum; o / sum in
- * *o, 0 when no key was visible), one pass with a running max: every
- * chunk's partials are written (0 and -inf when it had no key), so the
- * loads of several chunks go out together. */
-static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc, size_t at,
-                         size_t stride, int c0, int c1, int dv4, int e4)
-{
-    float m = -INFINITY, sum = 0.0f;
-    float4 acc = (float4)(0.0f);
-#pragma unroll 4
-    for (int c = c0; c < c1; c++) {
-        const float2 st = pstat[at + c * stride];
-        const float4 pa = pacc[(at + c * stride) * dv4 + e4];
-        const float mn = fmax(m, st.x);
-        if (mn != -INFINITY) {
-            const float a = exp(m - mn), b = exp(st.x - mn);
-            sum = sum * a + st.y * b;
-            acc = mad((float4)(b), pa, acc * a);
-            m = mn;
-        }
-    }
-    return m == -INFINITY ? (float4)(0.0f) : acc / sum;
-}
-
-static void dc_store(__global float *dst, float4 v, int e4, int dv)
-{
-    dst[0] = v.x;
-    if (e4 * 4 + 1 < dv)
-        dst[1] = v.y;
-    if (e4 * 4 + 2 < dv)
-        dst[2] = v.z;
-    if (e4 * 4 + 3 < dv)
-        dst[3] = v.w;
-}
-
-/* Output float4 column e4 of head h of sequence b. NSA (dense == 0): the
- * compressed chunks 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the
- * selected chunks 0 .. nch_a-1 of pstat/pacc and the window chunks
- * (nch_ac .. nch_c-1 of pst_c if any, else nch_a .. nch-1 of pstat)
- * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
- * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
- * dense: out = the combine of all chunks of pstat/pacc. */
-static void dc_output(int dense, __global const float2 *pstat, __global const float4 *pacc,
-                      int nch_a, int nch,
-                      __global const float2 *pst_c, __global const float4 *pacc_c, int nch_ac,
-                      int nch_c, int B, int H, int G, int dv, int dv4,
-                      __global const float *gates, int branches, __global float *out, int b,
-                      int h, int e4)
-{
-    const int hpg = H / G, g = h / hpg, hh = h % hpg, bh = b * H + h;
-    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
-    const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
-    if (dense) {
-        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
-        return;
-    }
-    const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
-    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
-    /* the window's chunks follow the compressed or the selected ones */
-    const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
-                                     : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
-    __global const float *gt = gates + (size_t)bh * 3;
-    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
-    if (branches) {
-        const size_t plane = (size_t)B * H * dv;
-        dc_store(out + plane + o, oc, e4, dv);
-        dc_store(out + 2 * plane + o, os, e4, dv);
-        dc_store(out + 3 * plane + o, ow, e4, dv);
-    }
-}
-
 /* The arguments of nsa_dc_partial and cl/mma.cl's nsa_dc_partial_mma: one
  * list, bound once by the host (cl_decode.c's dc_partial). */
 #define DC_PARTIAL_PARAMS                                                                      \
@@ -186,10 +115,8 @@ static void dc_output(int dense, __global const float2 *pstat, __global const fl
         int w, int wcap, __global const int *sel, int n, int lsel, int l, int d, int H, int G, \
         int hc, int dk, int dk4, int dv4, float scale, int CH, int nch_a, int nch,             \
         __global float *zout, int max_nc, __global float2 *pstat, __global float4 *pacc,       \
-        int fuse, __global int *done, __global const float2 *pst_c,                            \
-        __global const float4 *pacc_c, int nch_ac, int nch_c, int B, int dv,                   \
-        __global const float *gates, int branches, __global float *out, __local float4 *qs,   \
-        __local float4 *zl4, __local int *rows, __local float *red, __local int *spans
+        __local float4 *qs, __local float4 *zl4, __local int *rows, __local float *red,        \
+        __local int *spans
 
 /* A partial work-group's place and the keys of its chunk (see
  * nsa_dc_partial). */
@@ -198,7 +125,7 @@ typedef struct dc_keys {
     int cap;                    /* their rows per (b, g) */
     int cnt, base;              /* keys base .. base + cnt - 1 of its branch */
     int branch;                 /* 0 compressed or dense, 1 selected, 2 window */
-    int b, bg, r, h0, nh, hcp;  /* r = bg parts + part: the heads h0 .. h0 + nh - 1 */
+    int bg, h0, nh, hcp;        /* (b, g) and the heads h0 .. h0 + nh - 1 */
     size_t slot;                /* its first head's partials in pstat/pacc */
 } dc_keys;
 
@@ -216,7 +143,7 @@ static dc_keys dc_chunk_keys(int mode, __global const float *q, __global const i
     const int c = get_group_id(0) % nch, r = get_group_id(0) / nch;
     const int part = r % parts, bg = r / parts, b = bg / G, g = bg % G, h0 = part * hc;
     const int t = tpos[b];
-    dc_keys ck = {K, V, cap, 0, c * CH, 0, b, bg, r, h0, min(hc, hpg - h0), (hc + 3) & ~3,
+    dc_keys ck = {K, V, cap, 0, c * CH, 0, bg, h0, min(hc, hpg - h0), (hc + 3) & ~3,
                   ((size_t)bg * nch + c) * hpg + h0};
     if (c >= nch_a) {
         ck.branch = 2; /* window ring */
@@ -308,54 +235,6 @@ static void dc_chunk_softmax(__local float *zl, __local float *red, int cnt, int
     }
 }
 
-/* A fence that makes this work-item's global writes visible to the whole
- * device before what follows (NVIDIA: membar.gl, stated in the tensor-core
- * build where inline PTX is allowed). */
-#if NSA_MMA
-#define DC_GFENCE() __asm__ volatile("membar.gl;" ::: "memory")
-#else
-#define DC_GFENCE() mem_fence(CLK_GLOBAL_MEM_FENCE)
-#endif
-
-/* fuse: the final combine in the partial launch (modes 1 and 2) instead of
- * nsa_dc_final's launch. Every work-group of (b, g, part) counts itself in
- * done[r] after its partials are written and fenced; the last one resets
- * the counter and writes the outputs of the part's heads from all chunks
- * (dc_output). All lanes call it, after the work-group's last writes.
- * Plain loads suffice after the fences: this work-group never read the
- * other work-groups' partials before, so no cache of its compute unit
- * holds a stale copy. */
-static void dc_merge_last(const dc_keys *ck, int mode, int fuse, __global int *done, int nch,
-                          __global const float2 *pstat, __global const float4 *pacc, int nch_a,
-                          __global const float2 *pst_c, __global const float4 *pacc_c,
-                          int nch_ac, int nch_c, int B, int H, int G, int dv, int dv4,
-                          __global const float *gates, int branches, __global float *out,
-                          __local int *flag)
-{
-    if (!fuse)
-        return;
-    DC_GFENCE();
-    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
-    const int lid = get_local_id(0);
-    if (lid == 0) {
-        const int last = atomic_inc(done + ck->r) == nch - 1;
-        if (last)
-            atomic_xchg(done + ck->r, 0);
-        flag[0] = last;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (!flag[0])
-        return;
-    DC_GFENCE();
-    const int hpg = H / G, h = (ck->bg % G) * hpg + ck->h0;
-    for (int it = lid; it < ck->nh * dv4; it += NSA_WG)
-        dc_output(mode == 2, pstat, pacc, nch_a, nch, pst_c, pacc_c, nch_ac, nch_c, B, H, G, dv,
-                  dv4, gates, branches, out, ck->b, h + it / dv4, it % dv4);
-}
-#define DC_MERGE_LAST(ck)                                                                      \
-    dc_merge_last(&(ck), mode, fuse, done, nch, pstat, pacc, nch_a, pst_c, pacc_c, nch_ac,     \
-                  nch_c, B, H, G, dv, dv4, gates, branches, out, spans)
-
 /* Partial attention of one chunk of keys for the heads h0 .. h0+nh-1 of
  * group g. Chunks c < nch_a: mode 0 the compressed tokens 0 .. n_cmp(t)-1
  * of K/V (the logits also go to zout for the scores), mode 1 the tokens
@@ -364,10 +243,7 @@ static void dc_merge_last(const dc_keys *ck, int mode, int fuse, __global int *d
  * the window positions max(0, t-w+1) .. t of the ring Kw/Vw.
  * Work-group id: (bg parts + part) nch + chunk. Local memory: qs hcp dk4
  * float4, zl CH hcp floats (logits, then probabilities, key-major), rows
- * CH ints, red 2 WG floats, spans n+1 ints (then the merge's flag). With
- * fuse (modes 1, 2) the last work-group of a (b, g, part) also writes its
- * heads' outputs (dc_merge_last; the arguments after fuse are
- * nsa_dc_final's). */
+ * CH ints, red 2 WG floats, spans n+1 ints. */
 __kernel void nsa_dc_partial(DC_PARTIAL_PARAMS)
 {
     __local float *zl = (__local float *)zl4;
@@ -472,7 +348,55 @@ __kernel void nsa_dc_partial(DC_PARTIAL_PARAMS)
         if (hb + 3 < nh)
             dst[3 * dv4] = a3;
     }
-    DC_MERGE_LAST(ck);
+}
+
+/* Softmax state of chunks c0 .. c1-1 of one head (max, sum; o / sum in
+ * *o, 0 when no key was visible), one pass with a running max over the
+ * chunks in order. Every chunk's partials are written (0 and -inf when it
+ * had no key); they are loaded DC_CB chunks at a time before their
+ * combine, so a lane waits for memory once per DC_CB chunks, not per
+ * chunk (a loop the compiler does not unroll issues each load only when
+ * its iteration starts). */
+#ifndef DC_CB
+#define DC_CB 4
+#endif
+static float4 dc_combine(__global const float2 *pstat, __global const float4 *pacc,
+                         size_t at, size_t stride, int c0, int c1, int dv4, int e4)
+{
+    float m = -INFINITY, sum = 0.0f;
+    float4 acc = (float4)(0.0f);
+    for (int cb = c0; cb < c1; cb += DC_CB) {
+        float2 st[DC_CB];
+        float4 pa[DC_CB];
+#pragma unroll
+        for (int u = 0; u < DC_CB; u++) {
+            const size_t i = at + (size_t)(cb + u) * stride;
+            st[u] = cb + u < c1 ? pstat[i] : (float2)(0.0f);
+            pa[u] = cb + u < c1 ? pacc[i * dv4 + e4] : (float4)(0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < DC_CB; u++) {
+            const float mn = fmax(m, st[u].x);
+            if (cb + u < c1 && mn != -INFINITY) {
+                const float a = exp(m - mn), b = exp(st[u].x - mn);
+                sum = sum * a + st[u].y * b;
+                acc = mad((float4)(b), pa[u], acc * a);
+                m = mn;
+            }
+        }
+    }
+    return m == -INFINITY ? (float4)(0.0f) : acc / sum;
+}
+
+static void dc_store(__global float *dst, float4 v, int e4, int dv)
+{
+    dst[0] = v.x;
+    if (e4 * 4 + 1 < dv)
+        dst[1] = v.y;
+    if (e4 * 4 + 2 < dv)
+        dst[2] = v.z;
+    if (e4 * 4 + 3 < dv)
+        dst[3] = v.w;
 }
 
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
@@ -485,6 +409,9 @@ __kernel void nsa_dc_partial(DC_PARTIAL_PARAMS)
  * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
  * a launch and a pass over P; the sums run heads ascending, then entries
  * in the mapping's order. */
+#ifndef DC_PH
+#define DC_PH 16 /* heads whose logits a lane loads at once */
+#endif
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
                           int ncmb, int H, int G, int l, int d, int lsel,
                           __global const float *zout, int max_nc, __global const int *rowptr,
@@ -496,13 +423,18 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
         float m = -INFINITY, sum = 0.0f; /* one pass, running max */
-#pragma unroll 4
-        for (int c = 0; c < ncmb; c++) {
-            const float2 st = pstat[at + (size_t)c * hpg];
-            const float mn = fmax(m, st.x);
-            if (mn != -INFINITY) {
-                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
-                m = mn;
+        for (int cb = 0; cb < ncmb; cb += DC_CB) {
+            float2 st[DC_CB]; /* DC_CB chunks' loads at once (see dc_combine) */
+#pragma unroll
+            for (int u = 0; u < DC_CB; u++)
+                st[u] = cb + u < ncmb ? pstat[at + (size_t)(cb + u) * hpg] : (float2)(0.0f);
+#pragma unroll
+            for (int u = 0; u < DC_CB; u++) {
+                const float mn = fmax(m, st[u].x);
+                if (cb + u < ncmb && mn != -INFINITY) {
+                    sum = sum * exp(m - mn) + st[u].y * exp(st[u].x - mn);
+                    m = mn;
+                }
             }
         }
         mst[hh] = m;
@@ -513,23 +445,32 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     if (j >= vis)
         return;
     __global const float *z = zout + (size_t)bg * hpg * max_nc;
+    /* the logits of DC_PH heads load at once, and the next entry's column
+     * and value during this entry's sums: about one wait for memory an
+     * entry */
     float a = 0.0f;
-    for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
-        const int i = col[e];
+    const int e0 = rowptr[j], e1 = rowptr[j + 1];
+    int ci = e0 < e1 ? col[e0] : 0, vi = e0 < e1 ? val[e0] : 0;
+    for (int e = e0; e < e1; e++) {
+        const int i = ci, v = vi;
+        if (e + 1 < e1) {
+            ci = col[e + 1];
+            vi = val[e + 1];
+        }
         if (i >= nc)
             continue;
         float p = 0.0f;
-        for (int h0 = 0; h0 < hpg; h0 += 4) {
-            float zz[4];
+        for (int h0 = 0; h0 < hpg; h0 += DC_PH) {
+            float zz[DC_PH];
 #pragma unroll
-            for (int u = 0; u < 4; u++)
+            for (int u = 0; u < DC_PH; u++)
                 zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
 #pragma unroll
-            for (int u = 0; u < 4; u++)
+            for (int u = 0; u < DC_PH; u++)
                 if (h0 + u < hpg)
                     p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
         }
-        a += (float)val[e] * p;
+        a += (float)v * p;
     }
     sbuf[(size_t)bg * max_vis + j] = a;
 }
@@ -550,7 +491,13 @@ __kernel void nsa_dc_select(__global const int *tpos, int G, int lsel,
                sel + (size_t)bg * n, lmax, ck, cj, pick, scan, &thr, &ns, &ne, &base);
 }
 
-/* One lane per output (b, h, float4 column): dc_output. */
+/* One lane per output (b, h, float4 column) = item. NSA (dense == 0): the
+ * compressed chunks 0 .. nch_ac-1 of pst_c/pacc_c (nch_c a (b, g)), the
+ * selected chunks 0 .. nch_a-1 of pstat/pacc and the window chunks
+ * (nch_ac .. nch_c-1 of pst_c if any, else nch_a .. nch-1 of pstat)
+ * combined, then out = g_cmp o_cmp + g_slc o_slc + g_win o_win (spec 5);
+ * with branches, o_cmp, o_slc, o_win also go to out + {1, 2, 3} B H dv.
+ * dense: out = the combine of all chunks of pstat/pacc. */
 __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
                            __global const float4 *pacc, int nch_a, int nch,
                            __global const float2 *pst_c, __global const float4 *pacc_c,
@@ -560,9 +507,27 @@ __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
     const size_t item = get_global_id(0);
     if (item >= (size_t)B * H * dv4)
         return;
-    const int e4 = item % dv4, bh = item / dv4;
-    dc_output(dense, pstat, pacc, nch_a, nch, pst_c, pacc_c, nch_ac, nch_c, B, H, G, dv, dv4,
-              gates, branches, out, bh / H, bh % H, e4);
+    const int e4 = item % dv4, bh = item / dv4, h = bh % H, b = bh / H, hpg = H / G;
+    const int g = h / hpg, hh = h % hpg;
+    const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
+    const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
+    if (dense) {
+        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
+        return;
+    }
+    const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
+    const float4 os = dc_combine(pstat, pacc, at, hpg, 0, nch_a, dv4, e4);
+    /* the window's chunks follow the compressed or the selected ones */
+    const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
+                                     : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
+    __global const float *gt = gates + (size_t)bh * 3;
+    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
+    if (branches) {
+        const size_t plane = (size_t)B * H * dv;
+        dc_store(out + plane + o, oc, e4, dv);
+        dc_store(out + 2 * plane + o, os, e4, dv);
+        dc_store(out + 3 * plane + o, ow, e4, dv);
+    }
 }
 
 #if NSA_KV == 1

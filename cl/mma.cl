@@ -22,46 +22,6 @@
 #define MMA_VR 4
 #endif
 
-/* L2 prefetch distances (0: none): plane steps of K ahead of the mma
- * (a warp's next pass when past its last step), value steps of 8 keys
- * ahead in P V (the first MMA_VPF steps before the softmax). A prefetch
- * holds no register, so it adds loads in flight where a longer register
- * ring (MMA_KR = 4, MMA_VR = 8) cost occupancy. */
-#ifndef MMA_KPF
-#define MMA_KPF 0
-#endif
-#ifndef MMA_VPF
-#define MMA_VPF 0
-#endif
-
-/* Prefetch into L2 of the line holding float4 i of p (kv_t elements). */
-#define MMA_PF(p, i)                                                                           \
-    __asm__ volatile("prefetch.global.L2 [%0];" ::"l"(                                          \
-        (ulong)((__global const char *)(p) + (size_t)(i) * (NSA_KV == 0 ? 16 : 8))))
-
-/* Prefetch of plane step st of pass k0 (st >= nst: step st - nst of this
- * warp's next pass), the float4 this lane would load. */
-#define MMA_KPREF(k0, st)                                                                      \
-    do {                                                                                       \
-        const int nx_ = (st) >= nst, e4_ = ((st) - nx_ * nst) * 4 + tq;                       \
-        const int kq_ = (k0) + nx_ * nw * 8 * MMA_NG + gq;                                    \
-        _Pragma("unroll") for (int u = 0; u < MMA_NG; u++) {                                   \
-            if (kq_ + u * 8 < cnt && e4_ < dk4)                                                \
-                MMA_PF(Kx, KAT(bg, capx, rows[kq_ + u * 8], e4_, dk4));                       \
-        }                                                                                      \
-    } while (0)
-
-/* Prefetch of the value float4 of column c4 of keys 8 st + tq and 8 st +
- * tq + 4 (those MMA_VLOAD(st) loads). */
-#define MMA_VPREF(st)                                                                          \
-    do {                                                                                       \
-        const int ka_ = (st) * 8 + tq, kb_ = ka_ + 4;                                          \
-        if (cok && ka_ < cnt)                                                                  \
-            MMA_PF(Vx, (vrow + rows[ka_]) * dv4 + c4);                                         \
-        if (cok && kb_ < cnt)                                                                  \
-            MMA_PF(Vx, (vrow + rows[kb_]) * dv4 + c4);                                         \
-    } while (0)
-
 /* The float4 of plane step st (planes 4 st .. 4 st + 3, this lane's
  * 4 st + tq) of the key this lane loads in each group, into dst[]. */
 #define MMA_KLOAD(dst, st)                                                                     \
@@ -98,10 +58,6 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
     const int gq = lane >> 2, tq = lane & 3;
     const int ra = gq < hcp, rb = gq + 8 < hcp; /* rows of A this lane holds */
     const int nst = (dk4 + 3) / 4; /* plane steps of the logits */
-#if MMA_KPF
-    for (int st = 0; st < MMA_KPF; st++)
-        MMA_KPREF(wid * 8 * MMA_NG, st);
-#endif
     /* logits: every condition around an mma is uniform over the warp */
     for (int k0 = wid * 8 * MMA_NG; k0 < cnt; k0 += nw * 8 * MMA_NG) {
         float acc[MMA_NG][4];
@@ -129,9 +85,6 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
 #pragma unroll
             for (int r = 0; r < MMA_KR; r++) {
                 MMA_KLOAD(kv[(r + MMA_KR - 1) % MMA_KR], p + r + MMA_KR - 1);
-#if MMA_KPF
-                MMA_KPREF(k0, p + r + MMA_KPF);
-#endif
                 if (p + r < nst) {
                     const int e4 = (p + r) * 4 + tq;
                     const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
@@ -179,14 +132,6 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
         }
     }
     const size_t vrow = (size_t)bg * capx;
-#if MMA_VPF
-    /* the first value steps of this warp's columns load during the softmax */
-    {
-        const int c4 = wid * 8 + gq, cok = c4 < dv4;
-        for (int st = 0; st < MMA_VPF; st++)
-            MMA_VPREF(st);
-    }
-#endif
     dc_chunk_softmax(zl, red, cnt, hcp, nh, pstat + slot);
     /* P V: warp wid takes the float4 columns 8 cg .. 8 cg + 7 */
     for (int cg = wid; cg * 8 < dv4; cg += nw) {
@@ -209,9 +154,6 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
             for (int r = 0; r < MMA_VR; r++) {
                 MMA_VLOAD(va[(r + MMA_VR - 1) % MMA_VR], vb[(r + MMA_VR - 1) % MMA_VR],
                           p + r + MMA_VR - 1);
-#if MMA_VPF
-                MMA_VPREF(p + r + MMA_VPF);
-#endif
                 if (p + r < nst) {
                     const int ka = (p + r) * 8 + tq, kb = ka + 4;
                     const float p0 = ka < cnt && ra ? zl[ka * hcp + gq] : 0.0f;
@@ -249,7 +191,6 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
                     (float4)(acc[0][i], acc[1][i], acc[2][i], acc[3][i]);
         }
     }
-    DC_MERGE_LAST(ck);
 }
 
 #endif

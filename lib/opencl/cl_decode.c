@@ -52,7 +52,7 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_DONE, DB_COUNT };
+       DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -61,9 +61,6 @@ typedef struct nsa_cl_dcache {
     int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
     int resident;     /* work-groups a compute unit runs at once (chunk model) */
     int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
-    int fuse;           /* the final combine in the last partial launch (not
-                         * NSA_OPENCL_DECODE_FUSE=0) */
-    int done_zero;      /* DB_DONE holds zeros (the merge's counters) */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
@@ -217,8 +214,6 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
     dc->win_early = env && strcmp(env, "early") == 0;
-    env = getenv("NSA_OPENCL_DECODE_FUSE");
-    dc->fuse = !(env && strcmp(env, "0") == 0);
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     if (!dc->seq || !dc->htpos) {
@@ -611,42 +606,8 @@ typedef struct dc_part {
     int pst, pacc; /* DB_ indices of the partials */
 } dc_part;
 
-/* The outputs' combine in a partial launch (nsa_dc_final's work): with
- * fuse, its last work-group of each (b, g, part) writes the outputs from
- * P's partials and, for NSA, C's (the compressed branch). */
-typedef struct dc_fin {
-    int fuse;
-    const dc_part *C; /* NULL: the dense baseline */
-    int branches;
-} dc_fin;
-
-/* The merge's counters: B G parts ints, zero before a fused launch (the
- * last work-group of each resets its own). */
-static nsa_status dc_done(nsa_context *ctx, nsa_cl_dcache *dc)
-{
-    const int parts = (dc->cfg.H / dc->cfg.G + dc->hc - 1) / dc->hc;
-    const size_t bytes = sizeof(int32_t) * (size_t)dc->B * dc->cfg.G * parts;
-    const cl_mem before = dc->buf[DB_DONE].m;
-    nsa_status s = dc_ensure(ctx, dc, DB_DONE, bytes);
-    if (s != NSA_OK)
-        return s;
-    if (dc->buf[DB_DONE].m != before)
-        dc->done_zero = 0;
-    if (dc->done_zero)
-        return NSA_OK;
-    if ((s = dc_op(ctx, dc)) != NSA_OK)
-        return s;
-    const cl_int zero = 0;
-    cl_int err = clEnqueueFillBuffer(dc->st->queue, dc->buf[DB_DONE].m, &zero, sizeof zero, 0,
-                                     dc->buf[DB_DONE].bytes, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return nsa_cl_fail(ctx, "clEnqueueFillBuffer", err);
-    dc->done_zero = 1;
-    return NSA_OK;
-}
-
 static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
-                             const dc_part *P, int max_nc, const dc_fin *F)
+                             const dc_part *P, int max_nc)
 {
     const nsa_config *c = &dc->cfg;
     const int hpg = c->H / c->G, parts = (hpg + dc->hc - 1) / dc->hc;
@@ -654,8 +615,7 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     const size_t slots = (size_t)dc->B * c->G * (size_t)P->nch * hpg;
     nsa_status s;
     if ((s = dc_ensure(ctx, dc, P->pst, sizeof(float) * 2 * slots)) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, P->pacc, 16 * slots * dc->dv4)) != NSA_OK ||
-        (F->fuse && (s = dc_done(ctx, dc)) != NSA_OK))
+        (s = dc_ensure(ctx, dc, P->pacc, 16 * slots * dc->dv4)) != NSA_OK)
         return s;
     const int cmp = P->mode == 0;
     cl_mem K = cmp ? dc->kc : dc->kr, V = cmp ? dc->vc : dc->vr;
@@ -692,21 +652,6 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     ARG_INT(&a, max_nc);
     ARG_MEM(&a, dc->buf[P->pst].m);
     ARG_MEM(&a, dc->buf[P->pacc].m);
-    /* the fused combine's (placeholders, unread, without it) */
-    const dc_part *pc = F->C ? F->C : P;
-    cl_mem done = F->fuse ? dc->buf[DB_DONE].m : none, gates = F->C ? dc->buf[DB_GATES].m : none;
-    cl_mem out = F->fuse ? dc->buf[DB_OUT].m : none;
-    ARG_INT(&a, F->fuse);
-    ARG_MEM(&a, done);
-    ARG_MEM(&a, dc->buf[pc->pst].m);
-    ARG_MEM(&a, dc->buf[pc->pacc].m);
-    ARG_INT(&a, pc->nch_a);
-    ARG_INT(&a, pc->nch);
-    ARG_INT(&a, dc->B);
-    ARG_INT(&a, c->dv);
-    ARG_MEM(&a, gates);
-    ARG_INT(&a, F->branches);
-    ARG_MEM(&a, out);
     nsa_clr_arg(&a, 16 * (size_t)hcp * dc->dk4, NULL);
     nsa_clr_arg(&a, sizeof(float) * (size_t)P->ch * hcp, NULL);
     nsa_clr_arg(&a, sizeof(int) * (size_t)P->ch, NULL);
@@ -715,8 +660,8 @@ static nsa_status dc_partial(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_deco
     const size_t wgs = (size_t)dc->B * c->G * parts * (size_t)P->nch;
     /* the profile names the kernel that ran (test_decode_mma asserts it) */
     char label[32];
-    snprintf(label, sizeof label, "%s%s%s", dc->mma_k ? "nsa_dc_partial_mma" : "nsa_dc_partial",
-             P->label, F->fuse ? "+fin)" : ")");
+    snprintf(label, sizeof label, "%s%s", dc->mma_k ? "nsa_dc_partial_mma" : "nsa_dc_partial",
+             P->label);
     return dc_launch(ctx, dc, &a, label, wgs * (size_t)dc->st->wg);
 }
 
@@ -797,14 +742,13 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     const int64_t ks = (int64_t)n * c->l_sel < span ? (int64_t)n * c->l_sel : span;
     const int64_t kw = c->w < span ? c->w : span;
     const int64_t kw_c = dc->win_early ? kw : 0;
-    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "(cmp", DB_PSTC,
+    dc_part pc = {0, dc_chunk(dc, max_nc, kw_c, 0), 0, 0, "(cmp)", DB_PSTC,
                   DB_PACCC};
     if (kw_c)
-        pc.label = "(cmp+win";
+        pc.label = "(cmp+win)";
     pc.nch_a = (int)ceil_div(max_nc, pc.ch);
     pc.nch = pc.nch_a + (int)ceil_div(kw_c, pc.ch);
-    const dc_fin nofin = {0, NULL, 0};
-    if ((s = dc_partial(ctx, dc, job, &pc, max_nc, &nofin)) != NSA_OK)
+    if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
     /* block scores (through the compressed probabilities) */
     {
@@ -841,14 +785,13 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     }
     /* selected blocks (and the window when late) */
     const int64_t kw_s = kw - kw_c;
-    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "(slc", DB_PSTS, DB_PACCS};
+    dc_part pw = {1, dc_chunk(dc, ks, kw_s, 1), 0, 0, "(slc)", DB_PSTS, DB_PACCS};
     if (kw_s)
-        pw.label = "(slc+win";
+        pw.label = "(slc+win)";
     pw.nch_a = (int)ceil_div(ks, pw.ch);
     pw.nch = pw.nch_a + (int)ceil_div(kw_s, pw.ch);
-    const dc_fin fin = {dc->fuse, &pc, branches};
-    if ((s = dc_partial(ctx, dc, job, &pw, max_nc, &fin)) != NSA_OK ||
-        (!dc->fuse && (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK))
+    if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
+        (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
         return s;
     if ((s = dc_read(ctx, dc, dc->buf[DB_SEL].m, 0, sizeof(int32_t) * bg * n, job->sel_out)) !=
         NSA_OK)
@@ -875,12 +818,11 @@ static nsa_status dc_dense_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_de
     if ((s = dc_inputs(ctx, dc, job, 0)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_OUT, sizeof(float) * bhd)) != NSA_OK)
         return s;
-    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "(dense", DB_PSTS, DB_PACCS};
+    dc_part pd = {2, dc_chunk(dc, max_t + 1, 0, 0), 0, 0, "(dense)", DB_PSTS, DB_PACCS};
     pd.nch = (int)ceil_div(max_t + 1, pd.ch);
     pd.nch_a = pd.nch;
-    const dc_fin fin = {dc->fuse, NULL, 0};
-    if ((s = dc_partial(ctx, dc, job, &pd, 1, &fin)) != NSA_OK ||
-        (!dc->fuse && (s = dc_final(ctx, dc, &pd, NULL, 0)) != NSA_OK) ||
+    if ((s = dc_partial(ctx, dc, job, &pd, 1)) != NSA_OK ||
+        (s = dc_final(ctx, dc, &pd, NULL, 0)) != NSA_OK ||
         (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, 0, sizeof(float) * bhd, job->out)) != NSA_OK)
         return s;
     cl_int err = clFinish(dc->st->queue);
@@ -991,7 +933,6 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
         clFinish(dc->st->queue);
         for (int b = 0; b < dc->B; b++)
             dc->seq[b].valid = 0;
-        dc->done_zero = 0; /* a fused launch may not have run to its end */
     }
     nsa_clr_bufs_free(&W);
     dc->fail_at = 0;
@@ -1018,7 +959,6 @@ static nsa_status dc_call(nsa_context *ctx, void *p, const nsa_decode_job *job,
         clFinish(dc->st->queue);
         for (int b = 0; b < dc->B; b++)
             dc->seq[b].valid = 0;
-        dc->done_zero = 0; /* a fused launch may not have run to its end */
     }
     dc->fail_at = 0;
     return s;
