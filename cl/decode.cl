@@ -409,9 +409,6 @@ static void dc_store(__global float *dst, float4 v, int e4, int dv)
  * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
  * a launch and a pass over P; the sums run heads ascending, then entries
  * in the mapping's order. */
-#ifndef DC_PH
-#define DC_PH 16 /* heads whose logits a lane loads at once */
-#endif
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
                           int ncmb, int H, int G, int l, int d, int lsel,
                           __global const float *zout, int max_nc, __global const int *rowptr,
@@ -423,18 +420,13 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     for (int hh = lid; hh < hpg; hh += NSA_WG) {
         const size_t at = (size_t)bg * nch * hpg + hh;
         float m = -INFINITY, sum = 0.0f; /* one pass, running max */
-        for (int cb = 0; cb < ncmb; cb += DC_CB) {
-            float2 st[DC_CB]; /* DC_CB chunks' loads at once (see dc_combine) */
-#pragma unroll
-            for (int u = 0; u < DC_CB; u++)
-                st[u] = cb + u < ncmb ? pstat[at + (size_t)(cb + u) * hpg] : (float2)(0.0f);
-#pragma unroll
-            for (int u = 0; u < DC_CB; u++) {
-                const float mn = fmax(m, st[u].x);
-                if (cb + u < ncmb && mn != -INFINITY) {
-                    sum = sum * exp(m - mn) + st[u].y * exp(st[u].x - mn);
-                    m = mn;
-                }
+#pragma unroll 4
+        for (int c = 0; c < ncmb; c++) {
+            const float2 st = pstat[at + (size_t)c * hpg];
+            const float mn = fmax(m, st.x);
+            if (mn != -INFINITY) {
+                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
+                m = mn;
             }
         }
         mst[hh] = m;
@@ -445,32 +437,23 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
     if (j >= vis)
         return;
     __global const float *z = zout + (size_t)bg * hpg * max_nc;
-    /* the logits of DC_PH heads load at once, and the next entry's column
-     * and value during this entry's sums: about one wait for memory an
-     * entry */
     float a = 0.0f;
-    const int e0 = rowptr[j], e1 = rowptr[j + 1];
-    int ci = e0 < e1 ? col[e0] : 0, vi = e0 < e1 ? val[e0] : 0;
-    for (int e = e0; e < e1; e++) {
-        const int i = ci, v = vi;
-        if (e + 1 < e1) {
-            ci = col[e + 1];
-            vi = val[e + 1];
-        }
+    for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
+        const int i = col[e];
         if (i >= nc)
             continue;
         float p = 0.0f;
-        for (int h0 = 0; h0 < hpg; h0 += DC_PH) {
-            float zz[DC_PH];
+        for (int h0 = 0; h0 < hpg; h0 += 4) {
+            float zz[4];
 #pragma unroll
-            for (int u = 0; u < DC_PH; u++)
+            for (int u = 0; u < 4; u++)
                 zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
 #pragma unroll
-            for (int u = 0; u < DC_PH; u++)
+            for (int u = 0; u < 4; u++)
                 if (h0 + u < hpg)
                     p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
         }
-        a += (float)v * p;
+        a += (float)val[e] * p;
     }
     sbuf[(size_t)bg * max_vis + j] = a;
 }
