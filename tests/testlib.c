@@ -3,9 +3,11 @@
 
 #include "cpu/cpu_internal.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 nsa_layer_config tl_layer_config_small(void)
 {
@@ -378,4 +380,20 @@ int tl_opencl_setup(char *tmpl)
         return 0;
     setenv("NSA_OPENCL_CACHE_DIR", tmpl, 1);
     return 1;
+}
+
+void tl_opencl_teardown(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[600];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                remove(path);
+            }
+        closedir(d);
+    }
+    rmdir(dir);
 }

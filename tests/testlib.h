@@ -63,6 +63,8 @@ int tl_kernel_sets(const char **names);
  * in place) as NSA_OPENCL_CACHE_DIR, so a suite never writes into the
  * user's cache. 0 if the directory cannot be made. */
 int tl_opencl_setup(char *tmpl);
+/* Removes that private cache directory and the entries in it. */
+void tl_opencl_teardown(const char *dir);
 
 /* The backend under test: $NSA_TEST_BACKEND, default "ref", so the same
  * test binaries later cross-check other backends. */
