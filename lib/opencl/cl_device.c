@@ -115,24 +115,25 @@ typedef struct tune {
     cl_device_type type;
     cl_ulong min_local;
     int wg, tile, pvi, rh, rk, sk, rho, re, pe;
+    int tq; /* tokens a work-group of the selected branch (-DNSA_TQ) */
 } tune;
 static const tune tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8},
-    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
-    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
-    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 2},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 1},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 1},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8, 1},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8, 1},
+    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 4},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 1},
 };
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
     snprintf(buf, len,
              "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
-             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d",
+             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_TQ=%d",
              (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re,
-             st->pe, NSA_CL_NP);
+             st->pe, NSA_CL_NP, st->slc_tq);
     /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
     const char *extra = getenv("NSA_OPENCL_OPTIONS");
     const size_t used = strlen(buf);
@@ -151,6 +152,8 @@ static void tune_set(nsa_cl_state *st, const tune *t)
     st->rho = t->rho;
     st->re = t->re;
     st->pe = t->pe;
+    if (t->tq > 0) /* NSA_OPENCL_TUNE keeps the table's */
+        st->slc_tq = t->tq;
 }
 
 static int pow2(int v)
@@ -190,6 +193,11 @@ void nsa_cl_tune(nsa_cl_state *st)
         break;
     }
     tune_env(st);
+    /* NSA_OPENCL_SLC_TQ=1..8 replaces the table's tokens a work-group of
+     * the selected branch (for tuning with nsa-cl-bench and for tests) */
+    const char *e = getenv("NSA_OPENCL_SLC_TQ");
+    if (e && atoi(e) >= 1 && atoi(e) <= 8)
+        st->slc_tq = atoi(e);
     /* the reductions need a power of two the device can launch; fewer
      * lanes take more P V items each */
     while ((size_t)st->wg > st->max_wg && st->wg > 1) {
