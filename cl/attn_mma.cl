@@ -383,12 +383,17 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
  * the second local buffer are unused.
  * Local memory: qf ntq x 16 x qst float4; ps ntq x 16 x MMA_PST floats;
  * red ntq times nsa_group_attn_mma's. */
+#ifndef MMA_PF
+#define MMA_PF MMA_KD /* plane steps of the next tile's keys loaded during P V */
+#endif
+#define MMA_SQ (NSA_TQ == 1) /* queries pre-split (as nsa_group_attn_mma) */
+
 __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                                __global const kv_t *V, __global const int *row_seq,
                                __global const int *cu, __global const int *sel, int n, int lsel,
                                int row0, int rows, int ntq, int H, int G, int hc, int dk, int dv,
                                float scale, __global float *out, int tile, __local float4 *qf,
-                               __local float *unused, __local float *ps, __local float *red)
+                               __local uint4 *ql, __local float *ps, __local float *red)
 {
     const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
     const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
@@ -401,7 +406,6 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
     __local float *redm = red, *lsp = red + nt * 16 * NSA_NP, *mo = red + 2 * nt * 16 * NSA_NP,
                   *mn = mo + nt * 16;
     (void)tile;
-    (void)unused;
     int row[NSA_TQ], kb[NSA_TQ], cur[NSA_TQ], hi[NSA_TQ];
 #pragma unroll
     for (int u = 0; u < NSA_TQ; u++) {
@@ -416,7 +420,17 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
         if (hh < nh && e4 < dk4)
             v = nsa_ld4(q + (((size_t)row[u] * H + (size_t)g * hpg + h0 + hh) * dk + e4 * 4),
                         dk - e4 * 4);
+#if MMA_SQ
+        uint4 vh, vl; /* hi words in qf's place, lo words in ql */
+        MMA_SPLIT(v.x, vh.x, vl.x);
+        MMA_SPLIT(v.y, vh.y, vl.y);
+        MMA_SPLIT(v.z, vh.z, vl.z);
+        MMA_SPLIT(v.w, vh.w, vl.w);
+        qf[i] = as_float4(vh);
+        ql[i] = vl;
+#else
         qf[i] = v;
+#endif
     }
     for (int i = lid; i < nt * 16 * MMA_PST; i += NSA_WG)
         ps[i] = 0.0f; /* rows past nh stay 0: probability 0 in P V */
@@ -437,6 +451,10 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
 #pragma unroll
                 for (int i = 0; i < 4; i++)
                     acc[w][x][u][i] = 0.0f;
+    /* the first MMA_PF plane steps of the next tile's keys, loaded during
+     * this tile's P V (pre: they are there) */
+    float4 kn[MMA_PF > 0 ? MMA_PF : 1][MMA_AG];
+    int pre = 0;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (;;) {
         int act;
@@ -472,8 +490,15 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                 for (int st0 = 0; st0 < nst; st0 += MMA_KD) {
                     float4 kq[MMA_KD][MMA_AG];
 #pragma unroll
-                    for (int j = 0; j < MMA_KD; j++)
-                        AM_KLOAD(kq[j], st0 + j);
+                    for (int j = 0; j < MMA_KD; j++) {
+                        if (j < MMA_PF && st0 == 0 && pre) {
+#pragma unroll
+                            for (int u = 0; u < MMA_AG; u++)
+                                kq[j][u] = kn[j < MMA_PF ? j : 0][u];
+                        } else {
+                            AM_KLOAD(kq[j], st0 + j);
+                        }
+                    }
 #pragma unroll
                     for (int j = 0; j < MMA_KD; j++) {
                         if (st0 + j >= nst)
@@ -491,9 +516,18 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                         for (int w = 0; w < NSA_TQ; w++) {
                             if (w >= nt || !(act >> w & 1))
                                 continue; /* uniform */
+                            uint ah[4], al[4], ah2[4], al2[4];
+#if MMA_SQ
+                            const uint4 qah = as_uint4(qf[gq * qst + e4]), qal = ql[gq * qst + e4];
+                            const uint4 qbh = as_uint4(qf[(gq + 8) * qst + e4]),
+                                        qbl = ql[(gq + 8) * qst + e4];
+                            ah[0] = qah.x, ah[1] = qbh.x, ah[2] = qah.y, ah[3] = qbh.y;
+                            al[0] = qal.x, al[1] = qbl.x, al[2] = qal.y, al[3] = qbl.y;
+                            ah2[0] = qah.z, ah2[1] = qbh.z, ah2[2] = qah.w, ah2[3] = qbh.w;
+                            al2[0] = qal.z, al2[1] = qbl.z, al2[2] = qal.w, al2[3] = qbl.w;
+#else
                             const float4 qa = qf[(w * 16 + gq) * qst + e4];
                             const float4 qb = qf[(w * 16 + gq + 8) * qst + e4];
-                            uint ah[4], al[4], ah2[4], al2[4];
                             MMA_SPLIT(qa.x, ah[0], al[0]);
                             MMA_SPLIT(qb.x, ah[1], al[1]);
                             MMA_SPLIT(qa.y, ah[2], al[2]);
@@ -502,6 +536,7 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                             MMA_SPLIT(qb.z, ah2[1], al2[1]);
                             MMA_SPLIT(qa.w, ah2[2], al2[2]);
                             MMA_SPLIT(qb.w, ah2[3], al2[3]);
+#endif
 #pragma unroll
                             for (int u = 0; u < MMA_AG; u++)
                                 if ((wid + u * MMA_NW) * 8 < cnt) {
@@ -592,6 +627,44 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                     mn[rr] = mt;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+#if MMA_PF > 0
+            /* the next tile (the rest of this block, else the union's next
+             * block, walked on a copy of the cursors): its first key plane
+             * steps in flight through P V */
+            {
+                int nlo = p0 + MMA_TK, nhm = hmax;
+                if (nlo >= hmax) {
+                    int c2[NSA_TQ], h2[NSA_TQ], a2;
+#pragma unroll
+                    for (int w = 0; w < NSA_TQ; w++) {
+                        c2[w] = cur[w];
+                        h2[w] = 0;
+                    }
+                    nlo = slc_union_next(sel, row, kb, nt, n, G, g, lsel, c2, &a2, h2);
+                    nhm = nlo;
+#pragma unroll
+                    for (int w = 0; w < NSA_TQ; w++)
+                        if (w < nt && (a2 >> w & 1))
+                            nhm = max(nhm, h2[w]);
+                }
+                pre = nlo >= 0 && nlo < nhm;
+                if (pre) {
+                    const int ncnt = min(MMA_TK, nhm - nlo);
+#pragma unroll
+                    for (int u = 0; u < MMA_AG; u++) {
+                        const int k = (wid + u * MMA_NW) * 8 + gq;
+                        const size_t at = ((size_t)(nlo + (k < ncnt ? k : 0)) * G + g) * dk;
+#pragma unroll
+                        for (int j = 0; j < MMA_PF; j++) {
+                            const int e4_ = j * 4 + tq;
+                            kn[j][u] = k < ncnt && e4_ < dk4
+                                           ? am_ld4(K, at + (size_t)e4_ * 4, dk - e4_ * 4, dk)
+                                           : (float4)(0.0f);
+                        }
+                    }
+                }
+            }
+#endif
             /* 3. P V: each value step loaded and split once, multiplied with
              * every active token's probabilities */
             {

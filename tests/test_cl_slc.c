@@ -19,8 +19,23 @@
 #define TOL 1e-5 /* spec 9: relative L2 of every fp32 output (here per token) */
 #define TQ 4     /* tokens a work-group in this suite (NSA_OPENCL_SLC_TQ) */
 
-static nsa_context *g_ctx, *g_ref;
+static nsa_context *g_ctx, *g_ref; /* g_ctx: the context under test now */
+static nsa_context *g_tq[2];       /* TQ tokens, and one token (nsa_slc_attn at 1) */
 static char g_cache_dir[256];
+
+static nsa_context *cl_with_tq(int tq)
+{
+    char msg[NSA_MSG_LEN], v[8];
+    nsa_context *c = NULL;
+    snprintf(v, sizeof v, "%d", tq);
+    setenv("NSA_OPENCL_SLC_TQ", v, 1);
+    if (nsa_context_create("opencl", &c, msg, sizeof msg) != NSA_OK) {
+        print_message("opencl not usable: %s\n", msg);
+        c = NULL;
+    }
+    unsetenv("NSA_OPENCL_SLC_TQ");
+    return c;
+}
 
 static int setup(void **state)
 {
@@ -31,21 +46,17 @@ static int setup(void **state)
     char msg[NSA_MSG_LEN];
     if (nsa_context_create("ref", &g_ref, msg, sizeof msg) != NSA_OK)
         return -1;
-    char tq[8];
-    snprintf(tq, sizeof tq, "%d", TQ);
-    setenv("NSA_OPENCL_SLC_TQ", tq, 1);
-    if (nsa_context_create("opencl", &g_ctx, msg, sizeof msg) != NSA_OK) {
-        print_message("opencl not usable: %s\n", msg);
-        g_ctx = NULL;
-    }
-    unsetenv("NSA_OPENCL_SLC_TQ");
+    g_tq[0] = cl_with_tq(TQ);
+    g_tq[1] = g_tq[0] ? cl_with_tq(1) : NULL;
+    g_ctx = g_tq[0];
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    nsa_context_free(g_ctx);
+    nsa_context_free(g_tq[0]);
+    nsa_context_free(g_tq[1]);
     nsa_context_free(g_ref);
     DIR *d = opendir(g_cache_dir);
     if (d) {
@@ -173,15 +184,18 @@ static nsa_config small_cfg(void)
     return tl_config(8, 2, 18, 14, 8, 4, 8, 5, 1, 1, 16, NSA_MAPPING_OVERLAP);
 }
 
-/* The suite's context does serve the selected branch with TQ tokens. */
+/* The suite's contexts do serve the selected branch with TQ tokens and
+ * with one (the multi-token kernels, not nsa_group_attn's mode 0). */
 static void test_tokens_per_group(void **st)
 {
     (void)st;
     NEED_CTX();
-    const nsa_cl_state *cs = nsa_cl_state_of(g_ctx);
-    assert_non_null(cs);
-    assert_int_equal(cs->slc_tq, TQ);
-    assert_non_null(cs->kernel[cs->kv][NSA_CLK_SLC_ATTN]);
+    for (int i = 0; i < 2; i++) {
+        const nsa_cl_state *cs = nsa_cl_state_of(g_tq[i]);
+        assert_non_null(cs);
+        assert_int_equal(cs->slc_tq, i ? 1 : TQ);
+        assert_non_null(cs->kernel[cs->kv][NSA_CLK_SLC_ATTN]);
+    }
 }
 
 /* Every selection kind over a batch whose sequence boundaries and end
@@ -192,9 +206,15 @@ static void test_union_kinds(void **st)
     NEED_CTX();
     const nsa_config c = small_cfg();
     const int lens[] = {5, 23, 2, 41, 2}; /* 73 rows: the last work-group partial */
-    static const char *const names[] = {"shared", "disjoint", "random", "mixed"};
-    for (int kind = 0; kind < 4; kind++)
-        slc_case(names[kind], &c, lens, 5, kind, 500 + 7 * (uint64_t)kind);
+    static const char *const names[2][4] = {{"shared", "disjoint", "random", "mixed"},
+                                            {"1: shared", "1: disjoint", "1: random",
+                                             "1: mixed"}};
+    for (int i = 0; i < 2; i++) {
+        g_ctx = g_tq[i];
+        for (int kind = 0; kind < 4; kind++)
+            slc_case(names[i][kind], &c, lens, 5, kind, 500 + 7 * (uint64_t)kind);
+    }
+    g_ctx = g_tq[0];
 }
 
 /* Fewer tokens at launch than compiled (2, 3: partial work-groups of the
@@ -230,6 +250,9 @@ static void test_long_blocks(void **st)
     const int lens[] = {150, 99};
     slc_case("long shared", &c, lens, 2, SEL_SHARED, 700);
     slc_case("long random", &c, lens, 2, SEL_RANDOM, 701);
+    g_ctx = g_tq[1];
+    slc_case("1: long random", &c, lens, 2, SEL_RANDOM, 702);
+    g_ctx = g_tq[0];
 }
 
 int main(void)

@@ -81,7 +81,8 @@ static int heads_per_wg_mma(const nsa_cl_state *st, const nsa_config *c, size_t 
 }
 
 /* Local bytes of nsa_slc_attn_mma with tq tokens (cl/attn_mma.cl): raw
- * queries 16 x qst float4, probabilities 16 x NSA_CL_MMA_PST floats and
+ * queries 16 x qst float4 (pre-split hi and lo words, twice that, when
+ * compiled for one token), probabilities 16 x NSA_CL_MMA_PST floats and
  * the reductions of 16 rows, each per token; heads and dv as
  * heads_per_wg_mma's. 0 if not. */
 static int heads_per_wg_slc_mma(const nsa_cl_state *st, const nsa_config *c, int tq,
@@ -94,7 +95,7 @@ static int heads_per_wg_slc_mma(const nsa_cl_state *st, const nsa_config *c, int
     const int nst = ((c->dk + 3) / 4 + 3) / 4;
     const size_t qst = (size_t)nst * 4 + (nst & 1 ? 0 : 4);
     f[0] = (size_t)tq * 16 * 16 * qst;
-    f[1] = 4; /* unused */
+    f[1] = st->slc_tq <= 1 ? f[0] : 4; /* lo words of pre-split queries (NSA_TQ 1) */
     f[2] = (size_t)tq * sizeof(float) * 16 * NSA_CL_MMA_PST;
     f[3] = (size_t)tq * sizeof(float) * (2 * 16 * NSA_CL_NP + 2 * 16);
     return f[0] + f[1] + f[2] + f[3] <= st->local_mem ? hc : 0;
@@ -163,11 +164,12 @@ static nsa_status group_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
                           B->st->wg);
 }
 
-/* The selected branch (ga_launch mode 0) with tq > 1 tokens a work-group
+/* The selected branch (ga_launch mode 0) with tq >= 1 tokens a work-group
  * (nsa_slc_attn or nsa_slc_attn_mma: each block of the union of their
- * selections loaded once for all of them), where the table asks for it
- * (st->slc_tq) and local memory holds it with the heads and key tile of
- * one token: the largest such tq, else the single-token group_attn. Only
+ * selections loaded once for all of them; the tensor-core one also loads
+ * the next tile's first keys during P V), where the table asks for it
+ * (st->slc_tq > 0) and local memory holds it with the heads and key tile
+ * of one token: the largest such tq <= st->slc_tq, else group_attn. Only
  * this branch: the contiguous modes (window, compressed, dense) share keys
  * across tokens trivially, and tiling them so would speed up the dense
  * baseline by the same factor (doc/opencl.md). */
@@ -182,17 +184,17 @@ static nsa_status slc_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
     cl_kernel k = st->mma_kernel[st->kv][NSA_CLM_SLC_ATTN];
     if (heads_per_wg_mma(st, c, f)) {
         /* the tensor-core path: the single-token kernel is the tq = 1 one */
-        for (; tq > 1 && !(hc = heads_per_wg_slc_mma(st, c, tq, f)); tq--)
+        for (; tq >= 1 && !(hc = heads_per_wg_slc_mma(st, c, tq, f)); tq--)
             ;
     } else {
         int t1 = 0;
         const int h1 = heads_per_wg(st, c, &t1, f);
         k = st->kernel[st->kv][NSA_CLK_SLC_ATTN];
-        for (; tq > 1; tq--)
+        for (; tq >= 1; tq--)
             if ((hc = heads_per_wg_tq(st, c, tq, &tile, f)) == h1 && tile == t1)
                 break;
     }
-    if (tq <= 1 || !k)
+    if (tq < 1 || !k)
         return group_attn(B, c, scale, L);
     const int parts = (c->H / c->G + hc - 1) / hc;
     const int tiles = (L->rows + tq - 1) / tq;

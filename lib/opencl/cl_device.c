@@ -115,16 +115,17 @@ typedef struct tune {
     cl_device_type type;
     cl_ulong min_local;
     int wg, tile, pvi, rh, rk, sk, rho, re, pe;
-    int tq; /* tokens a work-group of the selected branch (-DNSA_TQ) */
+    int tq; /* tokens a work-group of the selected branch (-DNSA_TQ; 0: the
+               single-token nsa_group_attn(_mma)) */
 } tune;
 static const tune tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 2},
-    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 1},
-    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 1},
-    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8, 1},
-    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8, 1},
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 1},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8, 0},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8, 0},
     {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 4},
-    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 1},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 0},
 };
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
@@ -133,7 +134,7 @@ void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
              "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
              "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_TQ=%d",
              (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re,
-             st->pe, NSA_CL_NP, st->slc_tq);
+             st->pe, NSA_CL_NP, st->slc_tq > 1 ? st->slc_tq : 1);
     /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
     const char *extra = getenv("NSA_OPENCL_OPTIONS");
     const size_t used = strlen(buf);
@@ -152,7 +153,7 @@ static void tune_set(nsa_cl_state *st, const tune *t)
     st->rho = t->rho;
     st->re = t->re;
     st->pe = t->pe;
-    if (t->tq > 0) /* NSA_OPENCL_TUNE keeps the table's */
+    if (t->tq >= 0) /* NSA_OPENCL_TUNE (-1) keeps the table's */
         st->slc_tq = t->tq;
 }
 
@@ -176,7 +177,7 @@ static void tune_env(nsa_cl_state *st)
             return;
     if (v[1] % (v[4] * v[5]) || v[1] % NSA_CL_NP)
         return;
-    const tune t = {NULL, 0, 0, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    const tune t = {NULL, 0, 0, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], -1};
     tune_set(st, &t);
 }
 
@@ -193,10 +194,10 @@ void nsa_cl_tune(nsa_cl_state *st)
         break;
     }
     tune_env(st);
-    /* NSA_OPENCL_SLC_TQ=1..8 replaces the table's tokens a work-group of
+    /* NSA_OPENCL_SLC_TQ=0..8 replaces the table's tokens a work-group of
      * the selected branch (for tuning with nsa-cl-bench and for tests) */
     const char *e = getenv("NSA_OPENCL_SLC_TQ");
-    if (e && atoi(e) >= 1 && atoi(e) <= 8)
+    if (e && *e >= '0' && *e <= '9' && atoi(e) <= 8)
         st->slc_tq = atoi(e);
     /* the reductions need a power of two the device can launch; fewer
      * lanes take more P V items each */

@@ -95,7 +95,7 @@ typedef struct nsa_cl_state {
      * x re float4 columns a lane, pe lanes along dv, pvi such items a lane */
     int pvi, rh, rk, sk, rho, re, pe;
     /* tokens a work-group of the selected branch serves (nsa_slc_attn,
-     * nsa_slc_attn_mma), table or NSA_OPENCL_SLC_TQ, as -DNSA_TQ; 1: the
+     * nsa_slc_attn_mma), table or NSA_OPENCL_SLC_TQ, as -DNSA_TQ; 0: the
      * single-token nsa_group_attn(_mma) */
     int slc_tq;
     int max_slc_tq; /* tests: cap on those tokens at launch (0 = none) */
