@@ -384,7 +384,10 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
  * Local memory: qf ntq x 16 x qst float4; ps ntq x 16 x MMA_PST floats;
  * red ntq times nsa_group_attn_mma's. */
 #ifndef MMA_PF
-#define MMA_PF MMA_KD /* plane steps of the next tile's keys loaded during P V */
+/* plane steps of the next tile's keys loaded during P V (up to MMA_KD;
+ * 0: none, the default: 4 cost 39 registers and ran slower on an H200,
+ * doc/opencl.md) */
+#define MMA_PF 0
 #endif
 #define MMA_SQ (NSA_TQ == 1) /* queries pre-split (as nsa_group_attn_mma) */
 

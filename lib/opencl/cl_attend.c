@@ -166,8 +166,8 @@ static nsa_status group_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
 
 /* The selected branch (ga_launch mode 0) with tq >= 1 tokens a work-group
  * (nsa_slc_attn or nsa_slc_attn_mma: each block of the union of their
- * selections loaded once for all of them; the tensor-core one also loads
- * the next tile's first keys during P V), where the table asks for it
+ * selections loaded once for all of them; the tensor-core one can also
+ * load the next tile's first keys during P V, MMA_PF), where the table asks for it
  * (st->slc_tq > 0) and local memory holds it with the heads and key tile
  * of one token: the largest such tq <= st->slc_tq, else group_attn. Only
  * this branch: the contiguous modes (window, compressed, dense) share keys
