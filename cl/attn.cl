@@ -581,6 +581,343 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     }
 }
 
+/* Tokens a work-group of the selected branch serves (nsa_slc_attn,
+ * nsa_slc_attn_mma; per-device table, lib/opencl/cl_device.c). */
+#ifndef NSA_TQ
+#define NSA_TQ 1
+#endif
+
+/* The next block of the union of the selections of a work-group's tq
+ * tokens (spec 3): each token u has a cursor cur[u] into its row sel_u
+ * (-1 pads skipped); a block is named by its first key row in K/V,
+ * start_u = kb_u + blk lsel (kb_u: the sequence's first row), so tokens of
+ * different sequences never share one. Returns the smallest start at the
+ * cursors (-1: none left); *act gets the tokens whose cursor names it
+ * (their cursors step past it) and hi[u] the end of each one's rows,
+ * clipped to its own position. Every lane computes the same. */
+static int slc_union_next(__global const int *sel, const int *row, const int *kb, int tq,
+                          int n, int G, int g, int lsel, int *cur, int *act, int *hi)
+{
+    int best = -1;
+    for (int u = 0; u < tq; u++) {
+        __global const int *su = sel + ((size_t)row[u] * G + g) * n;
+        while (cur[u] < n && su[cur[u]] < 0)
+            cur[u]++;
+        if (cur[u] < n) {
+            const int st = kb[u] + su[cur[u]] * lsel;
+            if (best < 0 || st < best)
+                best = st;
+        }
+    }
+    *act = 0;
+    for (int u = 0; u < tq && best >= 0; u++) {
+        __global const int *su = sel + ((size_t)row[u] * G + g) * n;
+        if (cur[u] < n && kb[u] + su[cur[u]] * lsel == best) {
+            *act |= 1 << u;
+            cur[u]++;
+            hi[u] = min(best + lsel, row[u] + 1);
+        }
+    }
+    return best;
+}
+
+/* The selected branch (spec 3) for NSA_TQ consecutive rows (tokens) of one
+ * KV group a work-group, rows row0 + tile * NSA_TQ + u, u < tq (<= NSA_TQ;
+ * the chunk's last tile may hold fewer): the blocks of the union of their
+ * selections are visited in ascending order (slc_union_next), each key
+ * tile and value tile loaded into local memory once and applied to every
+ * token that selected the block, a token's logits masked past its own
+ * position. Each token keeps its own online softmax per head and sees its
+ * own blocks in the order of its selection, as in nsa_group_attn's mode 0
+ * (whose phases, tiling and -D defines this repeats per token). Tokens
+ * may belong to different sequences (keys are addressed by global row).
+ * Local memory: qs tq x nhp x qst float4, kv as nsa_group_attn's, ps
+ * tq x nhp x tp4 float4, red tq times nsa_group_attn's. */
+__kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
+                           __global const kv_t *V, __global const int *row_seq,
+                           __global const int *cu, __global const int *sel, int n, int lsel,
+                           int row0, int rows, int tq, int H, int G, int hc, int dk, int dv,
+                           float scale, __global float *out, int tile, __local float4 *qs,
+                           __local float4 *kv, __local float4 *ps4, __local float *red)
+{
+    const int lid = get_local_id(0), hpg = H / G, parts = (hpg + hc - 1) / hc;
+    const int slot = get_group_id(0) / parts, h0 = get_group_id(0) % parts * hc;
+    const int nh = min(hc, hpg - h0); /* heads h0 .. h0+nh-1 of the group */
+    const int g = slot % G, r0 = row0 + slot / G * tq;
+    const int nt = min(tq, row0 + rows - r0); /* tokens of this work-group */
+    const int dk4 = (dk + 3) / 4, dv4 = (dv + 3) / 4, qst = dk4 + 1;
+    const int kst = qst > dv4 ? qst : dv4, tp4 = tile / 4 + 1;
+    const int nhl = (nh + NSA_RH - 1) / NSA_RH, nho = (nh + NSA_RHO - 1) / NSA_RHO;
+    const int nhp = max(nhl * NSA_RH, nho * NSA_RHO);
+    __local float *ps = (__local float *)ps4;
+    __local float *redm = red, *lsp = red + nt * nhp * NSA_NP,
+                  *mo = red + 2 * nt * nhp * NSA_NP, *mn = mo + nt * nhp;
+    int row[NSA_TQ], kb[NSA_TQ], cur[NSA_TQ], hi[NSA_TQ];
+    for (int u = 0; u < NSA_TQ; u++) {
+        row[u] = r0 + min(u, nt - 1);
+        kb[u] = cu[row_seq[row[u]]];
+        cur[u] = 0;
+        hi[u] = 0;
+    }
+    for (int i = lid; i < nt * nhp * qst; i += NSA_WG) {
+        const int u = i / (nhp * qst), hh = i / qst % nhp, e4 = i % qst;
+        float4 v = (float4)(0.0f);
+        if (hh < nh && e4 < dk4)
+            v = nsa_ld4(q + (((size_t)row[u] * H + (size_t)g * hpg + h0 + hh) * dk + e4 * 4),
+                        dk - e4 * 4);
+        qs[i] = v;
+    }
+    for (int i = lid; i < nt * nhp * tp4; i += NSA_WG)
+        ps4[i] = (float4)(0.0f);
+    for (int i = lid; i < nt * nhp * NSA_NP; i += NSA_WG)
+        lsp[i] = 0.0f;
+    for (int i = lid; i < nt * nhp; i += NSA_WG) {
+        mo[i] = -INFINITY;
+        mn[i] = -INFINITY;
+    }
+    const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
+    float4 acc[NSA_TQ][NSA_PVI][NSA_RHO][NSA_RE];
+    for (int u = 0; u < NSA_TQ; u++)
+        for (int it = 0; it < NSA_PVI; it++)
+            for (int i = 0; i < NSA_RHO; i++)
+                for (int x = 0; x < NSA_RE; x++)
+                    acc[u][it][i][x] = (float4)(0.0f);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int nsi = nhl * NSA_SK * (tile / (NSA_SK * NSA_RK)); /* logit items a token */
+    for (;;) {
+        int act;
+        const int lo = slc_union_next(sel, row, kb, nt, n, G, g, lsel, cur, &act, hi);
+        if (lo < 0)
+            break; /* uniform: every lane walks the same union */
+        int hmax = lo;
+        for (int u = 0; u < nt; u++)
+            if (act >> u & 1)
+                hmax = max(hmax, hi[u]);
+        for (int p0 = lo; p0 < hmax; p0 += tile) {
+            const int cnt = min(tile, hmax - p0);
+            /* the key tile, once for every token (rows past cnt unused) */
+            for (int i = lid; i < cnt * dk4; i += NSA_WG) {
+                const int k = i / dk4, e4 = i % dk4;
+                const size_t at = ((size_t)(p0 + k) * G + g) * dk + e4 * 4;
+                float4 v = (float4)(0.0f);
+#if NSA_KV == 0
+                if ((dk & 3) == 0)
+                    v = vload4(0, K + at);
+                else
+#endif
+                {
+                    v.x = LDKV(K, at);
+                    if (e4 * 4 + 1 < dk)
+                        v.y = LDKV(K, at + 1);
+                    if (e4 * 4 + 2 < dk)
+                        v.z = LDKV(K, at + 2);
+                    if (e4 * 4 + 3 < dk)
+                        v.w = LDKV(K, at + 3);
+                }
+                kv[k * kst + e4] = v;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* logits of each token that selected the block, masked past
+             * its own rows */
+            for (int u = 0; u < nt; u++) {
+                if (!(act >> u & 1))
+                    continue; /* uniform */
+                const int cn = clamp(hi[u] - p0, 0, cnt);
+                __local const float4 *qu = qs + u * nhp * qst;
+                __local float *pu = ps + u * nhp * tp4 * 4;
+                for (int it = lid; it < nsi; it += NSA_WG) {
+                    const int kl = it % NSA_SK, r = it / NSA_SK, hl = r % nhl, kg = r / nhl;
+                    const int k0 = kg * NSA_SK * NSA_RK + kl;
+                    float s[NSA_RH][NSA_RK];
+                    for (int i = 0; i < NSA_RH; i++)
+                        for (int j = 0; j < NSA_RK; j++)
+                            s[i][j] = 0.0f;
+                    if (kg * NSA_SK * NSA_RK < cn) {
+                        __local const float4 *qr = qu + hl * qst, *kr = kv + k0 * kst;
+                        for (int e4 = 0; e4 < dk4; e4++) {
+                            float4 qv[NSA_RH], kk[NSA_RK];
+                            for (int i = 0; i < NSA_RH; i++)
+                                qv[i] = qr[i * nhl * qst + e4];
+                            for (int j = 0; j < NSA_RK; j++)
+                                kk[j] = kr[j * NSA_SK * kst + e4];
+                            for (int i = 0; i < NSA_RH; i++)
+                                for (int j = 0; j < NSA_RK; j++) {
+                                    float a = s[i][j];
+                                    a = mad(qv[i].x, kk[j].x, a);
+                                    a = mad(qv[i].y, kk[j].y, a);
+                                    a = mad(qv[i].z, kk[j].z, a);
+                                    a = mad(qv[i].w, kk[j].w, a);
+                                    s[i][j] = a;
+                                }
+                        }
+                    }
+                    for (int i = 0; i < NSA_RH; i++) {
+                        const int hh = hl + i * nhl;
+                        if (hh >= nh)
+                            continue;
+                        for (int j = 0; j < NSA_RK; j++) {
+                            const int k = k0 + j * NSA_SK;
+                            pu[hh * tp4 * 4 + k] = k < cn ? s[i][j] * scale : -INFINITY;
+                        }
+                    }
+                }
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* softmax per (token, head) row, NSA_NP lanes a row: partial
+             * maxima (items stepped from 0, as in nsa_group_attn) */
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> u & 1))
+                    continue;
+                const int rr = u * nhp + hh;
+                __local const float *pr = ps + rr * tp4 * 4;
+                float mx = -INFINITY;
+                for (int k = pt; k < cnt; k += NSA_NP)
+                    mx = fmax(mx, pr[k]);
+                redm[rr * NSA_NP + pt] = mx;
+                if (pt == 0)
+                    mo[rr] = mn[rr]; /* the max before this tile */
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> u & 1))
+                    continue;
+                const int rr = u * nhp + hh;
+                __local float *pr = ps + rr * tp4 * 4;
+                const float m0 = mo[rr];
+                float mt = m0;
+                for (int x = 0; x < NSA_NP; x++)
+                    mt = fmax(mt, redm[rr * NSA_NP + x]);
+                float sum = 0.0f;
+                for (int k = pt; k < tile; k += NSA_NP) {
+                    /* masked keys hold -inf: probability 0 */
+                    const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
+                    pr[k] = p;
+                    sum += p;
+                }
+                const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
+                lsp[rr * NSA_NP + pt] = lsp[rr * NSA_NP + pt] * alpha + sum;
+                if (pt == 0)
+                    mn[rr] = mt;
+            }
+            /* the value tile, once for every token */
+            for (int i = lid; i < tile * dv4; i += NSA_WG) {
+                const int k = i / dv4, e4 = i % dv4;
+                float4 v = (float4)(0.0f);
+                if (k < cnt) {
+                    const size_t at = ((size_t)(p0 + k) * G + g) * dv + e4 * 4;
+#if NSA_KV == 0
+                    if ((dv & 3) == 0)
+                        v = vload4(0, V + at);
+                    else
+#endif
+                    {
+                        v.x = LDKV(V, at);
+                        if (e4 * 4 + 1 < dv)
+                            v.y = LDKV(V, at + 1);
+                        if (e4 * 4 + 2 < dv)
+                            v.z = LDKV(V, at + 2);
+                        if (e4 * 4 + 3 < dv)
+                            v.w = LDKV(V, at + 3);
+                    }
+                }
+                kv[k * kst + e4] = v; /* rows past cnt: 0 (their p is 0) */
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* P V of each token that selected the block */
+            const int c4 = (cnt + 3) / 4;
+            for (int u = 0; u < NSA_TQ; u++) {
+                if (u >= nt || !(act >> u & 1))
+                    continue; /* uniform */
+                __local const float4 *pu = ps4 + u * nhp * tp4;
+                __local const float *mou = mo + u * nhp, *mnu = mn + u * nhp;
+                for (int ix = 0; ix < NSA_PVI; ix++) {
+                    const int it = lid + ix * NSA_WG;
+                    const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                              e0 = r / nho * NSA_PE * NSA_RE + el;
+                    if (it >= npv)
+                        continue;
+                    int ec[NSA_RE];
+                    for (int x = 0; x < NSA_RE; x++)
+                        ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
+                    float4 a[NSA_RHO][NSA_RE];
+                    for (int i = 0; i < NSA_RHO; i++) {
+                        const int hh = hl + i * nho;
+                        const float m1 = mnu[hh];
+                        const float al = m1 == -INFINITY ? 1.0f : exp(mou[hh] - m1);
+                        for (int x = 0; x < NSA_RE; x++)
+                            a[i][x] = acc[u][ix][i][x] * al;
+                    }
+                    for (int k4 = 0; k4 < c4; k4++) {
+                        float4 p[NSA_RHO];
+                        for (int i = 0; i < NSA_RHO; i++)
+                            p[i] = pu[(hl + i * nho) * tp4 + k4];
+                        for (int x = 0; x < NSA_RE; x++) {
+                            __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
+                            const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
+                                         v3 = vr[3 * kst];
+                            for (int i = 0; i < NSA_RHO; i++) {
+                                a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].z), v2, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].w), v3, a[i][x]);
+                            }
+                        }
+                    }
+                    for (int i = 0; i < NSA_RHO; i++)
+                        for (int x = 0; x < NSA_RE; x++)
+                            acc[u][ix][i][x] = a[i][x];
+                }
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+    }
+    /* totals per (token, head): the running partial sums */
+    for (int it = lid; it < nt * nh; it += NSA_WG) {
+        const int rr = it / nh * nhp + it % nh;
+        float sum = 0.0f;
+        for (int x = 0; x < NSA_NP; x++)
+            sum += lsp[rr * NSA_NP + x];
+        mo[rr] = sum;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int u = 0; u < NSA_TQ; u++) {
+        if (u >= nt)
+            break;
+        const size_t hbase = (size_t)row[u] * H + (size_t)g * hpg + h0;
+        for (int ix = 0; ix < NSA_PVI; ix++) {
+            const int it = lid + ix * NSA_WG;
+            const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                      e0 = r / nho * NSA_PE * NSA_RE + el;
+            if (it >= npv)
+                continue;
+            for (int i = 0; i < NSA_RHO; i++)
+                for (int x = 0; x < NSA_RE; x++) {
+                    const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
+                    if (hh >= nh || e4 >= dv4)
+                        continue;
+                    const float sum = mo[u * nhp + hh];
+                    const float4 o = sum > 0.0f ? acc[u][ix][i][x] / sum : (float4)(0.0f);
+                    __global float *dst = out + (hbase + hh) * dv + e4 * 4;
+                    dst[0] = o.x;
+                    if (e4 * 4 + 1 < dv)
+                        dst[1] = o.y;
+                    if (e4 * 4 + 2 < dv)
+                        dst[2] = o.z;
+                    if (e4 * 4 + 3 < dv)
+                        dst[3] = o.w;
+                }
+        }
+    }
+}
+
 /* Gated output (spec 5): out = g_cmp o_cmp + g_slc o_slc + g_win o_win. */
 __kernel void nsa_gate(__global const float *gates, __global const float *oc,
                        __global const float *os, __global const float *ow, int dv, ulong total,

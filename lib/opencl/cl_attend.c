@@ -23,8 +23,11 @@ static size_t group_attn_local(const nsa_cl_state *st, const nsa_config *c, int 
 
 /* Heads per work-group and key tile: all of the group's heads if they fit
  * local memory and the lanes' P V registers, with the largest tile that
- * fits; else halves of the heads. 0 if not even one head fits. */
-static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, size_t f[4])
+ * fits; else halves of the heads. 0 if not even one head fits. With tq
+ * tokens a work-group (nsa_slc_attn) the queries, probabilities and
+ * reductions are tq times those of one (f[0], f[2], f[3]). */
+static int heads_per_wg_tq(const nsa_cl_state *st, const nsa_config *c, int tq, int *tile,
+                           size_t f[4])
 {
     int hc = c->H / c->G;
     if (st->max_heads_wg > 0 && hc > st->max_heads_wg)
@@ -35,15 +38,25 @@ static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, 
         const int nho = (hc + st->rho - 1) / st->rho;
         const long npv = (long)st->pe * nho * ((dv4 + cols - 1) / cols);
         if (npv <= (long)st->wg * st->pvi)
-            for (int t = st->tile; t >= min_tile; t /= 2)
-                if (group_attn_local(st, c, hc, t, f) <= st->local_mem) {
+            for (int t = st->tile; t >= min_tile; t /= 2) {
+                group_attn_local(st, c, hc, t, f);
+                f[0] *= (size_t)tq;
+                f[2] *= (size_t)tq;
+                f[3] *= (size_t)tq;
+                if (f[0] + f[1] + f[2] + f[3] <= st->local_mem) {
                     *tile = t;
                     return hc;
                 }
+            }
         if (hc == 1)
             return 0;
         hc = (hc + 1) / 2;
     }
+}
+
+static int heads_per_wg(const nsa_cl_state *st, const nsa_config *c, int *tile, size_t f[4])
+{
+    return heads_per_wg_tq(st, c, 1, tile, f);
 }
 
 /* Heads per work-group of nsa_group_attn_mma (cl/attn_mma.cl) and its
@@ -64,6 +77,27 @@ static int heads_per_wg_mma(const nsa_cl_state *st, const nsa_config *c, size_t 
     f[0] = f[1] = 16 * 16 * qst;
     f[2] = sizeof(float) * 16 * NSA_CL_MMA_PST;
     f[3] = sizeof(float) * (2 * 16 * NSA_CL_NP + 2 * 16);
+    return f[0] + f[1] + f[2] + f[3] <= st->local_mem ? hc : 0;
+}
+
+/* Local bytes of nsa_slc_attn_mma with tq tokens (cl/attn_mma.cl): raw
+ * queries 16 x qst float4 (pre-split hi and lo words, twice that, when
+ * compiled for one token), probabilities 16 x NSA_CL_MMA_PST floats and
+ * the reductions of 16 rows, each per token; heads and dv as
+ * heads_per_wg_mma's. 0 if not. */
+static int heads_per_wg_slc_mma(const nsa_cl_state *st, const nsa_config *c, int tq,
+                                size_t f[4])
+{
+    size_t g[4];
+    const int hc = heads_per_wg_mma(st, c, g);
+    if (!hc || !st->mma_kernel[st->kv][NSA_CLM_SLC_ATTN])
+        return 0;
+    const int nst = ((c->dk + 3) / 4 + 3) / 4;
+    const size_t qst = (size_t)nst * 4 + (nst & 1 ? 0 : 4);
+    f[0] = (size_t)tq * 16 * 16 * qst;
+    f[1] = st->slc_tq <= 1 ? f[0] : 4; /* lo words of pre-split queries (NSA_TQ 1) */
+    f[2] = (size_t)tq * sizeof(float) * 16 * NSA_CL_MMA_PST;
+    f[3] = (size_t)tq * sizeof(float) * (2 * 16 * NSA_CL_NP + 2 * 16);
     return f[0] + f[1] + f[2] + f[3] <= st->local_mem ? hc : 0;
 }
 
@@ -128,6 +162,66 @@ static nsa_status group_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
                                          "nsa_group_attn(cmp)"};
     return nsa_clr_launch(B, &a, label[L->mode], (size_t)L->rows * c->G * parts * B->st->wg,
                           B->st->wg);
+}
+
+/* The selected branch (ga_launch mode 0) with tq >= 1 tokens a work-group
+ * (nsa_slc_attn or nsa_slc_attn_mma: each block of the union of their
+ * selections loaded once for all of them; the tensor-core one can also
+ * load the next tile's first keys during P V, MMA_PF), where the table asks for it
+ * (st->slc_tq > 0) and local memory holds it with the heads and key tile
+ * of one token: the largest such tq <= st->slc_tq, else group_attn. Only
+ * this branch: the contiguous modes (window, compressed, dense) share keys
+ * across tokens trivially, and tiling them so would speed up the dense
+ * baseline by the same factor (doc/opencl.md). */
+static nsa_status slc_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
+                           const ga_launch *L)
+{
+    const nsa_cl_state *st = B->st;
+    int tq = st->slc_tq, tile = NSA_CL_MMA_TK, hc = 0;
+    if (st->max_slc_tq > 0 && tq > st->max_slc_tq)
+        tq = st->max_slc_tq;
+    size_t f[4];
+    cl_kernel k = st->mma_kernel[st->kv][NSA_CLM_SLC_ATTN];
+    if (heads_per_wg_mma(st, c, f)) {
+        /* the tensor-core path: the single-token kernel is the tq = 1 one */
+        for (; tq >= 1 && !(hc = heads_per_wg_slc_mma(st, c, tq, f)); tq--)
+            ;
+    } else {
+        int t1 = 0;
+        const int h1 = heads_per_wg(st, c, &t1, f);
+        k = st->kernel[st->kv][NSA_CLK_SLC_ATTN];
+        for (; tq >= 1; tq--)
+            if ((hc = heads_per_wg_tq(st, c, tq, &tile, f)) == h1 && tile == t1)
+                break;
+    }
+    if (tq < 1 || !k)
+        return group_attn(B, c, scale, L);
+    const int parts = (c->H / c->G + hc - 1) / hc;
+    const int tiles = (L->rows + tq - 1) / tq;
+    nsa_clr_args a = {k, 0, CL_SUCCESS};
+    ARG_MEM(&a, L->q);
+    ARG_MEM(&a, L->K);
+    ARG_MEM(&a, L->V);
+    ARG_MEM(&a, L->row_seq);
+    ARG_MEM(&a, L->cu);
+    ARG_MEM(&a, L->sel);
+    ARG_INT(&a, c->n);
+    ARG_INT(&a, c->l_sel);
+    ARG_INT(&a, L->row0);
+    ARG_INT(&a, L->rows);
+    ARG_INT(&a, tq);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, hc);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, c->dv);
+    ARG_FLT(&a, scale);
+    ARG_MEM(&a, L->out);
+    ARG_INT(&a, tile);
+    for (int i = 0; i < 4; i++)
+        nsa_clr_arg(&a, f[i], NULL);
+    return nsa_clr_launch(B, &a, "nsa_group_attn(slc)",
+                          (size_t)tiles * c->G * parts * st->wg, st->wg);
 }
 
 /* Scratch budget of one chunk of the compressed branch (logits and scores
@@ -268,7 +362,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
     ga_launch S = {.mode = 0, .w = 0, .row0 = 0, .rows = (int)T, .q = q, .K = ks, .V = vs,
                    .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = os,
                    .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};
-    TRY(group_attn(&B, c, job->scale, &S));
+    TRY(slc_attn(&B, c, job->scale, &S));
     ga_launch W = {.mode = 1, .w = c->w, .row0 = 0, .rows = (int)T, .q = q, .K = kw, .V = vw,
                    .row_seq = rsb, .cu = cub, .cmp_off = cob, .sel = sel, .out = ow,
                    .want_z = 0, .max_nc = 0, .zs = zs, .stats = stats};

@@ -19,7 +19,8 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_topn",    "nsa_group_attn", "nsa_gate",    "nsa_linear",
     "nsa_linear_rows",
     "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
-    "nsa_ds_rope",    "nsa_ds_gate"};
+    "nsa_ds_rope",    "nsa_ds_gate",
+    "nsa_slc_attn"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -125,8 +126,8 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, const char *name, siz
 #define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
 #endif
 
-static const char *const mma_names[NSA_CLM_COUNT] = {"nsa_dc_partial_mma",
-                                                     "nsa_group_attn_mma"};
+static const char *const mma_names[NSA_CLM_COUNT] = {
+    "nsa_dc_partial_mma", "nsa_group_attn_mma", "nsa_slc_attn_mma"};
 
 /* The tensor-core program (cl/mma_frag.cl) of storage kv where the
  * device is NVIDIA of compute capability >= 8.0 with work-groups of 32 ..

@@ -109,30 +109,35 @@ int nsa_cl_pick_device(const char *spec, cl_platform_id *plat, cl_device_id *dev
  * x 128 dv in 4 x 4 output tiles: the fastest of the variants measured
  * on an H200 (doc/opencl.md).
  * The host halves the tile (dk = 192) or the heads when local memory is
- * short. */
+ * short. tq: tokens a work-group of the selected branch; 0 on NVIDIA, where
+ * the multi-token kernels ran slower on the benchmark's data (little block
+ * sharing between neighbouring tokens, doc/opencl.md); 4 on CPU runtimes,
+ * so that CI runs them. */
 typedef struct tune {
     const char *vendor; /* substring of CL_DEVICE_VENDOR, NULL = any */
     cl_device_type type;
     cl_ulong min_local;
     int wg, tile, pvi, rh, rk, sk, rho, re, pe;
+    int tq; /* tokens a work-group of the selected branch (-DNSA_TQ; 0: the
+               single-token nsa_group_attn(_mma)) */
 } tune;
 static const tune tune_table[] = {
-    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8},
-    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
-    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8},
-    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
-    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8},
+    {"NVIDIA", CL_DEVICE_TYPE_GPU, 49152, 128, 64, 2, 4, 2, 16, 4, 1, 8, 0},
+    {"Advanced Micro Devices", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
+    {"AMD", CL_DEVICE_TYPE_GPU, 65536, 256, 64, 1, 2, 4, 8, 4, 1, 8, 0},
+    {"Intel", CL_DEVICE_TYPE_GPU, 65536, 128, 64, 2, 2, 4, 8, 4, 1, 8, 0},
+    {NULL, CL_DEVICE_TYPE_GPU, 32768, 64, 32, 4, 2, 4, 8, 4, 1, 8, 0},
+    {NULL, CL_DEVICE_TYPE_CPU, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 4},
+    {NULL, CL_DEVICE_TYPE_ALL, 0, 64, 32, 4, 2, 4, 8, 4, 1, 8, 0},
 };
 
 void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
     snprintf(buf, len,
              "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
-             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d",
+             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_TQ=%d",
              (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re,
-             st->pe, NSA_CL_NP);
+             st->pe, NSA_CL_NP, st->slc_tq > 1 ? st->slc_tq : 1);
     /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
     const char *extra = getenv("NSA_OPENCL_OPTIONS");
     const size_t used = strlen(buf);
@@ -151,6 +156,8 @@ static void tune_set(nsa_cl_state *st, const tune *t)
     st->rho = t->rho;
     st->re = t->re;
     st->pe = t->pe;
+    if (t->tq >= 0) /* NSA_OPENCL_TUNE (-1) keeps the table's */
+        st->slc_tq = t->tq;
 }
 
 static int pow2(int v)
@@ -173,7 +180,7 @@ static void tune_env(nsa_cl_state *st)
             return;
     if (v[1] % (v[4] * v[5]) || v[1] % NSA_CL_NP)
         return;
-    const tune t = {NULL, 0, 0, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    const tune t = {NULL, 0, 0, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], -1};
     tune_set(st, &t);
 }
 
@@ -190,6 +197,11 @@ void nsa_cl_tune(nsa_cl_state *st)
         break;
     }
     tune_env(st);
+    /* NSA_OPENCL_SLC_TQ=0..8 replaces the table's tokens a work-group of
+     * the selected branch (for tuning with nsa-cl-bench and for tests) */
+    const char *e = getenv("NSA_OPENCL_SLC_TQ");
+    if (e && *e >= '0' && *e <= '9' && atoi(e) <= 8)
+        st->slc_tq = atoi(e);
     /* the reductions need a power of two the device can launch; fewer
      * lanes take more P V items each */
     while ((size_t)st->wg > st->max_wg && st->wg > 1) {

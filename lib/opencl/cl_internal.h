@@ -40,6 +40,7 @@ enum {
     NSA_CLK_DC_PUT,
     NSA_CLK_DS_ROPE,
     NSA_CLK_DS_GATE,
+    NSA_CLK_SLC_ATTN,
     NSA_CLK_COUNT
 };
 
@@ -58,7 +59,7 @@ typedef enum nsa_cl_feat {
 /* Kernels of the tensor-core program (cl/mma_frag.cl, built with
  * -DNSA_MMA=1 where the device allows: NVIDIA, compute capability >= 8.0,
  * NSA_OPENCL_MMA not 0). Optional: NULL means the portable kernel runs. */
-enum { NSA_CLM_DC_PARTIAL, NSA_CLM_GROUP_ATTN, NSA_CLM_COUNT };
+enum { NSA_CLM_DC_PARTIAL, NSA_CLM_GROUP_ATTN, NSA_CLM_SLC_ATTN, NSA_CLM_COUNT };
 
 /* What the binary cache did on the last program build. */
 typedef enum nsa_cl_cache_event {
@@ -93,6 +94,11 @@ typedef struct nsa_cl_state {
      * lanes along keys (the key tile is a multiple of sk rk); P V rho heads
      * x re float4 columns a lane, pe lanes along dv, pvi such items a lane */
     int pvi, rh, rk, sk, rho, re, pe;
+    /* tokens a work-group of the selected branch serves (nsa_slc_attn,
+     * nsa_slc_attn_mma), table or NSA_OPENCL_SLC_TQ, as -DNSA_TQ; 0: the
+     * single-token nsa_group_attn(_mma) */
+    int slc_tq;
+    int max_slc_tq; /* tests: cap on those tokens at launch (0 = none) */
     nsa_cl_kv kv;       /* storage of K/V for attend */
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
