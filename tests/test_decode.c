@@ -7,7 +7,8 @@
  * others go on, injected device failures, the attention and dense baseline
  * over the mirror against the reference over the host caches;
  * test_fused_step the step whose q, gates and o stay on the device
- * (dcache_step): gate activations, RoPE widths, device failures. */
+ * (dcache_step): gate activations, the gate MLP, RoPE widths and the
+ * angles' source, device failures. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
@@ -470,11 +471,10 @@ static void step_out_free(step_out *o)
 }
 
 /* 1 if w's steps must run on the device past the K/V projections: the
- * backend offers it, the state has a mirror, the gate has no hidden layer. */
+ * backend offers it and the state has a mirror (a gate MLP included). */
 static int twin_fused(const twin *w)
 {
-    return w->ctx->be->dcache_step && nsa_decode_has_mirror(w->sl) && w->c.gate_hidden == 0 &&
-           !w->no_step;
+    return w->ctx->be->dcache_step && nsa_decode_has_mirror(w->sl) && !w->no_step;
 }
 
 static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, step_out *o)
@@ -701,13 +701,13 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
 
 /* The decode step on the device past the K/V projections (opencl's
  * dcache_step) against the reference: sigmoid gates, softmax gates with a
- * temperature, RoPE on part of dk and none; a gate MLP (the host path);
- * every device operation failing in turn. On a backend without the path
- * the same steps run the host's way. */
+ * temperature, RoPE on part of dk and none, a gate MLP (softmax, sigmoid),
+ * the RoPE angles from the host; every device operation failing in turn.
+ * On a backend without the path the same steps run the host's way. */
 static void test_fused_step(void **state)
 {
     (void)state;
-    for (int v = 0; v < 6; v++) {
+    for (int v = 0; v < 8; v++) {
         nsa_layer_config c = cfg_small(16, 8, 16);
         c.attn.n = 5;
         c.attn.H = 8;
@@ -723,7 +723,15 @@ static void test_fused_step(void **state)
         if (v == 3)
             c.rope_dim = 0;
         if (v == 4)
-            c.gate_hidden = 5; /* not on the device path */
+            c.gate_hidden = 5; /* the gate MLP on the device: linear, SiLU, linear */
+        if (v == 6) {
+            c.gate_hidden = 3; /* with sigmoid gates */
+            c.gate_act = NSA_GATE_SIGMOID;
+        }
+        /* v = 7: the host's RoPE angles (a device without fp64; the test
+         * hook of cl_backend.c marks the kernel unusable) */
+        if (v == 7)
+            setenv("NSA_OPENCL_UNUSABLE", "nsa_dr_rope", 1);
         /* v = 5: an opencl device without the step kernels (test hook of
          * cl_backend.c; other backends ignore it). The state's first step
          * finds dcache_step unsupported and runs again on the host path;

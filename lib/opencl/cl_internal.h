@@ -40,6 +40,9 @@ enum {
     NSA_CLK_DC_PUT,
     NSA_CLK_DS_ROPE,
     NSA_CLK_DS_GATE,
+    NSA_CLK_DS_SILU,
+    NSA_CLK_DR_ROPE,
+    NSA_CLK_DR_ANGLES,
     NSA_CLK_COUNT
 };
 
@@ -52,7 +55,8 @@ typedef enum nsa_cl_feat {
     NSA_CLF_CORE,
     NSA_CLF_DECODE, /* nsa_dc_*: the decode cache mirror (vtable dcache_*) */
     NSA_CLF_STEP,   /* nsa_ds_*: the fused decode step (vtable dcache_step) */
-    NSA_CLF_ROWS    /* nsa_linear_rows: few-row linears (else nsa_linear) */
+    NSA_CLF_ROWS,   /* nsa_linear_rows: few-row linears (else nsa_linear) */
+    NSA_CLF_ROPE64  /* nsa_dr_*: the step's RoPE angles in double (cl_khr_fp64) */
 } nsa_cl_feat;
 
 /* Kernels of the tensor-core program (cl/mma_frag.cl, built with
