@@ -206,6 +206,15 @@ NSA_HIDDEN nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, in
                                      const int32_t *tpos, const float *scores, int max_vis,
                                      int32_t *sel);
 
+/* The fused decode step's RoPE kernels alone (cl_step.c; cl/rope64.cl):
+ * the angles at pos[r] in double, tab[r][rope_dim] (cosines then sines),
+ * and q[B][H][dk] rotated in place at tpos[b]. NSA_ERR_UNSUPPORTED where
+ * the device lacks them (no cl_khr_fp64). */
+NSA_HIDDEN nsa_status nsa_cl_dr_angles(nsa_context *ctx, const int32_t *pos, int rows,
+                                       int rope_dim, float base, double *tab);
+NSA_HIDDEN nsa_status nsa_cl_dr_rope(nsa_context *ctx, float *q, const int32_t *tpos, int B,
+                                     int H, int dk, int rope_dim, float base);
+
 /* Growth of the decode mirror's buffers, capped at the device's largest
  * allocation (cl_decode.c; exposed for tests). */
 NSA_HIDDEN size_t nsa_cl_dc_grow_bytes(size_t have, size_t need, uint64_t most);
