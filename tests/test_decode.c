@@ -144,6 +144,58 @@ static void test_decode_equals_prefill(void **state)
         }
 }
 
+/* Decode = prefill (spec 7 + 9) at positions near 65536, where RoPE's
+ * angles need double: in float they are off by up to 4e-3 rad there. Tiny
+ * heads and coarse blocks keep the prefill of 65536 tokens cheap; RoPE on
+ * all of dk, so every q dimension is rotated. On opencl the steps rotate
+ * q on the device (cl/rope64.cl). */
+static void test_decode_equals_prefill_far(void **state)
+{
+    (void)state;
+    nsa_layer_config c = cfg_small(64, 64, 64);
+    c.attn.H = 2;
+    c.attn.G = 1;
+    c.attn.dk = 8;
+    c.attn.dv = 4;
+    c.attn.n = 4;
+    c.attn.w = 64;
+    c.D = 8;
+    c.rope_dim = 8;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 65), NSA_OK);
+    enum { S = 65536, STEPS = 6, P = S - STEPS };
+    const size_t D = (size_t)c.D;
+    float *x = malloc(sizeof(float) * S * D), *y = tl_poisoned((size_t)S * D);
+    float *yt = tl_poisoned(D);
+    assert_non_null(x);
+    tl_fill(x, (size_t)S * D, 650, -1, 1);
+    assert_int_equal(nsa_layer_forward(L, x, S, NULL, 1, y, NULL), NSA_OK);
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, 1, 0, &st), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(st, 0, x, P, NULL), NSA_OK);
+    double worst = 0.0;
+    for (int s = 0; s < STEPS; s++) {
+        for (size_t i = 0; i < D; i++)
+            yt[i] = NAN;
+        assert_int_equal(nsa_decode_step(L, st, x + (size_t)(P + s) * D, yt, NULL), NSA_OK);
+        const double e = tl_rel_l2(yt, y + (size_t)(P + s) * D, D);
+        worst = e > worst ? e : worst;
+        /* spec 7 + 9: decode at t equals prefill at t within 1e-5 */
+        if (!(e <= 1e-5))
+            fail_msg("t=%d: relative L2 %g", P + s, e);
+    }
+    print_message("decode vs prefill at t = %d..%d on %s: worst relative L2 %.3g\n", P, S - 1,
+                  nsa_context_backend(ctx), worst);
+    free(x);
+    free(y);
+    free(yt);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
 /* Closed forms of spec 7 for the step at t = S - 1. */
 static void closed_form(const nsa_config *c, int64_t S, int64_t *cmp, int64_t *slc,
                         int64_t *win)
@@ -853,6 +905,7 @@ int main(void)
         cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),
+        cmocka_unit_test(test_decode_equals_prefill_far),
         cmocka_unit_test(test_counters),
         cmocka_unit_test(test_failures_leave_state),
         cmocka_unit_test(test_nonfinite_input),
