@@ -1,11 +1,14 @@
 /* The small pieces of a decode step that stays on the device (the fused
- * step of cl_decode.c): RoPE of the projected q and the gate activation,
- * both in place, between the projections and the decode attention. */
+ * step of cl_decode.c): RoPE of the projected q, the gate MLP's SiLU and
+ * the gate activation, all in place, between the projections and the
+ * decode attention. (RoPE with the angles computed here in double:
+ * cl/rope64.cl.) */
 
 /* q[B][H][dk]: the first rope_dim dims of each head rotated (rotate-half,
  * spec 6) by the angles of its sequence's position: tab[B][rope_dim], the
  * cosines of the rope_dim/2 angles then their sines (computed on the host
- * in double, as the host RoPE does). One work-item a (b, h, i < half). */
+ * in double, as the host RoPE does: the fallback of cl/rope64.cl's
+ * nsa_dr_rope on devices without fp64). One work-item a (b, h, i < half). */
 __kernel void nsa_ds_rope(__global float *q, __global const float *tab, int B, int H, int dk,
                           int rope_dim)
 {
@@ -19,6 +22,17 @@ __kernel void nsa_ds_rope(__global float *q, __global const float *tab, int B, i
     const float a = v[k], c = v[k + nh];
     v[k] = a * cs - c * sn;
     v[k + nh] = c * cs + a * sn;
+}
+
+/* h[n] -> SiLU(h) = h / (1 + exp(-h)), in place: the hidden layer of the
+ * gate MLP between its two linears (spec 5). One work-item an element. */
+__kernel void nsa_ds_silu(__global float *h, int n)
+{
+    const int i = get_global_id(0);
+    if (i >= n)
+        return;
+    const float v = h[i];
+    h[i] = v / (1.0f + exp(-v));
 }
 
 /* g[rows][3] gate logits -> gates: sigmoid each, or softmax over the three

@@ -12,9 +12,10 @@
  * per state; the host caches stay the source of truth, and the mirror is
  * told per sequence a generation number (bumped on reset and prefill) so
  * that it re-uploads a sequence whose history changed. A backend that
- * also offers dcache_step runs the rest of the step there: only the K/V
- * projections come to the host (for the caches), q, the gates and the
- * attention output stay on the device, and y comes back. A backend whose
+ * also offers dcache_step runs the rest of the step there (the gate MLP
+ * and the RoPE angles included): only the K/V projections come to the
+ * host (for the caches), q, the gates and the attention output stay on
+ * the device, and y comes back. A backend whose
  * mirror cannot do a job here (its kernels unusable on the device) says
  * NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the step again without
  * dcache_step, for good (the failed try changed nothing). */
@@ -406,11 +407,10 @@ int nsa_decode_has_mirror(const nsa_decode_state *st) { return st && st->dc; }
 int64_t nsa_decode_fused_steps(const nsa_decode_state *st) { return st ? st->fused_steps : 0; }
 
 /* The step's q, gates and o stay on the device (vtable dcache_step): a
- * mirror, a backend that offers it, and a gate without hidden layer (the
- * gate MLP runs on the host). */
+ * mirror and a backend that offers it. */
 static int fused(const nsa_decode_state *st)
 {
-    return st->dc && st->be->dcache_step && !st->no_step && st->L->cfg.gate_hidden == 0;
+    return st->dc && st->be->dcache_step && !st->no_step;
 }
 
 void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
@@ -543,10 +543,7 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
     const size_t per = 2 * (kr + vr) + (kr + vr);
     float *tmp = st_alloc(st, sizeof(float) * (size_t)B * per);
     float *zk = st_alloc(st, sizeof(float) * (size_t)c->l * (kr + vr));
-    const int rd = L->cfg.rope_dim;
-    /* the fused step's RoPE angles (cos, sin) a sequence */
-    float *rope = dev && rd > 0 ? st_alloc(st, sizeof(float) * (size_t)B * rd) : NULL;
-    if (s == NSA_OK && ((!dev && !o) || !sel || !sd || !tmp || !zk || (dev && rd > 0 && !rope)))
+    if (s == NSA_OK && ((!dev && !o) || !sel || !sd || !tmp || !zk))
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
     if (s == NSA_OK &&
         (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t),
@@ -555,8 +552,6 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
     if (s == NSA_OK)
         s = dev ? nsa_layer_project_kv(L, x, B, need + 2 * B, &act)
                 : nsa_layer_project(L, x, B, need + 2 * B, aux ? aux->gates : NULL, &act);
-    if (s == NSA_OK && rope)
-        nsa_layer_rope_table(L, need + 2 * B, B, rope);
 
     /* compressed token due at t: phi over the ring's last l-1 rows + the new row */
     for (int b = 0; b < B && s == NSA_OK; b++) {
@@ -622,12 +617,13 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
         if (dev) {
             /* q, gates, o on the device: projections, attention and Wo in
              * one call; y (and what aux asks for) comes back */
-            nsa_linear_job lj[3];
-            nsa_wkey key[3];
+            nsa_linear_job lj[4];
+            nsa_wkey key[4];
             nsa_layer_step_jobs(L, B, lj, key);
-            nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2], rd, rope,
-                                L->cfg.gate_act == NSA_GATE_SIGMOID, L->cfg.gate_tau,
-                                aux ? aux->gates : NULL, y};
+            nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2],
+                                L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
+                                L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
+                                L->cfg.gate_tau, aux ? aux->gates : NULL, y};
             nsa_dcache_sync sync = {st->gen, st->dc_fail};
             st->dc_fail = 0;
             s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
@@ -697,7 +693,6 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
     free(sd);
     free(tmp);
     free(zk);
-    free(rope);
     return s;
 }
 

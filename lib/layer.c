@@ -514,27 +514,31 @@ nsa_status nsa_layer_project_kv(nsa_layer *L, const float *x, int64_t rows, cons
     return project(L, x, rows, pos, NULL, a, 0);
 }
 
-void nsa_layer_rope_table(const nsa_layer *L, const int64_t *pos, int64_t rows, float *tab)
+void nsa_rope_table(int rope_dim, float base, const int64_t *pos, int64_t rows, float *tab)
 {
-    const int rd = L->cfg.rope_dim, half = rd / 2;
+    const int half = rope_dim / 2;
     for (int64_t r = 0; r < rows; r++)
         for (int i = 0; i < half; i++) {
-            const double th = rope_theta(rd, L->cfg.rope_base, (double)pos[r], i);
-            tab[r * rd + i] = (float)cos(th);
-            tab[r * rd + half + i] = (float)sin(th);
+            const double th = rope_theta(rope_dim, base, (double)pos[r], i);
+            tab[r * rope_dim + i] = (float)cos(th);
+            tab[r * rope_dim + half + i] = (float)sin(th);
         }
 }
 
-void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[3], nsa_wkey key[3])
+void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[4], nsa_wkey key[4])
 {
     const nsa_layer_config *c = &L->cfg;
     const nsa_config *ac = &c->attn;
+    const int hid = c->gate_hidden;
     key[0] = (nsa_wkey){&L->wc, NSA_WSLOT_Q, L->wgen};
     j[0] = (nsa_linear_job){NULL, rows, c->D, ac->H * ac->dk, L->wq, NULL, NULL, &key[0]};
     key[1] = (nsa_wkey){&L->wc, NSA_WSLOT_GATE1, L->wgen};
-    j[1] = (nsa_linear_job){NULL, rows, c->D, ac->H * 3, L->gw1, L->gb1, NULL, &key[1]};
+    j[1] = (nsa_linear_job){NULL, rows, c->D, hid > 0 ? hid : ac->H * 3, L->gw1, L->gb1, NULL,
+                            &key[1]};
     key[2] = (nsa_wkey){&L->wc, NSA_WSLOT_O, L->wgen};
     j[2] = (nsa_linear_job){NULL, rows, ac->H * ac->dv, c->D, L->wo, NULL, NULL, &key[2]};
+    key[3] = (nsa_wkey){&L->wc, NSA_WSLOT_GATE2, L->wgen};
+    j[3] = (nsa_linear_job){NULL, rows, hid, ac->H * 3, L->gw2, L->gb2, NULL, &key[3]};
 }
 
 nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y)

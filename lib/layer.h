@@ -59,15 +59,12 @@ NSA_HIDDEN void nsa_acts_free(nsa_acts *a);
  * K/V of a decode step whose q and gates stay on a device. */
 NSA_HIDDEN nsa_status nsa_layer_project_kv(nsa_layer *L, const float *x, int64_t rows,
                                            const int64_t *pos, nsa_acts *a);
-/* The angles of RoPE at pos[r] as floats: tab[r][rope_dim], the cosines of
- * the rope_dim/2 angles then their sines (the host RoPE's, in double, then
- * rounded). */
-NSA_HIDDEN void nsa_layer_rope_table(const nsa_layer *L, const int64_t *pos, int64_t rows,
-                                     float *tab);
-/* The keyed linears of a device-resident decode step (x, y unused): q,
- * the gate (gate_hidden = 0 only) and Wo, over rows rows. */
-NSA_HIDDEN void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[3],
-                                    nsa_wkey key[3]);
+/* The keyed linears of a device-resident decode step (x, y unused), over
+ * rows rows: q, the gate's first linear (into the hidden layer when
+ * gate_hidden > 0), Wo, and the gate MLP's second linear (j[3], only when
+ * gate_hidden > 0). */
+NSA_HIDDEN void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[4],
+                                    nsa_wkey key[4]);
 /* The operator over projected activations (o[T][H][dv]), then y = o Wo^T;
  * kc, vc (optional) receive the compressed tokens, aux the branch outputs
  * and the selection. */

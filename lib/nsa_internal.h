@@ -179,24 +179,33 @@ typedef struct nsa_dcache_sync {
 } nsa_dcache_sync;
 
 /* One decode step past the K/V projections, on a backend that keeps it on
- * the device (vtable dcache_step): x_t goes up, q = x Wq^T and the gate
- * logits x Wg^T + bg are computed there, q rotated and the gates
- * activated there, the decode attention (dj, whose q, gates and out are
- * unused) reads them there, and its output goes into Wo there: only y (and
- * dj's selection, the branch outputs and gates_out when asked) comes back.
- * The linears are keyed (device-resident weights); their x and y are
- * unused. */
+ * the device (vtable dcache_step): x_t goes up, q = x Wq^T and the gates
+ * (spec 5: the first linear x Wg1^T + bg1, with a gate MLP SiLU and the
+ * second linear, then the activation) are computed there, q rotated there
+ * (the angles at t = dj->seq[b].t), the decode attention (dj, whose q,
+ * gates and out are unused) reads them there, and its output goes into Wo
+ * there: only y (and dj's selection, the branch outputs and gates_out when
+ * asked) comes back. The linears are keyed (device-resident weights);
+ * their x and y are unused. */
 typedef struct nsa_dstep_job {
     const nsa_decode_job *dj;
     const float *x;                      /* [B][D] */
-    const nsa_linear_job *q, *gate, *wo; /* q: D -> H dk; gate: D -> H 3; wo: H dv -> D */
+    const nsa_linear_job *q, *gate, *wo; /* q: D -> H dk; gate: D -> H 3 (D -> hidden with
+                                            gate2); wo: H dv -> D */
+    const nsa_linear_job *gate2;         /* the gate MLP's second linear: hidden -> H 3, or NULL */
     int rope_dim;
-    const float *rope;  /* [B][rope_dim]: cos of the rope_dim/2 angles at t, then sin */
+    float rope_base;    /* angle i at t: t rope_base^(-2i/rope_dim), in double (nsa_rope_table) */
     int gate_sigmoid;   /* 1: sigmoid; 0: softmax with gate_tau */
     float gate_tau;
     float *gates_out;   /* optional [B][H][3] */
     float *y;           /* [B][D] */
 } nsa_dstep_job;
+
+/* The angles of the host RoPE (spec 6) at pos[r] as floats:
+ * tab[r][rope_dim], the cosines of the rope_dim/2 angles then their sines
+ * (computed in double as nsa_rope_apply does, then rounded; lib/layer.c). */
+NSA_HIDDEN void nsa_rope_table(int rope_dim, float base, const int64_t *pos, int64_t rows,
+                               float *tab);
 
 /* One entry of the backend registry. NULL members fall back to the
  * reference implementation (logged when NSA_VERBOSE is set). */

@@ -1,6 +1,6 @@
 /* The OpenCL backend's optional kernels (nsa_cl_feat): a device that cannot
- * run a decode kernel (nsa_dc_*), a device-step kernel (nsa_ds_*) or
- * nsa_linear_rows still runs prefill and decode, with results within spec
+ * run a decode kernel (nsa_dc_*), a device-step kernel (nsa_ds_*), the
+ * step's RoPE in double (nsa_dr_*: no fp64) or nsa_linear_rows still runs prefill and decode, with results within spec
  * 9 of the reference, through the host path of what needs the kernel; one
  * that cannot run a core kernel makes the backend unavailable, naming it.
  * NSA_OPENCL_UNUSABLE (a test hook of lib/opencl/cl_backend.c) marks the
@@ -305,6 +305,33 @@ static void test_rows_kernel_unusable(void **s)
     nsa_context_free(ctx);
 }
 
+/* A device without fp64 (nsa_dr_rope unusable; cl/rope64.cl): the fused
+ * step still runs, rotating q by the host's angles (nsa_ds_rope); where
+ * the device has the kernel the same steps use it and never nsa_ds_rope. */
+static void test_rope64_unusable(void **s)
+{
+    (void)s;
+    NEED_CL();
+    setenv("NSA_OPENCL_PROFILE", "1", 1);
+    nsa_context *plain = cl_ok(NULL), *ctx = cl_ok("nsa_dr_rope");
+    unsetenv("NSA_OPENCL_PROFILE");
+    assert_dropped(ctx, NSA_CLK_DR_ROPE);
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    const int step = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE) == NSA_OK &&
+                     nsa_cl_feature(ctx, st, st->kv, NSA_CLF_STEP) == NSA_OK;
+    const seen v = check_layer(ctx, 15);
+    assert_int_equal(v.fused, step ? 9 : 0);
+    assert_int_equal(calls_of(ctx, "nsa_dr_rope"), 0);
+    assert_int_equal(calls_of(ctx, "nsa_ds_rope"), step ? 9 : 0); /* one a step */
+    if (step && nsa_cl_state_of(plain)->kernel[NSA_CL_KV_F32][NSA_CLK_DR_ROPE]) {
+        assert_int_equal(check_layer(plain, 15).fused, 9);
+        assert_int_equal(calls_of(plain, "nsa_dr_rope"), 9);
+        assert_int_equal(calls_of(plain, "nsa_ds_rope"), 0);
+    }
+    nsa_context_free(plain);
+    nsa_context_free(ctx);
+}
+
 static void test_core_kernel_unusable(void **s)
 {
     (void)s;
@@ -357,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_decode_kernels_unusable),
         cmocka_unit_test(test_step_kernels_unusable),
         cmocka_unit_test(test_rows_kernel_unusable),
+        cmocka_unit_test(test_rope64_unusable),
         cmocka_unit_test(test_core_kernel_unusable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

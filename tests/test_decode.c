@@ -7,7 +7,8 @@
  * others go on, injected device failures, the attention and dense baseline
  * over the mirror against the reference over the host caches;
  * test_fused_step the step whose q, gates and o stay on the device
- * (dcache_step): gate activations, RoPE widths, device failures. */
+ * (dcache_step): gate activations, the gate MLP, RoPE widths and the
+ * angles' source, device failures. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
@@ -141,6 +142,59 @@ static void test_decode_equals_prefill(void **state)
             }
             decode_vs_prefill(&c, 1000 + sh * 10 + v);
         }
+}
+
+/* Decode = prefill (spec 7 + 9) at positions near 65536, where RoPE's
+ * angles need double: in float they are off by up to 4e-3 rad there. Few
+ * heads and coarse blocks keep the prefill of 65536 tokens cheap; RoPE on
+ * all of dk = 32, so most dims turn by large angles. On opencl the steps
+ * rotate q on the device (cl/rope64.cl); its angles computed in float
+ * (mutation check, PoCL) fail this at 7.9e-5, the real ones give 3.4e-7. */
+static void test_decode_equals_prefill_far(void **state)
+{
+    (void)state;
+    nsa_layer_config c = cfg_small(64, 64, 64);
+    c.attn.H = 2;
+    c.attn.G = 1;
+    c.attn.dk = 32;
+    c.attn.dv = 4;
+    c.attn.n = 4;
+    c.attn.w = 64;
+    c.D = 8;
+    c.rope_dim = 32;
+    nsa_context *ctx = ref_ctx();
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 65), NSA_OK);
+    enum { S = 65536, STEPS = 6, P = S - STEPS };
+    const size_t D = (size_t)c.D;
+    float *x = malloc(sizeof(float) * S * D), *y = tl_poisoned((size_t)S * D);
+    float *yt = tl_poisoned(D);
+    assert_non_null(x);
+    tl_fill(x, (size_t)S * D, 650, -3, 3); /* larger logits: q errors show more */
+    assert_int_equal(nsa_layer_forward(L, x, S, NULL, 1, y, NULL), NSA_OK);
+    nsa_decode_state *st;
+    assert_int_equal(nsa_decode_create(L, 1, 0, &st), NSA_OK);
+    assert_int_equal(nsa_decode_prefill(st, 0, x, P, NULL), NSA_OK);
+    double worst = 0.0;
+    for (int s = 0; s < STEPS; s++) {
+        for (size_t i = 0; i < D; i++)
+            yt[i] = NAN;
+        assert_int_equal(nsa_decode_step(L, st, x + (size_t)(P + s) * D, yt, NULL), NSA_OK);
+        const double e = tl_rel_l2(yt, y + (size_t)(P + s) * D, D);
+        worst = e > worst ? e : worst;
+        /* spec 7 + 9: decode at t equals prefill at t within 1e-5 */
+        if (!(e <= 1e-5))
+            fail_msg("t=%d: relative L2 %g", P + s, e);
+    }
+    print_message("decode vs prefill at t = %d..%d on %s: worst relative L2 %.3g\n", P, S - 1,
+                  nsa_context_backend(ctx), worst);
+    free(x);
+    free(y);
+    free(yt);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
 }
 
 /* Closed forms of spec 7 for the step at t = S - 1. */
@@ -470,11 +524,10 @@ static void step_out_free(step_out *o)
 }
 
 /* 1 if w's steps must run on the device past the K/V projections: the
- * backend offers it, the state has a mirror, the gate has no hidden layer. */
+ * backend offers it and the state has a mirror (a gate MLP included). */
 static int twin_fused(const twin *w)
 {
-    return w->ctx->be->dcache_step && nsa_decode_has_mirror(w->sl) && w->c.gate_hidden == 0 &&
-           !w->no_step;
+    return w->ctx->be->dcache_step && nsa_decode_has_mirror(w->sl) && !w->no_step;
 }
 
 static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, step_out *o)
@@ -701,13 +754,13 @@ static void mirror_run(int H, int G, int dk, int dv, int n, const char *chunk,
 
 /* The decode step on the device past the K/V projections (opencl's
  * dcache_step) against the reference: sigmoid gates, softmax gates with a
- * temperature, RoPE on part of dk and none; a gate MLP (the host path);
- * every device operation failing in turn. On a backend without the path
- * the same steps run the host's way. */
+ * temperature, RoPE on part of dk and none, a gate MLP (softmax, sigmoid),
+ * the RoPE angles from the host; every device operation failing in turn.
+ * On a backend without the path the same steps run the host's way. */
 static void test_fused_step(void **state)
 {
     (void)state;
-    for (int v = 0; v < 6; v++) {
+    for (int v = 0; v < 8; v++) {
         nsa_layer_config c = cfg_small(16, 8, 16);
         c.attn.n = 5;
         c.attn.H = 8;
@@ -723,7 +776,15 @@ static void test_fused_step(void **state)
         if (v == 3)
             c.rope_dim = 0;
         if (v == 4)
-            c.gate_hidden = 5; /* not on the device path */
+            c.gate_hidden = 5; /* the gate MLP on the device: linear, SiLU, linear */
+        if (v == 6) {
+            c.gate_hidden = 3; /* with sigmoid gates */
+            c.gate_act = NSA_GATE_SIGMOID;
+        }
+        /* v = 7: the host's RoPE angles (a device without fp64; the test
+         * hook of cl_backend.c marks the kernel unusable) */
+        if (v == 7)
+            setenv("NSA_OPENCL_UNUSABLE", "nsa_dr_rope", 1);
         /* v = 5: an opencl device without the step kernels (test hook of
          * cl_backend.c; other backends ignore it). The state's first step
          * finds dcache_step unsupported and runs again on the host path;
@@ -845,6 +906,7 @@ int main(void)
         cmocka_unit_test(test_mirror_topn),
         cmocka_unit_test(test_decode_vs_reference),
         cmocka_unit_test(test_decode_equals_prefill),
+        cmocka_unit_test(test_decode_equals_prefill_far),
         cmocka_unit_test(test_counters),
         cmocka_unit_test(test_failures_leave_state),
         cmocka_unit_test(test_nonfinite_input),

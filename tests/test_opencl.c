@@ -6,9 +6,11 @@
  * are small so that PoCL on two cores finishes in well under a minute. */
 #define _POSIX_C_SOURCE 200809L
 #include "cl_internal.h"
+#include "layer.h"
 #include "testlib.h"
 
 #include <dirent.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -671,6 +673,105 @@ static void test_topn_decode_equals_prefill(void **st)
     }
 }
 
+/* The fused decode step's RoPE in double (cl/rope64.cl) against the
+ * host's double computation (lib/layer.c), at positions up to 2^20 and the
+ * largest a state allows (2^31 - 1), for the paper's rope_dim 64 (base
+ * 10000 and 500000) and rope_dim 6:
+ * - the angles: |cos, sin (device) - cos, sin (host)| <= 1e-13 (1 + |theta|).
+ *   Both compute theta = t base^(-2i/rope_dim) in double; OpenCL allows pow
+ *   16 ulp and cos/sin 4 ulp, i.e. about 2e-15 |theta|: the bound leaves a
+ *   margin of 50. Angles in float would be off by up to 6e-8 |theta|
+ *   (4e-3 rad at 65536), which it catches at every position past 0.
+ * - q rotated by nsa_dr_rope against nsa_rope_apply (t <= 2^20): each
+ *   element within one float rounding of the result plus what the angle
+ *   bound allows, (|a| + |b|) 1e-13 (1 + |theta|) (far inside spec 9's
+ *   relative L2 1e-5, which decode = prefill and decode = ref assert
+ *   through the whole step in test_decode).
+ * A device without cl_khr_fp64 lacks the kernels: the hooks must then say
+ * NSA_ERR_UNSUPPORTED (the step uses the host's table, test_decode). */
+static void test_rope64(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_cl_state *cs = nsa_cl_state_of(g_ctx);
+    char ext[8192] = "";
+    clGetDeviceInfo(cs->device, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
+    const int fp64 = strstr(ext, "cl_khr_fp64") != NULL;
+    const int32_t pos[] = {0,         1,         2,       7,           4095,      65535,
+                           65536,     65537,     131071,  (1 << 19) + 3, 999983, (1 << 20) - 1,
+                           (1 << 20), INT32_MAX};
+    enum { R = sizeof pos / sizeof pos[0] };
+    const int dims[3] = {64, 64, 6};
+    const float bases[3] = {10000.0f, 500000.0f, 10000.0f};
+    for (int v = 0; v < 3; v++) {
+        const int rd = dims[v], half = rd / 2;
+        double *tab = malloc(sizeof(double) * R * rd);
+        assert_non_null(tab);
+        for (int i = 0; i < R * rd; i++)
+            tab[i] = NAN;
+        nsa_status s = nsa_cl_dr_angles(g_ctx, pos, R, rd, bases[v], tab);
+        if (!fp64) {
+            assert_int_equal(s, NSA_ERR_UNSUPPORTED);
+            print_message("device without cl_khr_fp64: the host computes the angles\n");
+            free(tab);
+            return;
+        }
+        assert_int_equal(s, NSA_OK);
+        double worst = 0.0;
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < half; i++) {
+                const double th = (double)pos[r] * pow((double)bases[v], -2.0 * i / (double)rd);
+                const double dc = fabs(tab[r * rd + i] - cos(th));
+                const double ds = fabs(tab[r * rd + half + i] - sin(th));
+                const double lim = 1e-13 * (1.0 + fabs(th)); /* see above */
+                if (!(dc <= lim && ds <= lim))
+                    fail_msg("rope_dim %d base %g t=%d angle %d (theta %.17g): cos off by %g, "
+                             "sin by %g (bound %g)",
+                             rd, (double)bases[v], pos[r], i, th, dc, ds, lim);
+                const double e = (dc > ds ? dc : ds) / (1.0 + fabs(th));
+                worst = e > worst ? e : worst;
+            }
+        print_message("rope_dim %d base %g: worst |angle error| / (1 + theta) %.3g\n", rd,
+                      (double)bases[v], worst);
+        /* the rotation: heads of dk = rd + 2 (2 dims not rotated) */
+        enum { H = 3 };
+        const int dk = rd + 2, RR = R - 1; /* t <= 2^20 */
+        const size_t nq = (size_t)RR * H * dk;
+        float *q = malloc(sizeof(float) * nq), *host = malloc(sizeof(float) * nq);
+        assert_non_null(q);
+        assert_non_null(host);
+        tl_fill(q, nq, 0x40be + (uint64_t)v, -1, 1);
+        memcpy(host, q, sizeof(float) * nq);
+        for (int r = 0; r < RR; r++)
+            nsa_rope_apply(host + (size_t)r * H * dk, H, dk, rd, bases[v], (double)pos[r]);
+        float *orig = malloc(sizeof(float) * nq);
+        assert_non_null(orig);
+        memcpy(orig, q, sizeof(float) * nq);
+        assert_int_equal(nsa_cl_dr_rope(g_ctx, q, pos, RR, H, dk, rd, bases[v]), NSA_OK);
+        for (int r = 0; r < RR; r++)
+            for (int h = 0; h < H; h++)
+                for (int e = 0; e < dk; e++) {
+                    const size_t at = ((size_t)r * H + h) * dk + e;
+                    if (e >= rd) { /* not rotated: unchanged */
+                        assert_true(q[at] == orig[at]);
+                        continue;
+                    }
+                    const int i = e % half;
+                    const size_t p0 = at - e + i;
+                    const double th = (double)pos[r] * pow((double)bases[v], -2.0 * i / (double)rd);
+                    const double ab = fabs(orig[p0]) + fabs(orig[p0 + half]);
+                    const double lim = fabs(host[at]) * FLT_EPSILON + ab * 1e-13 * (1.0 + th);
+                    if (!(fabs(q[at] - host[at]) <= lim))
+                        fail_msg("rope_dim %d t=%d head %d dim %d: device %.9g, host %.9g", rd,
+                                 pos[r], h, e, (double)q[at], (double)host[at]);
+                }
+        free(q);
+        free(host);
+        free(orig);
+        free(tab);
+    }
+}
+
 /* The paper's block structure (l=32, d=16, l'=64, n=16 with 1+2 forced) at
  * small head counts and dims, over sequences long enough for 2 chunks of
  * real top-n choices. */
@@ -1132,6 +1233,7 @@ int main(void)
         cmocka_unit_test(test_topn_long_rows),
         cmocka_unit_test(test_topn_decode_equals_prefill),
         cmocka_unit_test(test_decode_growth_cap),
+        cmocka_unit_test(test_rope64),
         cmocka_unit_test(test_cross_no_cmp_tokens),
         cmocka_unit_test(test_cross_paper_blocks),
         cmocka_unit_test(test_tile_shapes),

@@ -20,7 +20,7 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_linear_rows",
     "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
     "nsa_ds_rope",    "nsa_ds_gate",
-    "nsa_slc_attn"};
+    "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -64,17 +64,21 @@ nsa_cl_feat nsa_cl_kernel_feat(int k)
         return NSA_CLF_STEP;
     if (strcmp(n, "nsa_linear_rows") == 0)
         return NSA_CLF_ROWS;
+    if (strncmp(n, "nsa_dr_", 7) == 0)
+        return NSA_CLF_ROPE64;
     return NSA_CLF_CORE;
 }
 
 /* Each feature, and what runs without it (logged). */
 static const char *const feat_what[] = {"the backend", "the decode cache mirror",
-                                        "the fused decode step", "few-row linears"};
+                                        "the fused decode step", "few-row linears",
+                                        "RoPE angles in double on the device"};
 static const char *const feat_instead[] = {"", "decode attends over the host caches",
                                            "q, gates and Wo run as separate jobs",
-                                           "nsa_linear runs them"};
-_Static_assert(sizeof feat_what / sizeof feat_what[0] == NSA_CLF_ROWS + 1 &&
-                   sizeof feat_instead / sizeof feat_instead[0] == NSA_CLF_ROWS + 1,
+                                           "nsa_linear runs them",
+                                           "the host computes them for the fused step"};
+_Static_assert(sizeof feat_what / sizeof feat_what[0] == NSA_CLF_ROPE64 + 1 &&
+                   sizeof feat_instead / sizeof feat_instead[0] == NSA_CLF_ROPE64 + 1,
                "one entry per nsa_cl_feat");
 
 /* 1 if name is an item of the comma-separated list. */

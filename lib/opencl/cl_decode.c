@@ -12,9 +12,11 @@
  * uploaded whole. The caches of all sequences share one buffer per tensor
  * with a common capacity that grows by doubling (copied on the device);
  * they never come back to the host. nsa_cl_dcache_step (vtable
- * dcache_step) runs a decode step's q and gate projections, RoPE of q, the
- * gate activation, the attention and Wo here in one call, so q, the gates
- * and o stay in the mirror's buffers. */
+ * dcache_step) runs a decode step's q and gate projections (the gate MLP's
+ * two linears and SiLU when it has a hidden layer), RoPE of q (its angles
+ * in double here where the device has fp64, else from the host), the gate
+ * activation, the attention and Wo here in one call, so q, the gates and o
+ * stay in the mirror's buffers. */
 #include "cl_run.h"
 #include "cl_weights.h"
 
@@ -52,7 +54,7 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_COUNT };
+       DB_GHID, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -71,6 +73,7 @@ typedef struct nsa_cl_dcache {
     int map_rows, map_nnz; /* the mapping held in DB_RP/COL/VAL */
     float *hstage;
     int32_t *hdesc, *htpos;
+    float *hrope;         /* the fused step's host RoPE table (devices without fp64) */
     size_t nstage, ndesc; /* filled */
     cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
@@ -167,6 +170,7 @@ void nsa_cl_dcache_free(void *p)
     free(dc->hstage);
     free(dc->hdesc);
     free(dc->htpos);
+    free(dc->hrope);
     free(dc);
 }
 
@@ -525,15 +529,15 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
     const nsa_config *c = &dc->cfg;
     const size_t bh = (size_t)dc->B * c->H;
     nsa_status s;
-    const int up = !dc->q_on_device;
-    for (int b = 0; b < dc->B; b++)
+    const int up = !dc->q_on_device; /* else the fused step wrote q, gates, positions */
+    for (int b = 0; up && b < dc->B; b++)
         dc->htpos[b] = (int32_t)job->seq[b].t;
     if ((s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * dc->B)) != NSA_OK ||
         (up && (s = dc_write(ctx, dc, dc->buf[DB_Q].m, sizeof(float) * bh * c->dk, job->q,
                              CL_FALSE)) != NSA_OK) ||
-        (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * dc->B, dc->htpos,
-                      CL_FALSE)) != NSA_OK)
+        (up && (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * dc->B, dc->htpos,
+                             CL_FALSE)) != NSA_OK))
         return s;
     if (!with_gates)
         return NSA_OK;
@@ -844,53 +848,108 @@ static nsa_status dc_linear(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W
     return s == NSA_OK ? nsa_cl_gemm(W, j, x, w, b, y) : s;
 }
 
-/* x up; q and the gate logits from it; RoPE of q and the gate activation;
- * the decode attention over them; o into Wo; y (and what the job asks
- * for) down. W holds the weights uploaded without a key (none when keyed). */
+/* The gates from x (in DB_X) into DB_GATES: the first linear, for a gate
+ * MLP into DB_GHID then SiLU and the second linear (spec 5), then the
+ * activation; read back when the job asks for them. */
+static nsa_status dc_step_gates(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                                nsa_clr_bufs *W)
+{
+    const size_t bh = (size_t)dc->B * dc->cfg.H;
+    nsa_status s;
+    if (sj->gate2) {
+        const size_t nh = (size_t)dc->B * (size_t)sj->gate->out;
+        if ((s = dc_ensure(ctx, dc, DB_GHID, sizeof(float) * nh)) != NSA_OK ||
+            (s = dc_linear(ctx, dc, W, sj->gate, dc->buf[DB_X].m, dc->buf[DB_GHID].m)) != NSA_OK)
+            return s;
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_SILU], 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_GHID].m);
+        ARG_INT(&a, nh);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_ds_silu", nh)) != NSA_OK ||
+            (s = dc_linear(ctx, dc, W, sj->gate2, dc->buf[DB_GHID].m, dc->buf[DB_GATES].m)) !=
+                NSA_OK)
+            return s;
+    } else if ((s = dc_linear(ctx, dc, W, sj->gate, dc->buf[DB_X].m, dc->buf[DB_GATES].m)) !=
+               NSA_OK) {
+        return s;
+    }
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_GATE], 0, CL_SUCCESS};
+    ARG_MEM(&a, dc->buf[DB_GATES].m);
+    ARG_INT(&a, bh);
+    ARG_INT(&a, sj->gate_sigmoid);
+    ARG_FLT(&a, sj->gate_tau);
+    if ((s = dc_launch(ctx, dc, &a, "nsa_ds_gate", bh)) != NSA_OK)
+        return s;
+    return sj->gates_out ? dc_read(ctx, dc, dc->buf[DB_GATES].m, 0, sizeof(float) * bh * 3,
+                                   sj->gates_out)
+                         : NSA_OK;
+}
+
+/* RoPE of q in DB_Q at the positions in DB_TPOS (dc->htpos): the angles
+ * computed in double on the device (nsa_dr_rope, cl/rope64.cl) where it
+ * has fp64, else the host's table of them uploaded (rope_dim floats a
+ * sequence) and nsa_ds_rope. */
+static nsa_status dc_step_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t B = (size_t)dc->B, rd = (size_t)sj->rope_dim;
+    const size_t items = B * c->H * (rd / 2);
+    cl_kernel k64 = dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE];
+    nsa_status s;
+    if (k64) {
+        nsa_clr_args a = {k64, 0, CL_SUCCESS};
+        ARG_MEM(&a, dc->buf[DB_Q].m);
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_INT(&a, dc->B);
+        ARG_INT(&a, c->H);
+        ARG_INT(&a, c->dk);
+        ARG_INT(&a, sj->rope_dim);
+        ARG_FLT(&a, sj->rope_base);
+        return dc_launch(ctx, dc, &a, "nsa_dr_rope", items);
+    }
+    if (!dc->hrope && !(dc->hrope = malloc(sizeof(float) * B * (size_t)c->dk)))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the RoPE angles");
+    for (size_t b = 0; b < B; b++) {
+        const int64_t pos = dc->htpos[b];
+        nsa_rope_table(sj->rope_dim, sj->rope_base, &pos, 1, dc->hrope + b * rd);
+    }
+    if ((s = dc_ensure(ctx, dc, DB_ROPE, sizeof(float) * B * rd)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_ROPE].m, sizeof(float) * B * rd, dc->hrope,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_ROPE], 0, CL_SUCCESS};
+    ARG_MEM(&a, dc->buf[DB_Q].m);
+    ARG_MEM(&a, dc->buf[DB_ROPE].m);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, sj->rope_dim);
+    return dc_launch(ctx, dc, &a, "nsa_ds_rope", items);
+}
+
+/* x and the positions up; q and the gates from x; RoPE of q; the decode
+ * attention over them; o into Wo; y (and what the job asks for) down. W
+ * holds the weights uploaded without a key (none when keyed). */
 static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
                               nsa_clr_bufs *W)
 {
     const nsa_config *c = &dc->cfg;
     const size_t B = (size_t)dc->B, bh = B * c->H;
     const size_t D = (size_t)sj->q->in, Dy = (size_t)sj->wo->out;
-    const int half = sj->rope_dim / 2;
     nsa_status s;
+    for (int b = 0; b < dc->B; b++) /* for RoPE and the attention (dc_inputs) */
+        dc->htpos[b] = (int32_t)sj->dj->seq[b].t;
     if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_Y, sizeof(float) * B * Dy)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * B)) != NSA_OK ||
         (s = dc_write(ctx, dc, dc->buf[DB_X].m, sizeof(float) * B * D, sj->x, CL_FALSE)) !=
             NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * B, dc->htpos, CL_FALSE)) !=
+            NSA_OK ||
         (s = dc_linear(ctx, dc, W, sj->q, dc->buf[DB_X].m, dc->buf[DB_Q].m)) != NSA_OK ||
-        (s = dc_linear(ctx, dc, W, sj->gate, dc->buf[DB_X].m, dc->buf[DB_GATES].m)) != NSA_OK)
-        return s;
-    if (half > 0) {
-        if ((s = dc_ensure(ctx, dc, DB_ROPE, sizeof(float) * B * sj->rope_dim)) != NSA_OK ||
-            (s = dc_write(ctx, dc, dc->buf[DB_ROPE].m, sizeof(float) * B * sj->rope_dim,
-                          sj->rope, CL_FALSE)) != NSA_OK)
-            return s;
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_ROPE], 0, CL_SUCCESS};
-        ARG_MEM(&a, dc->buf[DB_Q].m);
-        ARG_MEM(&a, dc->buf[DB_ROPE].m);
-        ARG_INT(&a, dc->B);
-        ARG_INT(&a, c->H);
-        ARG_INT(&a, c->dk);
-        ARG_INT(&a, sj->rope_dim);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_ds_rope", bh * (size_t)half)) != NSA_OK)
-            return s;
-    }
-    {
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_GATE], 0, CL_SUCCESS};
-        ARG_MEM(&a, dc->buf[DB_GATES].m);
-        ARG_INT(&a, bh);
-        ARG_INT(&a, sj->gate_sigmoid);
-        ARG_FLT(&a, sj->gate_tau);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_ds_gate", bh)) != NSA_OK)
-            return s;
-    }
-    if (sj->gates_out &&
-        (s = dc_read(ctx, dc, dc->buf[DB_GATES].m, 0, sizeof(float) * bh * 3, sj->gates_out)) !=
-            NSA_OK)
+        (s = dc_step_gates(ctx, dc, sj, W)) != NSA_OK ||
+        (sj->rope_dim > 0 && (s = dc_step_rope(ctx, dc, sj)) != NSA_OK))
         return s;
     dc->q_on_device = 1;
     s = dc_attend_run(ctx, dc, sj->dj);
@@ -912,8 +971,11 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
     if (job->B != dc->B || job->cfg->G != c->G || job->cfg->H != c->H ||
         job->cfg->dk != c->dk || job->cfg->dv != c->dv || sj->q->rows != dc->B ||
         sj->gate->rows != dc->B || sj->wo->rows != dc->B || sj->q->out != c->H * c->dk ||
-        sj->gate->out != c->H * 3 || sj->wo->in != c->H * c->dv || sj->gate->in != sj->q->in ||
-        sj->rope_dim < 0 || sj->rope_dim > c->dk || sj->rope_dim % 2)
+        (sj->gate2 ? sj->gate2->rows != dc->B || sj->gate2->in != sj->gate->out ||
+                         sj->gate2->out != c->H * 3
+                   : sj->gate->out != c->H * 3) ||
+        sj->wo->in != c->H * c->dv || sj->gate->in != sj->q->in || sj->rope_dim < 0 ||
+        sj->rope_dim > c->dk || sj->rope_dim % 2)
         return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode step: the job does not match its cache");
     nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_STEP);
     if (s != NSA_OK)

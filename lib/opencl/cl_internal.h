@@ -41,6 +41,9 @@ enum {
     NSA_CLK_DS_ROPE,
     NSA_CLK_DS_GATE,
     NSA_CLK_SLC_ATTN,
+    NSA_CLK_DS_SILU,
+    NSA_CLK_DR_ROPE,
+    NSA_CLK_DR_ANGLES,
     NSA_CLK_COUNT
 };
 
@@ -53,7 +56,8 @@ typedef enum nsa_cl_feat {
     NSA_CLF_CORE,
     NSA_CLF_DECODE, /* nsa_dc_*: the decode cache mirror (vtable dcache_*) */
     NSA_CLF_STEP,   /* nsa_ds_*: the fused decode step (vtable dcache_step) */
-    NSA_CLF_ROWS    /* nsa_linear_rows: few-row linears (else nsa_linear) */
+    NSA_CLF_ROWS,   /* nsa_linear_rows: few-row linears (else nsa_linear) */
+    NSA_CLF_ROPE64  /* nsa_dr_*: the step's RoPE angles in double (cl_khr_fp64) */
 } nsa_cl_feat;
 
 /* Kernels of the tensor-core program (cl/mma_frag.cl, built with
@@ -207,6 +211,15 @@ NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const
 NSA_HIDDEN nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B,
                                      const int32_t *tpos, const float *scores, int max_vis,
                                      int32_t *sel);
+
+/* The fused decode step's RoPE kernels alone (cl_step.c; cl/rope64.cl):
+ * the angles at pos[r] in double, tab[r][rope_dim] (cosines then sines),
+ * and q[B][H][dk] rotated in place at tpos[b]. NSA_ERR_UNSUPPORTED where
+ * the device lacks them (no cl_khr_fp64). */
+NSA_HIDDEN nsa_status nsa_cl_dr_angles(nsa_context *ctx, const int32_t *pos, int rows,
+                                       int rope_dim, float base, double *tab);
+NSA_HIDDEN nsa_status nsa_cl_dr_rope(nsa_context *ctx, float *q, const int32_t *tpos, int B,
+                                     int H, int dk, int rope_dim, float base);
 
 /* Growth of the decode mirror's buffers, capped at the device's largest
  * allocation (cl_decode.c; exposed for tests). */
