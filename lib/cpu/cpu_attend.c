@@ -792,8 +792,10 @@ static void dec_select(const dplan *p, int it, scratch *w)
     const int64_t t = job->seq[it / c->G].t;
     const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
     const float *prob = p->prob + (size_t)it * hpg * p->ldp;
-    merge_parts(p->k, hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
-                p->ocmp + (size_t)it * hpg * c->dv, fac);
+    /* without a compressed block (nch = 0) A had no chunks and pa may be NULL,
+     * where even a zero offset is undefined */
+    const float *pa = nch > 0 ? p->pa + (size_t)it * p->ncmp * p->pstride : NULL;
+    merge_parts(p->k, hpg, c->dv, pa, p->pstride, nch, p->ocmp + (size_t)it * hpg * c->dv, fac);
     for (int ch = 0; ch < nch; ch++) {
         /* ps[j] = sum_i f_i row_i[j], in the order of i */
         const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
