@@ -17,7 +17,12 @@ NSA_SIMD_INLINE void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
 NSA_SIMD_INLINE vf vf_set1(float x) { return _mm256_set1_ps(x); }
 NSA_SIMD_INLINE vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 NSA_SIMD_INLINE vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); } /* NaN: b */
+/* u, with NaN (all bits set) where v is NaN */
+NSA_SIMD_INLINE vf vf_nan_mark(vf u, vf v)
+{
+    return _mm256_or_ps(u, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
 NSA_SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 
 /* Lanes < r on, for the tail of a row whose length is not a multiple of 8. */
@@ -207,7 +212,7 @@ NSA_SIMD_INLINE float vf_hmax(vf v)
     float tmp[8], r = -INFINITY;
     _mm256_storeu_ps(tmp, v);
     for (int e = 0; e < 8; e++)
-        r = tmp[e] > r ? tmp[e] : r;
+        r = tmp[e] > r || tmp[e] != tmp[e] ? tmp[e] : r;
     return r;
 }
 

@@ -19,10 +19,19 @@ NSA_SIMD_INLINE void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 NSA_SIMD_INLINE vf vf_set1(float x) { return _mm512_set1_ps(x); }
 NSA_SIMD_INLINE vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 NSA_SIMD_INLINE vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); } /* NaN: b */
+/* u, with NaN where v is NaN */
+NSA_SIMD_INLINE vf vf_nan_mark(vf u, vf v)
+{
+    return _mm512_mask_mov_ps(u, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+}
 NSA_SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 NSA_SIMD_INLINE float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
-NSA_SIMD_INLINE float vf_hmax(vf v) { return _mm512_reduce_max_ps(v); }
+/* _mm512_reduce_max_ps drops or keeps NaN depending on the compiler */
+NSA_SIMD_INLINE float vf_hmax(vf v)
+{
+    return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) ? NAN : _mm512_reduce_max_ps(v);
+}
 
 /* Lanes < r on (0 <= r <= 16). */
 NSA_SIMD_INLINE __mmask16 tail_mask(int r) { return (__mmask16)((1u << r) - 1u); }

@@ -17,10 +17,16 @@ NSA_SIMD_INLINE void vf_store(float *p, vf v) { vst1q_f32(p, v); }
 NSA_SIMD_INLINE vf vf_set1(float x) { return vdupq_n_f32(x); }
 NSA_SIMD_INLINE vf vf_add(vf a, vf b) { return vaddq_f32(a, b); }
 NSA_SIMD_INLINE vf vf_sub(vf a, vf b) { return vsubq_f32(a, b); }
-NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }
+NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); } /* NaN if either is */
+/* u, with NaN (all bits set) where v is NaN */
+NSA_SIMD_INLINE vf vf_nan_mark(vf u, vf v)
+{
+    return vreinterpretq_f32_u32(
+        vorrq_u32(vreinterpretq_u32_f32(u), vmvnq_u32(vceqq_f32(v, v))));
+}
 NSA_SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
 NSA_SIMD_INLINE float vf_sum(vf v) { return vaddvq_f32(v); }
-NSA_SIMD_INLINE float vf_hmax(vf v) { return vmaxvq_f32(v); }
+NSA_SIMD_INLINE float vf_hmax(vf v) { return vmaxvq_f32(v); } /* NaN if a lane is */
 
 /* ------------------------------------------------------------- gemm_nt */
 #define NT_MR 4

@@ -15,8 +15,9 @@ NSA_SIMD_INLINE void vf_store(float *p, vf v) { *p = v; }
 NSA_SIMD_INLINE vf vf_set1(float x) { return x; }
 NSA_SIMD_INLINE vf vf_add(vf a, vf b) { return a + b; }
 NSA_SIMD_INLINE vf vf_sub(vf a, vf b) { return a - b; }
-/* NaN in b leaves a */
-NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return b > a ? b : a; }
+NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return b > a ? b : a; } /* NaN in b: a */
+/* u, with NaN where v is NaN */
+NSA_SIMD_INLINE vf vf_nan_mark(vf u, vf v) { return v != v ? v : u; }
 NSA_SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 NSA_SIMD_INLINE float vf_sum(vf v) { return v; }
 NSA_SIMD_INLINE float vf_hmax(vf v) { return v; }

@@ -34,7 +34,8 @@ typedef struct nsa_simd_kernels {
     float (*exp_sum)(float *x, int n, float sub);
     /* y[i] = exp(x[i]) (the same approximation as exp_sum; tested alone). */
     void (*exp)(const float *x, float *y, int n);
-    /* max_i x[i] (-INFINITY for n = 0). */
+    /* max_i x[i] (-INFINITY for n = 0); NaN if some x[i] is NaN, on every
+     * set (a softmax over a row with NaN scores stays NaN, as in ref). */
     float (*max)(const float *x, int n);
     /* For nsa-bench's peak figure: n rounds of NSA_FMA_CHAINS independent
      * vector multiply-adds of `lanes` floats (2 flops each per lane);

@@ -12,7 +12,9 @@
  *   vf_load(p), vf_store(p, v), vf_set1(x), vf_add(a, b), vf_sub(a, b),
  *   vf_max(a, b), vf_fma(a, b, c) = a*b + c
  *   vf_exp(v)               the exponential of nsa_simd.h, lane by lane
- *   vf_sum(v), vf_hmax(v)   the sum / the largest of the lanes
+ *   vf_nan_mark(u, v)       u, but NaN in the lanes where v is NaN
+ *   vf_sum(v), vf_hmax(v)   the sum / the largest of the lanes (NaN if a
+ *                           lane is NaN)
  *   for VL > 1, the first r lanes (0 < r < VL) of a tail:
  *     vf_load_part(p, r, fill)  p[0..r), fill in the other lanes
  *     vf_store_part(p, r, v)    writes p[0..r) only
@@ -166,17 +168,26 @@ static void vexp(const float *x, float *y, int n)
 #endif
 }
 
+/* NaN anywhere in x gives NaN, on every set: vf_max may drop it, so the
+ * NaNs are marked in u, a chain of its own beside the max's (the loop's
+ * speed is the max's latency); m + u is then m or NaN in each lane. */
 static float vmax(const float *x, int n)
 {
-    vf m = vf_set1(-INFINITY);
+    vf m = vf_set1(-INFINITY), u = vf_set1(0.0f);
     int i = 0;
-    for (; i + VL <= n; i += VL)
-        m = vf_max(m, vf_load(x + i));
+    for (; i + VL <= n; i += VL) {
+        const vf v = vf_load(x + i);
+        m = vf_max(m, v);
+        u = vf_nan_mark(u, v);
+    }
 #if VL > 1
-    if (i < n)
-        m = vf_max(m, vf_load_part(x + i, n - i, -INFINITY));
+    if (i < n) {
+        const vf v = vf_load_part(x + i, n - i, -INFINITY);
+        m = vf_max(m, v);
+        u = vf_nan_mark(u, v);
+    }
 #endif
-    return vf_hmax(m);
+    return vf_hmax(vf_add(m, u));
 }
 
 /* NSA_FMA_CHAINS independent chains: FMA latency 4 x 2 ports needs at
