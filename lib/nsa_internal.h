@@ -25,6 +25,7 @@ struct nsa_context {
     const struct nsa_backend_ops *be;
     void *be_state;
     int verbose;
+    unsigned fallback_logged; /* nsa_run_* pieces whose fallback was logged (registry.c) */
     char msg[NSA_MSG_LEN];
 };
 

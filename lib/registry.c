@@ -150,13 +150,32 @@ const char *nsa_context_backend(const nsa_context *ctx) { return ctx ? ctx->be->
 
 const char *nsa_context_last_error(const nsa_context *ctx) { return ctx ? ctx->msg : ""; }
 
-/* Pieces a backend leaves NULL run on the reference, said in the log. */
+/* Pieces a backend leaves NULL run on the reference (linear_many: one
+ * linear job each). The log says so once per context and piece, not on
+ * every call: a layer runs its projections on each forward and each decode
+ * step. "ref" falls back to nothing, so it says nothing. */
+enum {
+    FB_COMPRESS = 1u << 0,
+    FB_ATTEND = 1u << 1,
+    FB_LINEAR = 1u << 2,
+    FB_LINEAR_MANY = 1u << 3,
+    FB_DECODE_ATTEND = 1u << 4,
+    FB_DENSE_DECODE = 1u << 5,
+};
+
+static void log_fallback(nsa_context *ctx, unsigned piece, const char *what, const char *instead)
+{
+    if (ctx->be == &nsa_backend_ref || !ctx->verbose || (ctx->fallback_logged & piece))
+        return;
+    ctx->fallback_logged |= piece;
+    nsa_log(ctx, "backend '%s' has no %s: %s", ctx->be->name, what, instead);
+}
+
 nsa_status nsa_run_compress(nsa_context *ctx, const nsa_cmp_job *job)
 {
     if (ctx->be->compress)
         return ctx->be->compress(ctx, job);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no compress: using ref", ctx->be->name);
+    log_fallback(ctx, FB_COMPRESS, "compress", "using ref");
     return nsa_ref_compress(ctx, job);
 }
 
@@ -164,8 +183,7 @@ nsa_status nsa_run_attend(nsa_context *ctx, const nsa_attn_job *job)
 {
     if (ctx->be->attend)
         return ctx->be->attend(ctx, job);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no attend: using ref", ctx->be->name);
+    log_fallback(ctx, FB_ATTEND, "attend", "using ref");
     return nsa_ref_attend(ctx, job);
 }
 
@@ -173,8 +191,7 @@ nsa_status nsa_run_linear(nsa_context *ctx, const nsa_linear_job *job)
 {
     if (ctx->be->linear)
         return ctx->be->linear(ctx, job);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no linear: using ref", ctx->be->name);
+    log_fallback(ctx, FB_LINEAR, "linear", "using ref");
     return nsa_ref_linear(ctx, job);
 }
 
@@ -182,8 +199,7 @@ nsa_status nsa_run_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int
 {
     if (ctx->be->linear_many)
         return ctx->be->linear_many(ctx, jobs, n);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no linear_many: one linear job each", ctx->be->name);
+    log_fallback(ctx, FB_LINEAR_MANY, "linear_many", "one linear job each");
     nsa_status s = NSA_OK;
     for (int i = 0; i < n && s == NSA_OK; i++)
         s = nsa_run_linear(ctx, &jobs[i]);
@@ -194,8 +210,7 @@ nsa_status nsa_run_decode_attend(nsa_context *ctx, const nsa_decode_job *job)
 {
     if (ctx->be->decode_attend)
         return ctx->be->decode_attend(ctx, job);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no decode_attend: using ref", ctx->be->name);
+    log_fallback(ctx, FB_DECODE_ATTEND, "decode_attend", "using ref");
     return nsa_ref_decode_attend(ctx, job);
 }
 
@@ -203,7 +218,6 @@ nsa_status nsa_run_dense_decode(nsa_context *ctx, const nsa_decode_job *job)
 {
     if (ctx->be->dense_decode)
         return ctx->be->dense_decode(ctx, job);
-    if (ctx->be != &nsa_backend_ref)
-        nsa_log(ctx, "backend '%s' has no dense_decode: using ref", ctx->be->name);
+    log_fallback(ctx, FB_DENSE_DECODE, "dense_decode", "using ref");
     return nsa_ref_dense_decode(ctx, job);
 }

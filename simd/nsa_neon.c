@@ -1,17 +1,37 @@
 /* NEON kernels for aarch64 (4 floats a vector; NEON is baseline there, so
  * no flags). 32 vector registers allow 4x4 dot-product tiles in gemm_nt
- * and 4 rows x 4 vectors in gemm_nn_acc. Tails run as scalar code. */
+ * and 4 rows x 4 vectors in gemm_nn_acc. Tails run as scalar code in the
+ * GEMMs, through a 4-float buffer elsewhere. The drivers around the tiles
+ * are nsa_simd_template.h's. */
 #include "nsa_simd.h"
 
 #include <arm_neon.h>
 #include <math.h>
 #include <stdint.h>
 
-#define INLINE static inline __attribute__((always_inline))
+typedef float32x4_t vf;
+#define VL 4
+
+NSA_SIMD_INLINE vf vf_load(const float *p) { return vld1q_f32(p); }
+NSA_SIMD_INLINE void vf_store(float *p, vf v) { vst1q_f32(p, v); }
+NSA_SIMD_INLINE vf vf_set1(float x) { return vdupq_n_f32(x); }
+NSA_SIMD_INLINE vf vf_add(vf a, vf b) { return vaddq_f32(a, b); }
+NSA_SIMD_INLINE vf vf_sub(vf a, vf b) { return vsubq_f32(a, b); }
+NSA_SIMD_INLINE vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); } /* NaN if either is */
+/* u, with NaN (all bits set) where v is NaN */
+NSA_SIMD_INLINE vf vf_nan_mark(vf u, vf v)
+{
+    return vreinterpretq_f32_u32(
+        vorrq_u32(vreinterpretq_u32_f32(u), vmvnq_u32(vceqq_f32(v, v))));
+}
+NSA_SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+NSA_SIMD_INLINE float vf_sum(vf v) { return vaddvq_f32(v); }
+NSA_SIMD_INLINE float vf_hmax(vf v) { return vmaxvq_f32(v); } /* NaN if a lane is */
 
 /* ------------------------------------------------------------- gemm_nt */
-INLINE void nt_tile(const int MR, const int NR, int k, float alpha, const float *A,
-                    size_t lda, const float *B, size_t ldb, float *C, size_t ldc)
+#define NT_MR 4
+NSA_SIMD_INLINE void nt_tile(const int MR, const int NR, int k, float alpha, const float *A,
+                             size_t lda, const float *B, size_t ldb, float *C, size_t ldc)
 {
     float32x4_t acc[4][4];
     for (int i = 0; i < MR; i++)
@@ -37,41 +57,9 @@ INLINE void nt_tile(const int MR, const int NR, int k, float alpha, const float 
         }
 }
 
-#define NT_ROWS(MR)                                                                        \
-    do {                                                                                   \
-        int j = 0;                                                                         \
-        for (; j + 4 <= n; j += 4)                                                         \
-            nt_tile(MR, 4, k, alpha, a, lda, B + (size_t)j * ldb, ldb, c + j, ldc);        \
-        switch (n - j) {                                                                   \
-        case 3: nt_tile(MR, 3, k, alpha, a, lda, B + (size_t)j * ldb, ldb, c + j, ldc); break; \
-        case 2: nt_tile(MR, 2, k, alpha, a, lda, B + (size_t)j * ldb, ldb, c + j, ldc); break; \
-        case 1: nt_tile(MR, 1, k, alpha, a, lda, B + (size_t)j * ldb, ldb, c + j, ldc); break; \
-        default: break;                                                                    \
-        }                                                                                  \
-    } while (0)
-
-static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda,
-                    const float *B, size_t ldb, float *C, size_t ldc)
-{
-    int i = 0;
-    for (; i + 4 <= m; i += 4) {
-        const float *a = A + (size_t)i * lda;
-        float *c = C + (size_t)i * ldc;
-        NT_ROWS(4);
-    }
-    const float *a = A + (size_t)i * lda;
-    float *c = C + (size_t)i * ldc;
-    switch (m - i) {
-    case 3: NT_ROWS(3); break;
-    case 2: NT_ROWS(2); break;
-    case 1: NT_ROWS(1); break;
-    default: break;
-    }
-}
-
 /* --------------------------------------------------------- gemm_nn_acc */
-INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t lda,
-                    const float *B, size_t ldb, float *C, size_t ldc)
+NSA_SIMD_INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t lda,
+                             const float *B, size_t ldb, float *C, size_t ldc)
 {
     float32x4_t acc[4][4];
     for (int i = 0; i < MR; i++)
@@ -92,24 +80,16 @@ INLINE void nn_tile(const int MR, const int NV, int k, const float *A, size_t ld
             vst1q_f32(C + (size_t)i * ldc + 4 * v, acc[i][v]);
 }
 
-static void nn_rows(const int MR, int n, int k, const float *a, size_t lda, const float *B,
-                    size_t ldb, float *cc, size_t ldc)
+/* The n columns of MR rows: 4 vectors at a time, then 1, then scalar. */
+#define NN_MR 4
+NSA_SIMD_INLINE void nn_cols(const int MR, int n, int k, const float *a, size_t lda,
+                             const float *B, size_t ldb, float *cc, size_t ldc)
 {
     int c = 0;
     for (; c + 16 <= n; c += 16)
-        switch (MR) {
-        case 4: nn_tile(4, 4, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        case 3: nn_tile(3, 4, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        case 2: nn_tile(2, 4, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        default: nn_tile(1, 4, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        }
+        nn_tile(MR, 4, k, a, lda, B + c, ldb, cc + c, ldc);
     for (; c + 4 <= n; c += 4)
-        switch (MR) {
-        case 4: nn_tile(4, 1, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        case 3: nn_tile(3, 1, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        case 2: nn_tile(2, 1, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        default: nn_tile(1, 1, k, a, lda, B + c, ldb, cc + c, ldc); break;
-        }
+        nn_tile(MR, 1, k, a, lda, B + c, ldb, cc + c, ldc);
     for (; c < n; c++)
         for (int i = 0; i < MR; i++) {
             float s = cc[(size_t)i * ldc + c];
@@ -119,18 +99,8 @@ static void nn_rows(const int MR, int n, int k, const float *a, size_t lda, cons
         }
 }
 
-static void gemm_nn_acc(int m, int n, int k, const float *A, size_t lda, const float *B,
-                        size_t ldb, float *C, size_t ldc)
-{
-    int i = 0;
-    for (; i + 4 <= m; i += 4)
-        nn_rows(4, n, k, A + (size_t)i * lda, lda, B, ldb, C + (size_t)i * ldc, ldc);
-    if (i < m)
-        nn_rows(m - i, n, k, A + (size_t)i * lda, lda, B, ldb, C + (size_t)i * ldc, ldc);
-}
-
-/* ------------------------------------------------------------------ exp */
-INLINE float32x4_t exp4(float32x4_t x)
+/* ---------------------------------------------------------- exp, tails */
+NSA_SIMD_INLINE vf vf_exp(vf x)
 {
     const uint32x4_t tiny = vcltq_f32(x, vdupq_n_f32(NSA_EXP_LO));
     const uint32x4_t isnan = vmvnq_u32(vceqq_f32(x, x));
@@ -152,64 +122,29 @@ INLINE float32x4_t exp4(float32x4_t x)
     return vbslq_f32(isnan, x, y); /* vminq already made NaN lanes NaN */
 }
 
-static float exp_scalar(float x)
+/* NEON has no masked loads and stores: a tail goes through a buffer. */
+NSA_SIMD_INLINE vf vf_load_part(const float *p, int r, float fill)
 {
-    float in[4] = {x, 0.0f, 0.0f, 0.0f}, out[4];
-    vst1q_f32(out, exp4(vld1q_f32(in)));
-    return out[0];
+    float t[4] = {fill, fill, fill, fill};
+    for (int e = 0; e < r; e++)
+        t[e] = p[e];
+    return vld1q_f32(t);
+}
+NSA_SIMD_INLINE void vf_store_part(float *p, int r, vf v)
+{
+    float t[4];
+    vst1q_f32(t, v);
+    for (int e = 0; e < r; e++)
+        p[e] = t[e];
+}
+NSA_SIMD_INLINE vf vf_keep_part(vf v, int r)
+{
+    const int32_t lane[4] = {0, 1, 2, 3};
+    const uint32x4_t on = vcltq_s32(vld1q_s32(lane), vdupq_n_s32(r));
+    return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), on));
 }
 
-static float exp_sum(float *x, int n, float sub)
-{
-    const float32x4_t vs = vdupq_n_f32(sub);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float32x4_t y = exp4(vsubq_f32(vld1q_f32(x + i), vs));
-        vst1q_f32(x + i, y);
-        acc = vaddq_f32(acc, y);
-    }
-    float s = vaddvq_f32(acc);
-    for (; i < n; i++)
-        s += (x[i] = exp_scalar(x[i] - sub));
-    return s;
-}
+#include "nsa_simd_template.h"
 
-static void vexp(const float *x, float *y, int n)
-{
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        vst1q_f32(y + i, exp4(vld1q_f32(x + i)));
-    for (; i < n; i++)
-        y[i] = exp_scalar(x[i]);
-}
-
-static float vmax(const float *x, int n)
-{
-    float32x4_t m = vdupq_n_f32(-INFINITY);
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        m = vmaxq_f32(m, vld1q_f32(x + i));
-    float r = vmaxvq_f32(m);
-    for (; i < n; i++)
-        r = x[i] > r ? x[i] : r;
-    return r;
-}
-
-static float fma_loop(long n)
-{
-    float32x4_t a[NSA_FMA_CHAINS];
-    const float32x4_t x = vdupq_n_f32(0.999999f), y = vdupq_n_f32(1e-7f);
-    for (int c = 0; c < NSA_FMA_CHAINS; c++)
-        a[c] = vdupq_n_f32(1.0f + 0.01f * c);
-    for (long i = 0; i < n; i++)
-        for (int c = 0; c < NSA_FMA_CHAINS; c++)
-            a[c] = vfmaq_f32(y, a[c], x);
-    float32x4_t s = a[0];
-    for (int c = 1; c < NSA_FMA_CHAINS; c++)
-        s = vaddq_f32(s, a[c]);
-    return vaddvq_f32(s);
-}
-
-const nsa_simd_kernels nsa_simd_neon = {"neon", gemm_nt, gemm_nn_acc, exp_sum, vexp,
-                                        vmax,   4,       fma_loop};
+const nsa_simd_kernels nsa_simd_neon = {"neon", gemm_nt_tiles, gemm_nn_tiles, exp_sum, vexp,
+                                        vmax,   VL,            fma_loop};

@@ -1,8 +1,10 @@
 /* The CPU backend's kernel table: the few dense primitives every attention
  * branch, phi and the linear layers are built from, one instance per
  * instruction set. Each instance lives in its own file (and libtool
- * convenience library with its own flags); the host code in lib/cpu picks one
- * at context creation from what the processor has and the NSA_MAX_ISA cap. */
+ * convenience library with its own flags), which holds what is specific to
+ * its instruction set and includes nsa_simd_template.h for the rest; the
+ * host code in lib/cpu picks one at context creation from what the
+ * processor has and the NSA_MAX_ISA cap. */
 #ifndef NSA_SIMD_H
 #define NSA_SIMD_H
 
@@ -10,8 +12,12 @@
 
 #if defined(__GNUC__)
 #define NSA_SIMD_HIDDEN __attribute__((visibility("hidden")))
+/* Register tiles and vector primitives: inlined wherever their constant
+ * tile sizes are known, so their accumulators stay in registers. */
+#define NSA_SIMD_INLINE static inline __attribute__((always_inline))
 #else
 #define NSA_SIMD_HIDDEN
+#define NSA_SIMD_INLINE static inline
 #endif
 
 typedef struct nsa_simd_kernels {
@@ -28,7 +34,8 @@ typedef struct nsa_simd_kernels {
     float (*exp_sum)(float *x, int n, float sub);
     /* y[i] = exp(x[i]) (the same approximation as exp_sum; tested alone). */
     void (*exp)(const float *x, float *y, int n);
-    /* max_i x[i] (-INFINITY for n = 0). */
+    /* max_i x[i] (-INFINITY for n = 0); NaN if some x[i] is NaN, on every
+     * set (a softmax over a row with NaN scores stays NaN, as in ref). */
     float (*max)(const float *x, int n);
     /* For nsa-bench's peak figure: n rounds of NSA_FMA_CHAINS independent
      * vector multiply-adds of `lanes` floats (2 flops each per lane);

@@ -1,7 +1,8 @@
 /* The nsa_run_* dispatch of lib/registry.c, on nsa_run_linear_many (the
  * projections of a layer): a backend's own linear_many runs the jobs as one
  * call; without one, each job runs through nsa_run_linear with the same
- * results, and the verbose log says so (except on "ref", whose loop it is). */
+ * results, and the verbose log says so once per context (except on "ref",
+ * whose loop it is). */
 #define _POSIX_C_SOURCE 200809L /* dup, dup2, fileno */
 #include "testlib.h"
 
@@ -94,6 +95,37 @@ static void test_fallback(void **state)
     }
 }
 
+/* The fallback is said once per context, not on every call (a layer runs
+ * its projections through linear_many on each forward and decode step):
+ * a second call on the same context still computes every output but logs
+ * no fallback; another context says it again. */
+static void test_fallback_logged_once(void **state)
+{
+    (void)state;
+    nsa_context *ctx[2];
+    for (int c = 0; c < 2; c++)
+        assert_int_equal(nsa_context_create("cpu", &ctx[c], NULL, 0), NSA_OK);
+    assert_null(ctx[0]->be->linear_many); /* the case under test */
+    const char *want = "libnsa: backend 'cpu' has no linear_many";
+    char log[1024];
+    for (int call = 0; call < 3; call++) {
+        nsa_context *on = ctx[call < 2 ? 0 : 1];
+        jobs s;
+        jobs_make(&s, 21 + (uint64_t)call);
+        assert_int_equal(run_logged(on, s.j, 2, log, sizeof log), NSA_OK);
+        assert_int_equal(tl_count_nonfinite(s.y0, ROWS * OUT0), 0);
+        assert_int_equal(tl_count_nonfinite(s.y1, ROWS * OUT1), 0);
+        if (call == 1 && strstr(log, "has no"))
+            fail_msg("second call on one context logged again: \"%s\"", log);
+        if (call != 1 && !strstr(log, want))
+            fail_msg("call %d (%s context) lacks \"%s\": \"%s\"", call,
+                     call ? "another" : "a new", want, log);
+        jobs_free(&s);
+    }
+    for (int c = 0; c < 2; c++)
+        nsa_context_free(ctx[c]);
+}
+
 /* A backend's linear_many gets all the jobs in one call, and nothing is
  * logged. */
 static int many_calls, many_n;
@@ -131,6 +163,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fallback),
+        cmocka_unit_test(test_fallback_logged_once),
         cmocka_unit_test(test_backend_own),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -90,6 +90,30 @@ static void test_exp_sum_and_max(void **state)
         }
 }
 
+/* max with a NaN anywhere (a full vector, the tail, first, last) is NaN on
+ * every set: the decode zeroed a row whose max came out -inf when a set
+ * dropped NaN, where ref's softmax stays NaN (test_decode's
+ * test_mirror_topn on the scalar and avx2 sets). */
+static void test_max_nan(void **state)
+{
+    (void)state;
+    for (int s = 0; s < nsets; s++)
+        for (int n = 1; n <= 37; n += 3)
+            for (int at = 0; at < n; at += (n > 4 ? n / 4 : 1)) {
+                float x[40];
+                tl_fill(x, (size_t)n, 91 + (uint64_t)n, -20.0f, 5.0f);
+                x[at] = NAN;
+                if (!isnan(sets[s]->max(x, n)))
+                    fail_msg("max[%s] n=%d NaN at %d: %g", sets[s]->isa, n, at,
+                             sets[s]->max(x, n));
+                for (int i = 0; i < n; i++) /* all NaN but -inf elsewhere */
+                    x[i] = i == at ? NAN : -INFINITY;
+                if (!isnan(sets[s]->max(x, n)))
+                    fail_msg("max[%s] n=%d NaN at %d among -inf: %g", sets[s]->isa, n, at,
+                             sets[s]->max(x, n));
+            }
+}
+
 /* Relative error bound of a float dot product of length k with inputs in
  * [-1, 1]: k ulps of the sum of |terms| (a loose, always-valid bound). */
 static void test_gemm(void **state)
@@ -211,6 +235,7 @@ int main(void)
         cmocka_unit_test(test_exp_error),
         cmocka_unit_test(test_exp_sum_and_max),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_max_nan),
         cmocka_unit_test(test_isa_cap),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -146,7 +146,6 @@ typedef struct scratch {
     float *ps;    /* [max_nc] p_cmp summed over the group's heads */
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
-    int32_t *sel; /* [n] */
     int32_t *selt; /* [TQ][n] the selections of an item's positions */
     span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
     float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
@@ -187,7 +186,6 @@ static size_t scratch_layout(scratch *w, const nsa_config *c, int max_nc, int ma
     w->ps = carve(base, &used, ldp * f);
     w->score = carve(base, &used, vis * f);
     w->work = carve(base, &used, vis);
-    w->sel = carve(base, &used, n * sizeof(int32_t));
     w->selt = carve(base, &used, dec ? 0 : TQ * n * sizeof(int32_t));
     w->sp = carve(base, &used, (dec ? 2 : 1) * n * sizeof(span));
     w->ocmp = carve(base, &used, dec ? 0 : mt * dv * f);
@@ -304,9 +302,10 @@ static void cmp_tile(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     k->gemm_nn_acc(rows, dv, nc_hi, w->pc, (size_t)ldp, vc, vrow, ocmp, (size_t)dv);
 }
 
-/* s = M ps (M is linear), then top-n, into w->sel; w->ps holds the sum
- * over the group's heads of p_cmp. */
-static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scratch *w)
+/* s = M ps (M is linear), then top-n, into sel[0..n); w->ps holds the
+ * sum over the group's heads of p_cmp. */
+static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scratch *w,
+                         int32_t *sel)
 {
     const int nc = nsa_bm_n_cmp(c, t), vis = nsa_bm_n_sel_visible(c, t);
     for (int j = 0; j < vis; j++) {
@@ -316,13 +315,13 @@ static void score_select(const nsa_config *c, const nsa_csr *M, int64_t t, scrat
                 acc += (float)M->val[e] * w->ps[M->col[e]];
         w->score[j] = acc;
     }
-    nsa_bm_select_f(c, t, w->score, w->work, w->sel);
+    nsa_bm_select_f(c, t, w->score, w->work, sel);
 }
 
-/* s = M (sum over the group's heads of p_cmp), then top-n, into w->sel;
+/* s = M (sum over the group's heads of p_cmp), then top-n, into sel;
  * prob holds hpg rows of stride ldp. */
 static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg, int ldp,
-                       const float *prob, scratch *w)
+                       const float *prob, scratch *w, int32_t *sel)
 {
     const int nc = nsa_bm_n_cmp(c, t);
     memset(w->ps, 0, sizeof(float) * (size_t)(nc > 0 ? nc : 1));
@@ -331,25 +330,25 @@ static void select_top(const nsa_config *c, const nsa_csr *M, int64_t t, int hpg
         for (int j = 0; j < nc; j++)
             w->ps[j] += p[j];
     }
-    score_select(c, M, t, w);
+    score_select(c, M, t, w, sel);
 }
 
 /* Importance (spec 3, Eq. 9-10) and top-n for position t from its group's
- * probability rows prob (stride ldp); or the given selection. */
+ * probability rows prob (stride ldp), or the given selection, into
+ * sel[0..n) (and selection_out). */
 static void select_blocks(const nsa_attn_job *job, int b, int64_t t, int g, int ldp,
-                          const float *prob, scratch *w)
+                          const float *prob, scratch *w, int32_t *sel)
 {
     const nsa_config *c = job->cfg;
     const nsa_batch *bt = job->batch;
     const int hpg = c->H / c->G;
     const size_t sel_at = ((size_t)(bt->cu[b] + t) * c->G + g) * c->n;
-    if (job->sel_in) {
-        memcpy(w->sel, job->sel_in + sel_at, sizeof(int32_t) * c->n);
-    } else {
-        select_top(c, job->map, t, hpg, ldp, prob, w);
-    }
+    if (job->sel_in)
+        memcpy(sel, job->sel_in + sel_at, sizeof(int32_t) * c->n);
+    else
+        select_top(c, job->map, t, hpg, ldp, prob, w, sel);
     if (job->sel_out)
-        memcpy(job->sel_out + sel_at, w->sel, sizeof(int32_t) * c->n);
+        memcpy(job->sel_out + sel_at, sel, sizeof(int32_t) * c->n);
 }
 
 /* The rows of the selected blocks sel[0..n) clipped to <= t, adjacent
@@ -487,8 +486,7 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
             const int64_t t = t0 + u;
             int32_t *su = w->selt + (size_t)u * c->n;
             if (branches & NSA_CPU_CMP) {
-                select_blocks(job, b, t, g, ldp, w->pc + (size_t)(u - u0) * hpg * ldp, w);
-                memcpy(su, w->sel, sizeof(int32_t) * c->n);
+                select_blocks(job, b, t, g, ldp, w->pc + (size_t)(u - u0) * hpg * ldp, w, su);
             } else if (branches & NSA_CPU_SLC) {
                 memcpy(su, job->sel_in + ((size_t)(base + t) * G + g) * c->n,
                        sizeof(int32_t) * c->n);
@@ -794,8 +792,10 @@ static void dec_select(const dplan *p, int it, scratch *w)
     const int64_t t = job->seq[it / c->G].t;
     const int nc = nsa_bm_n_cmp(c, t), nch = ceil_div(nc, DCH);
     const float *prob = p->prob + (size_t)it * hpg * p->ldp;
-    merge_parts(p->k, hpg, c->dv, p->pa + (size_t)it * p->ncmp * p->pstride, p->pstride, nch,
-                p->ocmp + (size_t)it * hpg * c->dv, fac);
+    /* without a compressed block (nch = 0) A had no chunks and pa may be NULL,
+     * where even a zero offset is undefined */
+    const float *pa = nch > 0 ? p->pa + (size_t)it * p->ncmp * p->pstride : NULL;
+    merge_parts(p->k, hpg, c->dv, pa, p->pstride, nch, p->ocmp + (size_t)it * hpg * c->dv, fac);
     for (int ch = 0; ch < nch; ch++) {
         /* ps[j] = sum_i f_i row_i[j], in the order of i */
         const int j0 = ch * DCH, nk = nc - j0 < DCH ? nc - j0 : DCH;
@@ -804,8 +804,7 @@ static void dec_select(const dplan *p, int it, scratch *w)
         p->k->gemm_nn_acc(1, nk, hpg, fac + (size_t)ch * hpg, (size_t)hpg, prob + j0, p->ldp, ps,
                           (size_t)nk);
     }
-    score_select(c, job->map, t, w);
-    memcpy(job->sel_out + (size_t)it * c->n, w->sel, sizeof(int32_t) * c->n);
+    score_select(c, job->map, t, w, job->sel_out + (size_t)it * c->n);
 }
 
 /* The part [a, a+len) of the concatenation of spans sp[0..nsp) into out;
