@@ -11,7 +11,6 @@
 #include "decode.h"
 #include "testlib.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,18 +39,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    DIR *d = opendir(g_cache_dir);
-    if (d) {
-        struct dirent *e;
-        char path[600];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", g_cache_dir, e->d_name);
-                remove(path);
-            }
-        closedir(d);
-    }
-    rmdir(g_cache_dir);
+    tl_opencl_teardown(g_cache_dir);
     return 0;
 }
 

@@ -11,7 +11,6 @@
 #include "cl_internal.h"
 #include "testlib.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -58,18 +57,7 @@ static int teardown(void **state)
     nsa_context_free(g_tq[0]);
     nsa_context_free(g_tq[1]);
     nsa_context_free(g_ref);
-    DIR *d = opendir(g_cache_dir);
-    if (d) {
-        struct dirent *e;
-        char path[600];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", g_cache_dir, e->d_name);
-                remove(path);
-            }
-        closedir(d);
-    }
-    rmdir(g_cache_dir);
+    tl_opencl_teardown(g_cache_dir);
     return 0;
 }
 

@@ -9,7 +9,6 @@
 #include "layer.h"
 #include "testlib.h"
 
-#include <dirent.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -29,23 +28,6 @@ static nsa_context *g_ref;
 static char g_cache_dir[256];
 static char g_cache_entry[1024]; /* written by the suite context's build */
 static nsa_cl_cache_event g_first_event;
-
-/* Removes the private cache directory and the entries in it. */
-static void remove_cache_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[600];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-                remove(path);
-            }
-        closedir(d);
-    }
-    rmdir(dir);
-}
 
 static int setup(void **state)
 {
@@ -73,7 +55,7 @@ static int teardown(void **state)
     (void)state;
     nsa_context_free(g_ctx);
     nsa_context_free(g_ref);
-    remove_cache_dir(g_cache_dir);
+    tl_opencl_teardown(g_cache_dir);
     return 0;
 }
 
