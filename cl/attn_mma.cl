@@ -303,22 +303,8 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                             const float p0a = ps[gq * MMA_PST + ka], p1a = ps[(gq + 8) * MMA_PST + ka];
                             const float p0b = ps[gq * MMA_PST + kb], p1b = ps[(gq + 8) * MMA_PST + kb];
                             uint ah[4], al[4], bh[2], bl[2];
-                            MMA_SPLIT(p0a, ah[0], al[0]);
-                            MMA_SPLIT(p1a, ah[1], al[1]);
-                            MMA_SPLIT(p0b, ah[2], al[2]);
-                            MMA_SPLIT(p1b, ah[3], al[3]);
-                            MMA_SPLIT(va[j].x, bh[0], bl[0]);
-                            MMA_SPLIT(vb[j].x, bh[1], bl[1]);
-                            MMA_3(dd[0], ah, al, bh, bl);
-                            MMA_SPLIT(va[j].y, bh[0], bl[0]);
-                            MMA_SPLIT(vb[j].y, bh[1], bl[1]);
-                            MMA_3(dd[1], ah, al, bh, bl);
-                            MMA_SPLIT(va[j].z, bh[0], bl[0]);
-                            MMA_SPLIT(vb[j].z, bh[1], bl[1]);
-                            MMA_3(dd[2], ah, al, bh, bl);
-                            MMA_SPLIT(va[j].w, bh[0], bl[0]);
-                            MMA_SPLIT(vb[j].w, bh[1], bl[1]);
-                            MMA_3(dd[3], ah, al, bh, bl);
+                            MMA_SPLIT_A(p0a, p1a, p0b, p1b, ah, al);
+                            MMA_PV4(dd, ah, al, bh, bl, va[j], vb[j]);
                         }
 #pragma unroll
                         for (int u = 0; u < 4; u++)

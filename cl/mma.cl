@@ -161,22 +161,8 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
                     const float p2 = kb < cnt && ra ? zl[kb * hcp + gq] : 0.0f;
                     const float p3 = kb < cnt && rb ? zl[kb * hcp + gq + 8] : 0.0f;
                     uint ah[4], al[4], bh[2], bl[2];
-                    MMA_SPLIT(p0, ah[0], al[0]);
-                    MMA_SPLIT(p1, ah[1], al[1]);
-                    MMA_SPLIT(p2, ah[2], al[2]);
-                    MMA_SPLIT(p3, ah[3], al[3]);
-                    MMA_SPLIT(va[r].x, bh[0], bl[0]);
-                    MMA_SPLIT(vb[r].x, bh[1], bl[1]);
-                    MMA_3(acc[0], ah, al, bh, bl);
-                    MMA_SPLIT(va[r].y, bh[0], bl[0]);
-                    MMA_SPLIT(vb[r].y, bh[1], bl[1]);
-                    MMA_3(acc[1], ah, al, bh, bl);
-                    MMA_SPLIT(va[r].z, bh[0], bl[0]);
-                    MMA_SPLIT(vb[r].z, bh[1], bl[1]);
-                    MMA_3(acc[2], ah, al, bh, bl);
-                    MMA_SPLIT(va[r].w, bh[0], bl[0]);
-                    MMA_SPLIT(vb[r].w, bh[1], bl[1]);
-                    MMA_3(acc[3], ah, al, bh, bl);
+                    MMA_SPLIT_A(p0, p1, p2, p3, ah, al);
+                    MMA_PV4(acc, ah, al, bh, bl, va[r], vb[r]);
                 }
             }
         }

@@ -60,4 +60,31 @@ static uint mma_tf32(float x)
         MMA_1(d, ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);                                    \
     } while (0)
 
+/* The four a words (ah, al) of p0 .. p3, one P fragment of P V. */
+#define MMA_SPLIT_A(p0, p1, p2, p3, ah, al)                                                    \
+    do {                                                                                       \
+        MMA_SPLIT(p0, ah[0], al[0]);                                                           \
+        MMA_SPLIT(p1, ah[1], al[1]);                                                           \
+        MMA_SPLIT(p2, ah[2], al[2]);                                                           \
+        MMA_SPLIT(p3, ah[3], al[3]);                                                           \
+    } while (0)
+
+/* d[0..3] += P (ah, al) times the four float4 lanes of the value rows
+ * va, vb (8 keys, 4 columns each), the b words split into bh, bl. */
+#define MMA_PV4(d, ah, al, bh, bl, va, vb)                                                     \
+    do {                                                                                       \
+        MMA_SPLIT(va.x, bh[0], bl[0]);                                                         \
+        MMA_SPLIT(vb.x, bh[1], bl[1]);                                                         \
+        MMA_3(d[0], ah, al, bh, bl);                                                           \
+        MMA_SPLIT(va.y, bh[0], bl[0]);                                                         \
+        MMA_SPLIT(vb.y, bh[1], bl[1]);                                                         \
+        MMA_3(d[1], ah, al, bh, bl);                                                           \
+        MMA_SPLIT(va.z, bh[0], bl[0]);                                                         \
+        MMA_SPLIT(vb.z, bh[1], bl[1]);                                                         \
+        MMA_3(d[2], ah, al, bh, bl);                                                           \
+        MMA_SPLIT(va.w, bh[0], bl[0]);                                                         \
+        MMA_SPLIT(vb.w, bh[1], bl[1]);                                                         \
+        MMA_3(d[3], ah, al, bh, bl);                                                           \
+    } while (0)
+
 #endif
