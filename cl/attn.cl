@@ -285,6 +285,37 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
 #define NSA_PVI 2
 #endif
 
+/* One lane's register tile of logits, s[i][j] = q(head hl + i nhl) .
+ * k(key k0 + j NSA_SK), from the queries at qb and the key tile kv (dk4
+ * float4 a row, strides qst and kst); 0 where the lane's keys start at or
+ * past lim. Uses the caller's kg, k0, hl, nhl, qst, kst, kv and dk4: the
+ * one body of nsa_group_attn and nsa_slc_attn, a macro so that both
+ * compile exactly as written out. */
+#define GA_LOGIT_TILE(s, lim, qb)                                                              \
+    float s[NSA_RH][NSA_RK];                                                                   \
+    for (int i = 0; i < NSA_RH; i++)                                                           \
+        for (int j = 0; j < NSA_RK; j++)                                                       \
+            s[i][j] = 0.0f;                                                                    \
+    if (kg * NSA_SK * NSA_RK < lim) {                                                          \
+        __local const float4 *qr = qb + hl * qst, *kr = kv + k0 * kst;                         \
+        for (int e4 = 0; e4 < dk4; e4++) {                                                     \
+            float4 qv[NSA_RH], kk[NSA_RK];                                                     \
+            for (int i = 0; i < NSA_RH; i++)                                                   \
+                qv[i] = qr[i * nhl * qst + e4];                                                \
+            for (int j = 0; j < NSA_RK; j++)                                                   \
+                kk[j] = kr[j * NSA_SK * kst + e4];                                             \
+            for (int i = 0; i < NSA_RH; i++)                                                   \
+                for (int j = 0; j < NSA_RK; j++) {                                             \
+                    float a = s[i][j];                                                         \
+                    a = mad(qv[i].x, kk[j].x, a);                                              \
+                    a = mad(qv[i].y, kk[j].y, a);                                              \
+                    a = mad(qv[i].z, kk[j].z, a);                                              \
+                    a = mad(qv[i].w, kk[j].w, a);                                              \
+                    s[i][j] = a;                                                               \
+                }                                                                              \
+        }                                                                                      \
+    }
+
 /* Group-centric attention: one work-group per (row, group) holds the queries
  * of all heads of the group and streams tiles of `tile` keys (a multiple of
  * NSA_SK * NSA_RK, at most NSA_TILE) through local memory once for all of
@@ -400,29 +431,7 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             for (int it = lid; it < nsi; it += NSA_WG) {
                 const int kl = it % NSA_SK, r = it / NSA_SK, hl = r % nhl, kg = r / nhl;
                 const int k0 = kg * NSA_SK * NSA_RK + kl;
-                float s[NSA_RH][NSA_RK];
-                for (int i = 0; i < NSA_RH; i++)
-                    for (int j = 0; j < NSA_RK; j++)
-                        s[i][j] = 0.0f;
-                if (kg * NSA_SK * NSA_RK < cnt) {
-                    __local const float4 *qr = qs + hl * qst, *kr = kv + k0 * kst;
-                    for (int e4 = 0; e4 < dk4; e4++) {
-                        float4 qv[NSA_RH], kk[NSA_RK];
-                        for (int i = 0; i < NSA_RH; i++)
-                            qv[i] = qr[i * nhl * qst + e4];
-                        for (int j = 0; j < NSA_RK; j++)
-                            kk[j] = kr[j * NSA_SK * kst + e4];
-                        for (int i = 0; i < NSA_RH; i++)
-                            for (int j = 0; j < NSA_RK; j++) {
-                                float a = s[i][j];
-                                a = mad(qv[i].x, kk[j].x, a);
-                                a = mad(qv[i].y, kk[j].y, a);
-                                a = mad(qv[i].z, kk[j].z, a);
-                                a = mad(qv[i].w, kk[j].w, a);
-                                s[i][j] = a;
-                            }
-                    }
-                }
+                GA_LOGIT_TILE(s, cnt, qs);
                 for (int i = 0; i < NSA_RH; i++) {
                     const int hh = hl + i * nhl;
                     if (hh >= nh)
@@ -728,29 +737,7 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
                 for (int it = lid; it < nsi; it += NSA_WG) {
                     const int kl = it % NSA_SK, r = it / NSA_SK, hl = r % nhl, kg = r / nhl;
                     const int k0 = kg * NSA_SK * NSA_RK + kl;
-                    float s[NSA_RH][NSA_RK];
-                    for (int i = 0; i < NSA_RH; i++)
-                        for (int j = 0; j < NSA_RK; j++)
-                            s[i][j] = 0.0f;
-                    if (kg * NSA_SK * NSA_RK < cn) {
-                        __local const float4 *qr = qu + hl * qst, *kr = kv + k0 * kst;
-                        for (int e4 = 0; e4 < dk4; e4++) {
-                            float4 qv[NSA_RH], kk[NSA_RK];
-                            for (int i = 0; i < NSA_RH; i++)
-                                qv[i] = qr[i * nhl * qst + e4];
-                            for (int j = 0; j < NSA_RK; j++)
-                                kk[j] = kr[j * NSA_SK * kst + e4];
-                            for (int i = 0; i < NSA_RH; i++)
-                                for (int j = 0; j < NSA_RK; j++) {
-                                    float a = s[i][j];
-                                    a = mad(qv[i].x, kk[j].x, a);
-                                    a = mad(qv[i].y, kk[j].y, a);
-                                    a = mad(qv[i].z, kk[j].z, a);
-                                    a = mad(qv[i].w, kk[j].w, a);
-                                    s[i][j] = a;
-                                }
-                        }
-                    }
+                    GA_LOGIT_TILE(s, cn, qu);
                     for (int i = 0; i < NSA_RH; i++) {
                         const int hh = hl + i * nhl;
                         if (hh >= nh)
