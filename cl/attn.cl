@@ -364,32 +364,30 @@ static void ga_init(__local float4 *ps4, int tp4, __local float *lsp, __local fl
     }
 }
 
-/* Softmax of a tile over a head row (its logits pr, NSA_NP slots a row),
- * phase 1 for slot pt: the slot's partial max of pr[0 .. cnt-1] to *rm;
- * slot 0 keeps the running max from before the tile (*mn) in *mo. Also
- * the phases of cl/attn_mma.cl's kernels. */
-static void ga_smax(__local const float *pr, int pt, int cnt, __local float *rm,
-                    __local float *mo, __local const float *mn)
+/* Softmax of a tile, phase 1, slot pt (of NSA_NP) of head row rr: the
+ * partial max of the row's logits pr[0 .. cnt-1]; slot 0 keeps the
+ * running max from before the tile in mo. */
+static void ga_smax(__local const float *pr, int pt, int cnt, __local float *redm,
+                    __local float *mo, __local const float *mn, int rr)
 {
     float mx = -INFINITY;
     for (int k = pt; k < cnt; k += NSA_NP)
         mx = fmax(mx, pr[k]);
-    *rm = mx;
+    redm[rr * NSA_NP + pt] = mx;
     if (pt == 0)
-        *mo = *mn; /* the max before this tile */
+        mo[rr] = mn[rr];
 }
 
-/* Phase 2: the tile's max (the row's partial maxima redr[0 .. NSA_NP-1]
- * and *mo), slot pt's probabilities in place (masked keys hold -inf:
- * probability 0), its running partial sum *ls rescaled to that max, which
- * slot 0 keeps in *mn. */
-static void ga_sexp(__local float *pr, int pt, int tile, __local const float *redr,
-                    __local float *ls, __local const float *mo, __local float *mn)
+/* Phase 2: the slot's probabilities in place (masked keys hold -inf:
+ * probability 0), its running partial sum rescaled to the new max, which
+ * slot 0 keeps in mn. */
+static void ga_sexp(__local float *pr, int pt, int tile, __local const float *redm,
+                    __local float *lsp, __local const float *mo, __local float *mn, int rr)
 {
-    const float m0 = *mo;
+    const float m0 = mo[rr];
     float mt = m0;
     for (int x = 0; x < NSA_NP; x++)
-        mt = fmax(mt, redr[x]);
+        mt = fmax(mt, redm[rr * NSA_NP + x]);
     float sum = 0.0f;
     for (int k = pt; k < tile; k += NSA_NP) {
         const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
@@ -397,39 +395,9 @@ static void ga_sexp(__local float *pr, int pt, int tile, __local const float *re
         sum += p;
     }
     const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
-    *ls = *ls * alpha + sum;
+    lsp[rr * NSA_NP + pt] = lsp[rr * NSA_NP + pt] * alpha + sum;
     if (pt == 0)
-        *mn = mt;
-}
-
-/* The online softmax of a tile over the head rows of nt tokens (token u's
- * head hh: row u rs + hh, its logits at ps + row pst), NSA_NP lanes a row;
- * tokens whose bit in act is clear are left alone. Phase 1 (ga_smax), a
- * barrier, phase 2 (ga_sexp). The loops step from 0 and test the lane's
- * item inside (PoCL 3.1 ran the lid-strided form past its bound). All
- * lanes call it. */
-static void ga_softmax(__local float *ps, int pst, int rs, int nt, int nh, int act, int cnt,
-                       int tile, __local float *redm, __local float *lsp, __local float *mo,
-                       __local float *mn, int lid)
-{
-    for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
-        const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
-                  pt = it % NSA_NP, rr = u * rs + hh;
-        if (it >= nt * nh * NSA_NP)
-            break;
-        if (act >> u & 1)
-            ga_smax(ps + rr * pst, pt, cnt, redm + rr * NSA_NP + pt, mo + rr, mn + rr);
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
-        const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
-                  pt = it % NSA_NP, rr = u * rs + hh;
-        if (it >= nt * nh * NSA_NP)
-            break;
-        if (act >> u & 1)
-            ga_sexp(ps + rr * pst, pt, tile, redm + rr * NSA_NP, lsp + rr * NSA_NP + pt, mo + rr,
-                    mn + rr);
-    }
+        mn[rr] = mt;
 }
 
 /* A lane's P V item it: heads hl + i nho (interleaved: neighbouring lanes
@@ -495,28 +463,6 @@ static void ga_out(__global float *out, size_t hbase, float4 acc[NSA_RHO][NSA_RE
         }
 }
 
-/* Keys lo .. hi-1 of span sp of a row at position t: mode 0 the selected
- * block sel[row][g][sp] clipped at t (0: a -1 pad, no keys), mode 1 the
- * window, mode 2 the compressed tokens (one span each). */
-static int ga_span(int mode, int sp, __global const int *sel, int row, int G, int g, int n,
-                   int lsel, int t, int w, int l, int d, int *lo, int *hi)
-{
-    if (mode == 0) {
-        const int blk = sel[((size_t)row * G + g) * n + sp];
-        if (blk < 0)
-            return 0;
-        *lo = blk * lsel;
-        *hi = min(*lo + lsel, t + 1);
-    } else if (mode == 1) {
-        *lo = max(0, t - w + 1);
-        *hi = t + 1;
-    } else {
-        *lo = 0;
-        *hi = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
-    }
-    return 1;
-}
-
 /* Group-centric attention: one work-group per (row, group) holds the queries
  * of all heads of the group and streams tiles of `tile` keys (a multiple of
  * NSA_SK * NSA_RK, at most NSA_TILE) through local memory once for all of
@@ -580,8 +526,19 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     const int nsi = nhl * NSA_SK * (tile / (NSA_SK * NSA_RK)); /* logit items */
     for (int sp = 0; sp < nspan; sp++) {
         int lo, hi;
-        if (!ga_span(mode, sp, sel, row, G, g, n, lsel, t, w, l, d, &lo, &hi))
-            continue; /* uniform: every lane reads the same entry */
+        if (mode == 0) {
+            const int blk = sel[((size_t)row * G + g) * n + sp];
+            if (blk < 0)
+                continue; /* uniform: every lane reads the same entry */
+            lo = blk * lsel;
+            hi = min(lo + lsel, t + 1);
+        } else if (mode == 1) {
+            lo = max(0, t - w + 1);
+            hi = t + 1;
+        } else {
+            lo = 0;
+            hi = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
+        }
         for (int p0 = lo; p0 < hi; p0 += tile) {
             const int cnt = min(tile, hi - p0);
             /* the key tile (rows past cnt are never used: masked) */
@@ -610,9 +567,24 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* softmax, NSA_NP lanes per head row; then the value tile
+            /* softmax, NSA_NP lanes per head row: partial maxima (these two
+             * loops step from 0 and test the lane's item inside: PoCL 3.1
+             * ran the lid-strided form past its bound here) */
+            for (int it0 = 0; it0 < nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
+                if (it >= nh * NSA_NP)
+                    break;
+                ga_smax(ps + hh * tp4 * 4, pt, cnt, redm, mo, mn, hh);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* probabilities and running partial sums; the value tile
              * replaces the key tile (no lane reads keys any more) */
-            ga_softmax(ps, tp4 * 4, nhp, 1, nh, 1, cnt, tile, redm, lsp, mo, mn, lid);
+            for (int it0 = 0; it0 < nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
+                if (it >= nh * NSA_NP)
+                    break;
+                ga_sexp(ps + hh * tp4 * 4, pt, tile, redm, lsp, mo, mn, hh);
+            }
             ga_tile(kv, kst, V, base + p0, tile, cnt, G, g, dv, lid);
             barrier(CLK_LOCAL_MEM_FENCE);
             /* P V into the lane's registers */
@@ -780,8 +752,29 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
                 }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* softmax per (token, head) row of the tokens that chose it */
-            ga_softmax(ps, tp4 * 4, nhp, nt, nh, act, cnt, tile, redm, lsp, mo, mn, lid);
+            /* softmax per (token, head) row, NSA_NP lanes a row: partial
+             * maxima (items stepped from 0, as in nsa_group_attn) */
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> u & 1))
+                    continue;
+                const int rr = u * nhp + hh;
+                ga_smax(ps + rr * tp4 * 4, pt, cnt, redm, mo, mn, rr);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, u = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> u & 1))
+                    continue;
+                const int rr = u * nhp + hh;
+                ga_sexp(ps + rr * tp4 * 4, pt, tile, redm, lsp, mo, mn, rr);
+            }
             /* the value tile, once for every token */
             ga_tile(kv, kst, V, p0, tile, cnt, G, g, dv, lid);
             barrier(CLK_LOCAL_MEM_FENCE);

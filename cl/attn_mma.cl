@@ -133,8 +133,19 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
     const int nspan = mode == 0 ? n : 1;
     for (int sp = 0; sp < nspan; sp++) {
         int lo, hi;
-        if (!ga_span(mode, sp, sel, row, G, g, n, lsel, t, w, l, d, &lo, &hi))
-            continue; /* uniform: every lane reads the same entry */
+        if (mode == 0) {
+            const int blk = sel[((size_t)row * G + g) * n + sp];
+            if (blk < 0)
+                continue; /* uniform: every lane reads the same entry */
+            lo = blk * lsel;
+            hi = min(lo + lsel, t + 1);
+        } else if (mode == 1) {
+            lo = max(0, t - w + 1);
+            hi = t + 1;
+        } else {
+            lo = 0;
+            hi = t + 1 >= l ? (t + 1 - l) / d + 1 : 0;
+        }
         for (int p0 = lo; p0 < hi; p0 += MMA_TK) {
             const int cnt = min(MMA_TK, hi - p0);
             /* 1. logits; every condition around an mma is uniform over the warp */
@@ -215,8 +226,42 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                     AM_VLOAD(va[j], vb[j], j * 8 + tq, j * 8 + tq + 4);
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* 2. softmax as nsa_group_attn */
-            ga_softmax(ps, MMA_PST, 16, 1, nh, 1, cnt, MMA_TK, redm, lsp, mo, mn, lid);
+            /* 2. softmax as nsa_group_attn: partial maxima */
+            for (int it0 = 0; it0 < nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
+                if (it >= nh * NSA_NP)
+                    break;
+                __local const float *pr = ps + hh * MMA_PST;
+                float mx = -INFINITY;
+                for (int k = pt; k < cnt; k += NSA_NP)
+                    mx = fmax(mx, pr[k]);
+                redm[it] = mx;
+                if (pt == 0)
+                    mo[hh] = mn[hh]; /* the max before this tile */
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* probabilities and running partial sums */
+            for (int it0 = 0; it0 < nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
+                if (it >= nh * NSA_NP)
+                    break;
+                __local float *pr = ps + hh * MMA_PST;
+                const float m0 = mo[hh];
+                float mt = m0;
+                for (int x = 0; x < NSA_NP; x++)
+                    mt = fmax(mt, redm[hh * NSA_NP + x]);
+                float sum = 0.0f;
+                for (int k = pt; k < MMA_TK; k += NSA_NP) {
+                    /* keys past cnt hold -inf: probability 0 */
+                    const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
+                    pr[k] = p;
+                    sum += p;
+                }
+                const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
+                lsp[it] = lsp[it] * alpha + sum;
+                if (pt == 0)
+                    mn[hh] = mt;
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* 3. P V: rescale the lane's rows gq, gq + 8 by the running max
              * (rows past nh: -inf both, factor 1), then MMA_VD steps of 8
@@ -299,7 +344,14 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                                                    acc[x][3][i]) /
                                               sum
                                         : (float4)(0.0f);
-            nsa_st4(out + (hbase + hx) * dv + cx * 4, o, cx, dv);
+            __global float *dst = out + (hbase + hx) * dv + cx * 4;
+            dst[0] = o.x;
+            if (cx * 4 + 1 < dv)
+                dst[1] = o.y;
+            if (cx * 4 + 2 < dv)
+                dst[2] = o.z;
+            if (cx * 4 + 3 < dv)
+                dst[3] = o.w;
         }
     }
 }
@@ -521,8 +573,48 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                     AM_VLOAD(va[j], vb[j], j * 8 + tq, j * 8 + tq + 4);
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* 2. softmax per (token, head) row of the tokens that chose it */
-            ga_softmax(ps, MMA_PST, 16, nt, nh, act, cnt, MMA_TK, redm, lsp, mo, mn, lid);
+            /* 2. softmax per (token, head) row: partial maxima */
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, w = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> w & 1))
+                    continue;
+                const int rr = w * 16 + hh;
+                __local const float *pr = ps + rr * MMA_PST;
+                float mx = -INFINITY;
+                for (int k = pt; k < cnt; k += NSA_NP)
+                    mx = fmax(mx, pr[k]);
+                redm[rr * NSA_NP + pt] = mx;
+                if (pt == 0)
+                    mo[rr] = mn[rr]; /* the max before this tile */
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
+                const int it = it0 + lid, w = it / (nh * NSA_NP), hh = it / NSA_NP % nh,
+                          pt = it % NSA_NP;
+                if (it >= nt * nh * NSA_NP)
+                    break;
+                if (!(act >> w & 1))
+                    continue;
+                const int rr = w * 16 + hh;
+                __local float *pr = ps + rr * MMA_PST;
+                const float m0 = mo[rr];
+                float mt = m0;
+                for (int x = 0; x < NSA_NP; x++)
+                    mt = fmax(mt, redm[rr * NSA_NP + x]);
+                float sum = 0.0f;
+                for (int k = pt; k < MMA_TK; k += NSA_NP) {
+                    const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
+                    pr[k] = p;
+                    sum += p;
+                }
+                const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
+                lsp[rr * NSA_NP + pt] = lsp[rr * NSA_NP + pt] * alpha + sum;
+                if (pt == 0)
+                    mn[rr] = mt;
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
 #if MMA_PF > 0
             /* the next tile (the rest of this block, else the union's next
@@ -679,7 +771,14 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                                           acc[w][x][3][i]) /
                                      sum
                                : (float4)(0.0f);
-                nsa_st4(out + (hbase + hx) * dv + cx * 4, o, cx, dv);
+                __global float *dst = out + (hbase + hx) * dv + cx * 4;
+                dst[0] = o.x;
+                if (cx * 4 + 1 < dv)
+                    dst[1] = o.y;
+                if (cx * 4 + 2 < dv)
+                    dst[2] = o.z;
+                if (cx * 4 + 3 < dv)
+                    dst[3] = o.w;
             }
         }
     }
