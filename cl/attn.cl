@@ -316,153 +316,6 @@ __kernel void nsa_topn(__global const float *scores, __global const int *row_seq
         }                                                                                      \
     }
 
-/* One float4 of a K or V row (element at, float4 index e4 of a row of dim
- * elements); lanes past dim are 0. */
-static float4 ga_ld4(__global const kv_t *p, size_t at, int e4, int dim)
-{
-#if NSA_KV == 0
-    if ((dim & 3) == 0)
-        return vload4(0, p + at);
-#endif
-    float4 v = (float4)(0.0f);
-    v.x = LDKV(p, at);
-    if (e4 * 4 + 1 < dim)
-        v.y = LDKV(p, at + 1);
-    if (e4 * 4 + 2 < dim)
-        v.z = LDKV(p, at + 2);
-    if (e4 * 4 + 3 < dim)
-        v.w = LDKV(p, at + 3);
-    return v;
-}
-
-/* Rows first .. first + rows - 1 of K or V (row r of group g at (r G + g)
- * dim) into the tile kv, kst float4 a row, coalesced; rows at or past cnt
- * are 0 (the value tile: their probabilities are 0). */
-static void ga_tile(__local float4 *kv, int kst, __global const kv_t *p, int first, int rows,
-                    int cnt, int G, int g, int dim, int lid)
-{
-    const int dim4 = (dim + 3) / 4;
-    for (int i = lid; i < rows * dim4; i += NSA_WG) {
-        const int k = i / dim4, e4 = i % dim4;
-        kv[k * kst + e4] = k < cnt ? ga_ld4(p, ((size_t)(first + k) * G + g) * dim + e4 * 4, e4, dim)
-                                   : (float4)(0.0f);
-    }
-}
-
-/* The softmax state of rows head rows before the first tile: probabilities
- * 0, running partial sums 0, running maxima -inf. */
-static void ga_init(__local float4 *ps4, int tp4, __local float *lsp, __local float *mo,
-                    __local float *mn, int rows, int lid)
-{
-    for (int i = lid; i < rows * tp4; i += NSA_WG)
-        ps4[i] = (float4)(0.0f);
-    for (int i = lid; i < rows * NSA_NP; i += NSA_WG)
-        lsp[i] = 0.0f;
-    for (int i = lid; i < rows; i += NSA_WG) {
-        mo[i] = -INFINITY;
-        mn[i] = -INFINITY;
-    }
-}
-
-/* Softmax of a tile, phase 1, slot pt (of NSA_NP) of head row rr: the
- * partial max of the row's logits pr[0 .. cnt-1]; slot 0 keeps the
- * running max from before the tile in mo. */
-static void ga_smax(__local const float *pr, int pt, int cnt, __local float *redm,
-                    __local float *mo, __local const float *mn, int rr)
-{
-    float mx = -INFINITY;
-    for (int k = pt; k < cnt; k += NSA_NP)
-        mx = fmax(mx, pr[k]);
-    redm[rr * NSA_NP + pt] = mx;
-    if (pt == 0)
-        mo[rr] = mn[rr];
-}
-
-/* Phase 2: the slot's probabilities in place (masked keys hold -inf:
- * probability 0), its running partial sum rescaled to the new max, which
- * slot 0 keeps in mn. */
-static void ga_sexp(__local float *pr, int pt, int tile, __local const float *redm,
-                    __local float *lsp, __local const float *mo, __local float *mn, int rr)
-{
-    const float m0 = mo[rr];
-    float mt = m0;
-    for (int x = 0; x < NSA_NP; x++)
-        mt = fmax(mt, redm[rr * NSA_NP + x]);
-    float sum = 0.0f;
-    for (int k = pt; k < tile; k += NSA_NP) {
-        const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
-        pr[k] = p;
-        sum += p;
-    }
-    const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
-    lsp[rr * NSA_NP + pt] = lsp[rr * NSA_NP + pt] * alpha + sum;
-    if (pt == 0)
-        mn[rr] = mt;
-}
-
-/* A lane's P V item it: heads hl + i nho (interleaved: neighbouring lanes
- * read neighbouring probability rows), float4 columns e0 + x NSA_PE. */
-static void ga_item(int it, int nho, int *hl, int *e0)
-{
-    const int el = it % NSA_PE, r = it / NSA_PE;
-    *hl = r % nho;
-    *e0 = r / nho * NSA_PE * NSA_RE + el;
-}
-
-/* P V of one item: its accumulators rescaled by each head's max change
- * (mo before, mn after the tile), plus the tile's probabilities pu (tp4
- * float4 a head row) times the value tile kv, c4 float4s of keys. */
-static void ga_pv(float4 acc[NSA_RHO][NSA_RE], __local const float4 *pu,
-                  __local const float *mo, __local const float *mn, __local const float4 *kv,
-                  int kst, int tp4, int hl, int nho, int e0, int dv4, int c4)
-{
-    int ec[NSA_RE]; /* columns past dv4 read a valid one, unused */
-    for (int x = 0; x < NSA_RE; x++)
-        ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
-    float4 a[NSA_RHO][NSA_RE];
-    for (int i = 0; i < NSA_RHO; i++) {
-        const int hh = hl + i * nho;
-        const float m1 = mn[hh];
-        const float al = m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1);
-        for (int x = 0; x < NSA_RE; x++)
-            a[i][x] = acc[i][x] * al;
-    }
-    for (int k4 = 0; k4 < c4; k4++) {
-        float4 p[NSA_RHO];
-        for (int i = 0; i < NSA_RHO; i++)
-            p[i] = pu[(hl + i * nho) * tp4 + k4];
-        for (int x = 0; x < NSA_RE; x++) {
-            __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
-            const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst], v3 = vr[3 * kst];
-            for (int i = 0; i < NSA_RHO; i++) {
-                a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
-                a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
-                a[i][x] = mad((float4)(p[i].z), v2, a[i][x]);
-                a[i][x] = mad((float4)(p[i].w), v3, a[i][x]);
-            }
-        }
-    }
-    for (int i = 0; i < NSA_RHO; i++)
-        for (int x = 0; x < NSA_RE; x++)
-            acc[i][x] = a[i][x];
-}
-
-/* The outputs of one item: acc / the head's softmax sum (sums; 0 where it
- * is 0) for heads below nh and columns below dv4, head rows from hbase. */
-static void ga_out(__global float *out, size_t hbase, float4 acc[NSA_RHO][NSA_RE],
-                   __local const float *sums, int hl, int nho, int e0, int nh, int dv, int dv4)
-{
-    for (int i = 0; i < NSA_RHO; i++)
-        for (int x = 0; x < NSA_RE; x++) {
-            const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
-            if (hh >= nh || e4 >= dv4)
-                continue;
-            const float sum = sums[hh];
-            const float4 o = sum > 0.0f ? acc[i][x] / sum : (float4)(0.0f);
-            nsa_st4(out + (hbase + hh) * dv + e4 * 4, o, e4, dv);
-        }
-}
-
 /* Group-centric attention: one work-group per (row, group) holds the queries
  * of all heads of the group and streams tiles of `tile` keys (a multiple of
  * NSA_SK * NSA_RK, at most NSA_TILE) through local memory once for all of
@@ -513,8 +366,18 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
             v = nsa_ld4(q + (hbase + hh) * dk + e4 * 4, dk - e4 * 4);
         qs[i] = v;
     }
-    ga_init(ps4, tp4, lsp, mo, mn, nhp, lid);
-    /* the lane's P V items (ga_item): npv of them in all */
+    for (int i = lid; i < nhp * tp4; i += NSA_WG)
+        ps4[i] = (float4)(0.0f);
+    for (int i = lid; i < nhp * NSA_NP; i += NSA_WG)
+        lsp[i] = 0.0f;
+    for (int i = lid; i < nhp; i += NSA_WG) {
+        mo[i] = -INFINITY;
+        mn[i] = -INFINITY;
+    }
+    /* P V items of this lane: (el, hl, eg) -> columns
+     * e4 = eg NSA_PE NSA_RE + el + x NSA_PE (x < NSA_RE),
+     * heads hl + i nho (interleaved: neighbouring lanes read neighbouring
+     * probability rows) */
     const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
     float4 acc[NSA_PVI][NSA_RHO][NSA_RE];
     for (int it = 0; it < NSA_PVI; it++)
@@ -542,7 +405,26 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
         for (int p0 = lo; p0 < hi; p0 += tile) {
             const int cnt = min(tile, hi - p0);
             /* the key tile (rows past cnt are never used: masked) */
-            ga_tile(kv, kst, K, base + p0, cnt, cnt, G, g, dk, lid);
+            for (int i = lid; i < cnt * dk4; i += NSA_WG) {
+                const int k = i / dk4, e4 = i % dk4;
+                const size_t at = ((size_t)(base + p0 + k) * G + g) * dk + e4 * 4;
+                float4 v = (float4)(0.0f);
+#if NSA_KV == 0
+                if ((dk & 3) == 0)
+                    v = vload4(0, K + at);
+                else
+#endif
+                {
+                    v.x = LDKV(K, at);
+                    if (e4 * 4 + 1 < dk)
+                        v.y = LDKV(K, at + 1);
+                    if (e4 * 4 + 2 < dk)
+                        v.z = LDKV(K, at + 2);
+                    if (e4 * 4 + 3 < dk)
+                        v.w = LDKV(K, at + 3);
+                }
+                kv[k * kst + e4] = v;
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* logits: item (kl, hl, kg) -> keys kg SK RK + kl + j SK,
              * heads hl + i nhl */
@@ -574,7 +456,13 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
                 if (it >= nh * NSA_NP)
                     break;
-                ga_smax(ps + hh * tp4 * 4, pt, cnt, redm, mo, mn, hh);
+                __local const float *pr = ps + hh * tp4 * 4;
+                float mx = -INFINITY;
+                for (int k = pt; k < cnt; k += NSA_NP)
+                    mx = fmax(mx, pr[k]);
+                redm[it] = mx;
+                if (pt == 0)
+                    mo[hh] = mn[hh]; /* the max before this tile */
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* probabilities and running partial sums; the value tile
@@ -583,17 +471,84 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
                 const int it = it0 + lid, hh = it / NSA_NP, pt = it % NSA_NP;
                 if (it >= nh * NSA_NP)
                     break;
-                ga_sexp(ps + hh * tp4 * 4, pt, tile, redm, lsp, mo, mn, hh);
+                __local float *pr = ps + hh * tp4 * 4;
+                const float m0 = mo[hh];
+                float mt = m0;
+                for (int x = 0; x < NSA_NP; x++)
+                    mt = fmax(mt, redm[hh * NSA_NP + x]);
+                float sum = 0.0f;
+                for (int k = pt; k < tile; k += NSA_NP) {
+                    /* keys past cnt hold -inf: probability 0 */
+                    const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
+                    pr[k] = p;
+                    sum += p;
+                }
+                const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
+                lsp[it] = lsp[it] * alpha + sum;
+                if (pt == 0)
+                    mn[hh] = mt;
             }
-            ga_tile(kv, kst, V, base + p0, tile, cnt, G, g, dv, lid);
+            for (int i = lid; i < tile * dv4; i += NSA_WG) {
+                const int k = i / dv4, e4 = i % dv4;
+                float4 v = (float4)(0.0f);
+                if (k < cnt) {
+                    const size_t at = ((size_t)(base + p0 + k) * G + g) * dv + e4 * 4;
+#if NSA_KV == 0
+                    if ((dv & 3) == 0)
+                        v = vload4(0, V + at);
+                    else
+#endif
+                    {
+                        v.x = LDKV(V, at);
+                        if (e4 * 4 + 1 < dv)
+                            v.y = LDKV(V, at + 1);
+                        if (e4 * 4 + 2 < dv)
+                            v.z = LDKV(V, at + 2);
+                        if (e4 * 4 + 3 < dv)
+                            v.w = LDKV(V, at + 3);
+                    }
+                }
+                kv[k * kst + e4] = v; /* rows past cnt: 0 (their p is 0) */
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* P V into the lane's registers */
             const int c4 = (cnt + 3) / 4;
             for (int ix = 0; ix < NSA_PVI; ix++) {
-                int hl, e0;
-                ga_item(lid + ix * NSA_WG, nho, &hl, &e0);
-                if (lid + ix * NSA_WG < npv)
-                    ga_pv(acc[ix], ps4, mo, mn, kv, kst, tp4, hl, nho, e0, dv4, c4);
+                const int it = lid + ix * NSA_WG;
+                const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                          e0 = r / nho * NSA_PE * NSA_RE + el;
+                if (it >= npv)
+                    continue;
+                int ec[NSA_RE]; /* columns past dv4 read a valid one, unused */
+                for (int x = 0; x < NSA_RE; x++)
+                    ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
+                float4 a[NSA_RHO][NSA_RE];
+                for (int i = 0; i < NSA_RHO; i++) {
+                    const int hh = hl + i * nho;
+                    const float m1 = mn[hh];
+                    const float al = m1 == -INFINITY ? 1.0f : exp(mo[hh] - m1);
+                    for (int x = 0; x < NSA_RE; x++)
+                        a[i][x] = acc[ix][i][x] * al;
+                }
+                for (int k4 = 0; k4 < c4; k4++) {
+                    float4 p[NSA_RHO];
+                    for (int i = 0; i < NSA_RHO; i++)
+                        p[i] = ps4[(hl + i * nho) * tp4 + k4];
+                    for (int x = 0; x < NSA_RE; x++) {
+                        __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
+                        const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
+                                     v3 = vr[3 * kst];
+                        for (int i = 0; i < NSA_RHO; i++) {
+                            a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].z), v2, a[i][x]);
+                            a[i][x] = mad((float4)(p[i].w), v3, a[i][x]);
+                        }
+                    }
+                }
+                for (int i = 0; i < NSA_RHO; i++)
+                    for (int x = 0; x < NSA_RE; x++)
+                        acc[ix][i][x] = a[i][x];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
@@ -611,10 +566,27 @@ __kernel void nsa_group_attn(__global const float *q, __global const kv_t *K,
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int ix = 0; ix < NSA_PVI; ix++) {
-        int hl, e0;
-        ga_item(lid + ix * NSA_WG, nho, &hl, &e0);
-        if (lid + ix * NSA_WG < npv)
-            ga_out(out, hbase, acc[ix], mo, hl, nho, e0, nh, dv, dv4);
+        const int it = lid + ix * NSA_WG;
+        const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                  e0 = r / nho * NSA_PE * NSA_RE + el;
+        if (it >= npv)
+            continue;
+        for (int i = 0; i < NSA_RHO; i++)
+            for (int x = 0; x < NSA_RE; x++) {
+                const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
+                if (hh >= nh || e4 >= dv4)
+                    continue;
+                const float sum = mo[hh];
+                const float4 o = sum > 0.0f ? acc[ix][i][x] / sum : (float4)(0.0f);
+                __global float *dst = out + (hbase + hh) * dv + e4 * 4;
+                dst[0] = o.x;
+                if (e4 * 4 + 1 < dv)
+                    dst[1] = o.y;
+                if (e4 * 4 + 2 < dv)
+                    dst[2] = o.z;
+                if (e4 * 4 + 3 < dv)
+                    dst[3] = o.w;
+            }
     }
 }
 
@@ -704,7 +676,14 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
                         dk - e4 * 4);
         qs[i] = v;
     }
-    ga_init(ps4, tp4, lsp, mo, mn, nt * nhp, lid);
+    for (int i = lid; i < nt * nhp * tp4; i += NSA_WG)
+        ps4[i] = (float4)(0.0f);
+    for (int i = lid; i < nt * nhp * NSA_NP; i += NSA_WG)
+        lsp[i] = 0.0f;
+    for (int i = lid; i < nt * nhp; i += NSA_WG) {
+        mo[i] = -INFINITY;
+        mn[i] = -INFINITY;
+    }
     const int npv = NSA_PE * nho * ((dv4 + NSA_PE * NSA_RE - 1) / (NSA_PE * NSA_RE));
     float4 acc[NSA_TQ][NSA_PVI][NSA_RHO][NSA_RE];
     for (int u = 0; u < NSA_TQ; u++)
@@ -726,7 +705,26 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
         for (int p0 = lo; p0 < hmax; p0 += tile) {
             const int cnt = min(tile, hmax - p0);
             /* the key tile, once for every token (rows past cnt unused) */
-            ga_tile(kv, kst, K, p0, cnt, cnt, G, g, dk, lid);
+            for (int i = lid; i < cnt * dk4; i += NSA_WG) {
+                const int k = i / dk4, e4 = i % dk4;
+                const size_t at = ((size_t)(p0 + k) * G + g) * dk + e4 * 4;
+                float4 v = (float4)(0.0f);
+#if NSA_KV == 0
+                if ((dk & 3) == 0)
+                    v = vload4(0, K + at);
+                else
+#endif
+                {
+                    v.x = LDKV(K, at);
+                    if (e4 * 4 + 1 < dk)
+                        v.y = LDKV(K, at + 1);
+                    if (e4 * 4 + 2 < dk)
+                        v.z = LDKV(K, at + 2);
+                    if (e4 * 4 + 3 < dk)
+                        v.w = LDKV(K, at + 3);
+                }
+                kv[k * kst + e4] = v;
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* logits of each token that selected the block, masked past
              * its own rows */
@@ -762,7 +760,13 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
                 if (!(act >> u & 1))
                     continue;
                 const int rr = u * nhp + hh;
-                ga_smax(ps + rr * tp4 * 4, pt, cnt, redm, mo, mn, rr);
+                __local const float *pr = ps + rr * tp4 * 4;
+                float mx = -INFINITY;
+                for (int k = pt; k < cnt; k += NSA_NP)
+                    mx = fmax(mx, pr[k]);
+                redm[rr * NSA_NP + pt] = mx;
+                if (pt == 0)
+                    mo[rr] = mn[rr]; /* the max before this tile */
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             for (int it0 = 0; it0 < nt * nh * NSA_NP; it0 += NSA_WG) {
@@ -773,22 +777,90 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
                 if (!(act >> u & 1))
                     continue;
                 const int rr = u * nhp + hh;
-                ga_sexp(ps + rr * tp4 * 4, pt, tile, redm, lsp, mo, mn, rr);
+                __local float *pr = ps + rr * tp4 * 4;
+                const float m0 = mo[rr];
+                float mt = m0;
+                for (int x = 0; x < NSA_NP; x++)
+                    mt = fmax(mt, redm[rr * NSA_NP + x]);
+                float sum = 0.0f;
+                for (int k = pt; k < tile; k += NSA_NP) {
+                    /* masked keys hold -inf: probability 0 */
+                    const float p = mt == -INFINITY ? 0.0f : exp(pr[k] - mt);
+                    pr[k] = p;
+                    sum += p;
+                }
+                const float alpha = mt == -INFINITY ? 1.0f : exp(m0 - mt);
+                lsp[rr * NSA_NP + pt] = lsp[rr * NSA_NP + pt] * alpha + sum;
+                if (pt == 0)
+                    mn[rr] = mt;
             }
             /* the value tile, once for every token */
-            ga_tile(kv, kst, V, p0, tile, cnt, G, g, dv, lid);
+            for (int i = lid; i < tile * dv4; i += NSA_WG) {
+                const int k = i / dv4, e4 = i % dv4;
+                float4 v = (float4)(0.0f);
+                if (k < cnt) {
+                    const size_t at = ((size_t)(p0 + k) * G + g) * dv + e4 * 4;
+#if NSA_KV == 0
+                    if ((dv & 3) == 0)
+                        v = vload4(0, V + at);
+                    else
+#endif
+                    {
+                        v.x = LDKV(V, at);
+                        if (e4 * 4 + 1 < dv)
+                            v.y = LDKV(V, at + 1);
+                        if (e4 * 4 + 2 < dv)
+                            v.z = LDKV(V, at + 2);
+                        if (e4 * 4 + 3 < dv)
+                            v.w = LDKV(V, at + 3);
+                    }
+                }
+                kv[k * kst + e4] = v; /* rows past cnt: 0 (their p is 0) */
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             /* P V of each token that selected the block */
             const int c4 = (cnt + 3) / 4;
             for (int u = 0; u < NSA_TQ; u++) {
                 if (u >= nt || !(act >> u & 1))
                     continue; /* uniform */
+                __local const float4 *pu = ps4 + u * nhp * tp4;
+                __local const float *mou = mo + u * nhp, *mnu = mn + u * nhp;
                 for (int ix = 0; ix < NSA_PVI; ix++) {
-                    int hl, e0;
-                    ga_item(lid + ix * NSA_WG, nho, &hl, &e0);
-                    if (lid + ix * NSA_WG < npv)
-                        ga_pv(acc[u][ix], ps4 + u * nhp * tp4, mo + u * nhp, mn + u * nhp, kv,
-                              kst, tp4, hl, nho, e0, dv4, c4);
+                    const int it = lid + ix * NSA_WG;
+                    const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                              e0 = r / nho * NSA_PE * NSA_RE + el;
+                    if (it >= npv)
+                        continue;
+                    int ec[NSA_RE];
+                    for (int x = 0; x < NSA_RE; x++)
+                        ec[x] = min(e0 + x * NSA_PE, dv4 - 1);
+                    float4 a[NSA_RHO][NSA_RE];
+                    for (int i = 0; i < NSA_RHO; i++) {
+                        const int hh = hl + i * nho;
+                        const float m1 = mnu[hh];
+                        const float al = m1 == -INFINITY ? 1.0f : exp(mou[hh] - m1);
+                        for (int x = 0; x < NSA_RE; x++)
+                            a[i][x] = acc[u][ix][i][x] * al;
+                    }
+                    for (int k4 = 0; k4 < c4; k4++) {
+                        float4 p[NSA_RHO];
+                        for (int i = 0; i < NSA_RHO; i++)
+                            p[i] = pu[(hl + i * nho) * tp4 + k4];
+                        for (int x = 0; x < NSA_RE; x++) {
+                            __local const float4 *vr = kv + 4 * k4 * kst + ec[x];
+                            const float4 v0 = vr[0], v1 = vr[kst], v2 = vr[2 * kst],
+                                         v3 = vr[3 * kst];
+                            for (int i = 0; i < NSA_RHO; i++) {
+                                a[i][x] = mad((float4)(p[i].x), v0, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].y), v1, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].z), v2, a[i][x]);
+                                a[i][x] = mad((float4)(p[i].w), v3, a[i][x]);
+                            }
+                        }
+                    }
+                    for (int i = 0; i < NSA_RHO; i++)
+                        for (int x = 0; x < NSA_RE; x++)
+                            acc[u][ix][i][x] = a[i][x];
                 }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
@@ -808,14 +880,32 @@ __kernel void nsa_slc_attn(__global const float *q, __global const kv_t *K,
             break;
         const size_t hbase = (size_t)row[u] * H + (size_t)g * hpg + h0;
         for (int ix = 0; ix < NSA_PVI; ix++) {
-            int hl, e0;
-            ga_item(lid + ix * NSA_WG, nho, &hl, &e0);
-            if (lid + ix * NSA_WG < npv)
-                ga_out(out, hbase, acc[u][ix], mo + u * nhp, hl, nho, e0, nh, dv, dv4);
+            const int it = lid + ix * NSA_WG;
+            const int el = it % NSA_PE, r = it / NSA_PE, hl = r % nho,
+                      e0 = r / nho * NSA_PE * NSA_RE + el;
+            if (it >= npv)
+                continue;
+            for (int i = 0; i < NSA_RHO; i++)
+                for (int x = 0; x < NSA_RE; x++) {
+                    const int hh = hl + i * nho, e4 = e0 + x * NSA_PE;
+                    if (hh >= nh || e4 >= dv4)
+                        continue;
+                    const float sum = mo[u * nhp + hh];
+                    const float4 o = sum > 0.0f ? acc[u][ix][i][x] / sum : (float4)(0.0f);
+                    __global float *dst = out + (hbase + hh) * dv + e4 * 4;
+                    dst[0] = o.x;
+                    if (e4 * 4 + 1 < dv)
+                        dst[1] = o.y;
+                    if (e4 * 4 + 2 < dv)
+                        dst[2] = o.z;
+                    if (e4 * 4 + 3 < dv)
+                        dst[3] = o.w;
+                }
         }
     }
 }
 
+/* Gated output (spec 5): out = g_cmp o_cmp + g_slc o_slc + g_win o_win. */
 __kernel void nsa_gate(__global const float *gates, __global const float *oc,
                        __global const float *os, __global const float *ow, int dv, ulong total,
                        __global float *out)

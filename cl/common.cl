@@ -39,16 +39,3 @@ inline float4 nsa_ld4(__global const float *p, int left)
         v.z = p[2];
     return v;
 }
-
-/* v to dst[0..3], the lanes at or past dv (float4 e4 of a row of dv) not
- * written: a row's last float4 when dv is no multiple of 4. */
-inline void nsa_st4(__global float *dst, float4 v, int e4, int dv)
-{
-    dst[0] = v.x;
-    if (e4 * 4 + 1 < dv)
-        dst[1] = v.y;
-    if (e4 * 4 + 2 < dv)
-        dst[2] = v.z;
-    if (e4 * 4 + 3 < dv)
-        dst[3] = v.w;
-}

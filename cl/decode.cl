@@ -388,6 +388,17 @@ static float4 dc_combine(__global const float2 *pstat, __global const float4 *pa
     return m == -INFINITY ? (float4)(0.0f) : acc / sum;
 }
 
+static void dc_store(__global float *dst, float4 v, int e4, int dv)
+{
+    dst[0] = v.x;
+    if (e4 * 4 + 1 < dv)
+        dst[1] = v.y;
+    if (e4 * 4 + 2 < dv)
+        dst[2] = v.z;
+    if (e4 * 4 + 3 < dv)
+        dst[3] = v.w;
+}
+
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
  * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
  * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
@@ -484,7 +495,7 @@ __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
     const size_t bg = (size_t)b * G + g, at = bg * nch * hpg + hh;
     const size_t atc = bg * nch_c * hpg + hh, o = (size_t)bh * dv + e4 * 4;
     if (dense) {
-        nsa_st4(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
+        dc_store(out + o, dc_combine(pstat, pacc, at, hpg, 0, nch, dv4, e4), e4, dv);
         return;
     }
     const float4 oc = dc_combine(pst_c, pacc_c, atc, hpg, 0, nch_ac, dv4, e4);
@@ -493,12 +504,12 @@ __kernel void nsa_dc_final(int dense, __global const float2 *pstat,
     const float4 ow = nch_ac < nch_c ? dc_combine(pst_c, pacc_c, atc, hpg, nch_ac, nch_c, dv4, e4)
                                      : dc_combine(pstat, pacc, at, hpg, nch_a, nch, dv4, e4);
     __global const float *gt = gates + (size_t)bh * 3;
-    nsa_st4(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
+    dc_store(out + o, gt[0] * oc + gt[1] * os + gt[2] * ow, e4, dv);
     if (branches) {
         const size_t plane = (size_t)B * H * dv;
-        nsa_st4(out + plane + o, oc, e4, dv);
-        nsa_st4(out + 2 * plane + o, os, e4, dv);
-        nsa_st4(out + 3 * plane + o, ow, e4, dv);
+        dc_store(out + plane + o, oc, e4, dv);
+        dc_store(out + 2 * plane + o, os, e4, dv);
+        dc_store(out + 3 * plane + o, ow, e4, dv);
     }
 }
 
