@@ -135,7 +135,9 @@ static void gemm_nn_panels(int m, int n, int k, const float *A, size_t lda, cons
 #endif
 
 /* ---------------------------------------------------------- elementwise */
-static float exp_sum(float *x, int n, float sub)
+/* The loops are written as inline functions (the _in ones) so that
+ * softmax_step gets them inlined; the table's entries wrap them. */
+NSA_SIMD_INLINE float exp_sum_in(float *x, int n, float sub)
 {
     const vf vs = vf_set1(sub);
     vf acc = vf_set1(0.0f);
@@ -157,7 +159,7 @@ static float exp_sum(float *x, int n, float sub)
     return vf_sum(acc);
 }
 
-static void vexp(const float *x, float *y, int n)
+NSA_SIMD_INLINE void vexp_in(const float *x, float *y, int n)
 {
     int i = 0;
     for (; i + VL <= n; i += VL)
@@ -171,7 +173,7 @@ static void vexp(const float *x, float *y, int n)
 /* NaN anywhere in x gives NaN, on every set: vf_max may drop it, so the
  * NaNs are marked in u, a chain of its own beside the max's (the loop's
  * speed is the max's latency); m + u is then m or NaN in each lane. */
-static float vmax(const float *x, int n)
+NSA_SIMD_INLINE float vmax_in(const float *x, int n)
 {
     vf m = vf_set1(-INFINITY), u = vf_set1(0.0f);
     int i = 0;
@@ -189,6 +191,10 @@ static float vmax(const float *x, int n)
 #endif
     return vf_hmax(vf_add(m, u));
 }
+
+static float exp_sum(float *x, int n, float sub) { return exp_sum_in(x, n, sub); }
+static void vexp(const float *x, float *y, int n) { vexp_in(x, y, n); }
+static float vmax(const float *x, int n) { return vmax_in(x, n); }
 
 /* One online-softmax step of m rows (flash attention), written once here
  * so that it runs inside the kernel set: row i of S (stride lds) holds n
@@ -208,12 +214,12 @@ static void softmax_step(float *S, size_t lds, int m, int n, float *mrow, float 
     for (int i0 = 0; i0 < m; i0 += SM_R) {
         const int r = m - i0 < SM_R ? m - i0 : SM_R;
         for (int i = 0; i < r; i++) {
-            const float mx = vmax(S + (size_t)(i0 + i) * lds, n), mo = mrow[i0 + i];
+            const float mx = vmax_in(S + (size_t)(i0 + i) * lds, n), mo = mrow[i0 + i];
             mnew[i] = mx > mo ? mx : mo;
             /* -inf - (-inf) would be NaN; such a row is skipped below */
             corr[i] = mnew[i] == -INFINITY ? 0.0f : mo - mnew[i];
         }
-        vexp(corr, corr, r); /* exp(-inf) = 0: the first visible keys */
+        vexp_in(corr, corr, r); /* exp(-inf) = 0: the first visible keys */
         for (int i = 0; i < r; i++) {
             float *row = S + (size_t)(i0 + i) * lds;
             if (mnew[i] == -INFINITY) {
@@ -221,7 +227,7 @@ static void softmax_step(float *S, size_t lds, int m, int n, float *mrow, float 
                     row[j] = 0.0f;
                 continue;
             }
-            const float sum = exp_sum(row, n, mnew[i]);
+            const float sum = exp_sum_in(row, n, mnew[i]);
             lrow[i0 + i] = lrow[i0 + i] * corr[i] + sum;
             mrow[i0 + i] = mnew[i];
             if (corr[i] != 1.0f) {
