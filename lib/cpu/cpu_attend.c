@@ -1,7 +1,8 @@
 /* The cpu backend's attention (spec 2-5) and its dense baseline.
  *
- * Work is split into items (sequence, query tile of TQ positions, group),
- * spread over OpenMP threads largest-first. Inside an item the query rows
+ * Work is split into items (sequence, query tile of TI positions, group;
+ * the dense baseline's tiles have TQ), spread over OpenMP threads
+ * largest-first. Inside an item the query rows
  * of all heads of the group go through every key block together
  * (group-centric loading, as the paper's kernel): one load of a key/value
  * tile serves hpg heads (and, for the window and the dense baseline, TQ
