@@ -219,4 +219,4 @@ NSA_SIMD_INLINE float vf_hmax(vf v)
 #include "nsa_simd_template.h"
 
 const nsa_simd_kernels nsa_simd_avx2 = {"avx2", gemm_nt_panels, gemm_nn_panels, exp_sum, vexp,
-                                        vmax,   VL,             fma_loop};
+                                        vmax, softmax_step,   VL,             fma_loop};

@@ -259,4 +259,4 @@ static void gemm_nt(int m, int n, int k, float alpha, const float *A, size_t lda
 }
 
 const nsa_simd_kernels nsa_simd_avx512 = {"avx512", gemm_nt, gemm_nn_panels, exp_sum, vexp,
-                                          vmax,     VL,      fma_loop};
+                                          vmax, softmax_step,     VL,      fma_loop};

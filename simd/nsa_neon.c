@@ -147,4 +147,4 @@ NSA_SIMD_INLINE vf vf_keep_part(vf v, int r)
 #include "nsa_simd_template.h"
 
 const nsa_simd_kernels nsa_simd_neon = {"neon", gemm_nt_tiles, gemm_nn_tiles, exp_sum, vexp,
-                                        vmax,   VL,            fma_loop};
+                                        vmax, softmax_step,   VL,            fma_loop};

@@ -94,4 +94,4 @@ NSA_SIMD_INLINE void nn_cols(const int MR, int n, int k, const float *A, size_t 
 #include "nsa_simd_template.h"
 
 const nsa_simd_kernels nsa_simd_scalar = {"scalar", gemm_nt_tiles, gemm_nn_tiles, exp_sum, vexp,
-                                          vmax,     VL,            fma_loop};
+                                          vmax, softmax_step,     VL,            fma_loop};

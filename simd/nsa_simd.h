@@ -37,6 +37,14 @@ typedef struct nsa_simd_kernels {
     /* max_i x[i] (-INFINITY for n = 0); NaN if some x[i] is NaN, on every
      * set (a softmax over a row with NaN scores stays NaN, as in ref). */
     float (*max)(const float *x, int n);
+    /* One online-softmax step over a key tile: m rows of n scores in S
+     * (stride lds) become exp(s - M) with M the new running max of the
+     * row; mrow, lrow (running max and sum) are updated and O's rows (dv
+     * floats, stride ldo) rescaled. Rows with no visible key yet (M =
+     * -inf) become zeros. The same results as max, then exp_sum, then the
+     * scaling by expf(old max - M), row by row. */
+    void (*softmax_step)(float *S, size_t lds, int m, int n, float *mrow, float *lrow, float *O,
+                         size_t ldo, int dv);
     /* For nsa-bench's peak figure: n rounds of NSA_FMA_CHAINS independent
      * vector multiply-adds of `lanes` floats (2 flops each per lane);
      * returns a value that depends on all of them. */

@@ -29,7 +29,7 @@
  *                           in panels of NT_NB rows; with NN_KB,
  *                           gemm_nn_panels takes B in panels of NN_KB rows
  * and gets gemm_nt_tiles, gemm_nn_tiles (and the _panels ones), exp_sum,
- * vexp, vmax and fma_loop, the functions of its table. */
+ * vexp, vmax, softmax_step and fma_loop, the functions of its table. */
 #ifndef NSA_SIMD_TEMPLATE_H
 #define NSA_SIMD_TEMPLATE_H
 
@@ -135,7 +135,9 @@ static void gemm_nn_panels(int m, int n, int k, const float *A, size_t lda, cons
 #endif
 
 /* ---------------------------------------------------------- elementwise */
-static float exp_sum(float *x, int n, float sub)
+/* The loops are written as inline functions (the _in ones) so that
+ * softmax_step gets them inlined; the table's entries wrap them. */
+NSA_SIMD_INLINE float exp_sum_in(float *x, int n, float sub)
 {
     const vf vs = vf_set1(sub);
     vf acc = vf_set1(0.0f);
@@ -157,7 +159,7 @@ static float exp_sum(float *x, int n, float sub)
     return vf_sum(acc);
 }
 
-static void vexp(const float *x, float *y, int n)
+NSA_SIMD_INLINE void vexp_in(const float *x, float *y, int n)
 {
     int i = 0;
     for (; i + VL <= n; i += VL)
@@ -171,7 +173,7 @@ static void vexp(const float *x, float *y, int n)
 /* NaN anywhere in x gives NaN, on every set: vf_max may drop it, so the
  * NaNs are marked in u, a chain of its own beside the max's (the loop's
  * speed is the max's latency); m + u is then m or NaN in each lane. */
-static float vmax(const float *x, int n)
+NSA_SIMD_INLINE float vmax_in(const float *x, int n)
 {
     vf m = vf_set1(-INFINITY), u = vf_set1(0.0f);
     int i = 0;
@@ -188,6 +190,58 @@ static float vmax(const float *x, int n)
     }
 #endif
     return vf_hmax(vf_add(m, u));
+}
+
+static float exp_sum(float *x, int n, float sub) { return exp_sum_in(x, n, sub); }
+static void vexp(const float *x, float *y, int n) { vexp_in(x, y, n); }
+static float vmax(const float *x, int n) { return vmax_in(x, n); }
+
+/* One online-softmax step of m rows (flash attention), written once here
+ * so that it runs inside the kernel set: row i of S (stride lds) holds n
+ * new scores; with M = max(mrow[i], max of the row), the row becomes
+ * exp(s - M), lrow[i] = lrow[i] c + its sum, mrow[i] = M, and O's row i
+ * (dv floats, stride ldo) is scaled by c = exp(mrow[i] - M) when that is
+ * not 1. A row whose M is -inf (no visible key yet) becomes zeros and
+ * keeps its state. Rows go by groups of SM_R: first their maxima, then
+ * their factors c with one vector exp (exactly 1 where the max did not
+ * move), then their exponentials; one call a key tile instead of two
+ * indirect calls, a scalar expf and a scalar scaling loop a row. */
+#define SM_R 16
+static void softmax_step(float *S, size_t lds, int m, int n, float *mrow, float *lrow, float *O,
+                         size_t ldo, int dv)
+{
+    float mnew[SM_R], corr[SM_R];
+    for (int i0 = 0; i0 < m; i0 += SM_R) {
+        const int r = m - i0 < SM_R ? m - i0 : SM_R;
+        for (int i = 0; i < r; i++) {
+            const float mx = vmax_in(S + (size_t)(i0 + i) * lds, n), mo = mrow[i0 + i];
+            mnew[i] = mx > mo ? mx : mo;
+            /* -inf - (-inf) would be NaN; such a row is skipped below */
+            corr[i] = mnew[i] == -INFINITY ? 0.0f : mo - mnew[i];
+        }
+        vexp_in(corr, corr, r); /* exp(-inf) = 0: the first visible keys */
+        for (int i = 0; i < r; i++) {
+            float *row = S + (size_t)(i0 + i) * lds;
+            if (mnew[i] == -INFINITY) {
+                for (int j = 0; j < n; j++)
+                    row[j] = 0.0f;
+                continue;
+            }
+            const float sum = exp_sum_in(row, n, mnew[i]);
+            lrow[i0 + i] = lrow[i0 + i] * corr[i] + sum;
+            mrow[i0 + i] = mnew[i];
+            if (corr[i] != 1.0f) {
+                /* o * c: an FMA with 0 rounds once, as the product does */
+                float *o = O + (size_t)(i0 + i) * ldo;
+                const vf vc = vf_set1(corr[i]), z = vf_set1(0.0f);
+                int e = 0;
+                for (; e + VL <= dv; e += VL)
+                    vf_store(o + e, vf_fma(vf_load(o + e), vc, z));
+                for (; e < dv; e++)
+                    o[e] *= corr[i];
+            }
+        }
+    }
 }
 
 /* NSA_FMA_CHAINS independent chains: FMA latency 4 x 2 ports needs at

@@ -1,7 +1,8 @@
 /* The cpu backend's attention (spec 2-5) and its dense baseline.
  *
- * Work is split into items (sequence, query tile of TQ positions, group),
- * spread over OpenMP threads largest-first. Inside an item the query rows
+ * Work is split into items (sequence, query tile of TI positions, group;
+ * the dense baseline's tiles have TQ), spread over OpenMP threads
+ * largest-first. Inside an item the query rows
  * of all heads of the group go through every key block together
  * (group-centric loading, as the paper's kernel): one load of a key/value
  * tile serves hpg heads (and, for the window and the dense baseline, TQ
@@ -19,7 +20,13 @@
 #include <omp.h>
 #endif
 
-#define TQ 16  /* query positions an item */
+#define TQ 16  /* query positions a window or dense tile */
+/* Query positions an NSA item: neighbouring positions pick mostly the same
+ * blocks (at 8k, 32 positions select 64 distinct blocks, 16 select 60), so
+ * the selected branch reads each block from memory for about twice as
+ * many positions as with TQ; a multiple of TQ (the window runs the item's
+ * tiles in turn). */
+#define TI 32
 #define BK 128 /* keys a tile: S[TQ*hpg][BK] stays within L2 */
 #define CTQ 4  /* positions sharing a pass over the compressed keys */
 
@@ -97,28 +104,15 @@ static void flash_spans(const nsa_simd_kernels *k, int m, int dk, int dv, float 
                 prefetch_rows(V + (size_t)n0 * ldv, ldv, n1 - n0, dv);
             }
             k->gemm_nt(m, nk, dk, scale, Q, ldq, K + (size_t)r0 * ldk, ldk, S, BK);
-            for (int i = 0; i < m; i++) {
-                float *row = S + (size_t)i * BK;
-                if (rlo && (r0 < rlo[i] || r0 + nk > rhi[i]))
-                    for (int j = 0; j < nk; j++)
-                        if (r0 + j < rlo[i] || r0 + j >= rhi[i])
-                            row[j] = -INFINITY;
-                const float mx = k->max(row, nk);
-                const float mnew = mx > mrow[i] ? mx : mrow[i];
-                if (mnew == -INFINITY) { /* no visible key yet in this row */
-                    memset(row, 0, sizeof(float) * (size_t)nk);
-                    continue;
+            if (rlo)
+                for (int i = 0; i < m; i++) {
+                    float *row = S + (size_t)i * BK;
+                    if (r0 < rlo[i] || r0 + nk > rhi[i])
+                        for (int j = 0; j < nk; j++)
+                            if (r0 + j < rlo[i] || r0 + j >= rhi[i])
+                                row[j] = -INFINITY;
                 }
-                const float corr = expf(mrow[i] - mnew);
-                const float sum = k->exp_sum(row, nk, mnew);
-                lrow[i] = lrow[i] * corr + sum;
-                mrow[i] = mnew;
-                if (corr != 1.0f) {
-                    float *o = O + (size_t)i * dv;
-                    for (int e = 0; e < dv; e++)
-                        o[e] *= corr;
-                }
-            }
+            k->softmax_step(S, BK, m, nk, mrow, lrow, O, (size_t)dv, dv);
             k->gemm_nn_acc(m, dv, nk, S, BK, V + (size_t)r0 * ldv, ldv, O, (size_t)dv);
         }
 }
@@ -135,22 +129,22 @@ static void flash(const nsa_simd_kernels *k, int m, int dk, int dv, float scale,
     flash_finish(m, dv, lrow, O);
 }
 
-/* Per-thread scratch, sized for the longest sequence: prefill's for TQ
- * positions x hpg heads; decode's (dec_*) for hpg rows, without the query
+/* Per-thread scratch, sized for the longest sequence: prefill's for TI
+ * positions x hpg heads (key-tile scores for TQ); decode's (dec_*) for hpg rows, without the query
  * copy, compressed rows, the positions' selections, o_cmp, the softmax
  * state and row bounds, with fac. */
 typedef struct scratch {
-    float *qt;    /* [TQ*hpg][dk] the item's query rows, gathered */
+    float *qt;    /* [TI*hpg][dk] the item's query rows, gathered */
     float *s;     /* [TQ*hpg*BK] scores of a key tile */
     float *pc;    /* [CTQ*hpg][ldp] compressed-branch probabilities */
     float *ps;    /* [max_nc] p_cmp summed over the group's heads */
     float *score; /* [max_vis] selection scores */
     unsigned char *work;
-    int32_t *selt; /* [TQ][n] the selections of an item's positions */
+    int32_t *selt; /* [TI][n] the selections of an item's positions */
     span *sp;     /* [n] (decode: [2n], a chunk's cut of them after the spans) */
-    float *ocmp, *oslc, *owin; /* [TQ*hpg][dv] */
-    float *mrow, *lrow;        /* [TQ*hpg] */
-    int64_t *rlo, *rhi;        /* [TQ*hpg] */
+    float *ocmp, *oslc, *owin; /* [TI*hpg][dv] */
+    float *mrow, *lrow;        /* [TI*hpg] */
+    int64_t *rlo, *rhi;        /* [TI*hpg] */
     float *fac;                /* decode: [ncmp*hpg + 1] merge factors of A */
     void *mem;                 /* prefill: the one allocation */
 } scratch;
@@ -174,19 +168,19 @@ static size_t scratch_layout(scratch *w, const nsa_config *c, int max_nc, int ma
                              int dec_ncmp, char *base)
 {
     const int dec = dec_ncmp >= 0;
-    const size_t hpg = (size_t)(c->H / c->G), mt = dec ? hpg : TQ * hpg, f = sizeof(float);
+    const size_t hpg = (size_t)(c->H / c->G), mt = dec ? hpg : TI * hpg, f = sizeof(float);
     const size_t ldp = (size_t)(max_nc > 0 ? max_nc : 1);
     const size_t vis = (size_t)(max_vis > 0 ? max_vis : 1);
     const size_t dk = (size_t)c->dk, dv = (size_t)c->dv, n = (size_t)c->n;
     size_t used = 0;
     memset(w, 0, sizeof *w);
     w->qt = carve(base, &used, dec ? 0 : mt * dk * f);
-    w->s = carve(base, &used, mt * BK * f);
+    w->s = carve(base, &used, (dec ? hpg : TQ * hpg) * BK * f);
     w->pc = carve(base, &used, dec ? 0 : CTQ * hpg * ldp * f);
     w->ps = carve(base, &used, ldp * f);
     w->score = carve(base, &used, vis * f);
     w->work = carve(base, &used, vis);
-    w->selt = carve(base, &used, dec ? 0 : TQ * n * sizeof(int32_t));
+    w->selt = carve(base, &used, dec ? 0 : TI * n * sizeof(int32_t));
     w->sp = carve(base, &used, (dec ? 2 : 1) * n * sizeof(span));
     w->ocmp = carve(base, &used, dec ? 0 : mt * dv * f);
     w->oslc = carve(base, &used, mt * dv * f);
@@ -216,24 +210,25 @@ static int scratch_alloc(scratch *w, const nsa_config *c, int max_nc, int max_vi
     return 1;
 }
 
-/* Items are (sequence, tile, group); tile_off[b] counts the tiles before
- * sequence b. */
+/* Items are (sequence, tile of tq positions, group); tile_off[b] counts
+ * the tiles before sequence b. */
 typedef struct items {
-    int B, G;
+    int B, G, tq;
     int64_t *tile_off;
     int64_t n;
 } items;
 
-static int items_make(items *it, const nsa_batch *bt, int G)
+static int items_make(items *it, const nsa_batch *bt, int G, int tq)
 {
     it->B = bt->B;
     it->G = G;
+    it->tq = tq;
     it->tile_off = malloc(sizeof(int64_t) * ((size_t)bt->B + 1));
     if (!it->tile_off)
         return 0;
     it->tile_off[0] = 0;
     for (int b = 0; b < bt->B; b++)
-        it->tile_off[b + 1] = it->tile_off[b] + (bt->cu[b + 1] - bt->cu[b] + TQ - 1) / TQ;
+        it->tile_off[b + 1] = it->tile_off[b] + (bt->cu[b + 1] - bt->cu[b] + tq - 1) / tq;
     it->n = it->tile_off[bt->B] * G;
     return 1;
 }
@@ -254,7 +249,7 @@ static void item_at(const items *it, int64_t idx, int *b, int64_t *t0, int *g)
             hi = mid - 1;
     }
     *b = lo;
-    *t0 = (tile - it->tile_off[lo]) * TQ;
+    *t0 = (tile - it->tile_off[lo]) * it->tq;
 }
 
 /* Gathers the query rows of positions [t0, t0+nt) and heads of group g. */
@@ -411,7 +406,7 @@ static void selected_item(const nsa_simd_kernels *k, const nsa_attn_job *job, in
     const int64_t base = job->batch->cu[b], tmax = t0 + nt - 1;
     const float *K = job->k_slc + (size_t)base * krow + (size_t)g * dk;
     const float *V = job->v_slc + (size_t)base * vrow + (size_t)g * dv;
-    int cur[TQ]; /* next entry of each position's selection */
+    int cur[TI]; /* next entry of each position's selection */
     for (int u = 0; u < nt; u++) {
         cur[u] = 0;
         flash_init(hpg, dv, w->mrow + (size_t)u * hpg, w->lrow + (size_t)u * hpg,
@@ -424,20 +419,31 @@ static void selected_item(const nsa_simd_kernels *k, const nsa_attn_job *job, in
         if (blk < 0)
             break;
         const int32_t nxt = union_head(w->selt, n, nt, cur, blk);
+        /* the next block's rows [plo, phi), clipped to the item's last
+         * position (rows past it may lie past the end of the sequence's
+         * K/V), asked for in as many parts as there are positions using
+         * this block, one before each of their steps (a whole block at
+         * once, 1280 lines, measured a little slower: it competes with the
+         * step's own loads) */
+        int64_t plo = 0, phi = 0;
+        int users = 0, done = 0;
         if (nxt >= 0) {
-            /* clipped to the item's last position: rows past it may lie
-             * past the end of the sequence's K/V */
-            const int64_t lo = (int64_t)nxt * c->l_sel;
-            const int64_t hi = lo + c->l_sel < tmax + 1 ? lo + c->l_sel : tmax + 1;
-            if (lo < hi) {
-                prefetch_rows(K + (size_t)lo * krow, krow, hi - lo, dk);
-                prefetch_rows(V + (size_t)lo * vrow, vrow, hi - lo, dv);
-            }
+            plo = (int64_t)nxt * c->l_sel;
+            phi = plo + c->l_sel < tmax + 1 ? plo + c->l_sel : tmax + 1;
+            for (int u = 0; u < nt; u++)
+                users += cur[u] < n && w->selt[(size_t)u * n + cur[u]] == blk;
         }
+        int64_t pat = plo;
         for (int u = 0; u < nt; u++) {
             if (cur[u] >= n || w->selt[(size_t)u * n + cur[u]] != blk)
                 continue;
             cur[u]++;
+            if (pat < phi) {
+                const int64_t to = plo + (phi - plo) * ++done / users;
+                prefetch_rows(K + (size_t)pat * krow, krow, to - pat, dk);
+                prefetch_rows(V + (size_t)pat * vrow, vrow, to - pat, dv);
+                pat = to;
+            }
             const int64_t t = t0 + u, lo = (int64_t)blk * c->l_sel;
             const span sp = {lo, lo + c->l_sel < t + 1 ? lo + c->l_sel : t + 1};
             if (sp.lo < sp.hi)
@@ -459,24 +465,29 @@ static void run_item(const nsa_simd_kernels *k, const nsa_attn_job *job, int b, 
     const int H = c->H, G = c->G, hpg = H / G, dk = c->dk, dv = c->dv;
     const size_t krow = (size_t)G * dk, vrow = (size_t)G * dv;
     const int64_t base = bt->cu[b], S = bt->cu[b + 1] - base;
-    const int nt = (int)(S - t0 < TQ ? S - t0 : TQ);
+    const int nt = (int)(S - t0 < TI ? S - t0 : TI);
     const int ldp = max_nc > 0 ? max_nc : 1;
     gather_q(c, job->q, base + t0, nt, g, w->qt);
 
     if (branches & NSA_CPU_WIN) {
-        /* the whole tile at once: keys max(0, t0-w+1) .. t0+nt-1, each row
-         * limited to its own window */
+        /* a tile of TQ positions at once: keys max(0, t1-w+1) .. t1+nq-1,
+         * each row limited to its own window */
         for (int u = 0; u < nt; u++)
             for (int i = 0; i < hpg; i++) {
                 const int64_t t = t0 + u;
                 w->rlo[u * hpg + i] = t - c->w + 1 > 0 ? t - c->w + 1 : 0;
                 w->rhi[u * hpg + i] = t + 1;
             }
-        span sp = {t0 - c->w + 1 > 0 ? t0 - c->w + 1 : 0, t0 + nt};
-        flash(k, nt * hpg, dk, dv, job->scale, w->qt, (size_t)dk,
-              job->k_win + (size_t)base * krow + (size_t)g * dk, krow,
-              job->v_win + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, w->rlo, w->rhi,
-              w->s, w->mrow, w->lrow, w->owin);
+        for (int v = 0; v < nt; v += TQ) {
+            const int nq = nt - v < TQ ? nt - v : TQ;
+            const int64_t t1 = t0 + v;
+            const size_t r = (size_t)v * hpg;
+            span sp = {t1 - c->w + 1 > 0 ? t1 - c->w + 1 : 0, t1 + nq};
+            flash(k, nq * hpg, dk, dv, job->scale, w->qt + r * dk, (size_t)dk,
+                  job->k_win + (size_t)base * krow + (size_t)g * dk, krow,
+                  job->v_win + (size_t)base * vrow + (size_t)g * dv, vrow, &sp, 1, w->rlo + r,
+                  w->rhi + r, w->s, w->mrow + r, w->lrow + r, w->owin + r * dv);
+        }
     }
     for (int u0 = 0; u0 < nt; u0 += CTQ) {
         const int u1 = u0 + CTQ < nt ? u0 + CTQ : nt;
@@ -578,7 +589,7 @@ nsa_status nsa_cpu_attend_part(nsa_context *ctx, const nsa_attn_job *job, int br
     const int max_nc = nsa_bm_n_cmp(c, maxlen - 1);
     const int max_vis = nsa_bm_n_sel_visible(c, maxlen - 1);
     items it;
-    if (!items_make(&it, job->batch, c->G))
+    if (!items_make(&it, job->batch, c->G, TI))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the cpu attention");
     const attend_arg arg = {k, job, &it, branches, max_nc};
     const int ok = parallel_items(c, max_nc, max_vis, it.n, attend_item, &arg);
@@ -637,7 +648,7 @@ nsa_status nsa_cpu_dense_attention(nsa_context *ctx, const nsa_config *c,
                                    const float *v, float *out)
 {
     items it;
-    if (!items_make(&it, bt, c->G))
+    if (!items_make(&it, bt, c->G, TQ))
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in the dense attention");
     const dense_arg arg = {((const nsa_cpu_state *)ctx->be_state)->k, c, bt, &it, q, kk, v, out};
     /* the scratch of the NSA items serves: no compressed keys, no selection */
