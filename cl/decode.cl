@@ -430,14 +430,8 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
                           __global const int *col, __global const int *val,
                           __global const int *plo, int jpw, int pw, int njc, int max_vis,
                           __global float *sbuf, __local float *mst, __local float *pl,
-                          __local int *ecol, __local int *eval, int fuse, __global int *done,
-                          int n, int n_init, int n_local, __global int *sel, __local uint *tw)
+                          __local int *ecol, __local int *eval)
 {
-    /* topn_group's scratch, carved from tw (fuse; 3 WG + 3 CAP + 5 words) */
-    __local uint *lmax = tw, *ck = tw + NSA_WG, *thr = ck + NSA_TOPN_CAP;
-    __local int *cj = (__local int *)(thr + 1), *pick = cj + NSA_TOPN_CAP;
-    __local int(*scan)[NSA_WG] = (__local int(*)[NSA_WG])(pick + NSA_TOPN_CAP);
-    __local int *ns = (__local int *)(scan + 2), *ne = ns + 1, *base = ns + 2, *last = ns + 3;
     const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
     const int hpg = H / G, i0 = plo[jc], j0 = jc * jpw, j1 = min(j0 + jpw, max_vis);
     __global const float *z = zout + (size_t)bg * hpg * max_nc;
@@ -452,9 +446,9 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
             zz[k][u] = kk < pw && i < max_nc && u < hpg ? z[(size_t)u * max_nc + i] : 0.0f;
     }
     const int j = j0 + lid, mine = lid < jpw && j < j1;
-    const int e0 = rowptr[j0], nent = rowptr[j1] - e0;
+    const int e0 = rowptr[j0], ne = rowptr[j1] - e0;
     const int r0 = mine ? rowptr[j] - e0 : 0, r1 = mine ? rowptr[j + 1] - e0 : 0;
-    for (int e = lid; e < nent; e += NSA_WG) {
+    for (int e = lid; e < ne; e += NSA_WG) {
         ecol[e] = col[e0 + e];
         eval[e] = val[e0 + e];
     }
@@ -498,46 +492,16 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global float *sb = sbuf + (size_t)bg * max_vis;
-    if (mine && j < vis) {
-        float a = 0.0f;
-        for (int e = r0; e < r1; e++) {
-            const int i = ecol[e];
-            if (i >= nc)
-                continue;
-            a += (float)eval[e] * pl[i - i0];
-        }
-        if (!fuse) {
-            sb[j] = a;
-        } else {
-            /* an atomic store, its result waited for: performed in the
-             * device's coherent cache before this work-group counts
-             * itself below */
-            const float old = atomic_xchg((volatile __global float *)(sb + j), a);
-            scan[0][lid] = as_int(old); /* a use of the result */
-        }
+    if (!mine || j >= vis)
+        return; /* no barrier follows */
+    float a = 0.0f;
+    for (int e = r0; e < r1; e++) {
+        const int i = ecol[e];
+        if (i >= nc)
+            continue;
+        a += (float)eval[e] * pl[i - i0];
     }
-    if (!fuse)
-        return; /* uniform: no barrier follows */
-    /* fused top-n: the last of the njc work-groups of (b, g) to finish
-     * (an atomic counter, reset by it) selects from all their scores */
-    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
-    if (lid == 0) {
-        *last = atomic_inc(done + bg) == njc - 1;
-        if (*last)
-            atomic_xchg(done + bg, 0);
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (*last) { /* uniform */
-        /* the scores read atomically (from the coherent cache, never a
-         * stale copy) and stored back, so that topn_group's plain loads
-         * read this work-group's own stores */
-        for (int x = lid; x < vis; x += NSA_WG)
-            sb[x] = as_float(atomic_or((volatile __global uint *)(sb + x), 0u));
-        barrier(CLK_GLOBAL_MEM_FENCE);
-        topn_group(sb, vis, n, n_init, n_local, sel + (size_t)bg * n, lmax, ck, cj, pick, scan,
-                   thr, ns, ne, base);
-    }
+    sbuf[(size_t)bg * max_vis + j] = a;
 }
 
 /* The selection of (b, g), one work-group each, from the block scores of

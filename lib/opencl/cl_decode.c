@@ -54,7 +54,7 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_GHID, DB_PLO, DB_DONE, DB_COUNT };
+       DB_GHID, DB_PLO, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -63,8 +63,6 @@ typedef struct nsa_cl_dcache {
     int chunk_env[2]; /* NSA_OPENCL_DECODE_CHUNK: compressed/dense, selected */
     int resident;     /* work-groups a compute unit runs at once (chunk model) */
     int win_early;      /* NSA_OPENCL_DECODE_WINDOW=early: window with the compressed branch */
-    int fuse_select;    /* NSA_OPENCL_DECODE_SELECT=fused: top-n in the prob launch */
-    size_t done_zeroed; /* bytes of DB_DONE known to hold 0 */
     nsa_cl_kv kv;      /* storage of the caches (the backend's at creation) */
     size_t es;         /* bytes of one stored element */
     int64_t cap, ccap; /* rows per (b, g) of the raw and compressed caches */
@@ -226,8 +224,6 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
     dc->win_early = env && strcmp(env, "early") == 0;
-    env = getenv("NSA_OPENCL_DECODE_SELECT");
-    dc->fuse_select = env && strcmp(env, "fused") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     if (!dc->seq || !dc->htpos) {
@@ -804,26 +800,11 @@ static nsa_clr_args select_args(cl_kernel k, const nsa_config *c, cl_mem tpos, c
  * logits DB_ZOUT [B G][hpg][max_nc] and the statistics of chunks 0 ..
  * ncmb-1 (of nch a (b, g)) in DB_PSTC, over the mapping on the device. */
 static nsa_status dc_prob(nsa_context *ctx, nsa_cl_dcache *dc, int nch, int ncmb, int max_nc,
-                          int max_vis, int fuse)
+                          int max_vis)
 {
     const nsa_config *c = &dc->cfg;
     const int hpg = c->H / c->G, jpw = dc->prob_jpw, njc = (int)ceil_div(max_vis, jpw);
     const size_t bg = (size_t)dc->B * c->G;
-    nsa_status s;
-    if (fuse && ((s = dc_ensure(ctx, dc, DB_DONE, sizeof(int32_t) * bg)) != NSA_OK ||
-                 (s = dc_ensure(ctx, dc, DB_SEL, sizeof(int32_t) * bg * c->n)) != NSA_OK))
-        return s;
-    if (fuse && dc->done_zeroed < dc->buf[DB_DONE].bytes) {
-        /* the counters start at 0; each launch leaves them so */
-        int32_t *zero = calloc(1, dc->buf[DB_DONE].bytes);
-        if (!zero)
-            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode counters");
-        s = dc_write(ctx, dc, dc->buf[DB_DONE].m, dc->buf[DB_DONE].bytes, zero, CL_TRUE);
-        free(zero);
-        if (s != NSA_OK)
-            return s;
-        dc->done_zeroed = dc->buf[DB_DONE].bytes;
-    }
     nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
     ARG_MEM(&a, dc->buf[DB_TPOS].m);
     ARG_MEM(&a, dc->buf[DB_PSTC].m);
@@ -851,17 +832,6 @@ static nsa_status dc_prob(nsa_context *ctx, nsa_cl_dcache *dc, int nch, int ncmb
     nsa_clr_arg(&a, sizeof(float) * pw, NULL);
     nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
     nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
-    /* without fuse the counters and picks are not touched: any buffer */
-    cl_mem done = fuse ? dc->buf[DB_DONE].m : dc->buf[DB_S].m;
-    cl_mem sel = fuse ? dc->buf[DB_SEL].m : dc->buf[DB_S].m;
-    ARG_INT(&a, fuse);
-    ARG_MEM(&a, done);
-    ARG_INT(&a, c->n);
-    ARG_INT(&a, c->n_init);
-    ARG_INT(&a, c->n_local);
-    ARG_MEM(&a, sel);
-    /* topn_group's scratch (cl/decode.cl): 3 WG + 3 CAP + 5 words, CAP = 4 WG */
-    nsa_clr_arg(&a, fuse ? sizeof(cl_uint) * (15 * (size_t)dc->st->wg + 5) : sizeof(cl_uint), NULL);
     return dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg);
 }
 
@@ -899,10 +869,10 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
     /* block scores (through the compressed probabilities) */
-    if ((s = dc_prob(ctx, dc, pc.nch, pc.nch_a, max_nc, max_vis, dc->fuse_select)) != NSA_OK)
+    if ((s = dc_prob(ctx, dc, pc.nch, pc.nch_a, max_nc, max_vis)) != NSA_OK)
         return s;
     /* top-n (prefill's rule and code, see cl/decode.cl) */
-    if (!dc->fuse_select) {
+    {
         nsa_clr_args a = select_args(dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], c,
                                      dc->buf[DB_TPOS].m, dc->buf[DB_S].m, max_vis,
                                      dc->buf[DB_SEL].m);
@@ -1223,7 +1193,7 @@ nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, int B, cons
         (s = dc_write(ctx, dc, dc->buf[DB_PSTC].m, pb, pstat, CL_FALSE)) != NSA_OK ||
         (s = dc_write(ctx, dc, dc->buf[DB_S].m, sb, scores, CL_FALSE)) != NSA_OK ||
         (s = dc_map(ctx, dc, map)) != NSA_OK ||
-        (s = dc_prob(ctx, dc, nch, ncmb, max_nc, max_vis, 0)) != NSA_OK ||
+        (s = dc_prob(ctx, dc, nch, ncmb, max_nc, max_vis)) != NSA_OK ||
         (s = dc_read(ctx, dc, dc->buf[DB_S].m, 0, sb, scores)) != NSA_OK)
         goto done;
     if ((err = clFinish(st->queue)) != CL_SUCCESS)
