@@ -416,7 +416,8 @@ static void dc_store(__global float *dst, float4 v, int e4, int dv)
  * tokens plo[jc] .. plo[jc] + pw - 1 at most (the host's plan from the
  * mapping, cl_decode.c's dc_prob_plan). It combines the softmax
  * statistics of the compressed chunks 0 .. ncmb-1 (of nch per (b, g)) of
- * the group's heads (local mst: max, then 1 / sum), stages its blocks'
+ * the group's heads (local mst: max, then 1 / sum; through local pst,
+ * pcap chunks at a time), stages its blocks'
  * mapping entries (ecol, eval), computes P of its tokens into local pl
  * (one lane a token, NSA_DC_PNI tokens a lane, the logits of zout read
  * coalesced along the tokens and issued before the statistics' loads),
@@ -430,7 +431,7 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
                           __global const int *col, __global const int *val,
                           __global const int *plo, int jpw, int pw, int njc, int max_vis,
                           __global float *sbuf, __local float *mst, __local float *pl,
-                          __local int *ecol, __local int *eval)
+                          __local int *ecol, __local int *eval, __local float2 *pst, int pcap)
 {
     const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
     const int hpg = H / G, i0 = plo[jc], j0 = jc * jpw, j1 = min(j0 + jpw, max_vis);
@@ -453,19 +454,35 @@ __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat
         eval[e] = val[e0 + e];
     }
     const int t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
-    for (int hh = lid; hh < hpg; hh += NSA_WG) {
-        const size_t at = (size_t)bg * nch * hpg + hh;
-        float m = -INFINITY, sum = 0.0f; /* one pass, running max */
-#pragma unroll 4
-        for (int c = 0; c < ncmb; c++) {
-            const float2 st = pstat[at + (size_t)c * hpg];
-            const float mn = fmax(m, st.x);
-            if (mn != -INFINITY) {
-                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
-                m = mn;
+    /* the statistics, pcap chunks at a time: all lanes load them (one
+     * wait for memory, coalesced), then a lane a head combines them in
+     * chunk order (running max and sum in mst between passes) */
+    __global const float2 *pb = pstat + (size_t)bg * nch * hpg;
+    for (int c0 = 0; c0 < ncmb; c0 += pcap) {
+        const int cn = min(pcap, ncmb - c0);
+        if (c0 > 0)
+            barrier(CLK_LOCAL_MEM_FENCE); /* the last pass's statistics read */
+        for (int x = lid; x < cn * hpg; x += NSA_WG)
+            pst[x] = pb[(size_t)c0 * hpg + x];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int hh = lid; hh < hpg; hh += NSA_WG) {
+            float m = c0 > 0 ? mst[hh] : -INFINITY, sum = c0 > 0 ? mst[hpg + hh] : 0.0f;
+            for (int c = 0; c < cn; c++) {
+                const float2 st = pst[c * hpg + hh];
+                const float mn = fmax(m, st.x);
+                if (mn != -INFINITY) {
+                    sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
+                    m = mn;
+                }
             }
+            mst[hh] = m;
+            mst[hpg + hh] = sum;
         }
-        mst[hh] = m;
+    }
+    for (int hh = lid; hh < hpg; hh += NSA_WG) {
+        if (ncmb <= 0)
+            mst[hh] = -INFINITY;
+        const float sum = ncmb > 0 ? mst[hpg + hh] : 0.0f;
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);

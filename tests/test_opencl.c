@@ -659,8 +659,9 @@ static void test_topn_decode_equals_prefill(void **st)
  * against the host's, in double, score by score: S[j] = sum over the
  * mapping's entries of row j of val P[col], P[i] = sum over the group's
  * heads of exp(z - m_h) / sum_h for i < n_cmp(t), with (m_h, sum_h) the
- * running combine of chunks 0 .. ncmb-1 (the chunks after them, the
- * window's, hold statistics that would change every score if counted).
+ * running combine of chunks 0 .. ncmb-1 (3, or 55 of 20 heads: two
+ * passes of the kernel's staging; the 2 chunks after them, the window's,
+ * hold statistics that would change every score if counted).
  * Sequences at positions whose visible blocks end just before, at and past
  * a work-group's blocks (the kernel splits them by its plan: 31 or 63
  * blocks with the paper's sizes on 64 or 128 lanes) and one without
@@ -704,7 +705,8 @@ static void test_decode_scores(void **st)
             tpos[b] = vis_of[b] == 1 ? c.l - 2 : (vis_of[b] - 1) * c.l_sel + pick(&r, 0, c.l_sel - 1);
             max_t = tpos[b] > max_t ? tpos[b] : max_t;
         }
-        const int hpg = c.H / c.G, nch = 5, ncmb = 3;
+        /* 55 chunks of 20 heads: more than the kernel stages at once */
+        const int hpg = c.H / c.G, ncmb = k == 1 ? 55 : 3, nch = ncmb + 2;
         const int max_nc = nsa_bm_n_cmp(&c, max_t), max_vis = nsa_bm_n_sel_visible(&c, max_t);
         const size_t bg = (size_t)B * c.G, nz = bg * hpg * (size_t)max_nc;
         const size_t np = bg * nch * (size_t)hpg * 2, ns = bg * (size_t)max_vis;

@@ -832,6 +832,11 @@ static nsa_status dc_prob(nsa_context *ctx, nsa_cl_dcache *dc, int nch, int ncmb
     nsa_clr_arg(&a, sizeof(float) * pw, NULL);
     nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
     nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
+    /* chunk statistics staged at once: all of them up to 1024 (chunk, head)
+     * pairs (64 chunks of the paper's 16 heads, 8 KB) */
+    const int pcap = ncmb < 1 ? 1 : ncmb * hpg <= 1024 ? ncmb : 1024 / hpg > 1 ? 1024 / hpg : 1;
+    nsa_clr_arg(&a, sizeof(cl_float2) * (size_t)pcap * (size_t)hpg, NULL);
+    ARG_INT(&a, pcap);
     return dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg);
 }
 
