@@ -537,7 +537,7 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
  * consecutive blocks' entries read span at most DC_PROB_PNI tokens a lane
  * and fit local memory with the entries (one block a work-group if none
  * does); per work-group (rows jc jpw ..) its first token in DB_PLO. With
- * the paper's sizes 63 blocks, 256 tokens, 317 entries. */
+ * the paper's sizes and 128 lanes: 63 blocks, 253 tokens, 315 entries. */
 static nsa_status dc_prob_plan(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m)
 {
     const int rows = m->rows, lanes = dc->st->wg * DC_PROB_PNI, hpg = dc->cfg.H / dc->cfg.G;
