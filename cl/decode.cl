@@ -399,61 +399,124 @@ static void dc_store(__global float *dst, float4 v, int e4, int dv)
         dst[3] = v.w;
 }
 
+/* Compressed tokens a lane of nsa_dc_prob takes P of at once (their
+ * logits in flight together) and heads a load batch (NSA_DC_PH). */
+#ifndef NSA_DC_PNI
+#define NSA_DC_PNI 2
+#endif
+#ifndef NSA_DC_PH
+#define NSA_DC_PH 16
+#endif
+
 /* Block scores of (b, g) (spec 3, Eq. 9-10): sbuf[j] = sum over the
  * mapping's entries e of row j of val[e] P[col[e]], with P[i] = sum over
- * the group's heads of p_cmp(t, h)[i] (spec 2), one work-item per block j
- * < n_sel_visible(t); work-group id bg njc + j-chunk. Each work-group
- * first combines the softmax statistics of the compressed chunks
- * 0 .. ncmb-1 (of nch per (b, g)) of the group's heads (local mst: max,
- * then 1 / sum); P[i] is computed from the logits zout where a block needs
- * it (a token lies in 1 or 2 blocks with the paper's sizes), which spares
- * a launch and a pass over P; the sums run heads ascending, then entries
- * in the mapping's order. */
+ * the group's heads of p_cmp(t, h)[i] (spec 2), for the blocks j <
+ * n_sel_visible(t). Work-group id bg njc + jc holds blocks jc jpw ..
+ * jc jpw + jpw - 1 (jpw <= NSA_WG), whose entries read the compressed
+ * tokens plo[jc] .. plo[jc] + pw - 1 at most (the host's plan from the
+ * mapping, cl_decode.c's dc_prob_plan). It combines the softmax
+ * statistics of the compressed chunks 0 .. ncmb-1 (of nch per (b, g)) of
+ * the group's heads (local mst: max, then 1 / sum; through local pst,
+ * pcap chunks at a time), stages its blocks'
+ * mapping entries (ecol, eval), computes P of its tokens into local pl
+ * (one lane a token, NSA_DC_PNI tokens a lane, the logits of zout read
+ * coalesced along the tokens and issued before the statistics' loads),
+ * then a lane a block sums its entries from local memory. The sums are
+ * the reference's, operation for operation: P heads ascending, then the
+ * row's entries in the mapping's order (entries of tokens >= n_cmp(t)
+ * skipped). */
 __kernel void nsa_dc_prob(__global const int *tpos, __global const float2 *pstat, int nch,
                           int ncmb, int H, int G, int l, int d, int lsel,
                           __global const float *zout, int max_nc, __global const int *rowptr,
-                          __global const int *col, __global const int *val, int njc,
-                          int max_vis, __global float *sbuf, __local float *mst)
+                          __global const int *col, __global const int *val,
+                          __global const int *plo, int jpw, int pw, int njc, int max_vis,
+                          __global float *sbuf, __local float *mst, __local float *pl,
+                          __local int *ecol, __local int *eval, __local float2 *pst, int pcap)
 {
     const int lid = get_local_id(0), bg = get_group_id(0) / njc, jc = get_group_id(0) % njc;
-    const int hpg = H / G, t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
-    for (int hh = lid; hh < hpg; hh += NSA_WG) {
-        const size_t at = (size_t)bg * nch * hpg + hh;
-        float m = -INFINITY, sum = 0.0f; /* one pass, running max */
-#pragma unroll 4
-        for (int c = 0; c < ncmb; c++) {
-            const float2 st = pstat[at + (size_t)c * hpg];
-            const float mn = fmax(m, st.x);
-            if (mn != -INFINITY) {
-                sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
-                m = mn;
+    const int hpg = H / G, i0 = plo[jc], j0 = jc * jpw, j1 = min(j0 + jpw, max_vis);
+    __global const float *z = zout + (size_t)bg * hpg * max_nc;
+    /* the first NSA_DC_PH heads' logits of the lane's first tokens; tokens
+     * past n_cmp(t) load too (within the buffer) and are not used */
+    float zz[NSA_DC_PNI][NSA_DC_PH];
+#pragma unroll
+    for (int k = 0; k < NSA_DC_PNI; k++) {
+        const int kk = lid + k * NSA_WG, i = i0 + kk;
+#pragma unroll
+        for (int u = 0; u < NSA_DC_PH; u++)
+            zz[k][u] = kk < pw && i < max_nc && u < hpg ? z[(size_t)u * max_nc + i] : 0.0f;
+    }
+    const int j = j0 + lid, mine = lid < jpw && j < j1;
+    const int e0 = rowptr[j0], ne = rowptr[j1] - e0;
+    const int r0 = mine ? rowptr[j] - e0 : 0, r1 = mine ? rowptr[j + 1] - e0 : 0;
+    for (int e = lid; e < ne; e += NSA_WG) {
+        ecol[e] = col[e0 + e];
+        eval[e] = val[e0 + e];
+    }
+    const int t = tpos[bg / G], nc = dc_ncmp(t, l, d), vis = t / lsel + 1;
+    /* the statistics, pcap chunks at a time: all lanes load them (one
+     * wait for memory, coalesced), then a lane a head combines them in
+     * chunk order (running max and sum in mst between passes) */
+    __global const float2 *pb = pstat + (size_t)bg * nch * hpg;
+    for (int c0 = 0; c0 < ncmb; c0 += pcap) {
+        const int cn = min(pcap, ncmb - c0);
+        if (c0 > 0)
+            barrier(CLK_LOCAL_MEM_FENCE); /* the last pass's statistics read */
+        for (int x = lid; x < cn * hpg; x += NSA_WG)
+            pst[x] = pb[(size_t)c0 * hpg + x];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int hh = lid; hh < hpg; hh += NSA_WG) {
+            float m = c0 > 0 ? mst[hh] : -INFINITY, sum = c0 > 0 ? mst[hpg + hh] : 0.0f;
+            for (int c = 0; c < cn; c++) {
+                const float2 st = pst[c * hpg + hh];
+                const float mn = fmax(m, st.x);
+                if (mn != -INFINITY) {
+                    sum = sum * exp(m - mn) + st.y * exp(st.x - mn);
+                    m = mn;
+                }
             }
+            mst[hh] = m;
+            mst[hpg + hh] = sum;
         }
-        mst[hh] = m;
+    }
+    for (int hh = lid; hh < hpg; hh += NSA_WG) {
+        if (ncmb <= 0)
+            mst[hh] = -INFINITY;
+        const float sum = ncmb > 0 ? mst[hpg + hh] : 0.0f;
         mst[hpg + hh] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int j = jc * NSA_WG + lid;
-    if (j >= vis)
-        return;
-    __global const float *z = zout + (size_t)bg * hpg * max_nc;
+    for (int k0 = 0; k0 < pw; k0 += NSA_WG * NSA_DC_PNI) {
+#pragma unroll
+        for (int k = 0; k < NSA_DC_PNI; k++) {
+            const int kk = k0 + lid + k * NSA_WG, i = i0 + kk;
+            float p = 0.0f;
+            for (int h0 = 0; h0 < hpg; h0 += NSA_DC_PH) {
+                if (k0 > 0 || h0 > 0) {
+#pragma unroll
+                    for (int u = 0; u < NSA_DC_PH; u++)
+                        zz[k][u] = kk < pw && i < max_nc && h0 + u < hpg
+                                       ? z[(size_t)(h0 + u) * max_nc + i]
+                                       : 0.0f;
+                }
+#pragma unroll
+                for (int u = 0; u < NSA_DC_PH; u++)
+                    if (h0 + u < hpg)
+                        p += exp(zz[k][u] - mst[h0 + u]) * mst[hpg + h0 + u];
+            }
+            if (kk < pw)
+                pl[kk] = i < nc ? p : 0.0f;
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!mine || j >= vis)
+        return; /* no barrier follows */
     float a = 0.0f;
-    for (int e = rowptr[j]; e < rowptr[j + 1]; e++) {
-        const int i = col[e];
+    for (int e = r0; e < r1; e++) {
+        const int i = ecol[e];
         if (i >= nc)
             continue;
-        float p = 0.0f;
-        for (int h0 = 0; h0 < hpg; h0 += 4) {
-            float zz[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                zz[u] = h0 + u < hpg ? z[(size_t)(h0 + u) * max_nc + i] : 0.0f;
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                if (h0 + u < hpg)
-                    p += exp(zz[u] - mst[h0 + u]) * mst[hpg + h0 + u];
-        }
-        a += (float)val[e] * p;
+        a += (float)eval[e] * pl[i - i0];
     }
     sbuf[(size_t)bg * max_vis + j] = a;
 }

@@ -655,6 +655,139 @@ static void test_topn_decode_equals_prefill(void **st)
     }
 }
 
+/* The decode block scores (nsa_dc_prob, alone through its test hook)
+ * against the host's, in double, score by score: S[j] = sum over the
+ * mapping's entries of row j of val P[col], P[i] = sum over the group's
+ * heads of exp(z - m_h) / sum_h for i < n_cmp(t), with (m_h, sum_h) the
+ * running combine of chunks 0 .. ncmb-1 (3, or 55 of 20 heads: two
+ * passes of the kernel's staging; the 2 chunks after them, the window's,
+ * hold statistics that would change every score if counted).
+ * Sequences at positions whose visible blocks end just before, at and past
+ * a work-group's blocks (the kernel splits them by its plan: 31 or 63
+ * blocks with the paper's sizes on 64 or 128 lanes) and one without
+ * compressed tokens; 16 heads a group (paper), 20 (two load batches), 1
+ * and 5; both mappings; steps r = l'/d of 4, 2, 1 and 128 (a block's
+ * 191 tokens more than a work-group's lanes take at once). Tolerance: each
+ * score within 1e-5 relative (spec 9's bound; the float sums of at most 6
+ * x 20 positive terms, 191 x 2 for the last case err by about 1e-6). Blocks past a sequence's
+ * visible ones must keep the caller's values (the kernel writes no
+ * other). */
+static void test_decode_scores(void **st)
+{
+    (void)st;
+    NEED_CL();
+    struct {
+        int H, G, l, d, ls;
+        nsa_mapping map;
+    } cs[] = {{64, 4, 32, 16, 64, NSA_MAPPING_OVERLAP},
+              {40, 2, 32, 16, 64, NSA_MAPPING_PAPER},
+              {3, 3, 16, 8, 16, NSA_MAPPING_OVERLAP},
+              {10, 2, 16, 16, 16, NSA_MAPPING_OVERLAP},
+              {2, 1, 64, 1, 128, NSA_MAPPING_OVERLAP}};
+    nsa_rng r = {0x5c0e5ull};
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        nsa_config c = nsa_config_default();
+        c.H = cs[k].H;
+        c.G = cs[k].G;
+        c.l = cs[k].l;
+        c.d = cs[k].d;
+        c.l_sel = cs[k].ls;
+        c.mapping = cs[k].map;
+        c.dk = c.dv = 8;
+        assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
+        /* visible blocks 30, 31, 32, 62, 63, 64, 201, 1 (no compressed
+         * token: t < l - 1 needs l > 1) */
+        const int vis_of[] = {30, 31, 32, 62, 63, 64, 201, 1};
+        enum { B = sizeof vis_of / sizeof vis_of[0] };
+        int32_t tpos[B];
+        int64_t max_t = 0;
+        for (int b = 0; b < B; b++) {
+            tpos[b] = vis_of[b] == 1 ? c.l - 2 : (vis_of[b] - 1) * c.l_sel + pick(&r, 0, c.l_sel - 1);
+            max_t = tpos[b] > max_t ? tpos[b] : max_t;
+        }
+        /* 55 chunks of 20 heads: more than the kernel stages at once */
+        const int hpg = c.H / c.G, ncmb = k == 1 ? 55 : 3, nch = ncmb + 2;
+        const int max_nc = nsa_bm_n_cmp(&c, max_t), max_vis = nsa_bm_n_sel_visible(&c, max_t);
+        const size_t bg = (size_t)B * c.G, nz = bg * hpg * (size_t)max_nc;
+        const size_t np = bg * nch * (size_t)hpg * 2, ns = bg * (size_t)max_vis;
+        float *z = malloc(sizeof(float) * nz), *ps = malloc(sizeof(float) * np);
+        float *sc = tl_poisoned(ns), *sc0 = malloc(sizeof(float) * ns);
+        assert_non_null(z);
+        assert_non_null(ps);
+        assert_non_null(sc0);
+        for (size_t i = 0; i < nz; i++)
+            z[i] = 3.0f * nsa_rng_uniform(&r);
+        for (size_t i = 0; i < ns; i++) /* distinct non-NaN values: each kept one checked */
+            sc[i] = -1000.0f - (float)i;
+        memcpy(sc0, sc, sizeof(float) * ns);
+        for (size_t x = 0; x < bg; x++)
+            for (int ch = 0; ch < nch; ch++)
+                for (int h = 0; h < hpg; h++) {
+                    float *p = ps + ((x * nch + ch) * hpg + h) * 2;
+                    const int none = nsa_bm_n_cmp(&c, tpos[x / c.G]) == 0 ||
+                                     (ch == 1 && h % 3 == 0); /* a chunk without keys */
+                    p[0] = none ? -INFINITY : ch >= ncmb ? 1e30f : 3.0f + nsa_rng_uniform(&r);
+                    p[1] = none ? 0.0f : 10.0f + 100.0f * fabsf(nsa_rng_uniform(&r));
+                }
+        nsa_csr m;
+        assert_int_equal(nsa_bm_map_build(&c, max_vis, max_nc, &m), NSA_OK);
+        assert_int_equal(nsa_cl_dc_scores(g_ctx, &c, B, tpos, z, max_nc, ps, nch, ncmb, &m,
+                                          max_vis, sc),
+                         NSA_OK);
+        double *mh = malloc(sizeof(double) * 2 * hpg), *pi = malloc(sizeof(double) * max_nc);
+        assert_non_null(mh);
+        assert_non_null(pi);
+        for (size_t x = 0; x < bg; x++) {
+            const int t = tpos[x / c.G], nc = nsa_bm_n_cmp(&c, t);
+            const int vis = nsa_bm_n_sel_visible(&c, t);
+            for (int h = 0; h < hpg; h++) {
+                double mx = -INFINITY, sum = 0.0;
+                for (int ch = 0; ch < ncmb; ch++) {
+                    const float *p = ps + ((x * nch + ch) * hpg + h) * 2;
+                    const double mn = fmax(mx, p[0]);
+                    if (mn != -INFINITY) {
+                        sum = sum * exp(mx - mn) + p[1] * exp(p[0] - mn);
+                        mx = mn;
+                    }
+                }
+                mh[h] = mx;
+                mh[hpg + h] = sum > 0.0 ? 1.0 / sum : 0.0;
+            }
+            for (int i = 0; i < nc; i++) {
+                double p = 0.0;
+                for (int h = 0; h < hpg; h++)
+                    p += exp(z[(x * hpg + h) * max_nc + i] - mh[h]) * mh[hpg + h];
+                pi[i] = p;
+            }
+            for (int j = 0; j < max_vis; j++) {
+                const float got = sc[x * max_vis + j];
+                if (j >= vis) {
+                    if (memcmp(&got, &sc0[x * max_vis + j], sizeof got) != 0)
+                        fail_msg("case %zu, (b, g) %zu: block %d past the %d visible written",
+                                 k, x, j, vis);
+                    continue;
+                }
+                double want = 0.0;
+                for (int32_t e = m.rowptr[j]; e < m.rowptr[j + 1]; e++)
+                    if (m.col[e] < nc)
+                        want += m.val[e] * pi[m.col[e]];
+                /* spec 9's 1e-5, relative to each score */
+                if (!(fabs(got - want) <= TOL * fabs(want)))
+                    fail_msg("case %zu, (b, g) %zu (t %d): block %d of %d scored %.9g, host "
+                             "%.9g",
+                             k, x, t, j, vis, got, want);
+            }
+        }
+        nsa_bm_map_free(&m);
+        free(mh);
+        free(pi);
+        free(z);
+        free(ps);
+        free(sc);
+        free(sc0);
+    }
+}
+
 /* The fused decode step's RoPE in double (cl/rope64.cl) against the
  * host's double computation (lib/layer.c), at positions up to 2^20 and the
  * largest a state allows (2^31 - 1), for the paper's rope_dim 64 (base
@@ -1214,6 +1347,7 @@ int main(void)
         cmocka_unit_test(test_topn_ties_exact),
         cmocka_unit_test(test_topn_long_rows),
         cmocka_unit_test(test_topn_decode_equals_prefill),
+        cmocka_unit_test(test_decode_scores),
         cmocka_unit_test(test_decode_growth_cap),
         cmocka_unit_test(test_rope64),
         cmocka_unit_test(test_cross_no_cmp_tokens),

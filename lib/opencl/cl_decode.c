@@ -54,7 +54,7 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_GHID, DB_COUNT };
+       DB_GHID, DB_PLO, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -71,6 +71,11 @@ typedef struct nsa_cl_dcache {
     dc_seq *seq;
     dc_buf buf[DB_COUNT];
     int map_rows, map_nnz; /* the mapping held in DB_RP/COL/VAL */
+    /* nsa_dc_prob's plan for that mapping (dc_prob_plan): blocks a
+     * work-group, most tokens and entries a work-group reads, and the
+     * first token of each work-group's blocks (hplo, also in DB_PLO) */
+    int prob_jpw, prob_pw, prob_ecap;
+    int32_t *hplo;
     float *hstage;
     int32_t *hdesc, *htpos;
     float *hrope;         /* the fused step's host RoPE table (devices without fp64) */
@@ -118,7 +123,7 @@ static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size
         clReleaseMemObject(b->m);
     b->m = m;
     b->bytes = want;
-    if (which == DB_RP || which == DB_COL || which == DB_VAL)
+    if (which == DB_RP || which == DB_COL || which == DB_VAL || which == DB_PLO)
         dc->map_rows = -1; /* the mapping must be uploaded again */
     return NSA_OK;
 }
@@ -171,6 +176,7 @@ void nsa_cl_dcache_free(void *p)
     free(dc->hdesc);
     free(dc->htpos);
     free(dc->hrope);
+    free(dc->hplo);
     free(dc);
 }
 
@@ -522,6 +528,92 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
     return NSA_OK;
 }
 
+/* Tokens a lane of nsa_dc_prob takes P of at once (NSA_DC_PNI of
+ * cl/decode.cl; a plan for more stays correct, the kernel loops). */
+#define DC_PROB_PNI 2
+
+/* nsa_dc_prob's work-groups for the mapping m: the most blocks jpw (up to
+ * a work-group's lanes) such that the compressed tokens any jpw
+ * consecutive blocks' entries read span at most DC_PROB_PNI tokens a lane
+ * and fit local memory with the entries (one block a work-group if none
+ * does); per work-group (rows jc jpw ..) its first token in DB_PLO. With
+ * the paper's sizes and 128 lanes: 63 blocks, 253 tokens, 315 entries. */
+static nsa_status dc_prob_plan(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m)
+{
+    const int rows = m->rows, lanes = dc->st->wg * DC_PROB_PNI, hpg = dc->cfg.H / dc->cfg.G;
+    int jpw = dc->st->wg, pw, ecap;
+    for (;;) {
+        pw = 0;
+        ecap = 0;
+        for (int j0 = 0; j0 < rows; j0 += jpw) {
+            const int j1 = j0 + jpw < rows ? j0 + jpw : rows;
+            int lo = INT32_MAX, hi = -1;
+            for (int32_t e = m->rowptr[j0]; e < m->rowptr[j1]; e++) {
+                lo = m->col[e] < lo ? m->col[e] : lo;
+                hi = m->col[e] > hi ? m->col[e] : hi;
+            }
+            pw = hi >= lo && hi - lo + 1 > pw ? hi - lo + 1 : pw;
+            ecap = m->rowptr[j1] - m->rowptr[j0] > ecap ? m->rowptr[j1] - m->rowptr[j0] : ecap;
+        }
+        const size_t bytes = sizeof(float) * ((size_t)pw + 2 * (size_t)hpg) +
+                             sizeof(int32_t) * 2 * (size_t)ecap;
+        if (jpw == 1 || (pw <= lanes && bytes <= dc->st->local_mem))
+            break;
+        const int est = pw > lanes ? (int)((int64_t)jpw * lanes / pw) : jpw - 1;
+        jpw = est < 1 ? 1 : est < jpw ? est : jpw - 1;
+    }
+    const int njc = rows > 0 ? (rows + jpw - 1) / jpw : 1;
+    int32_t *plo = realloc(dc->hplo, sizeof(int32_t) * (size_t)njc);
+    if (!plo)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode prob plan");
+    dc->hplo = plo;
+    for (int jc = 0; jc < njc; jc++) {
+        const int j0 = jc * jpw, j1 = j0 + jpw < rows ? j0 + jpw : rows;
+        int lo = 0;
+        if (j0 < rows && m->rowptr[j1] > m->rowptr[j0]) {
+            lo = INT32_MAX;
+            for (int32_t e = m->rowptr[j0]; e < m->rowptr[j1]; e++)
+                lo = m->col[e] < lo ? m->col[e] : lo;
+        }
+        plo[jc] = lo;
+    }
+    dc->prob_jpw = jpw;
+    dc->prob_pw = pw;
+    dc->prob_ecap = ecap;
+    nsa_status s;
+    if ((s = dc_ensure(ctx, dc, DB_PLO, sizeof(int32_t) * (size_t)njc)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_PLO].m, sizeof(int32_t) * (size_t)njc, plo,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    return NSA_OK;
+}
+
+/* The mapping m (and nsa_dc_prob's plan for it) on the device, unless the
+ * one there has the same rows and entries. */
+static nsa_status dc_map(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m)
+{
+    nsa_status s;
+    const int nnz = m->rowptr[m->rows];
+    if (m->rows == dc->map_rows && nnz == dc->map_nnz)
+        return NSA_OK; /* same rows, same columns: the same mapping */
+    dc->map_rows = -1;
+    if ((s = dc_ensure(ctx, dc, DB_RP, sizeof(int32_t) * ((size_t)m->rows + 1))) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_COL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_VAL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_RP].m, sizeof(int32_t) * ((size_t)m->rows + 1),
+                      m->rowptr, CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_COL].m, sizeof(int32_t) * (size_t)nnz, m->col,
+                      CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_VAL].m, sizeof(int32_t) * (size_t)nnz, m->val,
+                      CL_FALSE)) != NSA_OK)
+        return s;
+    if ((s = dc_prob_plan(ctx, dc, m)) != NSA_OK)
+        return s;
+    dc->map_rows = m->rows;
+    dc->map_nnz = nnz;
+    return NSA_OK;
+}
+
 /* q, positions and (NSA) gates and the mapping on the device. */
 static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
                             int with_gates)
@@ -545,24 +637,7 @@ static nsa_status dc_inputs(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decod
         (up && (s = dc_write(ctx, dc, dc->buf[DB_GATES].m, sizeof(float) * bh * 3, job->gates,
                              CL_FALSE)) != NSA_OK))
         return s;
-    const nsa_csr *m = job->map;
-    const int nnz = m->rowptr[m->rows];
-    if (m->rows == dc->map_rows && nnz == dc->map_nnz)
-        return NSA_OK; /* same rows, same columns: the same mapping */
-    dc->map_rows = -1;
-    if ((s = dc_ensure(ctx, dc, DB_RP, sizeof(int32_t) * ((size_t)m->rows + 1))) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, DB_COL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
-        (s = dc_ensure(ctx, dc, DB_VAL, sizeof(int32_t) * (size_t)nnz)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_RP].m, sizeof(int32_t) * ((size_t)m->rows + 1),
-                      m->rowptr, CL_FALSE)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_COL].m, sizeof(int32_t) * (size_t)nnz, m->col,
-                      CL_FALSE)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_VAL].m, sizeof(int32_t) * (size_t)nnz, m->val,
-                      CL_FALSE)) != NSA_OK)
-        return s;
-    dc->map_rows = m->rows;
-    dc->map_nnz = nnz;
-    return NSA_OK;
+    return dc_map(ctx, dc, job->map);
 }
 
 /* ------------------------------------------------------------- kernels */
@@ -721,6 +796,50 @@ static nsa_clr_args select_args(cl_kernel k, const nsa_config *c, cl_mem tpos, c
     return a;
 }
 
+/* nsa_dc_prob: the block scores DB_S [B G][max_vis] from the compressed
+ * logits DB_ZOUT [B G][hpg][max_nc] and the statistics of chunks 0 ..
+ * ncmb-1 (of nch a (b, g)) in DB_PSTC, over the mapping on the device. */
+static nsa_status dc_prob(nsa_context *ctx, nsa_cl_dcache *dc, int nch, int ncmb, int max_nc,
+                          int max_vis)
+{
+    const nsa_config *c = &dc->cfg;
+    const int hpg = c->H / c->G, jpw = dc->prob_jpw, njc = (int)ceil_div(max_vis, jpw);
+    const size_t bg = (size_t)dc->B * c->G;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_MEM(&a, dc->buf[DB_PSTC].m);
+    ARG_INT(&a, nch);
+    ARG_INT(&a, ncmb);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_INT(&a, c->l_sel);
+    ARG_MEM(&a, dc->buf[DB_ZOUT].m);
+    ARG_INT(&a, max_nc);
+    ARG_MEM(&a, dc->buf[DB_RP].m);
+    ARG_MEM(&a, dc->buf[DB_COL].m);
+    ARG_MEM(&a, dc->buf[DB_VAL].m);
+    ARG_MEM(&a, dc->buf[DB_PLO].m);
+    ARG_INT(&a, jpw);
+    ARG_INT(&a, dc->prob_pw);
+    ARG_INT(&a, njc);
+    ARG_INT(&a, max_vis);
+    ARG_MEM(&a, dc->buf[DB_S].m);
+    const size_t pw = (size_t)(dc->prob_pw > 0 ? dc->prob_pw : 1);
+    const size_t ecap = (size_t)(dc->prob_ecap > 0 ? dc->prob_ecap : 1);
+    nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
+    nsa_clr_arg(&a, sizeof(float) * pw, NULL);
+    nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
+    nsa_clr_arg(&a, sizeof(int32_t) * ecap, NULL);
+    /* chunk statistics staged at once: all of them up to 1024 (chunk, head)
+     * pairs (64 chunks of the paper's 16 heads, 8 KB) */
+    const int pcap = ncmb < 1 ? 1 : ncmb * hpg <= 1024 ? ncmb : 1024 / hpg > 1 ? 1024 / hpg : 1;
+    nsa_clr_arg(&a, sizeof(cl_float2) * (size_t)pcap * (size_t)hpg, NULL);
+    ARG_INT(&a, pcap);
+    return dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg);
+}
+
 static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
 {
     const nsa_config *c = &dc->cfg;
@@ -755,30 +874,8 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     if ((s = dc_partial(ctx, dc, job, &pc, max_nc)) != NSA_OK)
         return s;
     /* block scores (through the compressed probabilities) */
-    {
-        const int njc = (int)ceil_div(max_vis, dc->st->wg);
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PROB], 0, CL_SUCCESS};
-        ARG_MEM(&a, dc->buf[DB_TPOS].m);
-        ARG_MEM(&a, dc->buf[DB_PSTC].m);
-        ARG_INT(&a, pc.nch);
-        ARG_INT(&a, pc.nch_a);
-        ARG_INT(&a, H);
-        ARG_INT(&a, G);
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-        ARG_INT(&a, c->l_sel);
-        ARG_MEM(&a, dc->buf[DB_ZOUT].m);
-        ARG_INT(&a, max_nc);
-        ARG_MEM(&a, dc->buf[DB_RP].m);
-        ARG_MEM(&a, dc->buf[DB_COL].m);
-        ARG_MEM(&a, dc->buf[DB_VAL].m);
-        ARG_INT(&a, njc);
-        ARG_INT(&a, max_vis);
-        ARG_MEM(&a, dc->buf[DB_S].m);
-        nsa_clr_arg(&a, sizeof(float) * 2 * (size_t)hpg, NULL);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg)) != NSA_OK)
-            return s;
-    }
+    if ((s = dc_prob(ctx, dc, pc.nch, pc.nch_a, max_nc, max_vis)) != NSA_OK)
+        return s;
     /* top-n (prefill's rule and code, see cl/decode.cl) */
     {
         nsa_clr_args a = select_args(dc->st->kernel[dc->kv][NSA_CLK_DC_SELECT], c,
@@ -1060,5 +1157,54 @@ nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, int B, const 
     TRY(nsa_clr_download(&W, selb, sizeof(int32_t) * bg * cfg->n, sel));
 done:
     nsa_clr_bufs_free(&W);
+    return s;
+}
+
+/* Test hook: nsa_dc_prob alone. Logits z[B G][hpg][max_nc], statistics
+ * pstat[B G][nch][hpg] (max, sum) of which chunks 0 .. ncmb-1 count,
+ * positions tpos[b], the mapping map (rows >= max_vis) -> block scores
+ * scores[B G][max_vis], whose entries j < n_sel_visible(tpos[b]) the
+ * kernel writes (the others keep what scores held on entry). */
+nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, int B, const int32_t *tpos,
+                            const float *z, int max_nc, const float *pstat, int nch, int ncmb,
+                            const nsa_csr *map, int max_vis, float *scores)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE);
+    if (s != NSA_OK)
+        return s;
+    nsa_cl_dcache *dc = calloc(1, sizeof *dc);
+    if (!dc)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode cache");
+    dc->st = st;
+    dc->cfg = *cfg;
+    dc->B = B;
+    dc->kv = st->kv;
+    dc->map_rows = -1;
+    const size_t bg = (size_t)B * cfg->G, hpg = (size_t)(cfg->H / cfg->G);
+    const size_t zb = sizeof(float) * bg * hpg * (size_t)max_nc;
+    const size_t pb = sizeof(float) * 2 * bg * (size_t)nch * hpg;
+    const size_t sb = sizeof(float) * bg * (size_t)max_vis;
+    cl_int err;
+    if ((s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * (size_t)B)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_ZOUT, zb)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_PSTC, pb)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_S, sb)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * (size_t)B, tpos,
+                      CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_ZOUT].m, zb, z, CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_PSTC].m, pb, pstat, CL_FALSE)) != NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_S].m, sb, scores, CL_FALSE)) != NSA_OK ||
+        (s = dc_map(ctx, dc, map)) != NSA_OK ||
+        (s = dc_prob(ctx, dc, nch, ncmb, max_nc, max_vis)) != NSA_OK ||
+        (s = dc_read(ctx, dc, dc->buf[DB_S].m, 0, sb, scores)) != NSA_OK)
+        goto done;
+    if ((err = clFinish(st->queue)) != CL_SUCCESS)
+        s = nsa_cl_fail(ctx, "clFinish", err);
+done:
+    clFinish(st->queue); /* no write may still read the caller's arrays */
+    nsa_cl_dcache_free(dc);
     return s;
 }

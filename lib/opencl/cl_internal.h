@@ -212,6 +212,15 @@ NSA_HIDDEN nsa_status nsa_cl_dc_topn(nsa_context *ctx, const nsa_config *cfg, in
                                      const int32_t *tpos, const float *scores, int max_vis,
                                      int32_t *sel);
 
+/* The decode block scores kernel (nsa_dc_prob) alone: logits
+ * z[B][G][H/G][max_nc], chunk statistics pstat[B][G][nch][H/G][2] (chunks
+ * 0 .. ncmb-1 count), the mapping map -> scores[B][G][max_vis], entries
+ * past each sequence's visible blocks kept as given (cl_decode.c). */
+NSA_HIDDEN nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, int B,
+                                       const int32_t *tpos, const float *z, int max_nc,
+                                       const float *pstat, int nch, int ncmb,
+                                       const nsa_csr *map, int max_vis, float *scores);
+
 /* The fused decode step's RoPE kernels alone (cl_step.c; cl/rope64.cl):
  * the angles at pos[r] in double, tab[r][rope_dim] (cosines then sines),
  * and q[B][H][dk] rotated in place at tpos[b]. NSA_ERR_UNSUPPORTED where
