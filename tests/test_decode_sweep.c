@@ -10,7 +10,7 @@
  *
  * NSA_DECODE_SWEEP_CASES sets the count of cases, NSA_DECODE_SWEEP_SEED the
  * first case's number minus one (default 0): runs with different offsets
- * cover disjoint case sets. */
+ * cover disjoint case sets; NSA_DECODE_SWEEP_WIDE=1 draws off the grid. */
 #include "testlib.h"
 
 #include <math.h>
@@ -49,27 +49,39 @@ static double cost(const dcase *k)
     return w;
 }
 
-static void make_case(dcase *k, uint64_t seed)
+/* wide = 1 (NSA_DECODE_SWEEP_WIDE=1): configurations off the issue's grid,
+ * valid by spec 1 and 10: l' = d or l' < l, l = d < l', tiny and odd head
+ * dims, n = n_init + n_local, n_local = 0, H = 64 with G = 1, w longer
+ * than every sequence, a scale given. */
+static void make_case(dcase *k, uint64_t seed, int wide)
 {
-    static const int lds[4][3] = {{32, 16, 64}, {16, 8, 32}, {64, 64, 64}, {32, 32, 64}};
-    static const int Gs[3] = {1, 2, 4}, hpgs[3] = {1, 4, 16};
-    static const int dims[4] = {32, 64, 128, 192}, ws[4] = {1, 17, 64, 200};
-    nsa_rng r = {seed * 0x9E3779B97F4A7C15ull + 3};
+    static const int lds[12][3] = {{32, 16, 64}, {16, 8, 32}, {64, 64, 64}, {32, 32, 64},
+                                   {32, 32, 32}, {16, 16, 16}, {32, 16, 16}, {64, 16, 32},
+                                   {8, 8, 64},   {16, 4, 8},   {48, 16, 32}, {24, 8, 40}};
+    static const int Gs[4] = {1, 2, 4, 3}, hpgs[5] = {1, 4, 16, 2, 64};
+    static const int dims[8] = {32, 64, 128, 192, 2, 8, 20, 130};
+    static const int ws[5] = {1, 17, 64, 200, 5000};
+    nsa_rng r = {seed * 0x9E3779B97F4A7C15ull + 3 + (uint64_t)wide};
     memset(k, 0, sizeof *k);
     nsa_layer_config c = nsa_layer_config_default();
-    const int *ld = lds[pick(&r, 4)];
+    const int *ld = lds[pick(&r, wide ? 12 : 4)];
     c.attn.l = ld[0];
     c.attn.d = ld[1];
     c.attn.l_sel = ld[2];
-    c.attn.G = Gs[pick(&r, 3)];
-    c.attn.H = c.attn.G * hpgs[pick(&r, 3)];
-    c.attn.dk = dims[pick(&r, 4)];
-    c.attn.dv = dims[pick(&r, 4)];
-    c.attn.w = ws[pick(&r, 4)];
-    c.attn.n_init = (int)pick(&r, 2);
-    c.attn.n_local = 1 + (int)pick(&r, 2);
-    c.attn.n = c.attn.n_init + c.attn.n_local + (int)pick(&r, 5);
+    const int hpg = hpgs[pick(&r, wide ? 5 : 3)];
+    c.attn.G = hpg == 64 ? 1 : Gs[pick(&r, wide ? 4 : 3)];
+    c.attn.H = c.attn.G * hpg;
+    c.attn.dk = dims[pick(&r, wide ? 8 : 4)];
+    c.attn.dv = dims[pick(&r, wide ? 8 : 4)];
+    c.attn.w = ws[pick(&r, wide ? 5 : 4)];
+    c.attn.n_init = (int)pick(&r, wide ? 4 : 2);
+    c.attn.n_local = wide ? (int)pick(&r, 4) : 1 + (int)pick(&r, 2);
+    c.attn.n = c.attn.n_init + c.attn.n_local + (int)pick(&r, wide ? 3 : 5);
+    if (c.attn.n < 1)
+        c.attn.n = 1;
     c.attn.mapping = pick(&r, 4) == 0 ? NSA_MAPPING_PAPER : NSA_MAPPING_OVERLAP;
+    if (wide && pick(&r, 4) == 0)
+        c.attn.scale = 0.3f;
     c.D = 16 + 8 * (int)pick(&r, 3);
     c.shared_kv = (int)pick(&r, 2);
     c.phi = pick(&r, 2) ? NSA_PHI_MLP : NSA_PHI_AVG;
@@ -283,20 +295,22 @@ static void test_random_decode(void **state)
     (void)state;
     const long n = env_long("NSA_DECODE_SWEEP_CASES", 6);
     const long first = env_long("NSA_DECODE_SWEEP_SEED", 0);
+    const int wide = env_long("NSA_DECODE_SWEEP_WIDE", 0) == 1;
     for (long i = first; i < first + n; i++) {
         dcase k;
-        make_case(&k, (uint64_t)i + 1);
+        make_case(&k, (uint64_t)i + 1, wide);
         const nsa_config *a = &k.c.attn;
-        char label[320];
+        char label[400];
         snprintf(label, sizeof label,
                  "decode case %ld: l=%d d=%d l'=%d G=%d H=%d dk=%d dv=%d w=%d n=%d(%d+%d) "
                  "map=%d D=%d shared=%d phi=%d/%d pe=%d rope=%d/%d gate=%d/%d tau=%g B=%d "
-                 "S=%d,%d,%d steps=%d max_len=%d",
+                 "S=%d,%d,%d steps=%d max_len=%d scale=%g%s",
                  i + 1, a->l, a->d, a->l_sel, a->G, a->H, a->dk, a->dv, a->w, a->n, a->n_init,
                  a->n_local, a->mapping, k.c.D, k.c.shared_kv, k.c.phi, k.c.phi_hidden,
                  k.c.phi_pe, k.c.rope_dim, k.c.rope_cmp, k.c.gate_act, k.c.gate_hidden,
                  (double)k.c.gate_tau, k.B, k.S[0], k.B > 1 ? k.S[1] : 0,
-                 k.B > 2 ? k.S[2] : 0, k.steps, k.max_len);
+                 k.B > 2 ? k.S[2] : 0, k.steps, k.max_len, (double)a->scale,
+                 wide ? " (wide)" : "");
         run_case(&k, label);
     }
 }
