@@ -467,10 +467,19 @@ static long env_long(const char *name, long dflt)
     return e && *e ? strtol(e, NULL, 10) : dflt;
 }
 
+/* Valgrind (its preload library in LD_PRELOAD) runs this ~40x slower:
+ * there two cases check memory use, the native runs check the numbers. */
+static int under_valgrind(void)
+{
+    const char *p = getenv("LD_PRELOAD");
+    return p && strstr(p, "vgpreload") != NULL;
+}
+
 static void test_random_against_spec(void **state)
 {
     (void)state;
-    const long n = env_long("NSA_ORACLE_CASES", 12), first = env_long("NSA_ORACLE_SEED", 0);
+    const long n = env_long("NSA_ORACLE_CASES", under_valgrind() ? 2 : 12);
+    const long first = env_long("NSA_ORACLE_SEED", 0);
     for (long i = first; i < first + n; i++) {
         ocase k;
         make_case(&k, (uint64_t)i + 1);
