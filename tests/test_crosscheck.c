@@ -370,9 +370,69 @@ static void make_random(case_spec *cs, uint64_t seed)
     cs->seed = seed * 1000 + 7;
 }
 
+/* NSA_CROSSCHECK_WIDE=1: configurations off the issue's grid, all valid
+ * by spec 1 and 10: l' = d or l' < l, l = d < l', tiny and odd head dims,
+ * dv > dk, n = n_init + n_local, n_local = 0, H = 64 with G = 1, w = 1 or
+ * longer than every sequence, a scale given, sequences of one token. */
+static void make_random_wide(case_spec *cs, uint64_t seed)
+{
+    static const int lds[12][3] = {{32, 16, 64}, {16, 8, 32}, {64, 64, 64}, {32, 32, 64},
+                                   {32, 32, 32}, {16, 16, 16}, {32, 16, 16}, {64, 16, 32},
+                                   {8, 8, 64},   {16, 4, 8},   {48, 16, 32}, {24, 8, 40}};
+    static const int Gs[4] = {1, 2, 3, 4}, hpgs[5] = {1, 2, 4, 16, 64};
+    static const int dims[8] = {1, 3, 8, 20, 32, 64, 129, 192}, ws[5] = {1, 2, 17, 64, 5000};
+    nsa_rng r = {seed * 0x9E3779B97F4A7C15ull + 5};
+    memset(cs, 0, sizeof *cs);
+    nsa_config c = nsa_config_default();
+    const int *ld = lds[pick(&r, 12)];
+    c.l = ld[0];
+    c.d = ld[1];
+    c.l_sel = ld[2];
+    const int hpg = hpgs[pick(&r, 5)];
+    c.G = hpg == 64 ? 1 : Gs[pick(&r, 4)];
+    c.H = c.G * hpg;
+    c.dk = dims[pick(&r, 8)];
+    c.dv = dims[pick(&r, 8)];
+    c.w = ws[pick(&r, 5)];
+    c.n_init = (int)pick(&r, 4);
+    c.n_local = (int)pick(&r, 4);
+    c.n = c.n_init + c.n_local + (int)pick(&r, 4);
+    if (c.n < 1)
+        c.n = 1;
+    c.mapping = pick(&r, 2) == 0 ? NSA_MAPPING_PAPER : NSA_MAPPING_OVERLAP;
+    if (pick(&r, 4) == 0)
+        c.scale = 0.3f;
+    cs->cfg = c;
+    cs->B = 1 + (int)pick(&r, 4);
+    for (int b = 0; b < cs->B; b++) {
+        const int kind = (int)pick(&r, 4);
+        const int L = c.l_sel * (c.n + 3);
+        cs->lens[b] = kind == 0 ? 1 : kind == 1 ? c.l - 1 + (int)pick(&r, 3)
+                                                : 1 + (int)pick(&r, (uint64_t)L);
+        if (cs->lens[b] < 1)
+            cs->lens[b] = 1;
+    }
+    while (ref_cost(cs) > 4e7)
+        for (int b = 0; b < cs->B; b++)
+            cs->lens[b] = cs->lens[b] > 1 ? cs->lens[b] / 2 + 1 : 1;
+    cs->shared_kv = (int)pick(&r, 2);
+    cs->phi_kind = (int)pick(&r, 2);
+    cs->phi_hidden = cs->phi_kind && pick(&r, 2) ? 1 + (int)pick(&r, 20) : 0;
+    cs->phi_pe = (int)pick(&r, 2);
+    cs->seed = seed * 1000 + 9;
+}
+
+static int wide(void)
+{
+    const char *e = getenv("NSA_CROSSCHECK_WIDE");
+    return e && *e == '1';
+}
+
 /* Valgrind (its preload library in LD_PRELOAD) runs this ~40x slower:
  * there a few cases check memory use, the native runs check the numbers.
- * NSA_CROSSCHECK_CASES sets the count of random cases. */
+ * NSA_CROSSCHECK_CASES sets the count of random cases, NSA_CROSSCHECK_SEED
+ * the first case's number minus one (default 0), so that runs with
+ * different offsets cover disjoint case sets. */
 static int under_valgrind(void)
 {
     const char *p = getenv("LD_PRELOAD");
@@ -387,21 +447,32 @@ static int n_random(void)
     return under_valgrind() ? 3 : 24;
 }
 
+static uint64_t seed_offset(void)
+{
+    const char *e = getenv("NSA_CROSSCHECK_SEED");
+    return e && *e ? strtoull(e, NULL, 10) : 0;
+}
+
 static void test_random_configs(void **state)
 {
     (void)state;
     const int n = n_random();
-    for (uint64_t i = 0; i < (uint64_t)n; i++) {
+    const uint64_t first = seed_offset();
+    for (uint64_t i = first; i < first + (uint64_t)n; i++) {
         case_spec cs;
-        make_random(&cs, i + 1);
-        char name[256];
+        if (wide())
+            make_random_wide(&cs, i + 1);
+        else
+            make_random(&cs, i + 1);
+        char name[384];
         snprintf(name, sizeof name,
                  "case %d: l=%d d=%d l'=%d G=%d H=%d dk=%d dv=%d w=%d n=%d(%d+%d) map=%d "
-                 "B=%d lens=%d,%d,%d shared=%d phi=%d/%d pe=%d",
+                 "B=%d lens=%d,%d,%d,%d shared=%d phi=%d/%d pe=%d scale=%g%s",
                  (int)i + 1, cs.cfg.l, cs.cfg.d, cs.cfg.l_sel, cs.cfg.G, cs.cfg.H, cs.cfg.dk,
                  cs.cfg.dv, cs.cfg.w, cs.cfg.n, cs.cfg.n_init, cs.cfg.n_local, cs.cfg.mapping,
                  cs.B, cs.lens[0], cs.B > 1 ? cs.lens[1] : 0, cs.B > 2 ? cs.lens[2] : 0,
-                 cs.shared_kv, cs.phi_kind, cs.phi_hidden, cs.phi_pe);
+                 cs.B > 3 ? cs.lens[3] : 0, cs.shared_kv, cs.phi_kind, cs.phi_hidden,
+                 cs.phi_pe, (double)cs.cfg.scale, wide() ? " (wide)" : "");
         run_case(&cs, name);
     }
 }
