@@ -46,52 +46,6 @@ static int isa_list(const char **out)
 }
 
 /* --------------------------------------------------------- random phi */
-typedef struct phi_set {
-    nsa_phi phi;
-    float *pe, *w1, *b1, *w2, *b2;
-} phi_set;
-
-static void phi_make(phi_set *p, const nsa_config *c, int dim, int kind, int hidden, int pe,
-                     uint64_t seed)
-{
-    memset(p, 0, sizeof *p);
-    const size_t G = (size_t)c->G, L = (size_t)c->l * dim;
-    p->phi.kind = kind ? NSA_PHI_MLP : NSA_PHI_AVG;
-    p->phi.hidden = hidden;
-    if (pe) {
-        p->pe = malloc(sizeof(float) * G * L);
-        tl_fill(p->pe, G * L, seed, -0.5f, 0.5f);
-        p->phi.pe = p->pe;
-    }
-    if (kind) {
-        const size_t out1 = hidden ? (size_t)hidden : (size_t)dim;
-        const float a = 1.0f / sqrtf((float)L);
-        p->w1 = malloc(sizeof(float) * G * out1 * L);
-        p->b1 = malloc(sizeof(float) * G * out1);
-        tl_fill(p->w1, G * out1 * L, seed + 1, -a, a);
-        tl_fill(p->b1, G * out1, seed + 2, -0.1f, 0.1f);
-        p->phi.w1 = p->w1;
-        p->phi.b1 = p->b1;
-        if (hidden) {
-            const float a2 = 1.0f / sqrtf((float)hidden);
-            p->w2 = malloc(sizeof(float) * G * dim * hidden);
-            p->b2 = malloc(sizeof(float) * G * dim);
-            tl_fill(p->w2, G * dim * hidden, seed + 3, -a2, a2);
-            tl_fill(p->b2, G * dim, seed + 4, -0.1f, 0.1f);
-            p->phi.w2 = p->w2;
-            p->phi.b2 = p->b2;
-        }
-    }
-}
-
-static void phi_free(phi_set *p)
-{
-    free(p->pe);
-    free(p->w1);
-    free(p->b1);
-    free(p->w2);
-    free(p->b2);
-}
 
 /* ------------------------------------------------------------ outputs */
 typedef struct outs {
@@ -123,7 +77,7 @@ static void outs_free(outs *o)
     free(o->sel);
 }
 
-static void run(nsa_context *ctx, const tl_problem *p, const phi_set *pk, const phi_set *pv,
+static void run(nsa_context *ctx, const tl_problem *p, const tl_phi *pk, const tl_phi *pv,
                 const int32_t *sel_in, outs *o)
 {
     nsa_op_args a = tl_problem_args(p);
@@ -262,9 +216,9 @@ static void run_case(const case_spec *cs, const char *name)
 {
     tl_problem p;
     tl_problem_make(&p, &cs->cfg, cs->lens, cs->B, cs->shared_kv, cs->seed);
-    phi_set pk, pv;
-    phi_make(&pk, &cs->cfg, cs->cfg.dk, cs->phi_kind, cs->phi_hidden, cs->phi_pe, cs->seed + 10);
-    phi_make(&pv, &cs->cfg, cs->cfg.dv, cs->phi_kind, cs->phi_hidden, cs->phi_pe, cs->seed + 20);
+    tl_phi pk, pv;
+    tl_phi_make(&pk, &cs->cfg, cs->cfg.dk, cs->phi_kind, cs->phi_hidden, cs->phi_pe, cs->seed + 10);
+    tl_phi_make(&pv, &cs->cfg, cs->cfg.dv, cs->phi_kind, cs->phi_hidden, cs->phi_pe, cs->seed + 20);
     const int64_t C = nsa_op_cmp_count(&cs->cfg, p.cu, p.B, p.T);
     const size_t ov = (size_t)p.T * cs->cfg.H * cs->cfg.dv;
     const size_t nkc = (size_t)C * cs->cfg.G * cs->cfg.dk, nvc = (size_t)C * cs->cfg.G * cs->cfg.dv;
@@ -312,8 +266,8 @@ static void run_case(const case_spec *cs, const char *name)
     outs_free(&r);
     nsa_context_free(ref);
     nsa_context_free(be);
-    phi_free(&pk);
-    phi_free(&pv);
+    tl_phi_free(&pk);
+    tl_phi_free(&pv);
     tl_problem_free(&p);
 }
 
@@ -433,18 +387,12 @@ static int wide(void)
  * NSA_CROSSCHECK_CASES sets the count of random cases, NSA_CROSSCHECK_SEED
  * the first case's number minus one (default 0), so that runs with
  * different offsets cover disjoint case sets. */
-static int under_valgrind(void)
-{
-    const char *p = getenv("LD_PRELOAD");
-    return p && strstr(p, "vgpreload") != NULL;
-}
-
 static int n_random(void)
 {
     const char *e = getenv("NSA_CROSSCHECK_CASES");
     if (e && *e)
         return atoi(e);
-    return under_valgrind() ? 3 : 24;
+    return tl_under_valgrind() ? 3 : 24;
 }
 
 static uint64_t seed_offset(void)
@@ -496,7 +444,7 @@ static void test_block_shapes(void **state)
         cs.cfg.n = 4;
         cs.cfg.w = 48;
         cs.B = 3;
-        cs.lens[0] = under_valgrind() ? 160 : 300; /* memory checks need less */
+        cs.lens[0] = tl_under_valgrind() ? 160 : 300; /* memory checks need less */
         cs.lens[1] = 1;
         cs.lens[2] = 77;
         cs.shared_kv = i & 1;
@@ -550,7 +498,7 @@ static void test_paper_config(void **state)
     const char *lg = getenv("NSA_TEST_LONG");
     if (!(lg && *lg == '1'))
         cs.cfg.H = 16;
-    if (under_valgrind() && !(lg && *lg == '1')) {
+    if (tl_under_valgrind() && !(lg && *lg == '1')) {
         print_message("paper config skipped under valgrind (native runs cover it)\n");
         return;
     }

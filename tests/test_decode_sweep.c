@@ -284,26 +284,12 @@ static void run_case(const dcase *k, const char *label)
     nsa_context_free(rctx);
 }
 
-static long env_long(const char *name, long dflt)
-{
-    const char *e = getenv(name);
-    return e && *e ? strtol(e, NULL, 10) : dflt;
-}
-
-/* Valgrind (its preload library in LD_PRELOAD) runs this ~40x slower:
- * there two cases check memory use, the native runs check the numbers. */
-static int under_valgrind(void)
-{
-    const char *p = getenv("LD_PRELOAD");
-    return p && strstr(p, "vgpreload") != NULL;
-}
-
 static void test_random_decode(void **state)
 {
     (void)state;
-    const long n = env_long("NSA_DECODE_SWEEP_CASES", under_valgrind() ? 2 : 6);
-    const long first = env_long("NSA_DECODE_SWEEP_SEED", 0);
-    const int wide = env_long("NSA_DECODE_SWEEP_WIDE", 0) == 1;
+    const long n = tl_env_long("NSA_DECODE_SWEEP_CASES", tl_under_valgrind() ? 2 : 6);
+    const long first = tl_env_long("NSA_DECODE_SWEEP_SEED", 0);
+    const int wide = tl_env_long("NSA_DECODE_SWEEP_WIDE", 0) == 1;
     for (long i = first; i < first + n; i++) {
         dcase k;
         make_case(&k, (uint64_t)i + 1, wide);

@@ -29,10 +29,6 @@ typedef struct ocase {
     uint64_t seed;
 } ocase;
 
-typedef struct phi_w {
-    nsa_phi phi;
-    float *pe, *w1, *b1, *w2, *b2;
-} phi_w;
 
 static uint64_t pick(nsa_rng *r, uint64_t n) { return nsa_rng_next(r) % n; }
 
@@ -76,50 +72,10 @@ static void make_case(ocase *k, uint64_t seed)
     k->seed = seed * 1000 + 3;
 }
 
-static void phi_make(phi_w *p, const ocase *k, int dim, uint64_t seed)
-{
-    memset(p, 0, sizeof *p);
-    const size_t G = (size_t)k->c.G, L = (size_t)k->c.l * dim;
-    const size_t out1 = k->phi_hidden ? (size_t)k->phi_hidden : (size_t)dim;
-    p->phi.kind = k->phi_kind ? NSA_PHI_MLP : NSA_PHI_AVG;
-    p->phi.hidden = k->phi_hidden;
-    if (k->phi_pe) {
-        p->pe = malloc(sizeof(float) * G * L);
-        tl_fill(p->pe, G * L, seed, -0.5f, 0.5f);
-        p->phi.pe = p->pe;
-    }
-    if (k->phi_kind) {
-        const float a = 1.0f / sqrtf((float)L);
-        p->w1 = malloc(sizeof(float) * G * out1 * L);
-        p->b1 = malloc(sizeof(float) * G * out1);
-        tl_fill(p->w1, G * out1 * L, seed + 1, -a, a);
-        tl_fill(p->b1, G * out1, seed + 2, -0.1f, 0.1f);
-        p->phi.w1 = p->w1;
-        p->phi.b1 = p->b1;
-        if (k->phi_hidden) {
-            const float a2 = 1.0f / sqrtf((float)k->phi_hidden);
-            p->w2 = malloc(sizeof(float) * G * dim * k->phi_hidden);
-            p->b2 = malloc(sizeof(float) * G * dim);
-            tl_fill(p->w2, G * dim * k->phi_hidden, seed + 3, -a2, a2);
-            tl_fill(p->b2, G * dim, seed + 4, -0.1f, 0.1f);
-            p->phi.w2 = p->w2;
-            p->phi.b2 = p->b2;
-        }
-    }
-}
-
-static void phi_free(phi_w *p)
-{
-    free(p->pe);
-    free(p->w1);
-    free(p->b1);
-    free(p->w2);
-    free(p->b2);
-}
 
 /* ------------------------------------------------------------- oracle */
 /* Spec 2: phi of the l rows x[0..l-1] (row stride G*dim, group g). */
-static void o_phi(const ocase *k, const phi_w *p, int dim, const float *x, int g, double *out)
+static void o_phi(const ocase *k, const tl_phi *p, int dim, const float *x, int g, double *out)
 {
     const int l = k->c.l, G = k->c.G;
     double *z = malloc(sizeof(double) * (size_t)l * dim);
@@ -207,7 +163,7 @@ typedef struct oracle {
     int maxvis;
 } oracle;
 
-static void o_run(const ocase *k, const tl_problem *p, const phi_w *pk, const phi_w *pv,
+static void o_run(const ocase *k, const tl_problem *p, const tl_phi *pk, const tl_phi *pv,
                   const int32_t *sel_in, oracle *o)
 {
     const nsa_config *c = &k->c;
@@ -374,9 +330,9 @@ static void run_case(const ocase *k, const char *label)
     const nsa_config *c = &k->c;
     tl_problem p;
     tl_problem_make(&p, c, k->lens, k->B, k->shared_kv, k->seed);
-    phi_w pk, pv;
-    phi_make(&pk, k, c->dk, k->seed + 10);
-    phi_make(&pv, k, c->dv, k->seed + 20);
+    tl_phi pk, pv;
+    tl_phi_make(&pk, c, c->dk, k->phi_kind, k->phi_hidden, k->phi_pe, k->seed + 10);
+    tl_phi_make(&pv, c, c->dv, k->phi_kind, k->phi_hidden, k->phi_pe, k->seed + 20);
     oracle o;
     o_run(k, &p, &pk, &pv, NULL, &o);
     nsa_context *ctx = tl_context();
@@ -455,31 +411,17 @@ static void run_case(const ocase *k, const char *label)
     free(kc);
     free(vc);
     free(sel);
-    phi_free(&pk);
-    phi_free(&pv);
+    tl_phi_free(&pk);
+    tl_phi_free(&pv);
     tl_problem_free(&p);
     nsa_context_free(ctx);
-}
-
-static long env_long(const char *name, long dflt)
-{
-    const char *e = getenv(name);
-    return e && *e ? strtol(e, NULL, 10) : dflt;
-}
-
-/* Valgrind (its preload library in LD_PRELOAD) runs this ~40x slower:
- * there two cases check memory use, the native runs check the numbers. */
-static int under_valgrind(void)
-{
-    const char *p = getenv("LD_PRELOAD");
-    return p && strstr(p, "vgpreload") != NULL;
 }
 
 static void test_random_against_spec(void **state)
 {
     (void)state;
-    const long n = env_long("NSA_ORACLE_CASES", under_valgrind() ? 2 : 12);
-    const long first = env_long("NSA_ORACLE_SEED", 0);
+    const long n = tl_env_long("NSA_ORACLE_CASES", tl_under_valgrind() ? 2 : 12);
+    const long first = tl_env_long("NSA_ORACLE_SEED", 0);
     for (long i = first; i < first + n; i++) {
         ocase k;
         make_case(&k, (uint64_t)i + 1);

@@ -397,3 +397,57 @@ void tl_opencl_teardown(const char *dir)
     }
     rmdir(dir);
 }
+
+void tl_phi_make(tl_phi *p, const nsa_config *c, int dim, int kind, int hidden, int pe,
+                 uint64_t seed)
+{
+    memset(p, 0, sizeof *p);
+    const size_t G = (size_t)c->G, L = (size_t)c->l * dim;
+    p->phi.kind = kind ? NSA_PHI_MLP : NSA_PHI_AVG;
+    p->phi.hidden = hidden;
+    if (pe) {
+        p->pe = malloc(sizeof(float) * G * L);
+        tl_fill(p->pe, G * L, seed, -0.5f, 0.5f);
+        p->phi.pe = p->pe;
+    }
+    if (kind) {
+        const size_t out1 = hidden ? (size_t)hidden : (size_t)dim;
+        const float a = 1.0f / sqrtf((float)L);
+        p->w1 = malloc(sizeof(float) * G * out1 * L);
+        p->b1 = malloc(sizeof(float) * G * out1);
+        tl_fill(p->w1, G * out1 * L, seed + 1, -a, a);
+        tl_fill(p->b1, G * out1, seed + 2, -0.1f, 0.1f);
+        p->phi.w1 = p->w1;
+        p->phi.b1 = p->b1;
+        if (hidden) {
+            const float a2 = 1.0f / sqrtf((float)hidden);
+            p->w2 = malloc(sizeof(float) * G * dim * hidden);
+            p->b2 = malloc(sizeof(float) * G * dim);
+            tl_fill(p->w2, G * dim * hidden, seed + 3, -a2, a2);
+            tl_fill(p->b2, G * dim, seed + 4, -0.1f, 0.1f);
+            p->phi.w2 = p->w2;
+            p->phi.b2 = p->b2;
+        }
+    }
+}
+
+void tl_phi_free(tl_phi *p)
+{
+    free(p->pe);
+    free(p->w1);
+    free(p->b1);
+    free(p->w2);
+    free(p->b2);
+}
+
+long tl_env_long(const char *name, long dflt)
+{
+    const char *e = getenv(name);
+    return e && *e ? strtol(e, NULL, 10) : dflt;
+}
+
+int tl_under_valgrind(void)
+{
+    const char *p = getenv("LD_PRELOAD");
+    return p && strstr(p, "vgpreload") != NULL;
+}

@@ -57,6 +57,23 @@ int tl_spec_n_cmp(const nsa_config *cfg, int64_t t);
 #define TL_KERNEL_SETS 4
 int tl_kernel_sets(const char **names);
 
+/* Random phi weights for one of K or V (kind 0 avg, 1 mlp with `hidden`
+ * units or one linear layer at 0; pe: a positional term), from seed. */
+typedef struct tl_phi {
+    nsa_phi phi;
+    float *pe, *w1, *b1, *w2, *b2;
+} tl_phi;
+void tl_phi_make(tl_phi *p, const nsa_config *c, int dim, int kind, int hidden, int pe,
+                 uint64_t seed);
+void tl_phi_free(tl_phi *p);
+
+/* An integer from the environment, dflt when unset or empty. */
+long tl_env_long(const char *name, long dflt);
+
+/* Whether valgrind's preload library is in LD_PRELOAD (it runs the suites
+ * ~40x slower: there few cases check memory use, native runs the numbers). */
+int tl_under_valgrind(void);
+
 /* The OpenCL suites' setup: the default device (a GPU) if the backend
  * finds one, else any device (PoCL in CI), unless NSA_OPENCL_DEVICE is set;
  * and a private program cache made from tmpl ("/tmp/name-XXXXXX", rewritten
