@@ -189,9 +189,11 @@ static size_t partial_local(const nsa_cl_dcache *dc, int hc, int ch)
            sizeof(int) * ((size_t)dc->cfg.n + 1);
 }
 
-nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, void **out)
+/* An empty decode cache of B sequences on st, where the device runs the
+ * decode kernels (nsa_cl_dcache_new, and the test hook nsa_cl_dc_scores). */
+static nsa_status dc_alloc(nsa_context *ctx, nsa_cl_state *st, const nsa_config *cfg, int B,
+                           nsa_cl_dcache **out)
 {
-    nsa_cl_state *st = ctx->be_state;
     *out = NULL;
     nsa_status s = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE);
     if (s != NSA_OK)
@@ -202,11 +204,23 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->st = st;
     dc->cfg = *cfg;
     dc->B = B;
+    dc->kv = st->kv;
+    dc->map_rows = -1;
+    *out = dc;
+    return NSA_OK;
+}
+
+nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, void **out)
+{
+    nsa_cl_state *st = ctx->be_state;
+    *out = NULL;
+    nsa_cl_dcache *dc;
+    nsa_status s = dc_alloc(ctx, st, cfg, B, &dc);
+    if (s != NSA_OK)
+        return s;
     dc->dk4 = (cfg->dk + 3) / 4;
     dc->dv4 = (cfg->dv + 3) / 4;
-    dc->kv = st->kv;
     dc->es = st->kv == NSA_CL_KV_F32 ? 4 : 2;
-    dc->map_rows = -1;
     const int hpg = cfg->H / cfg->G;
     dc->hc = hpg < DC_HC ? hpg : DC_HC;
     /* NSA_OPENCL_DECODE_HEADS: fewer heads a work-group (tuning; with
@@ -1172,17 +1186,10 @@ nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, int B, cons
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     if (!st)
         return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE);
+    nsa_cl_dcache *dc;
+    nsa_status s = dc_alloc(ctx, st, cfg, B, &dc);
     if (s != NSA_OK)
         return s;
-    nsa_cl_dcache *dc = calloc(1, sizeof *dc);
-    if (!dc)
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode cache");
-    dc->st = st;
-    dc->cfg = *cfg;
-    dc->B = B;
-    dc->kv = st->kv;
-    dc->map_rows = -1;
     const size_t bg = (size_t)B * cfg->G, hpg = (size_t)(cfg->H / cfg->G);
     const size_t zb = sizeof(float) * bg * hpg * (size_t)max_nc;
     const size_t pb = sizeof(float) * 2 * bg * (size_t)nch * hpg;
