@@ -26,6 +26,12 @@
 
 enum { OV_KEYS = 256, OV_REPS = 600 };
 
+/* n floats, 64-byte aligned */
+static float *ov_alloc(size_t n)
+{
+    return aligned_alloc(64, (sizeof(float) * n + 63) / 64 * 64);
+}
+
 static void ov_chunk(const nsa_simd_kernels *k, int hpg, int dk, int dv, const float *Q,
                      const float *K, const float *V, float *P, float *O)
 {
@@ -54,7 +60,8 @@ int nsa_bench_overlap(const nsa_simd_kernels *k, int hpg, int dk, int dv, double
     const size_t nch = ((size_t)1 << 27) / (kf + vf) / (size_t)nth;
     if (nch < 2)
         return -1;
-    float *K = malloc(sizeof(float) * kf * nch * nth), *V = malloc(sizeof(float) * vf * nch * nth);
+    /* 64-byte aligned rows, as the decode's (kf, vf are multiples of 16) */
+    float *K = ov_alloc(kf * nch * nth), *V = ov_alloc(vf * nch * nth);
     double *t = malloc(sizeof(double) * 3 * OV_REPS * nth);
     int fail = !K || !V || !t;
 #ifdef _OPENMP
@@ -66,9 +73,8 @@ int nsa_bench_overlap(const nsa_simd_kernels *k, int hpg, int dk, int dv, double
         id = omp_get_thread_num();
 #endif
         float *Kt = fail ? NULL : K + kf * nch * id, *Vt = fail ? NULL : V + vf * nch * id;
-        float *Q = malloc(sizeof(float) * (size_t)hpg * dk);
-        float *P = malloc(sizeof(float) * (size_t)hpg * OV_KEYS);
-        float *O = malloc(sizeof(float) * (size_t)hpg * dv);
+        float *Q = ov_alloc((size_t)hpg * dk), *P = ov_alloc((size_t)hpg * OV_KEYS);
+        float *O = ov_alloc((size_t)hpg * dv);
         if (Kt && Q && P && O) {
             unsigned s = 12345u + (unsigned)id;
             for (size_t i = 0; i < (size_t)hpg * dk; i++)
