@@ -19,8 +19,11 @@
  * rate over that time. On the reference backend the times say little; the
  * token counts are what matter there. On the cpu backend the read
  * bandwidth is measured before the first length and after the last
- * (nsa-bench prefill's measure), and each row gets bound = NSA MB / the
- * first figure and attn / bound. */
+ * (nsa-bench prefill's measure), and each row gets bound = NSA MB of all
+ * sequences and groups / the first figure and attn / bound; the overlap
+ * probe (bench/bench_overlap.c) times one decode chunk's reads, arithmetic
+ * and both on every thread, and bd2 = bound + the attention's FLOPs at the
+ * probe's compute rate is the bound for cores that do one at a time. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "cpu/cpu_internal.h"
 #include "decode.h"
