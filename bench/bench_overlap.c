@@ -64,15 +64,16 @@ int nsa_bench_overlap(const nsa_simd_kernels *k, int hpg, int dk, int dv, double
     float *K = ov_alloc(kf * nch * nth), *V = ov_alloc(vf * nch * nth);
     double *t = malloc(sizeof(double) * 3 * OV_REPS * nth);
     int fail = !K || !V || !t;
+    const int have = !fail; /* read in the region; fail is only written there */
 #ifdef _OPENMP
-#pragma omp parallel if (!fail)
+#pragma omp parallel if (have)
 #endif
     {
         int id = 0;
 #ifdef _OPENMP
         id = omp_get_thread_num();
 #endif
-        float *Kt = fail ? NULL : K + kf * nch * id, *Vt = fail ? NULL : V + vf * nch * id;
+        float *Kt = have ? K + kf * nch * id : NULL, *Vt = have ? V + vf * nch * id : NULL;
         float *Q = ov_alloc((size_t)hpg * dk), *P = ov_alloc((size_t)hpg * OV_KEYS);
         float *O = ov_alloc((size_t)hpg * dv);
         if (Kt && Q && P && O) {
