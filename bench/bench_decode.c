@@ -19,8 +19,11 @@
  * rate over that time. On the reference backend the times say little; the
  * token counts are what matter there. On the cpu backend the read
  * bandwidth is measured before the first length and after the last
- * (nsa-bench prefill's measure), and each row gets bound = NSA MB / the
- * first figure and attn / bound. */
+ * (nsa-bench prefill's measure), and each row gets bound = NSA MB of all
+ * sequences and groups / the first figure and attn / bound; the overlap
+ * probe (bench/bench_overlap.c) times one decode chunk's reads, arithmetic
+ * and both on every thread, and bd2 = bound + the attention's FLOPs at the
+ * probe's compute rate is the bound for cores that do one at a time. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "cpu/cpu_internal.h"
 #include "decode.h"
@@ -30,6 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "bench_util.h"
 #ifdef NSA_BENCH_OPENCL
@@ -116,6 +123,8 @@ static double copy_gbs(nsa_context *ctx)
 
 int nsa_bench_decode(int argc, char **argv);
 double nsa_bench_read_gbs(const nsa_simd_kernels *k); /* bench/nsa-bench.c */
+int nsa_bench_overlap(const nsa_simd_kernels *k, int hpg, int dk, int dv,
+                      double us[3]); /* bench/bench_overlap.c */
 
 
 static int preset(const char *name, nsa_layer_config *c)
@@ -187,6 +196,24 @@ int nsa_bench_decode(int argc, char **argv)
     const double bw = is_cpu ? nsa_bench_read_gbs(kern) : 0.0;
     if (!json && is_cpu)
         printf("measured read bandwidth (before): %.1f GB/s\n", bw);
+    /* the overlap probe (bench/bench_overlap.c): per thread, one decode
+     * chunk's read, compute and both; the compute rate it gives turns the
+     * step's FLOPs into time for the no-overlap bound */
+    double ov[3] = {0.0, 0.0, 0.0}, rate = 0.0;
+    const int hpg = c.attn.H / c.attn.G;
+    if (is_cpu && nsa_bench_overlap(kern, hpg, c.attn.dk, c.attn.dv, ov) == 0 && ov[1] > 0) {
+        int nth = 1;
+#ifdef _OPENMP
+        nth = omp_get_max_threads();
+#endif
+        const double chunk_flops = 2.0 * hpg * 256.0 * (c.attn.dk + c.attn.dv);
+        rate = nth * chunk_flops / (ov[1] * 1e-6); /* FLOP/s, all threads */
+        if (!json)
+            printf("overlap probe, one decode chunk (%d heads, 256 keys) a thread, all threads "
+                   "at once, medians: read %.1f us, compute %.1f us (%.1f GFLOP/s in all), "
+                   "both %.1f us (read + compute %.1f us)\n",
+                   hpg, ov[0], ov[1], rate * 1e-9, ov[2], ov[0] + ov[1]);
+    }
     if (!json) {
         const double cp = copy_gbs(ctx);
         if (cp > 0)
@@ -195,12 +222,12 @@ int nsa_bench_decode(int argc, char **argv)
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
                "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
-               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %8s | %9s %9s %8s %8s | %8s %7s\n",
+               "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %8s | %9s %9s %8s %8s | %8s %7s | %8s %7s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
                a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
                "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "attn GB/s",
                "dns GB/s", "attn k ms", "dns k ms", "k GB/s", "dk GB/s", "bound ms",
-               "attn/bd");
+               "attn/bd", "bd2 ms", "attn/bd2");
     int rc = 0;
     for (const char *p = lens_arg; *p && rc == 0;) {
         const long S = strtol(p, (char **)&p, 10);
@@ -253,13 +280,14 @@ int nsa_bench_decode(int argc, char **argv)
             gates[i] = 1.0f / 3.0f;
         /* K/V bytes the attention at t = length - 1 reads: the counters of
          * the last step, which ran at that t; dense reads all t+1 tokens */
-        double nsa_bytes = 0.0, dense_bytes_all = 0.0;
+        double nsa_bytes = 0.0, dense_bytes_all = 0.0, nsa_flops = 0.0;
         for (int b = 0; b < B && rc == 0; b++)
             for (int g = 0; g < a->G; g++) {
                 nsa_decode_counters k;
                 if (nsa_decode_get_counters(st, b, g, &k) != NSA_OK)
                     rc = 1;
                 nsa_bytes += (double)k.bytes;
+                nsa_flops += 2.0 * hpg * (double)(k.cmp + k.slc + k.win) * (a->dk + a->dv);
                 dense_bytes_all += (double)k.dense * (a->dk + a->dv) * 4.0;
             }
         /* one untimed pass each: device buffers of the attention */
@@ -293,7 +321,12 @@ int nsa_bench_decode(int argc, char **argv)
             const int64_t tot = k0.cmp + k0.slc + k0.win;
             const double dense_bytes = (double)k0.dense * (a->dk + a->dv) * 4.0;
             /* time to read the NSA bytes at the measured bandwidth */
-            const double bound = bw > 0 ? k0.bytes / (bw * 1e9) * 1e3 : 0.0;
+            /* all sequences' and groups' bytes, as attn's time covers them */
+            const double bound = bw > 0 ? nsa_bytes / (bw * 1e9) * 1e3 : 0.0;
+            /* the same if a core cannot compute while it reads (the probe's
+             * "both" near "read + compute"): the reads, then the FLOPs at
+             * the probe's compute rate */
+            const double bound_ser = bw > 0 && rate > 0 ? bound + nsa_flops / rate * 1e3 : 0.0;
             if (json)
                 printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
                        "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
@@ -301,18 +334,23 @@ int nsa_bench_decode(int argc, char **argv)
                        "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f,"
                        "\"attn_bytes_all\":%.0f,\"dense_bytes_all\":%.0f,\"attn_gbs\":%.2f,"
                        "\"dense_gbs\":%.2f,\"attn_kernel_ms\":%.4f,\"dense_kernel_ms\":%.4f,"
-                       "\"attn_kernel_gbs\":%.2f,\"dense_kernel_gbs\":%.2f,\"read_gbs\":%.2f,\"bound_ms\":%.4f}\n",
+                       "\"attn_kernel_gbs\":%.2f,\"dense_kernel_gbs\":%.2f,\"read_gbs\":%.2f,\"bound_ms\":%.4f,"
+                       "\"attn_gflop\":%.6f,\"probe_read_us\":%.2f,\"probe_compute_us\":%.2f,"
+                       "\"probe_both_us\":%.2f,\"bound_serial_ms\":%.4f}\n",
                        nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
                        (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes,
-                       nsa_bytes, dense_bytes_all, ga, gd, mka, mkd, gka, gkd, bw, bound);
+                       nsa_bytes, dense_bytes_all, ga, gd, mka, mkd, gka, gkd, bw, bound,
+                       nsa_flops * 1e-9, ov[0], ov[1], ov[2], bound_ser);
             else
                 printf("%8ld %11.3f %9.3f %11.3f %6.2fx | %6lld %6lld %6lld %7lld %8lld %6.2fx | "
-                       "%10.3f %10.3f | %8.1f %8.1f | %9.4f %9.4f %8.1f %8.1f | %8.3f %6.2fx\n",
+                       "%10.3f %10.3f | %8.1f %8.1f | %9.4f %9.4f %8.1f %8.1f | %8.3f %6.2fx | "
+                       "%8.3f %6.2fx\n",
                        S, mn, ma, md, md / ma, (long long)k0.cmp, (long long)k0.slc,
                        (long long)k0.win, (long long)tot, (long long)k0.dense,
                        (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, ga, gd,
-                       mka, mkd, gka, gkd, bound, bound > 0 ? ma / bound : 0.0);
+                       mka, mkd, gka, gkd, bound, bound > 0 ? ma / bound : 0.0, bound_ser,
+                       bound_ser > 0 ? ma / bound_ser : 0.0);
             if (!json && kp.n > 0) {
                 printf("         kernels, mean ms:");
                 for (int i = 0; i < kp.n; i++)
@@ -343,7 +381,9 @@ int nsa_bench_decode(int argc, char **argv)
                "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
                "t = S-1 (K and V bytes read); dense reads S tokens.\nGB/s: K/V bytes of all sequences "
                "and groups (fp32) / the wall time of attn and dense;\nk ms, k GB/s: device time of "
-               "the attention kernels (NSA_OPENCL_PROFILE=1, opencl; -1 otherwise);\nbound: nsa MB at the read bandwidth measured before (cpu); attn/bd = attn / bound.\n");
+               "the attention kernels (NSA_OPENCL_PROFILE=1, opencl; -1 otherwise);\nbound: the NSA K/V bytes of all sequences and groups at the read bandwidth measured before (cpu);\n"
+               "attn/bd = attn / bound; bd2: bound plus the attention's FLOPs at the overlap probe's compute rate\n"
+               "(the time if a core cannot read and compute at once), attn/bd2 = attn / bd2.\n");
     nsa_layer_free(L);
     nsa_context_free(ctx);
     return rc;
