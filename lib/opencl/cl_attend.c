@@ -226,9 +226,13 @@ static nsa_status slc_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
 
 /* Scratch budget of one chunk of the compressed branch (logits and scores
  * of the rows in flight), which keeps memory linear in T: 1/16 of the
- * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
+ * device's memory, within [64 MiB, 1 GiB] and the largest allocation;
+ * NSA_OPENCL_CHUNK_MB replaces the first two rules. */
 static size_t chunk_budget(const nsa_cl_state *st)
 {
+    if (st->chunk_bytes)
+        return st->max_alloc && st->chunk_bytes > st->max_alloc ? (size_t)st->max_alloc
+                                                                : st->chunk_bytes;
     size_t b = (size_t)(st->global_mem / 16);
     if (b > ((size_t)1 << 30))
         b = (size_t)1 << 30;
