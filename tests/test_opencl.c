@@ -1284,6 +1284,31 @@ static void test_kv_env(void **st)
     unsetenv("NSA_OPENCL_KV");
 }
 
+/* NSA_OPENCL_CHUNK_MB sets the compressed branch's scratch a chunk; a bad
+ * value is a named error at context creation, not the default. */
+static void test_chunk_env(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_context *c = NULL;
+    char msg[NSA_MSG_LEN];
+    const char *bad[] = {"0", "-3", "12x", "2000000"};
+    for (int i = 0; i < 4; i++) {
+        setenv("NSA_OPENCL_CHUNK_MB", bad[i], 1);
+        assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_ERR_ARG);
+        assert_null(c);
+        assert_non_null(strstr(msg, "NSA_OPENCL_CHUNK_MB"));
+    }
+    setenv("NSA_OPENCL_CHUNK_MB", "3", 1);
+    assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_OK);
+    assert_int_equal(nsa_cl_state_of(c)->chunk_bytes, (size_t)3 << 20);
+    nsa_context_free(c);
+    unsetenv("NSA_OPENCL_CHUNK_MB");
+    assert_int_equal(nsa_context_create("opencl", &c, msg, sizeof msg), NSA_OK);
+    assert_int_equal(nsa_cl_state_of(c)->chunk_bytes, 0);
+    nsa_context_free(c);
+}
+
 /* ---------------------------------------------- dense baseline (issue e) */
 static void test_dense_baseline(void **st)
 {
@@ -1360,6 +1385,7 @@ int main(void)
         cmocka_unit_test(test_kv_fp16),
         cmocka_unit_test(test_kv_bf16),
         cmocka_unit_test(test_kv_env),
+        cmocka_unit_test(test_chunk_env),
         cmocka_unit_test(test_dense_baseline),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

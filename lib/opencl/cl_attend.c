@@ -225,15 +225,20 @@ static nsa_status slc_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
 }
 
 /* Scratch budget of one chunk of the compressed branch (logits and scores
- * of the rows in flight), which keeps memory linear in T: 1/16 of the
- * device's memory, within [64 MiB, 1 GiB] and the largest allocation. */
+ * of the rows in flight), which keeps memory linear in T: 1/8 of the
+ * device's memory, at least 64 MiB, at most the largest allocation;
+ * NSA_OPENCL_CHUNK_MB replaces the first two rules. Every chunk ends its
+ * launches in a partial wave, so fewer chunks cost less: at T = 65536 in the
+ * paper configuration on the H200, 1 GiB chunks (the old cap: 64 chunks)
+ * took 416.9 ms of kernels, 16 GiB chunks (4) 406.2 ms (doc/opencl.md). */
 static size_t chunk_budget(const nsa_cl_state *st)
 {
-    size_t b = (size_t)(st->global_mem / 16);
-    if (b > ((size_t)1 << 30))
-        b = (size_t)1 << 30;
-    if (b < ((size_t)64 << 20))
-        b = (size_t)64 << 20;
+    size_t b = st->chunk_bytes;
+    if (!b) {
+        b = (size_t)(st->global_mem / 8);
+        if (b < ((size_t)64 << 20))
+            b = (size_t)64 << 20;
+    }
     if (st->max_alloc && b > st->max_alloc)
         b = (size_t)st->max_alloc;
     return b;

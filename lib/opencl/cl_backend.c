@@ -253,6 +253,22 @@ nsa_status nsa_cl_feature(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv, nsa_
     return s;
 }
 
+/* NSA_OPENCL_CHUNK_MB: the compressed branch's scratch a chunk of rows, in
+ * MiB (tuning; the default is cl_attend.c's chunk_budget) */
+static nsa_status parse_chunk_mb(nsa_context *ctx, const char *v, size_t *bytes)
+{
+    *bytes = 0;
+    if (!v || !*v)
+        return NSA_OK;
+    char *end;
+    const long mb = strtol(v, &end, 10);
+    if (*end || mb < 1 || mb > (1L << 20))
+        return nsa_fail(ctx, NSA_ERR_ARG,
+                        "NSA_OPENCL_CHUNK_MB=%s must be a whole number of MiB in 1..1048576", v);
+    *bytes = (size_t)mb << 20;
+    return NSA_OK;
+}
+
 static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)
 {
     if (!v || !*v || strcmp(v, "fp32") == 0)
@@ -276,6 +292,8 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
     if (!st)
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the OpenCL state");
     nsa_status s = parse_kv(ctx, getenv("NSA_OPENCL_KV"), &st->kv);
+    if (s == NSA_OK)
+        s = parse_chunk_mb(ctx, getenv("NSA_OPENCL_CHUNK_MB"), &st->chunk_bytes);
     char why[300];
     if (s == NSA_OK && !nsa_cl_pick_device(spec, &st->platform, &st->device, why, sizeof why))
         s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "%s", why);

@@ -105,6 +105,7 @@ typedef struct nsa_cl_state {
     int max_slc_tq; /* tests: cap on those tokens at launch (0 = none) */
     nsa_cl_kv kv;       /* storage of K/V for attend */
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
+    size_t chunk_bytes; /* NSA_OPENCL_CHUNK_MB: compressed-branch scratch a chunk (0 = default) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT]; /* NULL: optional, unusable */
