@@ -186,12 +186,12 @@ __kernel void nsa_group_attn_mma(__global const float *q, __global const kv_t *K
                         for (int u = 0; u < MMA_AG; u++)
                             if ((wid + u * MMA_NW) * 8 < cnt) {
                                 float dd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                                MMA_SPLIT(kb[j][u].x, bh[0], bl[0]);
-                                MMA_SPLIT(kb[j][u].y, bh[1], bl[1]);
-                                MMA_3(dd, ah, al, bh, bl);
-                                MMA_SPLIT(kb[j][u].z, bh[0], bl[0]);
-                                MMA_SPLIT(kb[j][u].w, bh[1], bl[1]);
-                                MMA_3(dd, ah2, al2, bh, bl);
+                                MMA_SPLIT_KV(kb[j][u].x, bh[0], bl[0]);
+                                MMA_SPLIT_KV(kb[j][u].y, bh[1], bl[1]);
+                                MMA_3KV(dd, ah, al, bh, bl);
+                                MMA_SPLIT_KV(kb[j][u].z, bh[0], bl[0]);
+                                MMA_SPLIT_KV(kb[j][u].w, bh[1], bl[1]);
+                                MMA_3KV(dd, ah2, al2, bh, bl);
 #pragma unroll
                                 for (int i = 0; i < 4; i++)
                                     s[u][i] += dd[i];
@@ -496,10 +496,10 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                         uint kh[MMA_AG][4], kl[MMA_AG][4];
 #pragma unroll
                         for (int u = 0; u < MMA_AG; u++) {
-                            MMA_SPLIT(kq[j][u].x, kh[u][0], kl[u][0]);
-                            MMA_SPLIT(kq[j][u].y, kh[u][1], kl[u][1]);
-                            MMA_SPLIT(kq[j][u].z, kh[u][2], kl[u][2]);
-                            MMA_SPLIT(kq[j][u].w, kh[u][3], kl[u][3]);
+                            MMA_SPLIT_KV(kq[j][u].x, kh[u][0], kl[u][0]);
+                            MMA_SPLIT_KV(kq[j][u].y, kh[u][1], kl[u][1]);
+                            MMA_SPLIT_KV(kq[j][u].z, kh[u][2], kl[u][2]);
+                            MMA_SPLIT_KV(kq[j][u].w, kh[u][3], kl[u][3]);
                         }
 #pragma unroll
                         for (int w = 0; w < NSA_TQ; w++) {
@@ -533,10 +533,10 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                                     uint bh[2], bl[2];
                                     bh[0] = kh[u][0], bh[1] = kh[u][1];
                                     bl[0] = kl[u][0], bl[1] = kl[u][1];
-                                    MMA_3(dd, ah, al, bh, bl);
+                                    MMA_3KV(dd, ah, al, bh, bl);
                                     bh[0] = kh[u][2], bh[1] = kh[u][3];
                                     bl[0] = kl[u][2], bl[1] = kl[u][3];
-                                    MMA_3(dd, ah2, al2, bh, bl);
+                                    MMA_3KV(dd, ah2, al2, bh, bl);
 #pragma unroll
                                     for (int i = 0; i < 4; i++)
                                         s[w][u][i] += dd[i];
@@ -703,14 +703,14 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                                 break;
                             const int ka = (st0 + j) * 8 + tq, kb4 = ka + 4;
                             uint vh[4][2], vl[4][2];
-                            MMA_SPLIT(va[j].x, vh[0][0], vl[0][0]);
-                            MMA_SPLIT(vb[j].x, vh[0][1], vl[0][1]);
-                            MMA_SPLIT(va[j].y, vh[1][0], vl[1][0]);
-                            MMA_SPLIT(vb[j].y, vh[1][1], vl[1][1]);
-                            MMA_SPLIT(va[j].z, vh[2][0], vl[2][0]);
-                            MMA_SPLIT(vb[j].z, vh[2][1], vl[2][1]);
-                            MMA_SPLIT(va[j].w, vh[3][0], vl[3][0]);
-                            MMA_SPLIT(vb[j].w, vh[3][1], vl[3][1]);
+                            MMA_SPLIT_KV(va[j].x, vh[0][0], vl[0][0]);
+                            MMA_SPLIT_KV(vb[j].x, vh[0][1], vl[0][1]);
+                            MMA_SPLIT_KV(va[j].y, vh[1][0], vl[1][0]);
+                            MMA_SPLIT_KV(vb[j].y, vh[1][1], vl[1][1]);
+                            MMA_SPLIT_KV(va[j].z, vh[2][0], vl[2][0]);
+                            MMA_SPLIT_KV(vb[j].z, vh[2][1], vl[2][1]);
+                            MMA_SPLIT_KV(va[j].w, vh[3][0], vl[3][0]);
+                            MMA_SPLIT_KV(vb[j].w, vh[3][1], vl[3][1]);
 #pragma unroll
                             for (int w = 0; w < NSA_TQ; w++) {
                                 if (w >= nt || !(act >> w & 1))
@@ -727,7 +727,7 @@ __kernel void nsa_slc_attn_mma(__global const float *q, __global const kv_t *K,
                                 MMA_SPLIT(p1b, ah[3], al[3]);
 #pragma unroll
                                 for (int u = 0; u < 4; u++)
-                                    MMA_3(dd[w][u], ah, al, vh[u], vl[u]);
+                                    MMA_3KV(dd[w][u], ah, al, vh[u], vl[u]);
                             }
                         }
 #pragma unroll

@@ -98,9 +98,9 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
                     MMA_SPLIT(qb.y, ah[3], al[3]);
 #pragma unroll
                     for (int u = 0; u < MMA_NG; u++) {
-                        MMA_SPLIT(kv[r][u].x, bh[0], bl[0]);
-                        MMA_SPLIT(kv[r][u].y, bh[1], bl[1]);
-                        MMA_3(acc[u], ah, al, bh, bl);
+                        MMA_SPLIT_KV(kv[r][u].x, bh[0], bl[0]);
+                        MMA_SPLIT_KV(kv[r][u].y, bh[1], bl[1]);
+                        MMA_3KV(acc[u], ah, al, bh, bl);
                     }
                     /* k step 2: components z and w */
                     MMA_SPLIT(qa.z, ah[0], al[0]);
@@ -109,9 +109,9 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
                     MMA_SPLIT(qb.w, ah[3], al[3]);
 #pragma unroll
                     for (int u = 0; u < MMA_NG; u++) {
-                        MMA_SPLIT(kv[r][u].z, bh[0], bl[0]);
-                        MMA_SPLIT(kv[r][u].w, bh[1], bl[1]);
-                        MMA_3(acc[u], ah, al, bh, bl);
+                        MMA_SPLIT_KV(kv[r][u].z, bh[0], bl[0]);
+                        MMA_SPLIT_KV(kv[r][u].w, bh[1], bl[1]);
+                        MMA_3KV(acc[u], ah, al, bh, bl);
                     }
                 }
             }

@@ -60,6 +60,29 @@ static uint mma_tf32(float x)
         MMA_1(d, ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);                                    \
     } while (0)
 
+/* The b words of a stored K or V value and d += a b for them. fp32
+ * storage: the split and 3xTF32 above. fp16 or bf16 storage (NSA_KV 1, 2):
+ * every value loaded is exact in tf32 (10 and 7 mantissa bits, tf32 keeps
+ * 10 and fp32's exponent range, so fp16 subnormals are normal here), so
+ * hi = its own bits (cvt.rna would return them unchanged) and lo = 0: the
+ * a_hi b_lo product adds exact zeros and is skipped, 2 mma instead of 3
+ * with the same sums in the same order (doc/opencl.md). */
+#if NSA_KV == 0
+#define MMA_SPLIT_KV(x, hi, lo) MMA_SPLIT(x, hi, lo)
+#define MMA_3KV(d, ah, al, bh, bl) MMA_3(d, ah, al, bh, bl)
+#else
+#define MMA_SPLIT_KV(x, hi, lo)                                                                \
+    do {                                                                                       \
+        hi = as_uint(x);                                                                       \
+        lo = 0u;                                                                               \
+    } while (0)
+#define MMA_3KV(d, ah, al, bh, bl)                                                             \
+    do {                                                                                       \
+        MMA_1(d, al[0], al[1], al[2], al[3], bh[0], bh[1]);                                    \
+        MMA_1(d, ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);                                    \
+    } while (0)
+#endif
+
 /* The four a words (ah, al) of p0 .. p3, one P fragment of P V. */
 #define MMA_SPLIT_A(p0, p1, p2, p3, ah, al)                                                    \
     do {                                                                                       \
@@ -70,21 +93,22 @@ static uint mma_tf32(float x)
     } while (0)
 
 /* d[0..3] += P (ah, al) times the four float4 lanes of the value rows
- * va, vb (8 keys, 4 columns each), the b words split into bh, bl. */
+ * va, vb (8 keys, 4 columns each), the b words split into bh, bl
+ * (MMA_SPLIT_KV). */
 #define MMA_PV4(d, ah, al, bh, bl, va, vb)                                                     \
     do {                                                                                       \
-        MMA_SPLIT(va.x, bh[0], bl[0]);                                                         \
-        MMA_SPLIT(vb.x, bh[1], bl[1]);                                                         \
-        MMA_3(d[0], ah, al, bh, bl);                                                           \
-        MMA_SPLIT(va.y, bh[0], bl[0]);                                                         \
-        MMA_SPLIT(vb.y, bh[1], bl[1]);                                                         \
-        MMA_3(d[1], ah, al, bh, bl);                                                           \
-        MMA_SPLIT(va.z, bh[0], bl[0]);                                                         \
-        MMA_SPLIT(vb.z, bh[1], bl[1]);                                                         \
-        MMA_3(d[2], ah, al, bh, bl);                                                           \
-        MMA_SPLIT(va.w, bh[0], bl[0]);                                                         \
-        MMA_SPLIT(vb.w, bh[1], bl[1]);                                                         \
-        MMA_3(d[3], ah, al, bh, bl);                                                           \
+        MMA_SPLIT_KV(va.x, bh[0], bl[0]);                                                      \
+        MMA_SPLIT_KV(vb.x, bh[1], bl[1]);                                                      \
+        MMA_3KV(d[0], ah, al, bh, bl);                                                         \
+        MMA_SPLIT_KV(va.y, bh[0], bl[0]);                                                      \
+        MMA_SPLIT_KV(vb.y, bh[1], bl[1]);                                                      \
+        MMA_3KV(d[1], ah, al, bh, bl);                                                         \
+        MMA_SPLIT_KV(va.z, bh[0], bl[0]);                                                      \
+        MMA_SPLIT_KV(vb.z, bh[1], bl[1]);                                                      \
+        MMA_3KV(d[2], ah, al, bh, bl);                                                         \
+        MMA_SPLIT_KV(va.w, bh[0], bl[0]);                                                      \
+        MMA_SPLIT_KV(vb.w, bh[1], bl[1]);                                                      \
+        MMA_3KV(d[3], ah, al, bh, bl);                                                         \
     } while (0)
 
 #endif

@@ -4,7 +4,8 @@
  * partial launch of the decode step, the attention and the dense baseline
  * over the mirror (the profile names the kernel of each launch), and its
  * results must equal the portable kernel's (NSA_OPENCL_MMA=0) within spec
- * 9, with the same selections. A capable device whose tensor-core build or
+ * 9, with the same selections; with fp16 and bf16 K/V storage too (the
+ * kernel skips the lo words of K and V there). A capable device whose tensor-core build or
  * kernel is unusable fails here (the library itself falls back silently);
  * other devices (PoCL in CI) skip, saying so. */
 #define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
@@ -43,13 +44,16 @@ static int teardown(void **state)
 }
 
 /* An opencl context with (mma = 1) or without (NSA_OPENCL_MMA=0) the
- * tensor-core program; NULL if none can be made here. */
-static nsa_context *cl_ctx(int mma)
+ * tensor-core program, K/V stored as kv (NSA_OPENCL_KV; NULL: the
+ * default, fp32); NULL if none can be made here. */
+static nsa_context *cl_ctx(int mma, const char *kv)
 {
     if (mma)
         unsetenv("NSA_OPENCL_MMA");
     else
         setenv("NSA_OPENCL_MMA", "0", 1);
+    if (kv)
+        setenv("NSA_OPENCL_KV", kv, 1);
     nsa_context *c = NULL;
     char msg[NSA_MSG_LEN];
     if (nsa_context_create("opencl", &c, msg, sizeof msg) != NSA_OK) {
@@ -57,6 +61,7 @@ static nsa_context *cl_ctx(int mma)
         c = NULL;
     }
     unsetenv("NSA_OPENCL_MMA");
+    unsetenv("NSA_OPENCL_KV");
     return c;
 }
 
@@ -229,7 +234,7 @@ static double compare(nsa_context *m, nsa_context *p, int H, int G, int dk, int 
 static void test_mma_partial_active_and_equal(void **state)
 {
     (void)state;
-    nsa_context *m = cl_ctx(1);
+    nsa_context *m = cl_ctx(1, NULL);
     if (!m) {
         print_message("skipped: no usable opencl device\n");
         g_skipped = 1;
@@ -248,7 +253,7 @@ static void test_mma_partial_active_and_equal(void **state)
     if (!sm->mma_kernel[sm->kv][NSA_CLM_DC_PARTIAL])
         fail_msg("%s supports tensor cores but nsa_dc_partial_mma is unusable: %s",
                  sm->device_name, sm->mma_why[sm->kv][NSA_CLM_DC_PARTIAL]);
-    nsa_context *p = cl_ctx(0);
+    nsa_context *p = cl_ctx(0, NULL);
     assert_non_null(p);
     assert_null(nsa_cl_state_of(p)->mma_kernel[nsa_cl_state_of(p)->kv][NSA_CLM_DC_PARTIAL]);
     double w = compare(m, p, 32, 2, 192, 128, 6, NULL, NULL); /* the paper's head shape */
@@ -263,10 +268,101 @@ static void test_mma_partial_active_and_equal(void **state)
     nsa_context_free(p);
 }
 
+/* The dense decode attention over the mirrors of half (K/V stored as
+ * fp16 or bf16, tensor-core kernel) and f (fp32 storage, portable
+ * kernel), the same layer, prompts and q on both: the caches hold the
+ * same fp32 keys and values, rounded on upload on the half side only.
+ * Bound as test_opencl's half_case against the fp32 reference (the
+ * portable fp32 kernel is held to the reference by test_decode): each
+ * stored value moves by at most u relative (2^-11 fp16, 2^-8 bf16), the
+ * output by about (1 + 2 * 2) u, so 50u bounds the relative L2 with
+ * margin, yet a wrong kernel (errors O(1)) fails. Returns that L2. */
+static double storage_bound(nsa_context *half, nsa_context *f, double u)
+{
+    const int H = 32, G = 2, dk = 192, dv = 128; /* the paper's head shape */
+    const nsa_layer_config c = layer_cfg(H, G, dk, dv, 6);
+    enum { B = 3 };
+    const int prompt[B] = {700, 333, 1};
+    side a, b;
+    side_make(&a, half, &c, B, prompt, 77);
+    side_make(&b, f, &c, B, prompt, 77);
+    const size_t bhd = (size_t)B * H * dv;
+    float *q = malloc(sizeof(float) * B * H * dk), *g = malloc(sizeof(float) * B * H * 3);
+    tl_fill(q, (size_t)B * H * dk, 300, -1, 1);
+    tl_fill(g, (size_t)B * H * 3, 301, 0, 1);
+    float *oa = tl_poisoned(bhd), *ob = tl_poisoned(bhd);
+    int32_t sel[B * G * 6]; /* untouched when dense */
+    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sel, 1), NSA_OK);
+    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sel, 1), NSA_OK);
+    const double e = tl_rel_l2(oa, ob, bhd);
+    if (!(e <= 50 * u))
+        fail_msg("half storage vs fp32: relative L2 %g above 50u = %g", e, 50 * u);
+    /* and the rounding really happened: fp32 agreement would be < 1e-6 */
+    assert_true(e > 1e-6);
+    free(q);
+    free(g);
+    free(oa);
+    free(ob);
+    side_free(&a);
+    side_free(&b);
+    return e;
+}
+
+/* fp16 and bf16 K/V storage (NSA_OPENCL_KV): the tensor-core kernel skips
+ * the lo words of K and V there (cl/mma_frag.cl's MMA_3KV; the stored
+ * values are exact in tf32), so it must still equal the portable kernel
+ * on the same stored values within spec 9 (the same arithmetic on the
+ * same values), and the half storage must stay within its rounding bound
+ * of fp32 storage. */
+static void test_mma_partial_half_storage(void **state)
+{
+    (void)state;
+    static const char *const name[2] = {"fp16", "bf16"};
+    static const nsa_cl_kv kind[2] = {NSA_CL_KV_F16, NSA_CL_KV_BF16};
+    static const double u[2] = {0x1p-11, 0x1p-8};
+    nsa_context *f = cl_ctx(0, NULL);
+    if (!f) {
+        print_message("skipped: no usable opencl device\n");
+        g_skipped = 1;
+        skip();
+    }
+    const char *why = mma_unsupported(nsa_cl_state_of(f));
+    if (why) {
+        print_message("skipped: no tensor-core decode kernel on %s (%s)\n",
+                      nsa_cl_state_of(f)->device_name, why);
+        nsa_context_free(f);
+        g_skipped = 1;
+        skip();
+    }
+    for (int i = 0; i < 2; i++) {
+        nsa_context *m = cl_ctx(1, name[i]), *p = cl_ctx(0, name[i]);
+        assert_non_null(m);
+        assert_non_null(p);
+        nsa_cl_state *sm = nsa_cl_state_of(m);
+        assert_int_equal(sm->kv, kind[i]);
+        assert_int_equal(nsa_cl_state_of(p)->kv, kind[i]);
+        if (!sm->mma_kernel[kind[i]][NSA_CLM_DC_PARTIAL])
+            fail_msg("%s: nsa_dc_partial_mma unusable with %s storage: %s", sm->device_name,
+                     name[i], sm->mma_why[kind[i]][NSA_CLM_DC_PARTIAL]);
+        double w = compare(m, p, 32, 2, 192, 128, 6, NULL, NULL);
+        print_message("%s, paper head shape: worst relative L2 %.3g\n", name[i], w);
+        w = compare(m, p, 10, 2, 20, 12, 5, "48,40", "early");
+        print_message("%s, 5 heads, dk 20, dv 12, window early: worst relative L2 %.3g\n",
+                      name[i], w);
+        w = storage_bound(m, f, u[i]);
+        print_message("%s vs fp32 storage, dense: relative L2 %.3g (bound %.3g)\n", name[i], w,
+                      50 * u[i]);
+        nsa_context_free(m);
+        nsa_context_free(p);
+    }
+    nsa_context_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mma_partial_active_and_equal),
+        cmocka_unit_test(test_mma_partial_half_storage),
     };
     const int rc = cmocka_run_group_tests(tests, setup, teardown);
     return rc == 0 && g_skipped ? 77 : rc;

@@ -1225,6 +1225,14 @@ static void half_case(nsa_cl_kv kv)
     cs->kv = NSA_CL_KV_F32;
     if (s != NSA_OK)
         fail_msg("%s", nsa_context_last_error(g_ctx));
+    /* where the device runs the tensor-core attention kernels (fp32
+     * storage), they ran here too: their half-storage variant skips the
+     * lo words of K and V (cl/mma_frag.cl's MMA_3KV) */
+    assert_int_equal(nsa_cl_kernels(g_ctx, cs, NSA_CL_KV_F32), NSA_OK);
+    for (int k = NSA_CLM_GROUP_ATTN; k <= NSA_CLM_SLC_ATTN; k++)
+        if (cs->mma_kernel[NSA_CL_KV_F32][k] && !cs->mma_kernel[kv][k])
+            fail_msg("tensor-core kernel %d unusable with half storage: %s", k,
+                     cs->mma_why[kv][k]);
     expect_close("k_cmp (phi stays fp32)", got.kc, exact.kc, (size_t)C * c.G * c.dk, TOL, kv);
     expect_close("out_slc vs ref on rounded K/V", got.os, ref.os, th, TOL, kv);
     expect_close("out_win vs ref on rounded K/V", got.ow, ref.ow, th, TOL, kv);
