@@ -44,12 +44,21 @@
     ((((size_t)(bg) * (cap) + ((row) & ~(NSA_DC_TK - 1))) * (dk4)) +                         \
      (size_t)(e4) * NSA_DC_TK + ((row) & (NSA_DC_TK - 1)))
 
+/* The float4 i of a K/V row (16-, fp16/bf16: 8-byte aligned, like every
+ * float4 index here). Half storage loads the 8 bytes as one ushort4:
+ * vload_half4 and vload4 may assume only 2-byte alignment, and NVIDIA's
+ * compiler split them into four 2-byte loads. */
 #if NSA_KV == 0
 #define LD4(p, i) (((__global const float4 *)(p))[i])
 #elif NSA_KV == 1
-#define LD4(p, i) vload_half4((i), (p))
+static float4 ld4_f16(__global const half *p, size_t i)
+{
+    ushort4 u = ((__global const ushort4 *)p)[i];
+    return vload_half4(0, (const __private half *)&u);
+}
+#define LD4(p, i) ld4_f16((p), (i))
 #else
-#define LD4(p, i) as_float4(convert_uint4(vload4((i), (p))) << 16)
+#define LD4(p, i) as_float4(convert_uint4(((__global const ushort4 *)(p))[i]) << 16)
 #endif
 
 /* Compressed tokens visible at t (spec 2). */
