@@ -44,8 +44,8 @@
     ((((size_t)(bg) * (cap) + ((row) & ~(NSA_DC_TK - 1))) * (dk4)) +                         \
      (size_t)(e4) * NSA_DC_TK + ((row) & (NSA_DC_TK - 1)))
 
-/* The float4 i of a K/V row (16-, fp16/bf16: 8-byte aligned, like every
- * float4 index here). Half storage loads the 8 bytes as one ushort4:
+/* The float4 i of K or V (aligned: 16 bytes at fp32, 8 at fp16/bf16, as
+ * every float4 index here is). Half storage loads the 8 bytes as one ushort4:
  * vload_half4 and vload4 may assume only 2-byte alignment, and NVIDIA's
  * compiler split them into four 2-byte loads. */
 #if NSA_KV == 0
