@@ -44,14 +44,21 @@ static int teardown(void **state)
 }
 
 /* An opencl context with (mma = 1) or without (NSA_OPENCL_MMA=0) the
- * tensor-core program, K/V stored as kv (NSA_OPENCL_KV; NULL: the
- * default, fp32); NULL if none can be made here. */
+ * tensor-core program, K/V stored as kv (NSA_OPENCL_KV; NULL: as the
+ * environment says, fp32 by default); NULL if none can be made here. The
+ * caller's NSA_OPENCL_KV is restored, so every NULL-kv context of a run
+ * gets the same storage. */
 static nsa_context *cl_ctx(int mma, const char *kv)
 {
     if (mma)
         unsetenv("NSA_OPENCL_MMA");
     else
         setenv("NSA_OPENCL_MMA", "0", 1);
+    const char *env = getenv("NSA_OPENCL_KV");
+    char old[16] = "";
+    const int had = env && strlen(env) < sizeof old;
+    if (had)
+        strcpy(old, env);
     if (kv)
         setenv("NSA_OPENCL_KV", kv, 1);
     nsa_context *c = NULL;
@@ -61,7 +68,12 @@ static nsa_context *cl_ctx(int mma, const char *kv)
         c = NULL;
     }
     unsetenv("NSA_OPENCL_MMA");
-    unsetenv("NSA_OPENCL_KV");
+    if (kv) {
+        if (had)
+            setenv("NSA_OPENCL_KV", old, 1);
+        else
+            unsetenv("NSA_OPENCL_KV");
+    }
     return c;
 }
 
