@@ -151,6 +151,22 @@ static void side_free(side *s)
     nsa_layer_free(s->L);
 }
 
+/* Relative L2 between the decode attention of sides a and b over their
+ * mirrors (dense = 1: the dense baseline), the same q and gates on both;
+ * the outputs poisoned first, so an unwritten element shows. sa, sb get
+ * the selections (untouched when dense). */
+static double attend_l2(side *a, side *b, const float *q, const float *g, size_t bhd,
+                        int32_t *sa, int32_t *sb, int dense)
+{
+    float *oa = tl_poisoned(bhd), *ob = tl_poisoned(bhd);
+    assert_int_equal(nsa_decode_attend_cached(a->st, q, g, oa, sa, dense), NSA_OK);
+    assert_int_equal(nsa_decode_attend_cached(b->st, q, g, ob, sb, dense), NSA_OK);
+    const double e = tl_rel_l2(oa, ob, bhd);
+    free(oa);
+    free(ob);
+    return e;
+}
+
 /* The same layer, prompts and inputs on the tensor-core context m and the
  * portable one p: decode steps (the device step), then the attention and
  * the dense baseline over the mirrors with the same q and gates. Returns
@@ -200,20 +216,11 @@ static double compare(nsa_context *m, nsa_context *p, int H, int G, int dk, int 
     float *q = malloc(sizeof(float) * B * H * dk), *g = malloc(sizeof(float) * B * H * 3);
     tl_fill(q, (size_t)B * H * dk, 200, -1, 1);
     tl_fill(g, (size_t)B * H * 3, 201, 0, 1);
-    float *oa = tl_poisoned(bhd), *ob = tl_poisoned(bhd);
-    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sa, 0), NSA_OK);
-    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sb, 0), NSA_OK);
-    double e = tl_rel_l2(oa, ob, bhd);
+    double e = attend_l2(&a, &b, q, g, bhd, sa, sb, 0);
     worst = e > worst ? e : worst;
     assert_true(e <= TOL); /* spec 9 */
     assert_memory_equal(sa, sb, sizeof(int32_t) * ns);
-    free(oa);
-    free(ob);
-    oa = tl_poisoned(bhd);
-    ob = tl_poisoned(bhd);
-    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sa, 1), NSA_OK);
-    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sb, 1), NSA_OK);
-    e = tl_rel_l2(oa, ob, bhd);
+    e = attend_l2(&a, &b, q, g, bhd, sa, sb, 1);
     worst = e > worst ? e : worst;
     assert_true(e <= TOL); /* spec 9 */
     /* the kernels that ran: each launch of the tensor-core side on
@@ -236,8 +243,6 @@ static double compare(nsa_context *m, nsa_context *p, int H, int G, int dk, int 
     free(sb);
     free(q);
     free(g);
-    free(oa);
-    free(ob);
     side_free(&a);
     side_free(&b);
     return worst;
@@ -302,19 +307,14 @@ static double storage_bound(nsa_context *half, nsa_context *f, double u)
     float *q = malloc(sizeof(float) * B * H * dk), *g = malloc(sizeof(float) * B * H * 3);
     tl_fill(q, (size_t)B * H * dk, 300, -1, 1);
     tl_fill(g, (size_t)B * H * 3, 301, 0, 1);
-    float *oa = tl_poisoned(bhd), *ob = tl_poisoned(bhd);
     int32_t sel[B * G * 6]; /* untouched when dense */
-    assert_int_equal(nsa_decode_attend_cached(a.st, q, g, oa, sel, 1), NSA_OK);
-    assert_int_equal(nsa_decode_attend_cached(b.st, q, g, ob, sel, 1), NSA_OK);
-    const double e = tl_rel_l2(oa, ob, bhd);
+    const double e = attend_l2(&a, &b, q, g, bhd, sel, sel, 1);
     if (!(e <= 50 * u))
         fail_msg("half storage vs fp32: relative L2 %g above 50u = %g", e, 50 * u);
     /* and the rounding really happened: fp32 agreement would be < 1e-6 */
     assert_true(e > 1e-6);
     free(q);
     free(g);
-    free(oa);
-    free(ob);
     side_free(&a);
     side_free(&b);
     return e;
