@@ -22,6 +22,20 @@
 #define MMA_VR 4
 #endif
 
+/* Software prefetch into L2 (prefetch.global.L2) of the keys NSA_DC_PF
+ * plane steps ahead (across passes; 0: none): more bytes in flight than
+ * the register ring holds, without registers. One lane of 8 (gq = 0) asks
+ * for the 128-byte line its 8 lanes will load. On the H200 (doc/opencl.md,
+ * "Eighth session") 2 steps took the compressed partial from 0.1315 to
+ * 0.1293 ms and the selected + window one from 0.0645 to 0.0619 ms; 4 and
+ * 8 steps, and prefetching values, gained less or lost. */
+#ifndef NSA_DC_PF
+#define NSA_DC_PF 2
+#endif
+#define DC_L2PF(base, i4)                                                                       \
+    __asm__ volatile("prefetch.global.L2 [%0];" ::"l"(                                         \
+        (ulong)((__global const kv_t *)(base) + (size_t)(i4) * 4)))
+
 /* The float4 of plane step st (planes 4 st .. 4 st + 3, this lane's
  * 4 st + tq) of the key this lane loads in each group, into dst[]. */
 #define MMA_KLOAD(dst, st)                                                                     \
@@ -85,6 +99,22 @@ __kernel void nsa_dc_partial_mma(DC_PARTIAL_PARAMS)
 #pragma unroll
             for (int r = 0; r < MMA_KR; r++) {
                 MMA_KLOAD(kv[(r + MMA_KR - 1) % MMA_KR], p + r + MMA_KR - 1);
+#if NSA_DC_PF
+                if (gq == 0) {
+                    /* step s of this pass, or of the warp's next pass */
+                    const int s = p + r + NSA_DC_PF, nx = s >= nst;
+                    const int e4p = (nx ? s - nst : s) * 4 + tq;
+#pragma unroll
+                    for (int u = 0; u < MMA_NG; u++) {
+                        const int k = k0 + (nx ? nw * 8 * MMA_NG : 0) + u * 8;
+                        if (k < cnt && e4p < dk4) {
+                            const int row = rows[k];
+                            DC_L2PF(Kx, ((size_t)bg * capx + (row & ~(NSA_DC_TK - 1))) * dk4 +
+                                           (row & (NSA_DC_TK - 1)) + (size_t)e4p * NSA_DC_TK);
+                        }
+                    }
+                }
+#endif
                 if (p + r < nst) {
                     const int e4 = (p + r) * 4 + tq;
                     const float4 qa = e4 < dk4 && ra ? qs[gq * dk4 + e4] : (float4)(0.0f);
