@@ -32,9 +32,7 @@
 #ifndef NSA_DC_PF
 #define NSA_DC_PF 2
 #endif
-#define DC_L2PF(base, i4)                                                                       \
-    __asm__ volatile("prefetch.global.L2 [%0];" ::"l"(                                         \
-        (ulong)((__global const kv_t *)(base) + (size_t)(i4) * 4)))
+#define DC_L2PF(base, i4) MMA_L2PF((__global const kv_t *)(base) + (size_t)(i4) * 4)
 
 /* The float4 of plane step st (planes 4 st .. 4 st + 3, this lane's
  * 4 st + tq) of the key this lane loads in each group, into dst[]. */

@@ -25,6 +25,10 @@ static uint mma_tf32(float x)
     return r;
 }
 
+/* A hint: the 128-byte line at global address p into L2 (no register
+ * written, nothing waits for it). */
+#define MMA_L2PF(p) __asm__ volatile("prefetch.global.L2 [%0];" ::"l"((ulong)(p)))
+
 /* d += a b for one m16n8k8 tile */
 #define MMA_1(d, a0, a1, a2, a3, b0, b1)                                                       \
     __asm__("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
