@@ -36,6 +36,94 @@ __kernel void nsa_cmp_scores(__global const float *zs, __global const float *sta
     scores[gid] = s;
 }
 
+/* The same scores with one work-group of NSA_WG lanes per (row, group),
+ * bit for bit: every score is the same float operations in the same order
+ * as nsa_cmp_scores's (a = sum over the entries of val * exp(z - m) in
+ * entry order, then s += a * (1 / sum) head by head), but each exp(z - m)
+ * is formed once (nsa_cmp_scores: about 1.25 times, l/d - 1 of every
+ * l'/d tokens twice), the logits are loaded coalesced, 1 / sum once per
+ * head and no lane idles past the visible blocks. The visible blocks go
+ * in tiles of bt (host: the tokens the mapping rows of a tile reach,
+ * halo included, number at most NSA_CSS x NSA_WG, lowest first and
+ * highest last in the CSR); the group's heads in batches of NSA_CSH: the
+ * lanes along the tile's tokens form exp(z - m) of the batch into local
+ * memory (one pad word every 32, so that lanes a block apart, l'/d
+ * tokens, read distinct banks), then a lane per block walks its mapping
+ * entries once for the whole batch. */
+#ifndef NSA_CSH
+#define NSA_CSH 8
+#endif
+#ifndef NSA_CSS
+#define NSA_CSS 4
+#endif
+#define NSA_CS_ES (NSA_CSS * NSA_WG + NSA_CSS * NSA_WG / 32)
+
+__kernel void nsa_cmp_scores_wg(__global const float *zs, __global const float *stats,
+                                __global const int *row_seq, __global const int *cu,
+                                __global const int *rowptr, __global const int *col,
+                                __global const int *val, int H, int G, int l, int d, int lsel,
+                                int row0, int rows, int max_nc, int max_vis, int bt,
+                                __global float *scores)
+{
+    __local float ex[NSA_CSH * NSA_CS_ES], linv[NSA_CSH];
+    const int slot = get_group_id(0), lid = get_local_id(0), hpg = H / G;
+    if (slot >= rows * G)
+        return; /* uniform: the whole work-group */
+    const int row = row0 + slot / G, t = row - cu[row_seq[row]];
+    const int nc = t + 1 >= l ? (t + 1 - l) / d + 1 : 0, vis = t / lsel + 1;
+    __global float *out = scores + (size_t)slot * max_vis;
+    if (nc == 0) { /* as nsa_cmp_scores: exactly 0, the sums not divided by */
+        for (int j = lid; j < vis; j += NSA_WG)
+            out[j] = 0.0f;
+        return;
+    }
+    __global const float *zr = zs + (size_t)slot * hpg * max_nc;
+    __global const float *sr = stats + (size_t)slot * hpg * 2;
+    for (int jt = 0; jt < vis; jt += bt) {
+        const int jn = min(bt, vis - jt), e0 = rowptr[jt], e1 = rowptr[jt + jn];
+        /* the tile's tokens lo .. lo + nt - 1 (those below nc only) */
+        const int lo = e1 > e0 ? col[e0] : 0;
+        const int nt = e1 > e0 ? min(col[e1 - 1] + 1, nc) - lo : 0;
+        const int j = jt + lid, k0 = lid < jn ? rowptr[j] : 0, k1 = lid < jn ? rowptr[j + 1] : 0;
+        float s = 0.0f;
+        for (int h0 = 0; h0 < hpg; h0 += NSA_CSH) {
+            const int nb = min(NSA_CSH, hpg - h0);
+            barrier(CLK_LOCAL_MEM_FENCE); /* the last batch's reads are done */
+            if (lid < nb)
+                linv[lid] = 1.0f / sr[2 * (h0 + lid) + 1];
+            float m[NSA_CSH];
+            for (int h = 0; h < NSA_CSH; h++)
+                m[h] = h < nb ? sr[2 * (h0 + h)] : 0.0f;
+            for (int i = lid; i < nt; i += NSA_WG) {
+                float zv[NSA_CSH]; /* the batch's loads first: several in flight */
+                for (int h = 0; h < NSA_CSH; h++)
+                    if (h < nb)
+                        zv[h] = zr[(size_t)(h0 + h) * max_nc + lo + i];
+                const int p = i + (i >> 5);
+                for (int h = 0; h < NSA_CSH; h++)
+                    if (h < nb)
+                        ex[h * NSA_CS_ES + p] = exp(zv[h] - m[h]);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            float a[NSA_CSH];
+            for (int h = 0; h < NSA_CSH; h++)
+                a[h] = 0.0f;
+            for (int k = k0; k < k1; k++)
+                if (col[k] < nc) {
+                    const float v = (float)val[k];
+                    const int c = col[k] - lo, p = c + (c >> 5);
+                    for (int h = 0; h < NSA_CSH; h++)
+                        a[h] += v * ex[h * NSA_CS_ES + p];
+                }
+            for (int h = 0; h < NSA_CSH; h++)
+                if (h < nb)
+                    s += a[h] * linv[h];
+        }
+        if (lid < jn)
+            out[j] = s;
+    }
+}
+
 /* Work-group top-n (spec 3, Eq. 11): one work-group of NSA_WG lanes per
  * (row, group). Picks go to the largest scores, ties to the smaller j, as
  * an order on (key, j) with key an order-preserving integer image of the

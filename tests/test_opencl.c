@@ -788,6 +788,148 @@ static void test_decode_scores(void **st)
     }
 }
 
+/* The prefill group scores through their test hook, score by score:
+ * nsa_cmp_scores_wg (a work-group per (row, group)) must give the bits of
+ * nsa_cmp_scores (a work-item per block, the formula it replaced), and
+ * both the host's S[j] = sum over the heads h of the group of (sum over
+ * the entries of row j with col < n_cmp(t) of val exp(z - m_h)) / sum_h,
+ * in double, within 1e-5 relative (spec 9's bound; float sums of at most
+ * 20 heads x 5 positive terms, 513 for the last shape, and OpenCL's exp
+ * err by about 1e-6). Rows without a compressed token score exactly 0
+ * (their sums are 0: not divided by); blocks past a row's visible ones
+ * keep the caller's values; logits past n_cmp(t) are NaN, so reading
+ * one shows. Rows: the last 3 of sequences whose last row sees 1 (no
+ * compressed token), 2, 62, 63, 64, 126, 127, 128, 129, 190, 254 and 255
+ * blocks, around the tiles of the work-group kernel (63 blocks a tile
+ * with the paper's sizes on PoCL's 64 lanes, 127 on 128: the tokens of
+ * 4 x lanes) and the tokens of the halo a tile's last block reaches past
+ * it. Heads a group 16 (paper), 20 (two batches and a part), 1, 5, 16
+ * with G = 1 and 4; both mappings; l'/d 4, 2, 1, 8, 4 (l/d 1: no halo)
+ * and 128 (tiles of one to three blocks); l'/d = 512 with l/d = 2, which
+ * the tiles of up to 512 tokens cannot take (the hook must refuse the
+ * work-group kernel; the default runs the other). */
+static void test_prefill_scores(void **st)
+{
+    (void)st;
+    NEED_CL();
+    struct {
+        int H, G, l, d, ls;
+        nsa_mapping map;
+    } cs[] = {{64, 4, 32, 16, 64, NSA_MAPPING_OVERLAP}, {40, 2, 32, 16, 64, NSA_MAPPING_PAPER},
+              {3, 3, 16, 8, 16, NSA_MAPPING_OVERLAP},   {10, 2, 16, 16, 16, NSA_MAPPING_OVERLAP},
+              {16, 1, 32, 16, 128, NSA_MAPPING_PAPER},  {8, 2, 16, 16, 64, NSA_MAPPING_OVERLAP},
+              {2, 1, 64, 1, 128, NSA_MAPPING_OVERLAP},  {1, 1, 2, 1, 512, NSA_MAPPING_OVERLAP}};
+    static const int vis_of[] = {1, 2, 62, 63, 64, 126, 127, 128, 129, 190, 254, 255};
+    enum { B = sizeof vis_of / sizeof vis_of[0], R = 3 };
+    nsa_rng r = {0x9c05ull};
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        nsa_config c = nsa_config_default();
+        c.H = cs[k].H;
+        c.G = cs[k].G;
+        c.l = cs[k].l;
+        c.d = cs[k].d;
+        c.l_sel = cs[k].ls;
+        c.mapping = cs[k].map;
+        c.dk = c.dv = 8;
+        assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
+        int32_t cu[B + 1] = {0};
+        for (int b = 0; b < B; b++) /* the last row, t = L - 1, sees vis_of[b] blocks */
+            cu[b + 1] = cu[b] + (vis_of[b] == 1 ? c.l - 1
+                                                : (vis_of[b] - 1) * c.l_sel + pick(&r, 1, c.l_sel));
+        nsa_batch bt;
+        assert_int_equal(nsa_batch_init(g_ref, &c, cu[B], cu, B, &bt), NSA_OK);
+        const int hpg = c.H / c.G, max_nc = nsa_bm_n_cmp(&c, bt.max_len - 1);
+        const int max_vis = nsa_bm_n_sel_visible(&c, bt.max_len - 1);
+        /* the work-group kernel takes a tile of one block or more (cl_attend.c) */
+        const int fits = NSA_CL_CS_SPAN * nsa_cl_state_of(g_ctx)->wg - c.l / c.d + 1 >=
+                         c.l_sel / c.d;
+        nsa_csr m;
+        assert_int_equal(nsa_bm_map_build(&c, max_vis, max_nc, &m), NSA_OK);
+        const size_t sl = (size_t)R * c.G, nz = sl * hpg * (size_t)max_nc, ns = sl * max_vis;
+        float *z = malloc(sizeof(float) * nz), *sts = malloc(sizeof(float) * sl * hpg * 2);
+        float *s0 = malloc(sizeof(float) * ns), *s1 = malloc(sizeof(float) * ns);
+        float *s2 = malloc(sizeof(float) * ns);
+        assert_non_null(z);
+        assert_non_null(sts);
+        assert_non_null(s0);
+        assert_non_null(s1);
+        assert_non_null(s2);
+        for (int b = 0; b < B; b++) {
+            const int len = cu[b + 1] - cu[b], rows = len < R ? len : R, row0 = cu[b + 1] - rows;
+            for (int x = 0; x < rows * c.G; x++) {
+                const int t = row0 + x / c.G - cu[b], nc = nsa_bm_n_cmp(&c, t);
+                for (int h = 0; h < hpg; h++) {
+                    float *zr = z + ((size_t)x * hpg + h) * max_nc, *p = sts + (x * hpg + h) * 2;
+                    for (int i = 0; i < max_nc; i++)
+                        zr[i] = i < nc ? 3.0f * nsa_rng_uniform(&r) : NAN;
+                    p[0] = nc ? 3.0f + nsa_rng_uniform(&r) : -INFINITY;
+                    p[1] = nc ? 10.0f + 100.0f * fabsf(nsa_rng_uniform(&r)) : 0.0f;
+                }
+            }
+            for (size_t i = 0; i < ns; i++) /* distinct values: each kept one checked */
+                s0[i] = -1000.0f - (float)i;
+            memcpy(s1, s0, sizeof(float) * ns);
+            memcpy(s2, s0, sizeof(float) * ns);
+            assert_int_equal(nsa_cl_cmp_scores(g_ctx, &c, &bt, row0, rows, z, max_nc, sts, &m,
+                                               max_vis, 1, s1),
+                             NSA_OK);
+            if (fits)
+                assert_int_equal(nsa_cl_cmp_scores(g_ctx, &c, &bt, row0, rows, z, max_nc, sts,
+                                                   &m, max_vis, 2, s2),
+                                 NSA_OK);
+            else {
+                assert_int_equal(nsa_cl_cmp_scores(g_ctx, &c, &bt, row0, rows, z, max_nc, sts,
+                                                   &m, max_vis, 2, s2),
+                                 NSA_ERR_UNSUPPORTED);
+                assert_int_equal(nsa_cl_cmp_scores(g_ctx, &c, &bt, row0, rows, z, max_nc, sts,
+                                                   &m, max_vis, 0, s2),
+                                 NSA_OK);
+            }
+            for (int x = 0; x < rows * c.G; x++) {
+                const int t = row0 + x / c.G - cu[b], nc = nsa_bm_n_cmp(&c, t);
+                const int vis = nsa_bm_n_sel_visible(&c, t);
+                for (int j = 0; j < max_vis; j++) {
+                    const size_t at = (size_t)x * max_vis + j;
+                    if (j >= vis) {
+                        if (memcmp(&s1[at], &s0[at], sizeof(float)) != 0 ||
+                            memcmp(&s2[at], &s0[at], sizeof(float)) != 0)
+                            fail_msg("case %zu, t %d, slot %d: block %d past the %d visible "
+                                     "written",
+                                     k, t, x, j, vis);
+                        continue;
+                    }
+                    if (memcmp(&s1[at], &s2[at], sizeof(float)) != 0)
+                        fail_msg("case %zu, t %d, slot %d: block %d of %d: work-group kernel "
+                                 "%.9g (%a), per-block kernel %.9g (%a): not the same bits",
+                                 k, t, x, j, vis, s2[at], s2[at], s1[at], s1[at]);
+                    double want = 0.0;
+                    for (int h = 0; h < hpg && nc > 0; h++) {
+                        const float *zr = z + ((size_t)x * hpg + h) * max_nc;
+                        const float *p = sts + (x * hpg + h) * 2;
+                        double a = 0.0;
+                        for (int32_t e = m.rowptr[j]; e < m.rowptr[j + 1]; e++)
+                            if (m.col[e] < nc)
+                                a += m.val[e] * exp((double)zr[m.col[e]] - p[0]);
+                        want += a / p[1];
+                    }
+                    /* spec 9's 1e-5, relative to each score (0 exactly without keys) */
+                    if (!(fabs(s1[at] - want) <= TOL * fabs(want)))
+                        fail_msg("case %zu, t %d (n_cmp %d), slot %d: block %d of %d scored "
+                                 "%.9g, host %.9g",
+                                 k, t, nc, x, j, vis, s1[at], want);
+                }
+            }
+        }
+        nsa_bm_map_free(&m);
+        nsa_batch_free(&bt);
+        free(z);
+        free(sts);
+        free(s0);
+        free(s1);
+        free(s2);
+    }
+}
+
 /* The fused decode step's RoPE in double (cl/rope64.cl) against the
  * host's double computation (lib/layer.c), at positions up to 2^20 and the
  * largest a state allows (2^31 - 1), for the paper's rope_dim 64 (base
@@ -1381,6 +1523,7 @@ int main(void)
         cmocka_unit_test(test_topn_long_rows),
         cmocka_unit_test(test_topn_decode_equals_prefill),
         cmocka_unit_test(test_decode_scores),
+        cmocka_unit_test(test_prefill_scores),
         cmocka_unit_test(test_decode_growth_cap),
         cmocka_unit_test(test_rope64),
         cmocka_unit_test(test_cross_no_cmp_tokens),

@@ -224,6 +224,83 @@ static nsa_status slc_attn(nsa_clr_bufs *B, const nsa_config *c, float scale,
                           (size_t)tiles * c->G * parts * st->wg, st->wg);
 }
 
+/* Blocks a tile of nsa_cmp_scores_wg for the mapping m (max_vis rows), or
+ * 0 where it cannot take m (nsa_cmp_scores runs): the tokens that the
+ * rows of a tile reach, r bt + q - 1 with r = l'/d and q = l/d in both
+ * mappings, must fit its NSA_CL_CS_SPAN x wg, at most wg blocks (a lane
+ * each). The kernel takes a tile's lowest token from its first entry and
+ * the highest from its last (of any first rows of it: the tile's last is
+ * cut at the row's visible blocks), which is checked here on m itself:
+ * columns ascending in each row, no row starting below the tile's first
+ * entry, rows' last entries ascending. */
+static int cmp_tile(const nsa_cl_state *st, const nsa_config *c, const nsa_csr *m,
+                    int max_vis)
+{
+    const long span = (long)NSA_CL_CS_SPAN * st->wg, r = c->l_sel / c->d, q = c->l / c->d;
+    const size_t local = sizeof(float) * NSA_CL_CS_HEADS * (size_t)(span + span / 32 + 1);
+    long bt = (span - q + 1) / r;
+    if (bt > st->wg)
+        bt = st->wg;
+    if (bt < 1 || local > st->local_mem || m->rows < max_vis)
+        return 0;
+    for (int jt = 0; jt < max_vis; jt += (int)bt) {
+        const int jn = max_vis - jt < bt ? max_vis - jt : (int)bt;
+        const int32_t e0 = m->rowptr[jt], e1 = m->rowptr[jt + jn];
+        int32_t last = -1;
+        for (int j = jt; j < jt + jn; j++)
+            for (int32_t k = m->rowptr[j]; k < m->rowptr[j + 1]; k++) {
+                if (m->col[k] < m->col[e0] || (k > m->rowptr[j] && m->col[k] <= m->col[k - 1]))
+                    return 0;
+                if (k == m->rowptr[j + 1] - 1) {
+                    if (m->col[k] < last)
+                        return 0;
+                    last = m->col[k];
+                }
+            }
+        if (e1 > e0 && (long)m->col[e1 - 1] + 1 - m->col[e0] > span)
+            return 0;
+    }
+    return (int)bt;
+}
+
+/* Buffers of the group scores (spec 3, Eq. 9-10) of rows row0 .. row0 +
+ * rows - 1 (a chunk of nsa_group_attn's compressed branch). */
+typedef struct cs_launch {
+    cl_mem zs, stats, row_seq, cu, rowptr, col, val, scores;
+    int row0, rows, max_nc, max_vis;
+} cs_launch;
+
+/* nsa_cmp_scores_wg with bt blocks a tile (cmp_tile), or nsa_cmp_scores
+ * with bt = 0: the same scores bit for bit. */
+static nsa_status cmp_scores(nsa_clr_bufs *B, const nsa_config *c, int bt, const cs_launch *L)
+{
+    const size_t wg = (size_t)B->st->wg;
+    cl_kernel *K = B->st->kernel[B->st->kv];
+    nsa_clr_args a = {K[bt > 0 ? NSA_CLK_CMP_SCORES_WG : NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
+    ARG_MEM(&a, L->zs);
+    ARG_MEM(&a, L->stats);
+    ARG_MEM(&a, L->row_seq);
+    ARG_MEM(&a, L->cu);
+    ARG_MEM(&a, L->rowptr);
+    ARG_MEM(&a, L->col);
+    ARG_MEM(&a, L->val);
+    ARG_INT(&a, c->H);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_INT(&a, c->l_sel);
+    ARG_INT(&a, L->row0);
+    ARG_INT(&a, L->rows);
+    ARG_INT(&a, L->max_nc);
+    ARG_INT(&a, L->max_vis);
+    if (bt > 0)
+        ARG_INT(&a, bt);
+    ARG_MEM(&a, L->scores);
+    /* one label: the bench's "scores" row, whichever kernel */
+    return nsa_clr_launch(B, &a, "nsa_cmp_scores",
+                          (size_t)L->rows * c->G * (bt > 0 ? wg : (size_t)L->max_vis), wg);
+}
+
 /* Scratch budget of one chunk of the compressed branch (logits and scores
  * of the rows in flight), which keeps memory linear in T: 1/8 of the
  * device's memory, at least 64 MiB, at most the largest allocation;
@@ -311,7 +388,7 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         chunk = st->max_chunk_rows;
     if (chunk > T)
         chunk = T;
-    const int want = job->sel_in == NULL;
+    const int want = job->sel_in == NULL, tile = want ? cmp_tile(st, c, m, max_vis) : 0;
     cl_mem zs, stats, scores;
     TRY(nsa_clr_buf_new(&B, want ? sizeof(float) * (size_t)chunk * G * hpg * (size_t)max_nc : 4,
                         NULL, &zs));
@@ -329,25 +406,9 @@ nsa_status nsa_cl_attend(nsa_context *ctx, const nsa_attn_job *job)
         TRY(group_attn(&B, c, job->scale, &L));
         if (!want)
             continue;
-        nsa_clr_args a = {K[NSA_CLK_CMP_SCORES], 0, CL_SUCCESS};
-        ARG_MEM(&a, zs);
-        ARG_MEM(&a, stats);
-        ARG_MEM(&a, rsb);
-        ARG_MEM(&a, cub);
-        ARG_MEM(&a, rp);
-        ARG_MEM(&a, col);
-        ARG_MEM(&a, val);
-        ARG_INT(&a, H);
-        ARG_INT(&a, G);
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-        ARG_INT(&a, c->l_sel);
-        ARG_INT(&a, r0);
-        ARG_INT(&a, rows);
-        ARG_INT(&a, max_nc);
-        ARG_INT(&a, max_vis);
-        ARG_MEM(&a, scores);
-        TRY(nsa_clr_launch(&B, &a, "nsa_cmp_scores", (size_t)rows * G * max_vis, wg));
+        const cs_launch cs = {zs, stats, rsb, cub, rp, col, val, scores,
+                              (int)r0, rows, max_nc, max_vis};
+        TRY(cmp_scores(&B, c, tile, &cs));
         nsa_clr_args t = {K[NSA_CLK_TOPN], 0, CL_SUCCESS};
         ARG_MEM(&t, scores);
         ARG_MEM(&t, rsb);
@@ -436,6 +497,48 @@ nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch 
     ARG_MEM(&t, selb);
     TRY(nsa_clr_launch(&B, &t, "nsa_topn", tg * (size_t)st->wg, (size_t)st->wg));
     TRY(nsa_clr_download(&B, selb, sizeof(int32_t) * tg * cfg->n, sel));
+done:
+    nsa_clr_bufs_free(&B);
+    free(rs);
+    return s;
+}
+
+nsa_status nsa_cl_cmp_scores(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
+                             int row0, int rows, const float *z, int max_nc,
+                             const float *stats, const nsa_csr *map, int max_vis, int kernel,
+                             float *scores)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    if (s != NSA_OK)
+        return s;
+    const int tile = kernel == 1 ? 0 : cmp_tile(st, cfg, map, max_vis);
+    if (kernel == 2 && !tile)
+        return nsa_fail(ctx, NSA_ERR_UNSUPPORTED,
+                        "opencl: nsa_cmp_scores_wg cannot take l=%d d=%d l'=%d on %d lanes",
+                        cfg->l, cfg->d, cfg->l_sel, st->wg);
+    const size_t slots = (size_t)rows * cfg->G, hpg = (size_t)(cfg->H / cfg->G);
+    const size_t nnz = (size_t)map->rowptr[map->rows];
+    int32_t *rs = nsa_clr_row_seq(bt);
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    cs_launch L = {.row0 = row0, .rows = rows, .max_nc = max_nc, .max_vis = max_vis};
+    if (!rs) {
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory in opencl scores");
+        goto done;
+    }
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * slots * hpg * (size_t)max_nc, z, &L.zs));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * slots * hpg * 2, stats, &L.stats));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * (size_t)bt->T, rs, &L.row_seq));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)bt->B + 1), bt->cu, &L.cu));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * ((size_t)map->rows + 1), map->rowptr,
+                        &L.rowptr));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * nnz, map->col, &L.col));
+    TRY(nsa_clr_buf_new(&B, sizeof(int32_t) * nnz, map->val, &L.val));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * slots * (size_t)max_vis, scores, &L.scores));
+    TRY(cmp_scores(&B, cfg, tile, &L));
+    TRY(nsa_clr_download(&B, L.scores, sizeof(float) * slots * (size_t)max_vis, scores));
 done:
     nsa_clr_bufs_free(&B);
     free(rs);

@@ -20,7 +20,8 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_linear_rows",
     "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
     "nsa_ds_rope",    "nsa_ds_gate",
-    "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles"};
+    "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles",
+    "nsa_cmp_scores_wg"};
 
 static int cl_probe(char *why, size_t len)
 {

@@ -135,9 +135,11 @@ void nsa_cl_options(const nsa_cl_state *st, nsa_cl_kv kv, char *buf, size_t len)
 {
     snprintf(buf, len,
              "-cl-std=CL1.2 -DNSA_KV=%d -DNSA_WG=%d -DNSA_TILE=%d -DNSA_PVI=%d -DNSA_RH=%d "
-             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_TQ=%d",
+             "-DNSA_RK=%d -DNSA_SK=%d -DNSA_RHO=%d -DNSA_RE=%d -DNSA_PE=%d -DNSA_NP=%d -DNSA_TQ=%d "
+             "-DNSA_CSH=%d -DNSA_CSS=%d",
              (int)kv, st->wg, st->tile, st->pvi, st->rh, st->rk, st->sk, st->rho, st->re,
-             st->pe, NSA_CL_NP, st->slc_tq > 1 ? st->slc_tq : 1);
+             st->pe, NSA_CL_NP, st->slc_tq > 1 ? st->slc_tq : 1, NSA_CL_CS_HEADS,
+             NSA_CL_CS_SPAN);
     /* extra compiler options, e.g. -cl-nv-verbose (logged with NSA_VERBOSE) */
     const char *extra = getenv("NSA_OPENCL_OPTIONS");
     const size_t used = strlen(buf);

@@ -44,6 +44,7 @@ enum {
     NSA_CLK_DS_SILU,
     NSA_CLK_DR_ROPE,
     NSA_CLK_DR_ANGLES,
+    NSA_CLK_CMP_SCORES_WG,
     NSA_CLK_COUNT
 };
 
@@ -137,6 +138,11 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
 #define NSA_CL_MMA_PST (NSA_CL_MMA_TK + 4)
 #define NSA_CL_MMA_PVC 1
 
+/* nsa_cmp_scores_wg (cl/attn.cl): heads a batch (NSA_CSH) and tokens a
+ * tile in units of the work-group's lanes (NSA_CSS). */
+#define NSA_CL_CS_HEADS 8
+#define NSA_CL_CS_SPAN 4
+
 /* Tile of nsa_linear (cl/linear.cl's default NSA_GEMM_TS). */
 #define NSA_CL_GEMM_TS 16
 
@@ -206,6 +212,18 @@ NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, cons
 /* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
 NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
                                   const float *scores, int max_vis, int32_t *sel);
+
+/* The prefill group scores alone over rows row0 .. row0 + rows - 1 of
+ * the batch: logits z[rows][G][H/G][max_nc], statistics
+ * stats[rows][G][H/G][2] (max, sum), the mapping map (max_vis rows) ->
+ * scores[rows][G][max_vis], entries past each row's visible blocks kept
+ * as given. kernel: 0 as nsa_cl_attend chooses, 1 nsa_cmp_scores (a
+ * work-item per block), 2 nsa_cmp_scores_wg (NSA_ERR_UNSUPPORTED where
+ * its tiles cannot take the mapping). */
+NSA_HIDDEN nsa_status nsa_cl_cmp_scores(nsa_context *ctx, const nsa_config *cfg,
+                                        const nsa_batch *b, int row0, int rows, const float *z,
+                                        int max_nc, const float *stats, const nsa_csr *map,
+                                        int max_vis, int kernel, float *scores);
 
 /* The decode top-n kernel alone over scores[B][G][max_vis] at positions
  * tpos[b] -> sel[B][G][n] (cl_decode.c). */
