@@ -672,6 +672,21 @@ static void test_topn_decode_equals_prefill(void **st)
  * x 20 positive terms, 191 x 2 for the last case err by about 1e-6). Blocks past a sequence's
  * visible ones must keep the caller's values (the kernel writes no
  * other). */
+/* A valid configuration of the scores tests: head dims 8, the rest as given. */
+static nsa_config score_cfg(int H, int G, int l, int d, int ls, nsa_mapping map)
+{
+    nsa_config c = nsa_config_default();
+    c.H = H;
+    c.G = G;
+    c.l = l;
+    c.d = d;
+    c.l_sel = ls;
+    c.mapping = map;
+    c.dk = c.dv = 8;
+    assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
+    return c;
+}
+
 static void test_decode_scores(void **st)
 {
     (void)st;
@@ -686,15 +701,7 @@ static void test_decode_scores(void **st)
               {2, 1, 64, 1, 128, NSA_MAPPING_OVERLAP}};
     nsa_rng r = {0x5c0e5ull};
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
-        nsa_config c = nsa_config_default();
-        c.H = cs[k].H;
-        c.G = cs[k].G;
-        c.l = cs[k].l;
-        c.d = cs[k].d;
-        c.l_sel = cs[k].ls;
-        c.mapping = cs[k].map;
-        c.dk = c.dv = 8;
-        assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
+        const nsa_config c = score_cfg(cs[k].H, cs[k].G, cs[k].l, cs[k].d, cs[k].ls, cs[k].map);
         /* visible blocks 30, 31, 32, 62, 63, 64, 201, 1 (no compressed
          * token: t < l - 1 needs l > 1) */
         const int vis_of[] = {30, 31, 32, 62, 63, 64, 201, 1};
@@ -823,15 +830,7 @@ static void test_prefill_scores(void **st)
     enum { B = sizeof vis_of / sizeof vis_of[0], R = 3 };
     nsa_rng r = {0x9c05ull};
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
-        nsa_config c = nsa_config_default();
-        c.H = cs[k].H;
-        c.G = cs[k].G;
-        c.l = cs[k].l;
-        c.d = cs[k].d;
-        c.l_sel = cs[k].ls;
-        c.mapping = cs[k].map;
-        c.dk = c.dv = 8;
-        assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
+        const nsa_config c = score_cfg(cs[k].H, cs[k].G, cs[k].l, cs[k].d, cs[k].ls, cs[k].map);
         int32_t cu[B + 1] = {0};
         for (int b = 0; b < B; b++) /* the last row, t = L - 1, sees vis_of[b] blocks */
             cu[b + 1] = cu[b] + (vis_of[b] == 1 ? c.l - 1
