@@ -9,16 +9,27 @@
  * (a backend error) restores the saved ring rows; grown capacity stays.
  *
  * A backend with a device mirror of the caches (vtable dcache_*) gets one
- * per state; the host caches stay the source of truth, and the mirror is
- * told per sequence a generation number (bumped on reset and prefill) so
- * that it re-uploads a sequence whose history changed. A backend that
- * also offers dcache_step runs the rest of the step there (the gate MLP
- * and the RoPE angles included): only the K/V projections come to the
- * host (for the caches), q, the gates and the attention output stay on
- * the device, and y comes back. A backend whose
- * mirror cannot do a job here (its kernels unusable on the device) says
- * NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the step again without
- * dcache_step, for good (the failed try changed nothing). */
+ * per state, told per sequence a generation number (bumped on reset,
+ * prefill and as a clone's destination) so that it re-uploads a sequence
+ * whose history changed. A backend that also offers dcache_step runs the
+ * rest of the step there (the gate MLP and the RoPE angles included): q,
+ * the gates and the attention output stay on the device, and y comes
+ * back. Two ways:
+ * - device-resident (the mirror's dcache_resident says yes: opencl with
+ *   fp32 storage and double RoPE, step_resident): x_t goes up once, the
+ *   K/V projections, the keys' RoPE, phi of an emitted token and the
+ *   cache writes happen on the device, and only y_t and the selection
+ *   come back. The mirror then holds the newest rows; the host arrays
+ *   lag (seq_cache.hlen, hnc) and fetch_seq (vtable dcache_fetch) brings
+ *   them up to date wherever they are read: a host step, clone, view,
+ *   nsa_decode_compressed, the cached attention;
+ * - otherwise the host caches stay the source of truth: the K/V
+ *   projections come to the host, which writes its caches (and runs phi),
+ *   and the mirror is synced from them at each call.
+ * A backend whose mirror cannot do a job here (its kernels unusable on
+ * the device) says NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the
+ * step again the host's way without dcache_step, for good (the failed try
+ * changed nothing; the host's way fetches first). */
 #include "decode.h"
 #include "layer.h"
 

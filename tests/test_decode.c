@@ -873,6 +873,38 @@ static void resident_bus(twin *w, uint64_t up, uint64_t down)
     assert_int_equal(down, B * D * sizeof(float) + sel * sizeof(int32_t));
 }
 
+/* The host caches of every non-empty sequence as nsa_decode_view gives
+ * them (fetched where they lag; host rows poisoned first) = the
+ * reference's: raw rows 0 .. t, the window ring's rows of t-w+1 .. t
+ * (the view's last token's window), compressed tokens (spec 9: relative
+ * L2 <= 1e-5 each; K/V come from different projections' arithmetic). */
+static void resident_views(twin *w)
+{
+    nsa_decode_poison_host(w->sl);
+    const nsa_config *a = &w->c.attn;
+    const size_t kr = (size_t)a->G * a->dk, vr = (size_t)a->G * a->dv;
+    for (int b = 0; b < w->B; b++) {
+        if (nsa_decode_length(w->sl, b) == 0)
+            continue;
+        nsa_decode_seq v, r;
+        assert_int_equal(nsa_decode_view(w->sl, b, &v), NSA_OK);
+        assert_int_equal(nsa_decode_view(w->sr, b, &r), NSA_OK);
+        assert_int_equal(v.t, r.t);
+        const size_t rows = (size_t)v.t + 1, nc = (size_t)nsa_bm_n_cmp(a, v.t);
+        assert_true(tl_rel_l2(v.ks, r.ks, rows * kr) <= 1e-5);
+        assert_true(tl_rel_l2(v.vs, r.vs, rows * vr) <= 1e-5);
+        for (int64_t p = v.t - a->w + 1 > 0 ? v.t - a->w + 1 : 0; p <= v.t; p++) {
+            const size_t at = (size_t)(p % a->w);
+            assert_true(tl_rel_l2(v.kw + at * kr, r.kw + at * kr, kr) <= 1e-5);
+            assert_true(tl_rel_l2(v.vw + at * vr, r.vw + at * vr, vr) <= 1e-5);
+        }
+        if (nc > 0) {
+            assert_true(tl_rel_l2(v.kc, r.kc, nc * kr) <= 1e-5);
+            assert_true(tl_rel_l2(v.vc, r.vc, nc * vr) <= 1e-5);
+        }
+    }
+}
+
 /* nsa_decode_compressed of every sequence (a fetch from the mirror where
  * the host lags, host rows poisoned first) = the reference's (spec 9:
  * relative L2 <= 1e-5; counts equal); afterwards the host holds every row. */
@@ -892,6 +924,7 @@ static void resident_compressed(twin *w)
         assert_true(tl_rel_l2(kc, rkc, (size_t)n * kr) <= 1e-5);
         assert_true(tl_rel_l2(vc, rvc, (size_t)n * vr) <= 1e-5);
     }
+    resident_views(w);
 }
 
 /* Device-resident steps (opencl with fp32 storage: the mirror computes
@@ -966,6 +999,23 @@ static void resident_run(const nsa_layer_config *c, const char *name)
     twin_refill(&w, 1, 50, 9);
     e = twin_steps(&w, 10, 400);
     worst = e > worst ? e : worst;
+    /* w + 2 device steps (the host lacks every window row), one failing
+     * after its last device operation, then the views: the window slot
+     * that step wrote must hold its old row again */
+    resident_compressed(&w);
+    e = twin_steps(&w, c->attn.w + 2, 450);
+    worst = e > worst ? e : worst;
+    {
+        step_out a;
+        step_out_alloc(&a, &w);
+        float *xf = malloc(sizeof(float) * w.B * D);
+        tl_fill(xf, w.B * D, 460, -1, 1);
+        nsa_decode_fail_after_attend(w.sl);
+        assert_int_equal(step_with(w.L, w.sl, xf, &a), NSA_ERR_BACKEND);
+        free(xf);
+        step_out_free(&a);
+    }
+    resident_views(&w);
     nsa_decode_poison_host(w.sl);
     twin_fail_steps(&w, 500);
     e = twin_steps(&w, 6, 600);

@@ -2,21 +2,30 @@
  * mirror of a decode state's caches (the vtable's dcache_*), and the decode
  * attention and dense baseline over it.
  *
- * decode.c's host caches stay the source of truth; each call uploads only
- * what changed since the mirror's last sync of a sequence: raw K/V rows
- * from min(synced length, t) to t, the window-ring rows of those positions
- * and compressed rows from min(synced count, n_cmp(t-1)). Taking the
- * minimum with the committed length t re-uploads row t after a step that
- * failed past the sync (decode.c then restored its rows). A sequence whose
- * generation changed (reset, prefill) or whose last sync failed is
- * uploaded whole. The caches of all sequences share one buffer per tensor
- * with a common capacity that grows by doubling (copied on the device);
- * they never come back to the host. nsa_cl_dcache_step (vtable
- * dcache_step) runs a decode step's q and gate projections (the gate MLP's
- * two linears and SiLU when it has a hidden layer), RoPE of q (its angles
- * in double here where the device has fp64, else from the host), the gate
- * activation, the attention and Wo here in one call, so q, the gates and o
- * stay in the mirror's buffers. */
+ * Each call first syncs what decode.c's host caches hold and the mirror
+ * lacks: per sequence raw K/V rows from min(synced length, t) to t, the
+ * window-ring rows of those positions and compressed rows from
+ * min(synced count, n_cmp(t-1)). Taking the minimum with the committed
+ * length t re-uploads row t after a step that failed past the sync. A
+ * sequence whose generation changed (reset, prefill, clone) or whose last
+ * upload failed is uploaded whole. The caches of all sequences share one
+ * buffer per tensor with a common capacity that grows by doubling (copied
+ * on the device; K and V grow together or the old pair stays).
+ *
+ * nsa_cl_dcache_step (vtable dcache_step) runs a decode step's q and gate
+ * projections (the gate MLP's two linears and SiLU when it has a hidden
+ * layer), RoPE of q (its angles in double here where the device has fp64,
+ * else from the host), the gate activation, the attention and Wo here in
+ * one call, so q, the gates and o stay in the mirror's buffers. With fp32
+ * storage and the double RoPE (dres: device-resident steps) it also takes
+ * the K/V projections (dc_step_kv): x_t goes up once, the keys are rotated
+ * here, the rows go into the caches from device memory (nsa_dc_put_step),
+ * a compression ring per sequence feeds phi (cl/phi.cl's kernels) for the
+ * sequences whose step emits a token, and only y_t and the selection come
+ * back; the host caches lag and nsa_cl_dcache_fetch (nsa_dc_get) brings
+ * them what they lack. Failure safety of such a step: see dc_step_kv and
+ * nsa_cl_dcache_step (a failure keeps every row a sequence held before
+ * the step; only a sequence whose own upload failed is marked stale). */
 #include "cl_run.h"
 #include "cl_weights.h"
 
