@@ -258,11 +258,12 @@ typedef struct nsa_backend_ops {
     /* Dense causal attention of each new token over all its raw selection
      * K/V (seq[b].ks/vs, t+1 rows) into job->out: the decode baseline. */
     nsa_status (*dense_decode)(nsa_context *ctx, const nsa_decode_job *job);
-    /* Optional device mirror of a decode state's caches (the host caches of
-     * decode.c stay the source of truth). Each call first uploads what
-     * changed since the mirror's last sync (job->seq[b] describes the host
-     * caches), then runs as decode_attend / dense_decode over the device
-     * copy. A failure marks the copy stale; caches never come back. */
+    /* Optional device mirror of a decode state's caches. Each call first
+     * uploads what the host caches hold and the mirror lacks (job->seq[b]
+     * describes the host caches), then runs as decode_attend /
+     * dense_decode over the device copy. A failure marks the copy stale
+     * (decode.c first fetches any row only the mirror holds: see
+     * dcache_resident). */
     nsa_status (*dcache_new)(nsa_context *ctx, const nsa_config *cfg, int B, void **dc);
     void (*dcache_free)(void *dc);
     nsa_status (*dcache_attend)(nsa_context *ctx, void *dc, const nsa_decode_job *job,
