@@ -351,8 +351,9 @@ static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
             continue;
         }
         if (gr[b].ks) {
-            memcpy(gr[b].ks, s->ks ? s->ks : gr[b].ks, sizeof(float) * (size_t)s->len * krow(st));
-            memcpy(gr[b].vs, s->vs ? s->vs : gr[b].vs, sizeof(float) * (size_t)s->len * vrow(st));
+            /* what the host arrays hold (hlen <= len: device-resident steps) */
+            memcpy(gr[b].ks, s->ks ? s->ks : gr[b].ks, sizeof(float) * (size_t)s->hlen * krow(st));
+            memcpy(gr[b].vs, s->vs ? s->vs : gr[b].vs, sizeof(float) * (size_t)s->hlen * vrow(st));
             free(s->ks);
             free(s->vs);
             s->ks = gr[b].ks;
@@ -360,8 +361,8 @@ static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
             s->cap = gr[b].cap;
         }
         if (gr[b].kc) {
-            memcpy(gr[b].kc, s->kc ? s->kc : gr[b].kc, sizeof(float) * (size_t)s->nc * krow(st));
-            memcpy(gr[b].vc, s->vc ? s->vc : gr[b].vc, sizeof(float) * (size_t)s->nc * vrow(st));
+            memcpy(gr[b].kc, s->kc ? s->kc : gr[b].kc, sizeof(float) * (size_t)s->hnc * krow(st));
+            memcpy(gr[b].vc, s->vc ? s->vc : gr[b].vc, sizeof(float) * (size_t)s->hnc * vrow(st));
             free(s->kc);
             free(s->vc);
             s->kc = gr[b].kc;
