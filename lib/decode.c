@@ -700,6 +700,13 @@ static nsa_status step_resident(nsa_layer *L, nsa_decode_state *st, const float 
     int64_t max_t = 0;
     for (int b = 0; b < B; b++)
         max_t = st->seq[b].len > max_t ? st->seq[b].len : max_t;
+    /* the mapping for positions up to map_t = 2^k - 1 >= max_t: the mirror
+     * keeps the one it holds while its rows and entries match, so it goes
+     * up when max_t passes a power of two, not whenever a block or token
+     * appears (the kernels skip blocks and tokens past each sequence's) */
+    int64_t map_t = 63;
+    while (map_t < max_t)
+        map_t = 2 * map_t + 1;
     int32_t *sel = st_alloc(st, sizeof(int32_t) * (size_t)B * G * n);
     nsa_decode_seq *sd = st_alloc(st, sizeof *sd * (size_t)B);
     nsa_csr map = {0};
@@ -707,7 +714,7 @@ static nsa_status step_resident(nsa_layer *L, nsa_decode_state *st, const float 
     if (!sel || !sd)
         s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
     if (s == NSA_OK &&
-        (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, max_t), nsa_bm_n_cmp(c, max_t),
+        (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, map_t), nsa_bm_n_cmp(c, map_t),
                               &map)) != NSA_OK)
         nsa_fail(ctx, s, "out of memory for the mapping (state unchanged)");
     if (s == NSA_OK) {

@@ -957,10 +957,15 @@ static void resident_run(const nsa_layer_config *c, const char *name)
         float *y = tl_poisoned((size_t)w.B * D);
         tl_fill(x, w.B * D, 100 + (uint64_t)s, -1, 1);
         int emits = 0;
+        int64_t max_t = 0;
         for (int b = 0; b < w.B; b++) {
             const int64_t t = nsa_decode_length(w.sl, b);
             emits |= t + 1 >= c->attn.l && (t + 1 - c->attn.l) % c->attn.d == 0;
+            max_t = t > max_t ? t : max_t;
         }
+        /* the mapping goes up only when the longest position passes 2^k - 1
+         * (decode.c's map_t: 127 here) */
+        const int map_step = max_t == 128;
         assert_int_equal(nsa_decode_step(w.L, w.sl, x, y, NULL), NSA_OK);
         assert_int_equal(nsa_decode_step(w.R, w.sr, x, yr, NULL), NSA_OK);
         const double e = tl_rel_l2(y, yr, w.B * D);
@@ -969,6 +974,10 @@ static void resident_run(const nsa_layer_config *c, const char *name)
         nsa_decode_bus(w.sl, io);
         if (res) {
             resident_bus(&w, io[0] - io[2], io[1]);
+            if (!map_step)
+                assert_int_equal(io[2], 0);
+            else
+                assert_true(io[2] > 0);
             emitting += emits;
             quiet += !emits;
         }
