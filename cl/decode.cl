@@ -627,3 +627,89 @@ __kernel void nsa_dc_put(__global const float *stage, __global const int4 *desc,
     const size_t at = isv ? (bg * cp + ds.z) * dv4 + e4 : KAT(bg, cp, ds.z, e4, dk4);
     ST4(v, dst, at);
 }
+
+/* Device-resident step (dcache_step with the mirror holding the rows): a
+ * new row straight from device memory, src[B][G][dim] (a projection's or
+ * phi's output), at each sequence's position t = tpos[b]: mode 0 raw row t
+ * (cap rows a (b, g)), 1 window-ring slot t % w (cap = wcap), 2 the
+ * compressed token (t + 1 - l) / d of the sequences whose step emits one
+ * (cap = ccap; the others untouched). The layout of nsa_dc_put. One
+ * work-item per (b, g, float4 column). */
+__kernel void nsa_dc_put_step(__global const float *src, __global const int *tpos, int B, int G,
+                              int dim, int dim4, int isv, int mode, int cap, int w, int l, int d,
+                              __global kv_t *dst)
+{
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)B * G * dim4)
+        return;
+    const int e4 = gid % dim4, bg = gid / dim4, t = tpos[bg / G];
+    int row = t;
+    if (mode == 1)
+        row = t % w;
+    else if (mode == 2) {
+        if (t + 1 < l || (t + 1 - l) % d != 0)
+            return;
+        row = (t + 1 - l) / d;
+    }
+    const float4 v = nsa_ld4(src + (size_t)bg * dim + e4 * 4, dim - e4 * 4);
+    const size_t at = isv ? ((size_t)bg * cap + row) * dim4 + e4 : KAT(bg, cap, row, e4, dim4);
+    ST4(v, dst, at);
+}
+
+/* Rows of a cache back to fp32 out[nrows][G][dim] (the host's layout):
+ * with b >= 0 (dcache_fetch) row i is row row0 + i of sequence b, or with
+ * wrap > 0 the ring slot (row0 + i) % wrap; with b < 0 (nrows = B) row i
+ * is slot tpos[i] % wrap of sequence i (the window rows a device-resident
+ * step replaces, saved for its failure). One work-item per (i, g, float4
+ * column). */
+__kernel void nsa_dc_get(__global const kv_t *src, __global const int *tpos, int b, int row0,
+                         int nrows, int wrap, int G, int dim, int dim4, int isv, int cap,
+                         __global float *out)
+{
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)nrows * G * dim4)
+        return;
+    const int e4 = gid % dim4, g = (gid / dim4) % G, i = gid / ((size_t)dim4 * G);
+    const int sb = b >= 0 ? b : i;
+    const int p = b >= 0 ? row0 + i : tpos[i];
+    const int row = wrap > 0 ? p % wrap : p;
+    const size_t bg = (size_t)sb * G + g;
+    const float4 v = LD4(src, isv ? (bg * cap + row) * dim4 + e4 : KAT(bg, cap, row, e4, dim4));
+    __global float *o = out + ((size_t)i * G + g) * dim + e4 * 4;
+    const int left = dim - e4 * 4;
+    o[0] = v.x;
+    if (left > 1)
+        o[1] = v.y;
+    if (left > 2)
+        o[2] = v.z;
+    if (left > 3)
+        o[3] = v.w;
+}
+
+/* The compression ring of the device-resident step: ring[B][l][n] (n =
+ * G dim floats a row, fp32, the host's kr / vr layout), the row of position
+ * t = tpos[b] at slot t % l from src[B][n]. One work-item a float. */
+__kernel void nsa_dc_ring_put(__global const float *src, __global const int *tpos, int B, int n,
+                              int l, __global float *ring)
+{
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)B * n)
+        return;
+    const int b = gid / n, e = gid % n;
+    ring[((size_t)b * l + tpos[b] % l) * n + e] = src[gid];
+}
+
+/* phi's input for each sequence: z[B][l][n] = the ring's rows of positions
+ * t - l + 1 .. t in order (t = tpos[b]; rows of positions < 0 are what the
+ * slot holds, unused: phi's output is stored only where the step emits).
+ * One work-item a float. */
+__kernel void nsa_dc_ring_gather(__global const float *ring, __global const int *tpos, int B,
+                                 int n, int l, __global float *z)
+{
+    const size_t gid = get_global_id(0);
+    if (gid >= (size_t)B * l * n)
+        return;
+    const int e = gid % n, j = (gid / n) % l, b = gid / ((size_t)n * l);
+    const int p = tpos[b] - l + 1 + j, slot = ((p % l) + l) % l;
+    z[gid] = ring[((size_t)b * l + slot) * n + e];
+}

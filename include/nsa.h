@@ -326,12 +326,14 @@ NSA_API nsa_status nsa_decode_step(nsa_layer *layer, nsa_decode_state *st, const
                                    float *y_t, const nsa_layer_aux *aux);
 
 NSA_API int64_t nsa_decode_length(const nsa_decode_state *st, int b);
-/* Bytes the state holds (caches and bookkeeping). */
+/* Bytes the state holds in host memory (caches and bookkeeping). */
 NSA_API size_t nsa_decode_memory(const nsa_decode_state *st);
 /* Counters of the last step of sequence b, group g. */
 NSA_API nsa_status nsa_decode_get_counters(const nsa_decode_state *st, int b, int g,
                                            nsa_decode_counters *out);
-/* The emitted compressed tokens of sequence b: [count][G][dk] and [count][G][dv]. */
+/* The emitted compressed tokens of sequence b: [count][G][dk] and [count][G][dv]
+ * (on a backend whose steps keep the caches on a device they are downloaded
+ * first; the pointers hold until the next step, prefill, reset or clone). */
 NSA_API nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float **kc,
                                          const float **vc, int64_t *count);
 

@@ -9,19 +9,32 @@
  * (a backend error) restores the saved ring rows; grown capacity stays.
  *
  * A backend with a device mirror of the caches (vtable dcache_*) gets one
- * per state; the host caches stay the source of truth, and the mirror is
- * told per sequence a generation number (bumped on reset and prefill) so
- * that it re-uploads a sequence whose history changed. A backend that
- * also offers dcache_step runs the rest of the step there (the gate MLP
- * and the RoPE angles included): only the K/V projections come to the
- * host (for the caches), q, the gates and the attention output stay on
- * the device, and y comes back. A backend whose
- * mirror cannot do a job here (its kernels unusable on the device) says
- * NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the step again without
- * dcache_step, for good (the failed try changed nothing). */
+ * per state, told per sequence a generation number (bumped on reset,
+ * prefill and as a clone's destination) so that it re-uploads a sequence
+ * whose history changed. A backend that also offers dcache_step runs the
+ * rest of the step there (the gate MLP and the RoPE angles included): q,
+ * the gates and the attention output stay on the device, and y comes
+ * back. Two ways:
+ * - device-resident (the mirror's dcache_resident says yes: opencl with
+ *   fp32 storage and double RoPE, step_resident): x_t goes up once, the
+ *   K/V projections, the keys' RoPE, phi of an emitted token and the
+ *   cache writes happen on the device, and only y_t and the selection
+ *   come back. The mirror then holds the newest rows; the host arrays
+ *   lag (seq_cache.hlen, hnc) and fetch_seq (vtable dcache_fetch) brings
+ *   them up to date wherever they are read: a host step, clone, view,
+ *   nsa_decode_compressed, the cached attention;
+ * - otherwise the host caches stay the source of truth: the K/V
+ *   projections come to the host, which writes its caches (and runs phi),
+ *   and the mirror is synced from them at each call.
+ * A backend whose mirror cannot do a job here (its kernels unusable on
+ * the device) says NSA_ERR_UNSUPPORTED: no mirror (dcache_new), or the
+ * step again the host's way without dcache_step, for good (the failed try
+ * changed nothing; the host's way fetches first). */
 #include "decode.h"
 #include "layer.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +45,10 @@ typedef struct seq_cache {
     float *kr, *vr;   /* compression ring [l][G][..]: the keys phi reads */
     int64_t nc, ccap; /* emitted compressed tokens; capacity */
     float *kc, *vc;   /* [ccap][G][..] */
+    /* what the host arrays hold (device-resident steps: the mirror holds
+     * the rest): raw rows 0 .. hlen-1, the rings' rows of positions up to
+     * hlen-1, compressed tokens 0 .. hnc-1; else hlen = len, hnc = nc */
+    int64_t hlen, hnc;
 } seq_cache;
 
 struct nsa_decode_state {
@@ -48,6 +65,7 @@ struct nsa_decode_state {
     int fail_late;            /* test hook, see decode.h */
     int64_t fused_steps;      /* steps run by the backend's dcache_step */
     int no_step;              /* dcache_step said NSA_ERR_UNSUPPORTED */
+    int res;                  /* the mirror runs device-resident steps (dcache_resident) */
 };
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
@@ -133,6 +151,8 @@ nsa_status nsa_decode_create(nsa_layer *L, int B, int64_t max_len, nsa_decode_st
         nsa_log(L->ctx, "decode: no device cache on '%s' (%s): using the host caches",
                 st->be->name, L->ctx->msg);
     }
+    st->res = st->dc && st->be->dcache_step && st->be->dcache_resident &&
+              st->be->dcache_fetch && st->be->dcache_resident(st->dc);
     *out = st;
     return NSA_OK;
 }
@@ -148,6 +168,8 @@ nsa_status nsa_decode_reset(nsa_decode_state *st, int b)
     for (int i = (b < 0 ? 0 : b); i < (b < 0 ? st->B : b + 1); i++) {
         st->seq[i].len = 0;
         st->seq[i].nc = 0;
+        st->seq[i].hlen = 0;
+        st->seq[i].hnc = 0;
         st->gen[i]++;
         memset(st->cnt + (size_t)i * G, 0, sizeof *st->cnt * (size_t)G);
     }
@@ -186,6 +208,68 @@ nsa_status nsa_decode_get_counters(const nsa_decode_state *st, int b, int g,
     return NSA_OK;
 }
 
+static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
+                          const int64_t *need_cmp);
+
+/* The host caches of sequence b brought up to date from the mirror
+ * (device-resident steps leave them behind): raw rows from hlen, the
+ * ring rows of the positions the host's readers need (window: len-w ..
+ * len-1, the view of the last token; compression ring: len-l+1 .. len-1,
+ * the next step's phi), compressed tokens from hnc. Room first (a failure
+ * leaves the state as it was: the capacity may have grown); a failed
+ * download leaves hlen, hnc as they were (rows past them are free to
+ * hold anything, so a partial download is harmless). */
+static nsa_status fetch_seq(nsa_decode_state *st, int b)
+{
+    seq_cache *q = &st->seq[b];
+    if (q->hlen >= q->len && q->hnc >= q->nc)
+        return NSA_OK;
+    if (!st->dc || !st->be->dcache_fetch)
+        return nsa_fail(st->L->ctx, NSA_ERR_BACKEND,
+                        "decode: sequence %d's newest rows are on a device without a fetch", b);
+    int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
+    if (!need)
+        return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory");
+    need[b] = q->len;
+    need[st->B + b] = q->nc;
+    nsa_status s = reserve(st, need, need + st->B);
+    free(need);
+    if (s != NSA_OK)
+        return s;
+    const nsa_config *c = acfg(st);
+    const int64_t w0 = q->len - c->w, l0 = q->len - c->l + 1;
+    const nsa_dfetch f = {b,     q->len, q->hlen, w0 > q->hlen ? w0 : q->hlen,
+                          l0 > q->hlen ? l0 : q->hlen, q->nc, q->hnc, q->ks, q->vs,
+                          q->kw, q->vw, q->kr, q->vr, q->kc, q->vc};
+    s = st->be->dcache_fetch(st->L->ctx, st->dc, &f);
+    if (s == NSA_OK) {
+        q->hlen = q->len;
+        q->hnc = q->nc;
+    }
+    return s;
+}
+
+static nsa_status fetch_all(nsa_decode_state *st)
+{
+    nsa_status s = NSA_OK;
+    for (int b = 0; b < st->B && s == NSA_OK; b++)
+        s = fetch_seq(st, b);
+    return s;
+}
+
+/* The readers of the host caches below take a const state: the host
+ * arrays are a lagging copy of the mirror's rows, and bringing them up to
+ * date (fetch_seq) changes nothing a caller can observe but those arrays'
+ * contents past what they held (lengths, counters and the rows' values as
+ * the API defines them stay), so it goes through the state's own
+ * non-const storage (every state is made by nsa_decode_create, on the
+ * heap). Not thread-safe with another call on the same state, as no call
+ * on a state is. */
+static nsa_status fetch_const(const nsa_decode_state *st, int b)
+{
+    return fetch_seq((nsa_decode_state *)(uintptr_t)st, b);
+}
+
 nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float **kc,
                                  const float **vc, int64_t *count)
 {
@@ -193,6 +277,9 @@ nsa_status nsa_decode_compressed(const nsa_decode_state *st, int b, const float 
         return NSA_ERR_NULL;
     if (b < 0 || b >= st->B)
         return nsa_fail(st->L->ctx, NSA_ERR_ARG, "sequence %d outside 0..%d", b, st->B - 1);
+    nsa_status s = fetch_const(st, b);
+    if (s != NSA_OK)
+        return s;
     if (kc)
         *kc = st->seq[b].kc;
     if (vc)
@@ -208,8 +295,11 @@ nsa_status nsa_decode_view(const nsa_decode_state *st, int b, nsa_decode_seq *ou
         return NSA_ERR_NULL;
     if (b < 0 || b >= st->B || st->seq[b].len == 0)
         return nsa_fail(st->L->ctx, NSA_ERR_ARG, "sequence %d is out of range or empty", b);
+    nsa_status f = fetch_const(st, b);
+    if (f != NSA_OK)
+        return f;
     const seq_cache *s = &st->seq[b];
-    *out = (nsa_decode_seq){s->len - 1, s->kc, s->vc, s->ks, s->vs, s->kw, s->vw};
+    *out = (nsa_decode_seq){s->len - 1, s->kc, s->vc, s->ks, s->vs, s->kw, s->vw, s->kr, s->vr};
     return NSA_OK;
 }
 
@@ -261,8 +351,9 @@ static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
             continue;
         }
         if (gr[b].ks) {
-            memcpy(gr[b].ks, s->ks ? s->ks : gr[b].ks, sizeof(float) * (size_t)s->len * krow(st));
-            memcpy(gr[b].vs, s->vs ? s->vs : gr[b].vs, sizeof(float) * (size_t)s->len * vrow(st));
+            /* what the host arrays hold (hlen <= len: device-resident steps) */
+            memcpy(gr[b].ks, s->ks ? s->ks : gr[b].ks, sizeof(float) * (size_t)s->hlen * krow(st));
+            memcpy(gr[b].vs, s->vs ? s->vs : gr[b].vs, sizeof(float) * (size_t)s->hlen * vrow(st));
             free(s->ks);
             free(s->vs);
             s->ks = gr[b].ks;
@@ -270,8 +361,8 @@ static nsa_status reserve(nsa_decode_state *st, const int64_t *need_tok,
             s->cap = gr[b].cap;
         }
         if (gr[b].kc) {
-            memcpy(gr[b].kc, s->kc ? s->kc : gr[b].kc, sizeof(float) * (size_t)s->nc * krow(st));
-            memcpy(gr[b].vc, s->vc ? s->vc : gr[b].vc, sizeof(float) * (size_t)s->nc * vrow(st));
+            memcpy(gr[b].kc, s->kc ? s->kc : gr[b].kc, sizeof(float) * (size_t)s->hnc * krow(st));
+            memcpy(gr[b].vc, s->vc ? s->vc : gr[b].vc, sizeof(float) * (size_t)s->hnc * vrow(st));
             free(s->kc);
             free(s->vc);
             s->kc = gr[b].kc;
@@ -382,6 +473,8 @@ nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64
         }
         sq->len = S;
         sq->nc = C;
+        sq->hlen = S;
+        sq->hnc = C;
     }
     nsa_acts_free(&act);
     free(o);
@@ -396,7 +489,7 @@ static nsa_status attend_job(nsa_decode_state *st, const nsa_decode_job *job, in
     nsa_context *ctx = st->L->ctx;
     if (!st->dc || (dense && !st->be->dcache_dense))
         return dense ? nsa_run_dense_decode(ctx, job) : nsa_run_decode_attend(ctx, job);
-    nsa_dcache_sync sync = {st->gen, st->dc_fail};
+    nsa_dcache_sync sync = {st->gen, st->dc_fail, 0};
     st->dc_fail = 0;
     return dense ? st->be->dcache_dense(ctx, st->dc, job, &sync)
                  : st->be->dcache_attend(ctx, st->dc, job, &sync);
@@ -411,6 +504,56 @@ int64_t nsa_decode_fused_steps(const nsa_decode_state *st) { return st ? st->fus
 static int fused(const nsa_decode_state *st)
 {
     return st->dc && st->be->dcache_step && !st->no_step;
+}
+
+int nsa_decode_resident(const nsa_decode_state *st) { return st && st->res && fused(st); }
+
+int64_t nsa_decode_host_len(const nsa_decode_state *st, int b)
+{
+    return (st && b >= 0 && b < st->B) ? st->seq[b].hlen : -1;
+}
+
+void nsa_decode_bus(nsa_decode_state *st, uint64_t io[3])
+{
+    io[0] = io[1] = io[2] = 0;
+    if (st && st->dc && st->be->dcache_bus)
+        st->be->dcache_bus(st->dc, io);
+}
+
+void nsa_decode_host_steps(nsa_decode_state *st)
+{
+    if (st)
+        st->no_step = 1;
+}
+
+static void nan_rows(float *p, int64_t from, int64_t to, size_t row)
+{
+    for (int64_t r = from; p && r < to; r++)
+        for (size_t i = 0; i < row; i++)
+            p[(size_t)r * row + i] = NAN;
+}
+
+void nsa_decode_poison_host(nsa_decode_state *st)
+{
+    if (!st)
+        return;
+    const nsa_config *c = acfg(st);
+    const size_t kr = krow(st), vr = vrow(st);
+    for (int b = 0; b < st->B; b++) {
+        seq_cache *q = &st->seq[b];
+        if (q->hlen >= q->len && q->hnc >= q->nc)
+            continue;
+        nan_rows(q->ks, q->hlen, q->cap, kr);
+        nan_rows(q->vs, q->hlen, q->cap, vr);
+        nan_rows(q->kc, q->hnc, q->ccap, kr);
+        nan_rows(q->vc, q->hnc, q->ccap, vr);
+        for (int64_t p = q->hlen; p < q->len; p++) {
+            nan_rows(q->kw, p % c->w, p % c->w + 1, kr);
+            nan_rows(q->vw, p % c->w, p % c->w + 1, vr);
+            nan_rows(q->kr, p % c->l, p % c->l + 1, kr);
+            nan_rows(q->vr, p % c->l, p % c->l + 1, vr);
+        }
+    }
 }
 
 void nsa_decode_fail_mirror_after(nsa_decode_state *st, int n)
@@ -462,13 +605,16 @@ nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src)
                         "clone needs two sequences, the destination empty, the source not "
                         "(%d <- %d)",
                         dst, src);
+    nsa_status s = fetch_seq(st, src); /* the copy is made on the host */
+    if (s != NSA_OK)
+        return s;
     int64_t *need = calloc(2 * (size_t)st->B, sizeof(int64_t));
     if (!need)
         return nsa_fail(st->L->ctx, NSA_ERR_NOMEM, "out of memory");
     const seq_cache *a = &st->seq[src];
     need[dst] = a->len;
     need[st->B + dst] = a->nc;
-    nsa_status s = reserve(st, need, need + st->B);
+    s = reserve(st, need, need + st->B);
     free(need);
     if (s != NSA_OK)
         return s;
@@ -485,8 +631,8 @@ nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src)
     memcpy(d->vw, a->vw, sizeof(float) * (size_t)c->w * vr);
     memcpy(d->kr, a->kr, sizeof(float) * (size_t)c->l * kr);
     memcpy(d->vr, a->vr, sizeof(float) * (size_t)c->l * vr);
-    d->len = a->len;
-    d->nc = a->nc;
+    d->len = d->hlen = a->len;
+    d->nc = d->hnc = a->nc;
     st->gen[dst]++;
     return NSA_OK;
 }
@@ -495,6 +641,130 @@ nsa_status nsa_decode_clone_seq(nsa_decode_state *st, int dst, int src)
 static int emits(const nsa_config *c, int64_t t)
 {
     return t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
+}
+
+/* A step's commit: lengths, and what this step read (host: the host
+ * arrays hold the new rows too). */
+static void commit(nsa_decode_state *st, const int32_t *sel, const nsa_layer_aux *aux, int host)
+{
+    const nsa_config *c = acfg(st);
+    const int B = st->B, G = c->G, n = c->n;
+    for (int b = 0; b < B; b++) {
+        seq_cache *sq = &st->seq[b];
+        const int64_t t = sq->len;
+        sq->nc += emits(c, t);
+        sq->len = t + 1;
+        if (host) {
+            sq->hlen = sq->len;
+            sq->hnc = sq->nc;
+        }
+        for (int g = 0; g < G; g++) {
+            nsa_decode_counters *k = &st->cnt[(size_t)b * G + g];
+            const int32_t *sg = sel + ((size_t)b * G + g) * n;
+            k->t = t;
+            k->cmp = nsa_bm_n_cmp(c, t);
+            k->slc = 0;
+            for (int i = 0; i < n; i++)
+                if (sg[i] >= 0) {
+                    int64_t lo = (int64_t)sg[i] * c->l_sel, hi = lo + c->l_sel;
+                    k->slc += (hi > t + 1 ? t + 1 : hi) - lo;
+                }
+            k->win = t + 1 < c->w ? t + 1 : c->w;
+            k->dense = t + 1;
+            k->bytes = (k->cmp + k->slc + k->win) * (int64_t)(c->dk + c->dv) *
+                       (int64_t)sizeof(float);
+        }
+        if (aux && aux->selection)
+            memcpy(aux->selection + (size_t)b * G * n, sel + (size_t)b * G * n,
+                   sizeof(int32_t) * (size_t)G * n);
+    }
+}
+
+/* The whole step on the device (dcache_step with the mirror holding the
+ * rows: only x goes up, y and the selection come down). Failure safety:
+ * nothing on the host is written before the call succeeds; the call
+ * writes on the device only raw row t and compressed token nc (past the
+ * committed lengths), ring slots t % w and t % l (positions t-w and t-l:
+ * no later step reads them, the window of step t being t-w+1 .. t and
+ * phi's input t-l+1 .. t; the window slot, which the host's view of t-1
+ * reads, is put back by the mirror on failure), and keeps the rows of a
+ * sequence it did not upload valid whatever fails, so a failed step
+ * leaves every row the state holds where it was, and lengths and counters
+ * are not bumped. */
+static nsa_status step_resident(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
+                                const nsa_layer_aux *aux)
+{
+    nsa_context *ctx = L->ctx;
+    const nsa_config *c = acfg(st);
+    const int B = st->B, G = c->G, n = c->n;
+    int64_t max_t = 0;
+    for (int b = 0; b < B; b++)
+        max_t = st->seq[b].len > max_t ? st->seq[b].len : max_t;
+    /* the mapping for positions up to map_t = 2^k - 1 >= max_t: the mirror
+     * keeps the one it holds while its rows and entries match, so it goes
+     * up when max_t passes a power of two, not whenever a block or token
+     * appears (the kernels skip blocks and tokens past each sequence's) */
+    int64_t map_t = 63;
+    while (map_t < max_t)
+        map_t = 2 * map_t + 1;
+    int32_t *sel = st_alloc(st, sizeof(int32_t) * (size_t)B * G * n);
+    nsa_decode_seq *sd = st_alloc(st, sizeof *sd * (size_t)B);
+    nsa_csr map = {0};
+    nsa_status s = NSA_OK;
+    if (!sel || !sd)
+        s = nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for a decode step (state unchanged)");
+    if (s == NSA_OK &&
+        (s = nsa_bm_map_build(c, nsa_bm_n_sel_visible(c, map_t), nsa_bm_n_cmp(c, map_t),
+                              &map)) != NSA_OK)
+        nsa_fail(ctx, s, "out of memory for the mapping (state unchanged)");
+    if (s == NSA_OK) {
+        for (int b = 0; b < B; b++) {
+            /* the host caches: the mirror reads them only for a sequence
+             * whose copy there is stale, and then they hold rows 0 .. t-1 */
+            const seq_cache *sq = &st->seq[b];
+            sd[b] = (nsa_decode_seq){sq->len, sq->kc, sq->vc, sq->ks, sq->vs,
+                                     sq->kw,  sq->vw, sq->kr, sq->vr};
+        }
+        nsa_decode_job job = {c,    nsa_config_scale(c),      &map, B, sd, NULL, NULL, NULL,
+                              aux ? aux->out_cmp : NULL, aux ? aux->out_slc : NULL,
+                              aux ? aux->out_win : NULL, sel};
+        nsa_linear_job lj[4], kj[6], pj[2][3];
+        nsa_wkey key[4], kkey[6], pkey[2][3];
+        nsa_layer_step_jobs(L, B, lj, key);
+        const int nkv = nsa_layer_kv_jobs(L, B, kj, kkey);
+        nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2],
+                            L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
+                            L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
+                            L->cfg.gate_tau, aux ? aux->gates : NULL, y, kj, 0, 0, NULL, NULL,
+                            {{NULL}}};
+        sj.nkv = nkv;
+        sj.rope_after = L->cfg.rope_cmp == NSA_ROPE_AFTER;
+        sj.phi_k = &L->phi_k;
+        sj.phi_v = &L->phi_v;
+        for (int kind = 0; kind < 2; kind++)
+            nsa_layer_phi_jobs(L, kind, pj[kind], pkey[kind], sj.phi_w[kind]);
+        /* the injected late failure happens in the mirror, after its
+         * last operation (its rows then written, the step not committed) */
+        nsa_dcache_sync sync = {st->gen, st->dc_fail, st->fail_late};
+        st->dc_fail = 0;
+        st->fail_late = 0;
+        s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
+        if (s == NSA_OK)
+            st->fused_steps++;
+        if (s == NSA_ERR_UNSUPPORTED) { /* nsa_decode_step tries again the host's way */
+            st->no_step = 1;
+            st->dc_fail = sync.fail_at;
+            st->fail_late = sync.fail_late;
+            nsa_log(ctx, "decode: no device step on '%s' (%s): the host's way", st->be->name,
+                    ctx->msg);
+        }
+    }
+    if (s == NSA_OK)
+        commit(st, sel, aux, 0);
+    nsa_bm_map_free(&map);
+    free(sel);
+    free(sd);
+    return s;
 }
 
 static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, float *y,
@@ -514,6 +784,12 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
     for (int b = 0; b < B && s == NSA_OK; b++)
         s = check_capacity(st, b, st->seq[b].len + 1);
     if (s != NSA_OK)
+        return s;
+    if (fused(st) && st->res)
+        return step_resident(L, st, x, y, aux);
+    /* the host's way over caches that device-resident steps left behind
+     * (after the device step said NSA_ERR_UNSUPPORTED) */
+    if ((s = fetch_all(st)) != NSA_OK)
         return s;
 
     /* phase 1: what each sequence needs */
@@ -608,7 +884,8 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
                 memcpy(sq->vc + (size_t)sq->nc * vr, tmp + (size_t)b * per + kr,
                        sizeof(float) * vr);
             }
-            sd[b] = (nsa_decode_seq){t, sq->kc, sq->vc, sq->ks, sq->vs, sq->kw, sq->vw};
+            sd[b] = (nsa_decode_seq){t,      sq->kc, sq->vc, sq->ks, sq->vs,
+                                     sq->kw, sq->vw, sq->kr, sq->vr};
         }
         nsa_decode_job job = {c,   nsa_config_scale(c), &map, B,
                               sd,  act.q,               act.gates, dev ? NULL : o,
@@ -623,8 +900,9 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
             nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2],
                                 L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
                                 L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
-                                L->cfg.gate_tau, aux ? aux->gates : NULL, y};
-            nsa_dcache_sync sync = {st->gen, st->dc_fail};
+                                L->cfg.gate_tau, aux ? aux->gates : NULL, y, NULL, 0, 0, NULL, NULL,
+                                {{NULL}}};
+            nsa_dcache_sync sync = {st->gen, st->dc_fail, 0};
             st->dc_fail = 0;
             s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
             if (s == NSA_OK)
@@ -657,34 +935,8 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
             }
         }
     }
-    if (s == NSA_OK) {
-        /* commit: lengths, and what this step read */
-        for (int b = 0; b < B; b++) {
-            seq_cache *sq = &st->seq[b];
-            const int64_t t = sq->len;
-            sq->nc += emits(c, t);
-            sq->len = t + 1;
-            for (int g = 0; g < G; g++) {
-                nsa_decode_counters *k = &st->cnt[(size_t)b * G + g];
-                const int32_t *sg = sel + ((size_t)b * G + g) * n;
-                k->t = t;
-                k->cmp = nsa_bm_n_cmp(c, t);
-                k->slc = 0;
-                for (int i = 0; i < n; i++)
-                    if (sg[i] >= 0) {
-                        int64_t lo = (int64_t)sg[i] * c->l_sel, hi = lo + c->l_sel;
-                        k->slc += (hi > t + 1 ? t + 1 : hi) - lo;
-                    }
-                k->win = t + 1 < c->w ? t + 1 : c->w;
-                k->dense = t + 1;
-                k->bytes = (k->cmp + k->slc + k->win) * (int64_t)(c->dk + c->dv) *
-                           (int64_t)sizeof(float);
-            }
-            if (aux && aux->selection)
-                memcpy(aux->selection + (size_t)b * G * n, sel + (size_t)b * G * n,
-                       sizeof(int32_t) * (size_t)G * n);
-        }
-    }
+    if (s == NSA_OK)
+        commit(st, sel, aux, 1);
     nsa_acts_free(&act);
     nsa_bm_map_free(&map);
     free(need);

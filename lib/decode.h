@@ -41,4 +41,21 @@ NSA_HIDDEN nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float
                                                const float *gates, float *o, int32_t *sel,
                                                int dense);
 
+/* Device-resident steps (the mirror holds the rows, the host caches lag;
+ * dcache_resident): 1 if this state's next step runs that way. */
+NSA_HIDDEN int nsa_decode_resident(const nsa_decode_state *st);
+/* Raw rows sequence b's host arrays hold (the rest only on the device). */
+NSA_HIDDEN int64_t nsa_decode_host_len(const nsa_decode_state *st, int b);
+/* Test hook: bytes the mirror moved up (io[0]) and down (io[1]) since the
+ * last call, io[2] of the up ones the attention's mapping; zeros without
+ * a mirror or the backend's counter. */
+NSA_HIDDEN void nsa_decode_bus(nsa_decode_state *st, uint64_t io[3]);
+/* Test hook: the steps from now on take the host's way, as after the
+ * device step said NSA_ERR_UNSUPPORTED. */
+NSA_HIDDEN void nsa_decode_host_steps(nsa_decode_state *st);
+/* Test hook: NaN into every host row a fetch must write before it is
+ * read (raw rows and compressed tokens past what the host holds, the ring
+ * slots of positions it lacks), so a missed fetch shows. */
+NSA_HIDDEN void nsa_decode_poison_host(nsa_decode_state *st);
+
 #endif

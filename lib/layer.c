@@ -541,6 +541,52 @@ void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[4], nsa_wk
     j[3] = (nsa_linear_job){NULL, rows, hid, ac->H * 3, L->gw2, L->gb2, NULL, &key[3]};
 }
 
+int nsa_layer_kv_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[6], nsa_wkey key[6])
+{
+    const nsa_layer_config *c = &L->cfg;
+    const nsa_config *ac = &c->attn;
+    const int nbr = c->shared_kv ? 1 : 3;
+    for (int b = 0; b < nbr; b++) {
+        /* the slots and shapes of project()'s K/V jobs: the same weights
+         * through the same kernel, so the rows equal the host path's */
+        key[2 * b] = (nsa_wkey){&L->wc, NSA_WSLOT_K0 + b, L->wgen};
+        j[2 * b] = (nsa_linear_job){NULL, rows, c->D, ac->G * ac->dk, L->wk[b], NULL, NULL,
+                                    &key[2 * b]};
+        key[2 * b + 1] = (nsa_wkey){&L->wc, NSA_WSLOT_V0 + b, L->wgen};
+        j[2 * b + 1] = (nsa_linear_job){NULL, rows, c->D, ac->G * ac->dv, L->wv[b], NULL, NULL,
+                                        &key[2 * b + 1]};
+    }
+    return 2 * nbr;
+}
+
+void nsa_layer_phi_jobs(nsa_layer *L, int kind, nsa_linear_job j[3], nsa_wkey key[3],
+                        const nsa_linear_job *out[3])
+{
+    const nsa_config *ac = &L->cfg.attn;
+    const nsa_phi *phi = kind ? &L->phi_v : &L->phi_k;
+    const int dim = kind ? ac->dv : ac->dk, G = ac->G, l = ac->l;
+    const int hid = phi->kind == NSA_PHI_MLP ? phi->hidden : 0;
+    const int N = hid ? hid : dim;
+    for (int i = 0; i < 3; i++) {
+        key[i] = (nsa_wkey){&L->wc, NSA_WSLOT_PHI + 3 * kind + i, L->wgen};
+        out[i] = NULL;
+    }
+    /* W as [out][in] of the linear job: w1 [G][N][l dim], w2 [G][dim][hid],
+     * pe [G][l][dim] (sizes only matter for the device copy) */
+    if (phi->kind == NSA_PHI_MLP) {
+        j[0] = (nsa_linear_job){NULL, 1, l * dim, G * N, phi->w1, phi->b1, NULL, &key[0]};
+        out[0] = &j[0];
+        if (hid) {
+            j[1] = (nsa_linear_job){NULL, 1, hid, G * dim, phi->w2, phi->b2, NULL, &key[1]};
+            out[1] = &j[1];
+        }
+    }
+    if (phi->pe) {
+        j[2] = (nsa_linear_job){NULL, 1, dim, G * l, phi->pe, NULL, NULL, &key[2]};
+        out[2] = &j[2];
+    }
+}
+
 nsa_status nsa_layer_output(nsa_layer *L, const float *o, int64_t rows, float *y)
 {
     const nsa_layer_config *c = &L->cfg;

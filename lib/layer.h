@@ -65,6 +65,16 @@ NSA_HIDDEN nsa_status nsa_layer_project_kv(nsa_layer *L, const float *x, int64_t
  * gate_hidden > 0). */
 NSA_HIDDEN void nsa_layer_step_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[4],
                                     nsa_wkey key[4]);
+/* The keyed K/V linears of a device-resident decode step (x, y unused):
+ * j[2 i], j[2 i + 1] = K, V of branch i (cmp, slc, win; one branch with
+ * shared K/V); returns their count (2 or 6). */
+NSA_HIDDEN int nsa_layer_kv_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[6],
+                                 nsa_wkey key[6]);
+/* phi's tensors of kind (0 K, 1 V) as keyed (W, b) pairs for a device
+ * copy: out[0] (w1, b1) of an MLP phi, out[1] (w2, b2) of one with a
+ * hidden layer, out[2] (pe, -) when phi has one; NULL where absent. */
+NSA_HIDDEN void nsa_layer_phi_jobs(nsa_layer *L, int kind, nsa_linear_job j[3], nsa_wkey key[3],
+                                   const nsa_linear_job *out[3]);
 /* The operator over projected activations (o[T][H][dv]), then y = o Wo^T;
  * kc, vc (optional) receive the compressed tokens, aux the branch outputs
  * and the selection. */

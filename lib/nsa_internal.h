@@ -128,7 +128,11 @@ typedef struct nsa_wcache {
 
 /* Slots of a layer's weight cache: one per (W, b) pair a linear reads. */
 enum { NSA_WSLOT_Q, NSA_WSLOT_K0, NSA_WSLOT_V0 = NSA_WSLOT_K0 + 3, NSA_WSLOT_GATE1 = NSA_WSLOT_V0 + 3,
-       NSA_WSLOT_GATE2, NSA_WSLOT_O, NSA_WSLOT_COUNT };
+       NSA_WSLOT_GATE2, NSA_WSLOT_O,
+       /* phi's tensors as (W, b) pairs for a device-resident decode step:
+        * per kind (K, V) the first layer (w1, b1), the second (w2, b2) and
+        * the position embedding (pe, none) */
+       NSA_WSLOT_PHI, NSA_WSLOT_COUNT = NSA_WSLOT_PHI + 6 };
 
 /* Lets a backend keep a device copy of a linear's W and b: the copy in
  * cache's slot is valid only while it was made at generation gen (the
@@ -156,6 +160,7 @@ typedef struct nsa_decode_seq {
     const float *kc, *vc; /* emitted compressed tokens [n_cmp(t)][G][dk|dv] */
     const float *ks, *vs; /* raw selection K/V [t+1][G][dk|dv] */
     const float *kw, *vw; /* window ring [w][G][dk|dv]: position p at row p % w */
+    const float *kr, *vr; /* compression ring [l][G][dk|dv] (phi's input): p at row p % l */
 } nsa_decode_seq;
 
 typedef struct nsa_decode_job {
@@ -177,6 +182,7 @@ typedef struct nsa_decode_job {
 typedef struct nsa_dcache_sync {
     const uint64_t *gen; /* [B] */
     int fail_at; /* tests: the fail_at-th device operation of the call fails (0 = none) */
+    int fail_late; /* tests: a device-resident step fails after its last operation */
 } nsa_dcache_sync;
 
 /* One decode step past the K/V projections, on a backend that keeps it on
@@ -200,7 +206,35 @@ typedef struct nsa_dstep_job {
     float gate_tau;
     float *gates_out;   /* optional [B][H][3] */
     float *y;           /* [B][D] */
+    /* Device-resident step (only when the mirror's dcache_resident said
+     * yes; else NULL / 0): the K/V projections of x (kv[2 i], kv[2 i + 1]
+     * = K, V of branch i, nkv = 2 or 6: shared K/V or cmp, slc, win), their
+     * keys rotated at t (rope_dim), the rows written into the mirror (raw
+     * row t, window ring slot t % w, compression ring slot t % l), and for
+     * the sequences whose step emits a compressed token phi over the ring
+     * (phi_k, phi_v and their weights phi_w[kind][3]: (w1, b1), (w2, b2),
+     * (pe, -) as keyed jobs, NULL where the phi has none), rotated at its
+     * position when rope_after (phi then reads un-rotated keys), appended
+     * to the compressed cache. dj->seq[b] then describes the host caches,
+     * which hold rows 0 .. t-1 only where the mirror's copy of b is stale
+     * (decode.c fetches before anything else may invalidate it). */
+    const nsa_linear_job *kv;
+    int nkv;
+    int rope_after;
+    const nsa_phi *phi_k, *phi_v;
+    const nsa_linear_job *phi_w[2][3];
 } nsa_dstep_job;
+
+/* What a sequence's host caches lack, for dcache_fetch: raw rows
+ * [r0, len), window-ring positions [w0, len), compression-ring positions
+ * [l0, len), compressed tokens [c0, nc), each into the host arrays at the
+ * rows decode.c keeps them (ks row p, kw row p % w, kr row p % l, kc row
+ * i). */
+typedef struct nsa_dfetch {
+    int b;
+    int64_t len, r0, w0, l0, nc, c0;
+    float *ks, *vs, *kw, *vw, *kr, *vr, *kc, *vc;
+} nsa_dfetch;
 
 /* The angles of the host RoPE (spec 6) at pos[r] as floats:
  * tab[r][rope_dim], the cosines of the rope_dim/2 angles then their sines
@@ -224,11 +258,12 @@ typedef struct nsa_backend_ops {
     /* Dense causal attention of each new token over all its raw selection
      * K/V (seq[b].ks/vs, t+1 rows) into job->out: the decode baseline. */
     nsa_status (*dense_decode)(nsa_context *ctx, const nsa_decode_job *job);
-    /* Optional device mirror of a decode state's caches (the host caches of
-     * decode.c stay the source of truth). Each call first uploads what
-     * changed since the mirror's last sync (job->seq[b] describes the host
-     * caches), then runs as decode_attend / dense_decode over the device
-     * copy. A failure marks the copy stale; caches never come back. */
+    /* Optional device mirror of a decode state's caches. Each call first
+     * uploads what the host caches hold and the mirror lacks (job->seq[b]
+     * describes the host caches), then runs as decode_attend /
+     * dense_decode over the device copy. A failure marks the copy stale
+     * (decode.c first fetches any row only the mirror holds: see
+     * dcache_resident). */
     nsa_status (*dcache_new)(nsa_context *ctx, const nsa_config *cfg, int B, void **dc);
     void (*dcache_free)(void *dc);
     nsa_status (*dcache_attend)(nsa_context *ctx, void *dc, const nsa_decode_job *job,
@@ -243,6 +278,16 @@ typedef struct nsa_backend_ops {
      * nsa_dstep_job), syncing the mirror first as dcache_attend does. */
     nsa_status (*dcache_step)(nsa_context *ctx, void *dc, const nsa_dstep_job *job,
                               const nsa_dcache_sync *sync);
+    /* Optional, with dcache_step: 1 if this mirror runs device-resident
+     * steps (nsa_dstep_job's kv ...): then the mirror holds rows the host
+     * caches lack until dcache_fetch brings them down. */
+    int (*dcache_resident)(void *dc);
+    nsa_status (*dcache_fetch)(nsa_context *ctx, void *dc, const nsa_dfetch *f);
+    /* Test hook (optional): bytes the mirror's calls moved to and from the
+     * device since the last call of this hook (io[0] up, io[1] down; io[2]
+     * of them up: the attention's mapping, re-sent when the longest
+     * sequence's block counts change), then zeroed. */
+    void (*dcache_bus)(void *dc, uint64_t io[3]);
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);

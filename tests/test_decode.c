@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
+#include "layer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -861,6 +862,223 @@ static void test_mirror_topn(void **state)
     topn_run("128");
 }
 
+/* Bytes that must cross per device-resident step: x_t and the positions up,
+ * y_t and the selection down (nothing else: no K/V rows, no q, gates or
+ * o, no phi input; the mapping is counted apart). */
+static void resident_bus(twin *w, uint64_t up, uint64_t down)
+{
+    const uint64_t B = (uint64_t)w->B, D = (uint64_t)w->c.D;
+    const uint64_t sel = B * (uint64_t)w->c.attn.G * (uint64_t)w->c.attn.n;
+    assert_int_equal(up, B * D * sizeof(float) + B * sizeof(int32_t));
+    assert_int_equal(down, B * D * sizeof(float) + sel * sizeof(int32_t));
+}
+
+/* The host caches of every non-empty sequence as nsa_decode_view gives
+ * them (fetched where they lag; host rows poisoned first) = the
+ * reference's: raw rows 0 .. t, the window ring's rows of t-w+1 .. t
+ * (the view's last token's window), compressed tokens (spec 9: relative
+ * L2 <= 1e-5 each; K/V come from different projections' arithmetic). */
+static void resident_views(twin *w)
+{
+    nsa_decode_poison_host(w->sl);
+    const nsa_config *a = &w->c.attn;
+    const size_t kr = (size_t)a->G * a->dk, vr = (size_t)a->G * a->dv;
+    for (int b = 0; b < w->B; b++) {
+        if (nsa_decode_length(w->sl, b) == 0)
+            continue;
+        nsa_decode_seq v, r;
+        assert_int_equal(nsa_decode_view(w->sl, b, &v), NSA_OK);
+        assert_int_equal(nsa_decode_view(w->sr, b, &r), NSA_OK);
+        assert_int_equal(v.t, r.t);
+        const size_t rows = (size_t)v.t + 1, nc = (size_t)nsa_bm_n_cmp(a, v.t);
+        assert_true(tl_rel_l2(v.ks, r.ks, rows * kr) <= 1e-5);
+        assert_true(tl_rel_l2(v.vs, r.vs, rows * vr) <= 1e-5);
+        for (int64_t p = v.t - a->w + 1 > 0 ? v.t - a->w + 1 : 0; p <= v.t; p++) {
+            const size_t at = (size_t)(p % a->w);
+            assert_true(tl_rel_l2(v.kw + at * kr, r.kw + at * kr, kr) <= 1e-5);
+            assert_true(tl_rel_l2(v.vw + at * vr, r.vw + at * vr, vr) <= 1e-5);
+        }
+        if (nc > 0) {
+            assert_true(tl_rel_l2(v.kc, r.kc, nc * kr) <= 1e-5);
+            assert_true(tl_rel_l2(v.vc, r.vc, nc * vr) <= 1e-5);
+        }
+    }
+}
+
+/* nsa_decode_compressed of every sequence (a fetch from the mirror where
+ * the host lags, host rows poisoned first) = the reference's (spec 9:
+ * relative L2 <= 1e-5; counts equal); afterwards the host holds every row. */
+static void resident_compressed(twin *w)
+{
+    nsa_decode_poison_host(w->sl);
+    const size_t kr = (size_t)w->c.attn.G * w->c.attn.dk, vr = (size_t)w->c.attn.G * w->c.attn.dv;
+    for (int b = 0; b < w->B; b++) {
+        const float *kc, *vc, *rkc, *rvc;
+        int64_t n, rn;
+        assert_int_equal(nsa_decode_compressed(w->sl, b, &kc, &vc, &n), NSA_OK);
+        assert_int_equal(nsa_decode_compressed(w->sr, b, &rkc, &rvc, &rn), NSA_OK);
+        assert_int_equal(n, rn);
+        assert_int_equal(nsa_decode_host_len(w->sl, b), nsa_decode_length(w->sl, b));
+        if (n == 0)
+            continue;
+        assert_true(tl_rel_l2(kc, rkc, (size_t)n * kr) <= 1e-5);
+        assert_true(tl_rel_l2(vc, rvc, (size_t)n * vr) <= 1e-5);
+    }
+    resident_views(w);
+}
+
+/* Device-resident steps (opencl with fp32 storage: the mirror computes
+ * and holds the new rows, the host caches lag) against the reference:
+ * three sequences (prompts of 120 and 37 tokens and none: both caches
+ * double past 128 rows), per step the bytes that crossed on emitting and
+ * quiet steps, with any weight upload failing the step; then
+ * nsa_decode_compressed (fetched), a clone, a reset and prefill of one
+ * sequence while the others hold rows only on the device, every device
+ * operation of a step failed in turn, the host's way after that (its
+ * fetch), and the attention over the fetched caches; host rows poisoned
+ * before each fetch. Elsewhere the same steps run the host's way (no
+ * assertions on the bus). */
+static void resident_run(const nsa_layer_config *c, const char *name)
+{
+    twin w;
+    twin_make(&w, c, 3, 90);
+    const int res = nsa_decode_resident(w.sl);
+    twin_refill(&w, 0, 120, 1);
+    twin_refill(&w, 1, 37, 2);
+    const size_t D = (size_t)c->D;
+    float *x = malloc(sizeof(float) * w.B * D), *yr = malloc(sizeof(float) * w.B * D);
+    /* first steps: the weights (phi's on an emitting step) go up once */
+    double worst = twin_steps(&w, 8, 10);
+    uint64_t io[3];
+    nsa_decode_bus(w.sl, io);
+    nsa_layer_fail_weight_upload_after(w.L, 1); /* any upload from now on fails */
+    int emitting = 0, quiet = 0;
+    for (int s = 0; s < 40; s++) {
+        float *y = tl_poisoned((size_t)w.B * D);
+        tl_fill(x, w.B * D, 100 + (uint64_t)s, -1, 1);
+        int emits = 0;
+        int64_t max_t = 0;
+        for (int b = 0; b < w.B; b++) {
+            const int64_t t = nsa_decode_length(w.sl, b);
+            emits |= t + 1 >= c->attn.l && (t + 1 - c->attn.l) % c->attn.d == 0;
+            max_t = t > max_t ? t : max_t;
+        }
+        /* the mapping goes up only when the longest position passes 2^k - 1
+         * (decode.c's map_t: 127 here) */
+        const int map_step = max_t == 128;
+        assert_int_equal(nsa_decode_step(w.L, w.sl, x, y, NULL), NSA_OK);
+        assert_int_equal(nsa_decode_step(w.R, w.sr, x, yr, NULL), NSA_OK);
+        const double e = tl_rel_l2(y, yr, w.B * D);
+        assert_true(e <= 1e-5); /* spec 9 */
+        worst = e > worst ? e : worst;
+        nsa_decode_bus(w.sl, io);
+        if (res) {
+            resident_bus(&w, io[0] - io[2], io[1]);
+            if (!map_step)
+                assert_int_equal(io[2], 0);
+            else
+                assert_true(io[2] > 0);
+            emitting += emits;
+            quiet += !emits;
+        }
+        free(y);
+    }
+    nsa_layer_fail_weight_upload_after(w.L, 0);
+    if (res) {
+        assert_true(emitting > 0 && quiet > 0);
+        /* the host really lags: it holds sequence 0's prompt only */
+        assert_int_equal(nsa_decode_host_len(w.sl, 0), 120);
+        assert_int_equal(nsa_decode_length(w.sl, 0), 168);
+    }
+    resident_compressed(&w);
+    double e = twin_steps(&w, 10, 200);
+    worst = e > worst ? e : worst;
+    /* clone from a sequence whose newest rows are on the device only */
+    if (res)
+        assert_true(nsa_decode_host_len(w.sl, 0) < nsa_decode_length(w.sl, 0));
+    nsa_decode_poison_host(w.sl);
+    assert_int_equal(nsa_decode_reset(w.sl, 2), NSA_OK);
+    assert_int_equal(nsa_decode_reset(w.sr, 2), NSA_OK);
+    assert_int_equal(nsa_decode_clone_seq(w.sl, 2, 0), NSA_OK);
+    assert_int_equal(nsa_decode_clone_seq(w.sr, 2, 0), NSA_OK);
+    e = twin_steps(&w, 10, 300);
+    worst = e > worst ? e : worst;
+    /* sequence 1 reset and prefilled again while 0 and 2 lag on the host */
+    nsa_decode_poison_host(w.sl);
+    twin_refill(&w, 1, 50, 9);
+    e = twin_steps(&w, 10, 400);
+    worst = e > worst ? e : worst;
+    /* w + 2 device steps (the host lacks every window row), one failing
+     * after its last device operation, then the views: the window slot
+     * that step wrote must hold its old row again */
+    resident_compressed(&w);
+    e = twin_steps(&w, c->attn.w + 2, 450);
+    worst = e > worst ? e : worst;
+    {
+        step_out a;
+        step_out_alloc(&a, &w);
+        float *xf = malloc(sizeof(float) * w.B * D);
+        tl_fill(xf, w.B * D, 460, -1, 1);
+        nsa_decode_fail_after_attend(w.sl);
+        assert_int_equal(step_with(w.L, w.sl, xf, &a), NSA_ERR_BACKEND);
+        free(xf);
+        step_out_free(&a);
+    }
+    resident_views(&w);
+    nsa_decode_poison_host(w.sl);
+    twin_fail_steps(&w, 500);
+    e = twin_steps(&w, 6, 600);
+    worst = e > worst ? e : worst;
+    resident_compressed(&w);
+    /* the host's way from here (as after NSA_ERR_UNSUPPORTED): it fetches
+     * what the device steps left behind first */
+    e = twin_steps(&w, 3, 700);
+    worst = e > worst ? e : worst;
+    nsa_decode_poison_host(w.sl);
+    nsa_decode_host_steps(w.sl);
+    w.no_step = 1;
+    e = twin_steps(&w, 10, 800);
+    worst = e > worst ? e : worst;
+    resident_compressed(&w);
+    twin_attend_cached(&w, 900, 0);
+    print_message("resident steps (%s) on %s (%s): worst relative L2 %.3g\n", name,
+                  nsa_context_backend(w.ctx), res ? "device-resident" : "host caches", worst);
+    free(x);
+    free(yr);
+    twin_free(&w);
+}
+
+static void test_resident(void **state)
+{
+    (void)state;
+    nsa_layer_config c = cfg_small(16, 8, 32);
+    c.attn.H = 8;
+    c.attn.G = 2;
+    c.attn.dk = 12;
+    c.attn.dv = 10;
+    resident_run(&c, "RoPE before phi, avg");
+    /* RoPE after phi on part of dk, phi an MLP with a position embedding,
+     * shared K/V, a gate MLP */
+    nsa_layer_config m = c;
+    m.rope_cmp = NSA_ROPE_AFTER;
+    m.rope_dim = 6;
+    m.phi = NSA_PHI_MLP;
+    m.phi_hidden = 5;
+    m.phi_pe = 1;
+    m.shared_kv = 1;
+    m.gate_hidden = 3;
+    resident_run(&m, "RoPE after phi, MLP phi with pe, shared K/V, gate MLP");
+    /* a linear phi, no RoPE, sigmoid gates; dk, dv not multiples of 4 */
+    nsa_layer_config n = c;
+    n.rope_dim = 0;
+    n.phi = NSA_PHI_MLP;
+    n.phi_hidden = 0;
+    n.gate_act = NSA_GATE_SIGMOID;
+    n.attn.dk = 7;
+    n.attn.dv = 5;
+    resident_run(&n, "linear phi, no RoPE, dk 7");
+}
+
 /* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps
  * exactly like its source, through the mirror too. */
 static void test_clone_seq(void **state)
@@ -901,6 +1119,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clone_seq),
+        cmocka_unit_test(test_resident),
         cmocka_unit_test(test_mirror),
         cmocka_unit_test(test_fused_step),
         cmocka_unit_test(test_mirror_topn),

@@ -53,7 +53,7 @@ static void caches_make(caches *x, const nsa_config *c, const int64_t *t, int B,
         f[3] = rnd(S * vr, seed + 10 * b + 3, 1.0f);
         f[4] = rnd((size_t)c->w * kr, seed + 10 * b + 4, 1.0f);
         f[5] = rnd((size_t)c->w * vr, seed + 10 * b + 5, 1.0f);
-        x->seq[b] = (nsa_decode_seq){t[b], f[0], f[1], f[2], f[3], f[4], f[5]};
+        x->seq[b] = (nsa_decode_seq){t[b], f[0], f[1], f[2], f[3], f[4], f[5], NULL, NULL};
         max_t = t[b] > max_t ? t[b] : max_t;
     }
     /* large queries: peaked softmaxes, so chunks weigh very differently */

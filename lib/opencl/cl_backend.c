@@ -21,7 +21,8 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_dc_partial", "nsa_dc_prob", "nsa_dc_select", "nsa_dc_final", "nsa_dc_put",
     "nsa_ds_rope",    "nsa_ds_gate",
     "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles",
-    "nsa_cmp_scores_wg"};
+    "nsa_cmp_scores_wg",
+    "nsa_dc_put_step", "nsa_dc_get", "nsa_dc_ring_put", "nsa_dc_ring_gather", "nsa_dr_rope_cmp"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -387,5 +388,8 @@ const nsa_backend_ops nsa_backend_opencl = {
     .dcache_attend = nsa_cl_dcache_attend,
     .dcache_dense = nsa_cl_dcache_dense,
     .dcache_step = nsa_cl_dcache_step,
+    .dcache_resident = nsa_cl_dcache_resident,
+    .dcache_fetch = nsa_cl_dcache_fetch,
+    .dcache_bus = nsa_cl_dcache_bus,
     .linear_many = nsa_cl_linear_many,
 };

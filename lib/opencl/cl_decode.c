@@ -2,21 +2,30 @@
  * mirror of a decode state's caches (the vtable's dcache_*), and the decode
  * attention and dense baseline over it.
  *
- * decode.c's host caches stay the source of truth; each call uploads only
- * what changed since the mirror's last sync of a sequence: raw K/V rows
- * from min(synced length, t) to t, the window-ring rows of those positions
- * and compressed rows from min(synced count, n_cmp(t-1)). Taking the
- * minimum with the committed length t re-uploads row t after a step that
- * failed past the sync (decode.c then restored its rows). A sequence whose
- * generation changed (reset, prefill) or whose last sync failed is
- * uploaded whole. The caches of all sequences share one buffer per tensor
- * with a common capacity that grows by doubling (copied on the device);
- * they never come back to the host. nsa_cl_dcache_step (vtable
- * dcache_step) runs a decode step's q and gate projections (the gate MLP's
- * two linears and SiLU when it has a hidden layer), RoPE of q (its angles
- * in double here where the device has fp64, else from the host), the gate
- * activation, the attention and Wo here in one call, so q, the gates and o
- * stay in the mirror's buffers. */
+ * Each call first syncs what decode.c's host caches hold and the mirror
+ * lacks: per sequence raw K/V rows from min(synced length, t) to t, the
+ * window-ring rows of those positions and compressed rows from
+ * min(synced count, n_cmp(t-1)). Taking the minimum with the committed
+ * length t re-uploads row t after a step that failed past the sync. A
+ * sequence whose generation changed (reset, prefill, clone) or whose last
+ * upload failed is uploaded whole. The caches of all sequences share one
+ * buffer per tensor with a common capacity that grows by doubling (copied
+ * on the device; K and V grow together or the old pair stays).
+ *
+ * nsa_cl_dcache_step (vtable dcache_step) runs a decode step's q and gate
+ * projections (the gate MLP's two linears and SiLU when it has a hidden
+ * layer), RoPE of q (its angles in double here where the device has fp64,
+ * else from the host), the gate activation, the attention and Wo here in
+ * one call, so q, the gates and o stay in the mirror's buffers. With fp32
+ * storage and the double RoPE (dres: device-resident steps) it also takes
+ * the K/V projections (dc_step_kv): x_t goes up once, the keys are rotated
+ * here, the rows go into the caches from device memory (nsa_dc_put_step),
+ * a compression ring per sequence feeds phi (cl/phi.cl's kernels) for the
+ * sequences whose step emits a token, and only y_t and the selection come
+ * back; the host caches lag and nsa_cl_dcache_fetch (nsa_dc_get) brings
+ * them what they lack. Failure safety of such a step: see dc_step_kv and
+ * nsa_cl_dcache_step (a failure keeps every row a sequence held before
+ * the step; only a sequence whose own upload failed is marked stale). */
 #include "cl_run.h"
 #include "cl_weights.h"
 
@@ -54,7 +63,12 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_GHID, DB_PLO, DB_COUNT };
+       DB_GHID, DB_PLO,
+       /* the device-resident step: K/V of the three branches, phi's input,
+        * hidden layer and tokens, its src offsets, the window rows saved
+        * for a failure, the fetch's staging */
+       DB_K0, DB_V0 = DB_K0 + 3, DB_Z = DB_V0 + 3, DB_PHID, DB_TOKK, DB_TOKV, DB_PSRC, DB_SAVEK,
+       DB_SAVEV, DB_FETCH, DB_COUNT };
 
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
@@ -83,6 +97,13 @@ typedef struct nsa_cl_dcache {
     cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
     int q_on_device;      /* fused step: q and the gates are in DB_Q, DB_GATES already */
+    /* device-resident steps (fp32 storage, the step's and the double RoPE
+     * kernels usable): the rows are written here, the host caches lag */
+    int dres;
+    cl_mem kring, vring; /* compression rings [B][l][G][dk|dv], fp32 row-major */
+    int psrc_ok;         /* DB_PSRC holds b l for phi's src */
+    uint64_t bus[3];     /* test hook: bytes up, down, of them up the mapping */
+    int in_map;          /* dc_map's writes are counted in bus[2] too */
 } nsa_cl_dcache;
 
 /* Counts one device operation; the test hook fails the chosen one. */
@@ -134,6 +155,9 @@ static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t
     nsa_status s = dc_op(ctx, dc);
     if (s != NSA_OK || bytes == 0)
         return s;
+    dc->bus[0] += bytes;
+    if (dc->in_map)
+        dc->bus[2] += bytes;
     cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, blocking, 0, bytes, host, 0, NULL, NULL);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
 }
@@ -144,6 +168,7 @@ static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t 
     nsa_status s = dc_op(ctx, dc);
     if (s != NSA_OK || bytes == 0)
         return s;
+    dc->bus[1] += bytes;
     cl_int err = clEnqueueReadBuffer(dc->st->queue, m, CL_FALSE, off, bytes, host, 0, NULL, NULL);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
 }
@@ -164,7 +189,7 @@ void nsa_cl_dcache_free(void *p)
     nsa_cl_dcache *dc = p;
     if (!dc)
         return;
-    cl_mem *ms[] = {&dc->kr, &dc->vr, &dc->kw, &dc->vw, &dc->kc, &dc->vc};
+    cl_mem *ms[] = {&dc->kr, &dc->vr, &dc->kw, &dc->vw, &dc->kc, &dc->vc, &dc->kring, &dc->vring};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
         if (*ms[i])
             clReleaseMemObject(*ms[i]);
@@ -261,6 +286,24 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         nsa_cl_dcache_free(dc);
         return s;
     }
+    /* device-resident steps: fp32 storage (the rows stay bit-identical to
+     * the host path's) and every kernel of the fused step and of the
+     * double RoPE usable; else the host caches stay the source of truth */
+    dc->dres = st->kv == NSA_CL_KV_F32 && !getenv("NSA_OPENCL_DECODE_HOSTKV");
+    for (int k = 0; dc->dres && k < NSA_CLK_COUNT; k++) {
+        const nsa_cl_feat f = nsa_cl_kernel_feat(k);
+        if ((f == NSA_CLF_STEP || f == NSA_CLF_ROPE64 || f == NSA_CLF_DECODE) &&
+            !st->kernel[st->kv][k])
+            dc->dres = 0;
+    }
+    if (dc->dres &&
+        ((s = dc_create(ctx, dc, sizeof(float) * bg * (size_t)cfg->l * cfg->dk, &dc->kring)) !=
+             NSA_OK ||
+         (s = dc_create(ctx, dc, sizeof(float) * bg * (size_t)cfg->l * cfg->dv, &dc->vring)) !=
+             NSA_OK)) {
+        nsa_cl_dcache_free(dc);
+        return s;
+    }
     /* the tensor-core partial kernel (cl/mma.cl): the mma's M = 16 rows
      * hold a work-group's heads */
     _Static_assert(DC_HC <= 16, "cl/mma.cl holds at most 16 heads a work-group");
@@ -273,20 +316,21 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
 }
 
 /* -------------------------------------------------------------- growth */
-/* A buffer of nrows rows of new_pitch bytes holding the old rows of
- * old_pitch bytes (the old buffer released); the old one stays on failure. */
-static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *m, size_t old_pitch,
-                            size_t new_pitch, size_t nrows)
+/* *out: a new buffer of nrows rows of new_pitch bytes holding old's rows
+ * of old_pitch bytes (old, if any, is left alone: the caller releases it);
+ * nothing on failure. */
+static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *out, cl_mem old,
+                            size_t old_pitch, size_t new_pitch, size_t nrows)
 {
     cl_mem nm;
     nsa_status s = dc_create(ctx, dc, new_pitch * nrows, &nm);
     if (s != NSA_OK)
         return s;
-    if (*m && old_pitch > 0) {
+    if (old && old_pitch > 0) {
         const size_t zero[3] = {0, 0, 0}, region[3] = {old_pitch, nrows, 1};
         cl_int err = CL_SUCCESS;
         if ((s = dc_op(ctx, dc)) == NSA_OK)
-            err = clEnqueueCopyBufferRect(dc->st->queue, *m, nm, zero, zero, region, old_pitch,
+            err = clEnqueueCopyBufferRect(dc->st->queue, old, nm, zero, zero, region, old_pitch,
                                           0, new_pitch, 0, 0, NULL, NULL);
         if (s == NSA_OK && err != CL_SUCCESS)
             s = nsa_cl_fail(ctx, "clEnqueueCopyBufferRect", err);
@@ -295,9 +339,7 @@ static nsa_status dc_regrow(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem *m, size
             return s;
         }
     }
-    if (*m)
-        clReleaseMemObject(*m);
-    *m = nm;
+    *out = nm;
     return NSA_OK;
 }
 
@@ -348,38 +390,31 @@ static nsa_status dc_reserve(nsa_context *ctx, nsa_cl_dcache *dc, int64_t need, 
 {
     const size_t bg = (size_t)dc->B * dc->cfg.G, w4 = 4 * dc->es;
     nsa_status s = NSA_OK;
-    if (need > dc->cap || !dc->kr) {
-        const int64_t nc = grown(dc, dc->cap, need);
-        if ((s = dc_regrow(ctx, dc, &dc->kr, (size_t)dc->cap * dc->dk4 * w4,
+    /* K and V grow together or not at all: the old buffers (which may hold
+     * rows only the device has) stay until both copies are queued */
+    for (int cmp = 0; cmp < 2; cmp++) {
+        int64_t *cap = cmp ? &dc->ccap : &dc->cap;
+        cl_mem *K = cmp ? &dc->kc : &dc->kr, *V = cmp ? &dc->vc : &dc->vr;
+        const int64_t want = cmp ? needc : need;
+        if (want <= *cap && *K)
+            continue;
+        const int64_t nc = grown(dc, *cap, want);
+        cl_mem nk = NULL, nv = NULL;
+        if ((s = dc_regrow(ctx, dc, &nk, *K, (size_t)*cap * dc->dk4 * w4,
                            (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
             return s;
-        /* kr grown, vr not: the common capacity is not raised until both are */
-        if ((s = dc_regrow(ctx, dc, &dc->vr, (size_t)dc->cap * dc->dv4 * w4,
+        if ((s = dc_regrow(ctx, dc, &nv, *V, (size_t)*cap * dc->dv4 * w4,
                            (size_t)nc * dc->dv4 * w4, bg)) != NSA_OK) {
-            for (int b = 0; b < dc->B; b++)
-                dc->seq[b].valid = 0; /* kr's rows moved to the new pitch */
-            clReleaseMemObject(dc->kr);
-            dc->kr = NULL;
-            dc->cap = 0;
+            clReleaseMemObject(nk);
             return s;
         }
-        dc->cap = nc;
-    }
-    if (needc > dc->ccap || !dc->kc) {
-        const int64_t nc = grown(dc, dc->ccap, needc);
-        if ((s = dc_regrow(ctx, dc, &dc->kc, (size_t)dc->ccap * dc->dk4 * w4,
-                           (size_t)nc * dc->dk4 * w4, bg)) != NSA_OK)
-            return s;
-        if ((s = dc_regrow(ctx, dc, &dc->vc, (size_t)dc->ccap * dc->dv4 * w4,
-                           (size_t)nc * dc->dv4 * w4, bg)) != NSA_OK) {
-            for (int b = 0; b < dc->B; b++)
-                dc->seq[b].valid = 0;
-            clReleaseMemObject(dc->kc);
-            dc->kc = NULL;
-            dc->ccap = 0;
-            return s;
-        }
-        dc->ccap = nc;
+        if (*K)
+            clReleaseMemObject(*K);
+        if (*V)
+            clReleaseMemObject(*V);
+        *K = nk;
+        *V = nv;
+        *cap = nc;
     }
     return NSA_OK;
 }
@@ -447,29 +482,55 @@ static nsa_status dc_stage(nsa_context *ctx, nsa_cl_dcache *dc, int kind, int b,
     return NSA_OK;
 }
 
-/* Rows of one sequence to upload: raw [r0, t], ring positions
- * [max(r0, t-w+1), t], compressed [c0, nc). */
+/* Rows of one sequence to upload: raw [r0, hi], window-ring positions
+ * [w0, hi], compressed [c0, nc), the compression ring (device-resident
+ * steps: ring = 1, all l slots of the host's). hi = t, or t - 1 for a
+ * device-resident step (row t is computed there; the host holds 0 .. t-1
+ * where the mirror is stale). */
 typedef struct dc_plan {
-    int64_t r0, w0, c0, nc;
+    int64_t hi, r0, w0, c0, nc;
+    int ring;
 } dc_plan;
 
 static dc_plan dc_plan_of(const nsa_cl_dcache *dc, const nsa_decode_seq *sq, uint64_t gen,
-                          const dc_seq *m)
+                          const dc_seq *m, int res)
 {
     const nsa_config *c = &dc->cfg;
     const int64_t t = sq->t;
     dc_plan p;
-    p.nc = nsa_bm_n_cmp(c, t);
     const int64_t before = t > 0 ? nsa_bm_n_cmp(c, t - 1) : 0;
+    p.hi = t - res;
+    p.nc = res ? before : nsa_bm_n_cmp(c, t);
     const int fresh = !m->valid || m->gen != gen;
     p.r0 = fresh ? 0 : (m->len < t ? m->len : t);
     p.c0 = fresh ? 0 : (m->nc < before ? m->nc : before);
-    p.w0 = t - c->w + 1 > p.r0 ? t - c->w + 1 : p.r0;
+    /* the window of t is t-w+1 .. t; a resident step's host view (t - 1)
+     * needs t-w .. t-1 */
+    p.w0 = t - c->w + 1 - res > p.r0 ? t - c->w + 1 - res : p.r0;
+    p.ring = res && p.r0 < t;
     return p;
 }
 
+static int dc_plan_empty(const dc_plan *p) { return p->r0 > p->hi && p->c0 >= p->nc && !p->ring; }
+
+/* Blocking write of bytes at offset off of m (counted as dc_write). */
+static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
+                              size_t bytes, const void *host)
+{
+    nsa_status s = dc_op(ctx, dc);
+    if (s != NSA_OK || bytes == 0)
+        return s;
+    dc->bus[0] += bytes;
+    cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, CL_TRUE, off, bytes, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
+}
+
+/* The mirror up to date with the host caches the job describes (res: for
+ * a device-resident step, rows up to t - 1). A sequence is marked invalid
+ * only while its own upload is under way: one with nothing to send (its
+ * newest rows may live only here) keeps its rows whatever fails. */
 static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job,
-                          const nsa_dcache_sync *sync)
+                          const nsa_dcache_sync *sync, int res)
 {
     const nsa_config *c = &dc->cfg;
     const size_t kr = (size_t)c->G * c->dk, vr = (size_t)c->G * c->dv;
@@ -477,10 +538,12 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
     size_t total = 0, rows = 0;
     for (int b = 0; b < dc->B; b++) {
         const nsa_decode_seq *sq = &job->seq[b];
-        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b]);
+        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b], res);
         need = sq->t + 1 > need ? sq->t + 1 : need;
-        needc = p.nc > needc ? p.nc : needc;
-        const size_t nr = (size_t)(sq->t + 1 - p.r0), nw = (size_t)(sq->t + 1 - p.w0),
+        const int64_t nct = nsa_bm_n_cmp(c, sq->t); /* room for a resident step's token */
+        needc = nct > needc ? nct : needc;
+        const size_t nr = (size_t)(p.hi + 1 - p.r0 > 0 ? p.hi + 1 - p.r0 : 0),
+                     nw = (size_t)(p.hi + 1 - p.w0 > 0 ? p.hi + 1 - p.w0 : 0),
                      ncm = (size_t)(p.nc - p.c0);
         total += (nr + nw + ncm) * (kr + vr);
         rows += 2 * (nr + nw + ncm);
@@ -514,12 +577,14 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
     dc->nstage = dc->ndesc = 0;
     for (int b = 0; b < dc->B && s == NSA_OK; b++) {
         const nsa_decode_seq *sq = &job->seq[b];
-        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b]);
+        const dc_plan p = dc_plan_of(dc, sq, sync->gen[b], &dc->seq[b], res);
+        if (dc_plan_empty(&p))
+            continue;
         dc->seq[b].valid = 0; /* until its rows are all sent */
-        for (int64_t r = p.r0; r <= sq->t && s == NSA_OK; r++)
+        for (int64_t r = p.r0; r <= p.hi && s == NSA_OK; r++)
             if ((s = dc_stage(ctx, dc, 0, b, r, sq->ks + (size_t)r * kr)) == NSA_OK)
                 s = dc_stage(ctx, dc, 1, b, r, sq->vs + (size_t)r * vr);
-        for (int64_t r = p.w0; r <= sq->t && s == NSA_OK; r++) {
+        for (int64_t r = p.w0; r <= p.hi && s == NSA_OK; r++) {
             const int64_t at = r % c->w;
             if ((s = dc_stage(ctx, dc, 2, b, at, sq->kw + (size_t)at * kr)) == NSA_OK)
                 s = dc_stage(ctx, dc, 3, b, at, sq->vw + (size_t)at * vr);
@@ -527,6 +592,13 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
         for (int64_t r = p.c0; r < p.nc && s == NSA_OK; r++)
             if ((s = dc_stage(ctx, dc, 4, b, r, sq->kc + (size_t)r * kr)) == NSA_OK)
                 s = dc_stage(ctx, dc, 5, b, r, sq->vc + (size_t)r * vr);
+        /* the host's compression ring whole (slots of positions before
+         * t - l + 1 are not read) */
+        if (p.ring && s == NSA_OK &&
+            (s = dc_write_at(ctx, dc, dc->kring, sizeof(float) * (size_t)b * c->l * kr,
+                             sizeof(float) * c->l * kr, sq->kr)) == NSA_OK)
+            s = dc_write_at(ctx, dc, dc->vring, sizeof(float) * (size_t)b * c->l * vr,
+                            sizeof(float) * c->l * vr, sq->vr);
     }
     if (s == NSA_OK)
         s = dc_flush(ctx, dc, CL_FALSE);
@@ -534,9 +606,12 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
         return s;
     for (int b = 0; b < dc->B; b++) {
         dc_seq *m = &dc->seq[b];
+        if (!m->valid || m->gen != sync->gen[b]) { /* uploaded now (or nothing to send) */
+            const dc_plan p = dc_plan_of(dc, &job->seq[b], sync->gen[b], m, res);
+            m->len = p.hi + 1;
+            m->nc = p.nc;
+        }
         m->gen = sync->gen[b];
-        m->len = job->seq[b].t + 1;
-        m->nc = nsa_bm_n_cmp(c, job->seq[b].t);
         m->valid = 1;
     }
     return NSA_OK;
@@ -604,7 +679,18 @@ static nsa_status dc_prob_plan(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_cs
 
 /* The mapping m (and nsa_dc_prob's plan for it) on the device, unless the
  * one there has the same rows and entries. */
+static nsa_status dc_map_put(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m);
+
+/* dc_map_put with its uploads counted as the mapping's (the bus hook). */
 static nsa_status dc_map(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m)
+{
+    dc->in_map = 1;
+    const nsa_status s = dc_map_put(ctx, dc, m);
+    dc->in_map = 0;
+    return s;
+}
+
+static nsa_status dc_map_put(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_csr *m)
 {
     nsa_status s;
     const int nnz = m->rowptr[m->rows];
@@ -1037,11 +1123,266 @@ static nsa_status dc_step_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_ds
     return dc_launch(ctx, dc, &a, "nsa_ds_rope", items);
 }
 
+/* ------------------------------------------------- device-resident step */
+/* nsa_dc_put_step: src [B][G][dim] into cache dst at each sequence's row
+ * of mode (0 raw row t, 1 window slot t % w, 2 its emitted compressed
+ * token). counted: through the failure hook (the restore below is not). */
+static nsa_status dc_put_step(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem src, int isv,
+                              int mode, cl_mem dst, int counted)
+{
+    const nsa_config *c = &dc->cfg;
+    const int dim = isv ? c->dv : c->dk, dim4 = isv ? dc->dv4 : dc->dk4;
+    const int cap = mode == 0 ? (int)dc->cap : mode == 1 ? dc->wcap : (int)dc->ccap;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_PUT_STEP], 0, CL_SUCCESS};
+    ARG_MEM(&a, src);
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, dim);
+    ARG_INT(&a, dim4);
+    ARG_INT(&a, isv);
+    ARG_INT(&a, mode);
+    ARG_INT(&a, cap);
+    ARG_INT(&a, c->w);
+    ARG_INT(&a, c->l);
+    ARG_INT(&a, c->d);
+    ARG_MEM(&a, dst);
+    const size_t items = (size_t)dc->B * c->G * dim4;
+    if (counted)
+        return dc_launch(ctx, dc, &a, "nsa_dc_put_step", items);
+    nsa_clr_bufs carrier = {dc->st, ctx, 0, {0}};
+    return nsa_clr_launch(&carrier, &a, "nsa_dc_put_step", items, (size_t)dc->st->wg);
+}
+
+/* nsa_dc_get: rows of cache src (isv: a V cache; cap rows a (b, g)) into
+ * out [nrows][G][dim]: rows row0 .. of sequence b (modulo wrap when
+ * > 0), or with b < 0 slot t % wrap of every sequence (nrows = B). */
+static nsa_status dc_get(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem src, int isv, int cap,
+                         int b, int64_t row0, int nrows, int wrap, cl_mem out)
+{
+    const nsa_config *c = &dc->cfg;
+    const int dim = isv ? c->dv : c->dk, dim4 = isv ? dc->dv4 : dc->dk4;
+    cl_mem tp = dc->buf[DB_TPOS].m ? dc->buf[DB_TPOS].m : out; /* read only when b < 0 */
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DC_GET], 0, CL_SUCCESS};
+    ARG_MEM(&a, src);
+    ARG_MEM(&a, tp);
+    ARG_INT(&a, b);
+    ARG_INT(&a, row0);
+    ARG_INT(&a, nrows);
+    ARG_INT(&a, wrap);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, dim);
+    ARG_INT(&a, dim4);
+    ARG_INT(&a, isv);
+    ARG_INT(&a, cap);
+    ARG_MEM(&a, out);
+    return dc_launch(ctx, dc, &a, "nsa_dc_get", (size_t)nrows * c->G * dim4);
+}
+
+/* nsa_dc_ring_put (src [B][n] into slot t % l of ring) or, gather = 1,
+ * nsa_dc_ring_gather (ring -> phi's input z [B][l][n]). */
+static nsa_status dc_ring(nsa_context *ctx, nsa_cl_dcache *dc, int gather, cl_mem src, int n,
+                          cl_mem dst)
+{
+    const int k = gather ? NSA_CLK_DC_RING_GATHER : NSA_CLK_DC_RING_PUT;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][k], 0, CL_SUCCESS};
+    ARG_MEM(&a, src);
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, n);
+    ARG_INT(&a, dc->cfg.l);
+    ARG_MEM(&a, dst);
+    return dc_launch(ctx, dc, &a, gather ? "nsa_dc_ring_gather" : "nsa_dc_ring_put",
+                     (size_t)dc->B * n * (gather ? (size_t)dc->cfg.l : 1));
+}
+
+/* RoPE in double (cl/rope64.cl) of x [B][heads][dk] at the positions in
+ * DB_TPOS (cmp = 1: nsa_dr_rope_cmp, each emitted token at its i d). */
+static nsa_status dc_rope64(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                            cl_mem x, int heads, int cmp)
+{
+    const nsa_config *c = &dc->cfg;
+    nsa_clr_args a = {dc->st->kernel[dc->kv][cmp ? NSA_CLK_DR_ROPE_CMP : NSA_CLK_DR_ROPE], 0,
+                      CL_SUCCESS};
+    ARG_MEM(&a, x);
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, heads);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, sj->rope_dim);
+    ARG_FLT(&a, sj->rope_base);
+    if (cmp) {
+        ARG_INT(&a, c->l);
+        ARG_INT(&a, c->d);
+    }
+    return dc_launch(ctx, dc, &a, cmp ? "nsa_dr_rope_cmp" : "nsa_dr_rope",
+                     (size_t)dc->B * heads * (size_t)(sj->rope_dim / 2));
+}
+
+/* phi (cl/phi.cl, the kernels of nsa_cl_compress) of kind (0 K, 1 V) over
+ * z [B][l][G][dim] (C = B tokens, src[b] = b l in DB_PSRC) into out
+ * [B][G][dim]; the weights from the layer's device copies. */
+static nsa_status dc_phi(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                         nsa_clr_bufs *W, int kind, cl_mem out)
+{
+    const nsa_config *c = &dc->cfg;
+    const nsa_phi *phi = kind ? sj->phi_v : sj->phi_k;
+    const int G = c->G, l = c->l, dim = kind ? c->dv : c->dk, B = dc->B;
+    const int hid = phi->kind == NSA_PHI_MLP ? phi->hidden : 0;
+    cl_kernel *K = dc->st->kernel[NSA_CL_KV_F32];
+    cl_mem z = dc->buf[DB_Z].m, srcb = dc->buf[DB_PSRC].m, pe = srcb, none = srcb;
+    cl_mem w[3] = {none, none, none}, bb[3] = {none, none, none};
+    nsa_status s = NSA_OK;
+    for (int i = 0; i < 3 && s == NSA_OK; i++)
+        if (sj->phi_w[kind][i] && (s = dc_op(ctx, dc)) == NSA_OK)
+            s = nsa_cl_weights(W, sj->phi_w[kind][i], &w[i], &bb[i]);
+    if (s != NSA_OK)
+        return s;
+    if (phi->pe)
+        pe = w[2];
+    if (phi->kind == NSA_PHI_AVG) {
+        nsa_clr_args a = {K[NSA_CLK_PHI_AVG], 0, CL_SUCCESS};
+        ARG_MEM(&a, z);
+        ARG_MEM(&a, pe);
+        ARG_INT(&a, phi->pe != NULL);
+        ARG_MEM(&a, srcb);
+        ARG_INT(&a, B);
+        ARG_INT(&a, G);
+        ARG_INT(&a, l);
+        ARG_INT(&a, dim);
+        ARG_MEM(&a, out);
+        return dc_launch(ctx, dc, &a, "nsa_phi_avg", (size_t)B * G * dim);
+    }
+    const int N = hid ? hid : dim;
+    if (hid && (s = dc_ensure(ctx, dc, DB_PHID, sizeof(float) * (size_t)B * G * hid)) != NSA_OK)
+        return s;
+    cl_mem dst = hid ? dc->buf[DB_PHID].m : out;
+    nsa_clr_args a = {K[NSA_CLK_PHI_LIN], 0, CL_SUCCESS};
+    ARG_MEM(&a, z);
+    ARG_MEM(&a, pe);
+    ARG_INT(&a, phi->pe != NULL);
+    ARG_MEM(&a, srcb);
+    ARG_INT(&a, B);
+    ARG_INT(&a, G);
+    ARG_INT(&a, l);
+    ARG_INT(&a, dim);
+    ARG_MEM(&a, w[0]);
+    ARG_MEM(&a, bb[0]);
+    ARG_INT(&a, phi->b1 != NULL);
+    ARG_INT(&a, N);
+    ARG_INT(&a, hid > 0);
+    ARG_MEM(&a, dst);
+    if ((s = dc_launch(ctx, dc, &a, "nsa_phi_lin", (size_t)B * G * N)) != NSA_OK || !hid)
+        return s;
+    nsa_clr_args o = {K[NSA_CLK_PHI_OUT], 0, CL_SUCCESS};
+    ARG_MEM(&o, dst);
+    ARG_INT(&o, B);
+    ARG_INT(&o, G);
+    ARG_INT(&o, hid);
+    ARG_INT(&o, dim);
+    ARG_MEM(&o, w[1]);
+    ARG_MEM(&o, bb[1]);
+    ARG_INT(&o, phi->b2 != NULL);
+    ARG_MEM(&o, out);
+    return dc_launch(ctx, dc, &o, "nsa_phi_out", (size_t)B * G * dim);
+}
+
+/* The K/V part of a device-resident step, x in DB_X and the positions in
+ * DB_TPOS: the projections (the host path's jobs: same weights, same
+ * kernel), RoPE of the keys, the compression ring, raw row t, the window
+ * ring (its old rows saved first: *saved counts the kinds saved), and
+ * for the emitting sequences phi (+ RoPE "after") into the compressed
+ * cache. What it writes: raw row t, ring slots t % w and t % l, compressed
+ * token n_cmp(t) - 1 of an emitting sequence: nothing a step before t
+ * committed is read by any later reader but the window slot (the host's
+ * view of t - 1 holds t - w), restored on failure. */
+static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                             nsa_clr_bufs *W, int *saved)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t B = (size_t)dc->B, G = (size_t)c->G;
+    const int nbr = sj->nkv / 2;
+    const int kr = c->G * c->dk, vr = c->G * c->dv;
+    nsa_status s;
+    for (int i = 0; i < nbr; i++)
+        if ((s = dc_ensure(ctx, dc, DB_K0 + i, sizeof(float) * B * kr)) != NSA_OK ||
+            (s = dc_ensure(ctx, dc, DB_V0 + i, sizeof(float) * B * vr)) != NSA_OK)
+            return s;
+    if ((s = dc_ensure(ctx, dc, DB_SAVEK, sizeof(float) * B * kr)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_SAVEV, sizeof(float) * B * vr)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_TOKK, sizeof(float) * B * kr)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_TOKV, sizeof(float) * B * vr)) != NSA_OK ||
+        (s = dc_ensure(ctx, dc, DB_Z, sizeof(float) * B * c->l *
+                                          (size_t)(kr > vr ? kr : vr))) != NSA_OK)
+        return s;
+    if (!dc->psrc_ok) { /* phi's src offsets b l: once */
+        int32_t *src = malloc(sizeof(int32_t) * B);
+        if (!src)
+            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for phi's offsets");
+        for (size_t b = 0; b < B; b++)
+            src[b] = (int32_t)b * c->l;
+        if ((s = dc_ensure(ctx, dc, DB_PSRC, sizeof(int32_t) * B)) == NSA_OK)
+            s = dc_write_at(ctx, dc, dc->buf[DB_PSRC].m, 0, sizeof(int32_t) * B, src);
+        free(src);
+        if (s != NSA_OK)
+            return s;
+        dc->psrc_ok = 1;
+    }
+    for (int i = 0; i < nbr; i++)
+        if ((s = dc_linear(ctx, dc, W, &sj->kv[2 * i], dc->buf[DB_X].m,
+                           dc->buf[DB_K0 + i].m)) != NSA_OK ||
+            (s = dc_linear(ctx, dc, W, &sj->kv[2 * i + 1], dc->buf[DB_X].m,
+                           dc->buf[DB_V0 + i].m)) != NSA_OK)
+            return s;
+    const int bc = 0, bs = nbr > 1 ? 1 : 0, bw = nbr > 1 ? 2 : 0; /* NSA_BR_* */
+    /* phi reads the un-rotated keys with RoPE "after", the rotated ones
+     * before (the host's k_for_phi) */
+    if (sj->rope_after && (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK)
+        return s;
+    for (int i = 0; i < nbr && sj->rope_dim > 0; i++)
+        if ((s = dc_rope64(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
+            return s;
+    if ((!sj->rope_after &&
+         (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK) ||
+        (s = dc_ring(ctx, dc, 0, dc->buf[DB_V0 + bc].m, vr, dc->vring)) != NSA_OK ||
+        (s = dc_put_step(ctx, dc, dc->buf[DB_K0 + bs].m, 0, 0, dc->kr, 1)) != NSA_OK ||
+        (s = dc_put_step(ctx, dc, dc->buf[DB_V0 + bs].m, 1, 0, dc->vr, 1)) != NSA_OK ||
+        (s = dc_get(ctx, dc, dc->kw, 0, dc->wcap, -1, 0, dc->B, c->w, dc->buf[DB_SAVEK].m)) !=
+            NSA_OK)
+        return s;
+    *saved = 1;
+    if ((s = dc_get(ctx, dc, dc->vw, 1, dc->wcap, -1, 0, dc->B, c->w, dc->buf[DB_SAVEV].m)) !=
+        NSA_OK)
+        return s;
+    *saved = 2;
+    if ((s = dc_put_step(ctx, dc, dc->buf[DB_K0 + bw].m, 0, 1, dc->kw, 1)) != NSA_OK ||
+        (s = dc_put_step(ctx, dc, dc->buf[DB_V0 + bw].m, 1, 1, dc->vw, 1)) != NSA_OK)
+        return s;
+    int emit = 0;
+    for (int b = 0; b < dc->B; b++) {
+        const int64_t t = dc->htpos[b];
+        emit |= t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
+    }
+    if (!emit)
+        return NSA_OK;
+    (void)G;
+    if ((s = dc_ring(ctx, dc, 1, dc->kring, kr, dc->buf[DB_Z].m)) != NSA_OK ||
+        (s = dc_phi(ctx, dc, sj, W, 0, dc->buf[DB_TOKK].m)) != NSA_OK ||
+        (sj->rope_after && sj->rope_dim > 0 &&
+         (s = dc_rope64(ctx, dc, sj, dc->buf[DB_TOKK].m, c->G, 1)) != NSA_OK) ||
+        (s = dc_put_step(ctx, dc, dc->buf[DB_TOKK].m, 0, 2, dc->kc, 1)) != NSA_OK ||
+        (s = dc_ring(ctx, dc, 1, dc->vring, vr, dc->buf[DB_Z].m)) != NSA_OK ||
+        (s = dc_phi(ctx, dc, sj, W, 1, dc->buf[DB_TOKV].m)) != NSA_OK ||
+        (s = dc_put_step(ctx, dc, dc->buf[DB_TOKV].m, 1, 2, dc->vc, 1)) != NSA_OK)
+        return s;
+    return NSA_OK;
+}
+
 /* x and the positions up; q and the gates from x; RoPE of q; the decode
  * attention over them; o into Wo; y (and what the job asks for) down. W
  * holds the weights uploaded without a key (none when keyed). */
 static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
-                              nsa_clr_bufs *W)
+                              nsa_clr_bufs *W, int *saved)
 {
     const nsa_config *c = &dc->cfg;
     const size_t B = (size_t)dc->B, bh = B * c->H;
@@ -1058,6 +1399,7 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
             NSA_OK ||
         (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * B, dc->htpos, CL_FALSE)) !=
             NSA_OK ||
+        (sj->kv && (s = dc_step_kv(ctx, dc, sj, W, saved)) != NSA_OK) ||
         (s = dc_linear(ctx, dc, W, sj->q, dc->buf[DB_X].m, dc->buf[DB_Q].m)) != NSA_OK ||
         (s = dc_step_gates(ctx, dc, sj, W)) != NSA_OK ||
         (sj->rope_dim > 0 && (s = dc_step_rope(ctx, dc, sj)) != NSA_OK))
@@ -1086,29 +1428,149 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
                          sj->gate2->out != c->H * 3
                    : sj->gate->out != c->H * 3) ||
         sj->wo->in != c->H * c->dv || sj->gate->in != sj->q->in || sj->rope_dim < 0 ||
-        sj->rope_dim > c->dk || sj->rope_dim % 2)
+        sj->rope_dim > c->dk || sj->rope_dim % 2 ||
+        (sj->kv && (!dc->dres || (sj->nkv != 2 && sj->nkv != 6) || !sj->phi_k ||
+                    !sj->phi_v)))
         return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode step: the job does not match its cache");
+    for (int i = 0; sj->kv && i < sj->nkv; i++)
+        if (sj->kv[i].rows != dc->B || sj->kv[i].in != sj->q->in ||
+            sj->kv[i].out != c->G * (i % 2 ? c->dv : c->dk))
+            return nsa_fail(ctx, NSA_ERR_ARG,
+                            "opencl decode step: K/V projection %d does not match its cache", i);
     nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_STEP);
     if (s != NSA_OK)
         return s; /* nothing done: decode.c runs the step without dcache_step */
     dc->fail_at = sync->fail_at;
     dc->ops = 0;
     nsa_clr_bufs W = {dc->st, ctx, 0, {0}};
+    int saved = 0; /* window-ring kinds saved by dc_step_kv */
     s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_DECODE);
     if (s == NSA_OK)
         s = nsa_cl_kernels(ctx, dc->st, NSA_CL_KV_F32); /* the linears' program */
     if (s == NSA_OK)
-        s = dc_sync(ctx, dc, job, sync);
+        s = dc_sync(ctx, dc, job, sync, sj->kv != NULL);
     if (s == NSA_OK)
-        s = dc_step_run(ctx, dc, sj, &W);
+        s = dc_step_run(ctx, dc, sj, &W, &saved);
+    if (s == NSA_OK && sj->kv && sync->fail_late)
+        s = nsa_fail(ctx, NSA_ERR_BACKEND, "injected failure after the attention (test)");
+    if (s == NSA_OK && sj->kv) {
+        for (int b = 0; b < dc->B; b++) { /* the step's rows are the device's now */
+            dc->seq[b].len = job->seq[b].t + 1;
+            dc->seq[b].nc = nsa_bm_n_cmp(c, job->seq[b].t);
+        }
+    }
     if (s != NSA_OK) {
         dc->q_on_device = 0;
-        clFinish(dc->st->queue);
-        for (int b = 0; b < dc->B; b++)
-            dc->seq[b].valid = 0;
+        if (sj->kv) {
+            /* device-resident: the rows before t stay (see dc_step_kv); the
+             * window slots get their old rows back (queued after whatever
+             * was queued, outside the failure hook). Sequences whose upload
+             * did not finish were marked by dc_sync. */
+            if (saved >= 1)
+                dc_put_step(ctx, dc, dc->buf[DB_SAVEK].m, 0, 1, dc->kw, 0);
+            if (saved >= 2)
+                dc_put_step(ctx, dc, dc->buf[DB_SAVEV].m, 1, 1, dc->vw, 0);
+            clFinish(dc->st->queue);
+        } else {
+            clFinish(dc->st->queue);
+            for (int b = 0; b < dc->B; b++)
+                dc->seq[b].valid = 0;
+        }
     }
     nsa_clr_bufs_free(&W);
     dc->fail_at = 0;
+    return s;
+}
+
+int nsa_cl_dcache_resident(void *p) { return ((nsa_cl_dcache *)p)->dres; }
+
+void nsa_cl_dcache_bus(void *p, uint64_t io[3])
+{
+    nsa_cl_dcache *dc = p;
+    for (int i = 0; i < 3; i++) {
+        io[i] = dc->bus[i];
+        dc->bus[i] = 0;
+    }
+}
+
+/* Rows [p0, p1) of sequence b of a cache (ring > 0: slots p % ring, at
+ * most ring rows) into the host rows host + (p or p % ring) row floats,
+ * through DB_FETCH in batches; the reads wait (the host rows are read
+ * right after). ring_f32: the compression ring (fp32 row-major, read
+ * as it is). */
+static nsa_status dc_fetch_rows(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem src, int isv,
+                                int cap, int b, int64_t p0, int64_t p1, int ring, int ring_f32,
+                                float *host)
+{
+    const nsa_config *c = &dc->cfg;
+    const size_t row = (size_t)c->G * (isv ? c->dv : c->dk);
+    const int64_t most = (int64_t)(DC_STAGE_FLOATS / row) > 0 ? (int64_t)(DC_STAGE_FLOATS / row) : 1;
+    nsa_status s = NSA_OK;
+    for (int64_t q0 = p0; q0 < p1 && s == NSA_OK;) {
+        int64_t n = p1 - q0 < most ? p1 - q0 : most;
+        const int64_t slot0 = ring > 0 ? q0 % ring : q0;
+        if (ring > 0 && slot0 + n > ring)
+            n = ring - slot0; /* the ring's end: the rest from slot 0 */
+        float *dst = host + (size_t)slot0 * row;
+        if (ring_f32) {
+            s = dc_read(ctx, dc, src, sizeof(float) * ((size_t)b * c->l + (size_t)slot0) * row,
+                        sizeof(float) * (size_t)n * row, dst);
+        } else {
+            if ((s = dc_ensure(ctx, dc, DB_FETCH, sizeof(float) * (size_t)n * row)) == NSA_OK &&
+                (s = dc_get(ctx, dc, src, isv, cap, b, slot0, (int)n, 0, dc->buf[DB_FETCH].m)) ==
+                    NSA_OK)
+                s = dc_read(ctx, dc, dc->buf[DB_FETCH].m, 0, sizeof(float) * (size_t)n * row, dst);
+        }
+        if (s == NSA_OK) {
+            const cl_int err = clFinish(dc->st->queue);
+            if (err != CL_SUCCESS)
+                s = nsa_cl_fail(ctx, "clFinish", err);
+        }
+        q0 += n;
+    }
+    return s;
+}
+
+/* What the host caches of a sequence lack, from the mirror (decode.c:
+ * only for a sequence whose mirror copy is valid and current, which a
+ * device-resident step guarantees for every sequence with rows the host
+ * lacks). */
+nsa_status nsa_cl_dcache_fetch(nsa_context *ctx, void *p, const nsa_dfetch *f)
+{
+    nsa_cl_dcache *dc = p;
+    const nsa_config *c = &dc->cfg;
+    if (f->b < 0 || f->b >= dc->B)
+        return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode fetch: sequence %d outside 0..%d", f->b,
+                        dc->B - 1);
+    const dc_seq *m = &dc->seq[f->b];
+    if (!m->valid || m->len < f->len || m->nc < f->nc || !dc->kring)
+        return nsa_fail(ctx, NSA_ERR_BACKEND,
+                        "opencl decode fetch: the mirror lacks sequence %d's rows (%lld of %lld "
+                        "raw, %lld of %lld compressed)",
+                        f->b, (long long)m->len, (long long)f->len, (long long)m->nc,
+                        (long long)f->nc);
+    dc->fail_at = 0;
+    nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_DECODE);
+    const int b = f->b;
+    if (s == NSA_OK && f->r0 < f->len &&
+        (s = dc_fetch_rows(ctx, dc, dc->kr, 0, (int)dc->cap, b, f->r0, f->len, 0, 0, f->ks)) ==
+            NSA_OK)
+        s = dc_fetch_rows(ctx, dc, dc->vr, 1, (int)dc->cap, b, f->r0, f->len, 0, 0, f->vs);
+    /* the ring rows: one pass can't wrap twice (at most w, l positions) */
+    if (s == NSA_OK && f->w0 < f->len &&
+        (s = dc_fetch_rows(ctx, dc, dc->kw, 0, dc->wcap, b, f->w0, f->len, c->w, 0, f->kw)) ==
+            NSA_OK)
+        s = dc_fetch_rows(ctx, dc, dc->vw, 1, dc->wcap, b, f->w0, f->len, c->w, 0, f->vw);
+    if (s == NSA_OK && f->l0 < f->len &&
+        (s = dc_fetch_rows(ctx, dc, dc->kring, 0, 0, b, f->l0, f->len, c->l, 1, f->kr)) ==
+            NSA_OK)
+        s = dc_fetch_rows(ctx, dc, dc->vring, 1, 0, b, f->l0, f->len, c->l, 1, f->vr);
+    if (s == NSA_OK && f->c0 < f->nc &&
+        (s = dc_fetch_rows(ctx, dc, dc->kc, 0, (int)dc->ccap, b, f->c0, f->nc, 0, 0, f->kc)) ==
+            NSA_OK)
+        s = dc_fetch_rows(ctx, dc, dc->vc, 1, (int)dc->ccap, b, f->c0, f->nc, 0, 0, f->vc);
+    if (s != NSA_OK)
+        clFinish(dc->st->queue); /* no read may land later */
     return s;
 }
 
@@ -1125,7 +1587,7 @@ static nsa_status dc_call(nsa_context *ctx, void *p, const nsa_decode_job *job,
     dc->ops = 0;
     nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_DECODE);
     if (s == NSA_OK)
-        s = dc_sync(ctx, dc, job, sync);
+        s = dc_sync(ctx, dc, job, sync, 0);
     if (s == NSA_OK)
         s = dense ? dc_dense_run(ctx, dc, job) : dc_attend_run(ctx, dc, job);
     if (s != NSA_OK) {

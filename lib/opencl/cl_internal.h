@@ -45,6 +45,11 @@ enum {
     NSA_CLK_DR_ROPE,
     NSA_CLK_DR_ANGLES,
     NSA_CLK_CMP_SCORES_WG,
+    NSA_CLK_DC_PUT_STEP,
+    NSA_CLK_DC_GET,
+    NSA_CLK_DC_RING_PUT,
+    NSA_CLK_DC_RING_GATHER,
+    NSA_CLK_DR_ROPE_CMP,
     NSA_CLK_COUNT
 };
 
@@ -161,6 +166,9 @@ NSA_HIDDEN nsa_status nsa_cl_dcache_dense(nsa_context *ctx, void *dc, const nsa_
                                           const nsa_dcache_sync *sync);
 NSA_HIDDEN nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *dc, const nsa_dstep_job *job,
                                          const nsa_dcache_sync *sync);
+NSA_HIDDEN int nsa_cl_dcache_resident(void *dc);
+NSA_HIDDEN nsa_status nsa_cl_dcache_fetch(nsa_context *ctx, void *dc, const nsa_dfetch *f);
+NSA_HIDDEN void nsa_cl_dcache_bus(void *dc, uint64_t io[3]);
 
 /* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
 NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);
