@@ -1230,7 +1230,7 @@ static nsa_status dc_phi(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_jo
     const int G = c->G, l = c->l, dim = kind ? c->dv : c->dk, B = dc->B;
     const int hid = phi->kind == NSA_PHI_MLP ? phi->hidden : 0;
     cl_kernel *K = dc->st->kernel[NSA_CL_KV_F32];
-    cl_mem z = dc->buf[DB_Z].m, srcb = dc->buf[DB_PSRC].m, pe = srcb, none = srcb;
+    cl_mem z = dc->buf[DB_Z].m, srcb = dc->buf[DB_PSRC].m, none = srcb;
     cl_mem w[3] = {none, none, none}, bb[3] = {none, none, none};
     nsa_status s = NSA_OK;
     for (int i = 0; i < 3 && s == NSA_OK; i++)
@@ -1238,53 +1238,18 @@ static nsa_status dc_phi(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_jo
             s = nsa_cl_weights(W, sj->phi_w[kind][i], &w[i], &bb[i]);
     if (s != NSA_OK)
         return s;
-    if (phi->pe)
-        pe = w[2];
-    if (phi->kind == NSA_PHI_AVG) {
-        nsa_clr_args a = {K[NSA_CLK_PHI_AVG], 0, CL_SUCCESS};
-        ARG_MEM(&a, z);
-        ARG_MEM(&a, pe);
-        ARG_INT(&a, phi->pe != NULL);
-        ARG_MEM(&a, srcb);
-        ARG_INT(&a, B);
-        ARG_INT(&a, G);
-        ARG_INT(&a, l);
-        ARG_INT(&a, dim);
-        ARG_MEM(&a, out);
-        return dc_launch(ctx, dc, &a, "nsa_phi_avg", (size_t)B * G * dim);
-    }
-    const int N = hid ? hid : dim;
     if (hid && (s = dc_ensure(ctx, dc, DB_PHID, sizeof(float) * (size_t)B * G * hid)) != NSA_OK)
         return s;
-    cl_mem dst = hid ? dc->buf[DB_PHID].m : out;
-    nsa_clr_args a = {K[NSA_CLK_PHI_LIN], 0, CL_SUCCESS};
-    ARG_MEM(&a, z);
-    ARG_MEM(&a, pe);
-    ARG_INT(&a, phi->pe != NULL);
-    ARG_MEM(&a, srcb);
-    ARG_INT(&a, B);
-    ARG_INT(&a, G);
-    ARG_INT(&a, l);
-    ARG_INT(&a, dim);
-    ARG_MEM(&a, w[0]);
-    ARG_MEM(&a, bb[0]);
-    ARG_INT(&a, phi->b1 != NULL);
-    ARG_INT(&a, N);
-    ARG_INT(&a, hid > 0);
-    ARG_MEM(&a, dst);
-    if ((s = dc_launch(ctx, dc, &a, "nsa_phi_lin", (size_t)B * G * N)) != NSA_OK || !hid)
-        return s;
-    nsa_clr_args o = {K[NSA_CLK_PHI_OUT], 0, CL_SUCCESS};
-    ARG_MEM(&o, dst);
-    ARG_INT(&o, B);
-    ARG_INT(&o, G);
-    ARG_INT(&o, hid);
-    ARG_INT(&o, dim);
-    ARG_MEM(&o, w[1]);
-    ARG_MEM(&o, bb[1]);
-    ARG_INT(&o, phi->b2 != NULL);
-    ARG_MEM(&o, out);
-    return dc_launch(ctx, dc, &o, "nsa_phi_out", (size_t)B * G * dim);
+    const nsa_cl_phi_io io = {phi,   z, phi->pe ? w[2] : none, srcb, w[0], bb[0], w[1], bb[1],
+                              hid ? dc->buf[DB_PHID].m : none, out, B, G, l, dim};
+    for (int i = 0; i < 2 && s == NSA_OK; i++) {
+        nsa_clr_args a;
+        size_t items;
+        const char *name = nsa_cl_phi_args(K, &io, i, &a, &items);
+        if (name)
+            s = dc_launch(ctx, dc, &a, name, items);
+    }
+    return s;
 }
 
 /* The K/V part of a device-resident step, x in DB_X and the positions in

@@ -63,4 +63,17 @@ NSA_HIDDEN nsa_status nsa_clr_launch(nsa_clr_bufs *b, nsa_clr_args *a, const cha
  * memory). */
 NSA_HIDDEN int32_t *nsa_clr_row_seq(const nsa_batch *bt);
 
+/* The device buffers of one run of phi's kernels (cl/phi.cl) over C
+ * tokens: token i reads the l rows [G][dim] of x from row src[i]; pe,
+ * w1, b1, w2, b2 as the nsa_phi (a 4-byte stand-in where absent); hid
+ * [C][G][hidden] for an mlp; out [C][G][dim]. */
+typedef struct nsa_cl_phi_io {
+    const nsa_phi *phi;
+    cl_mem x, pe, src, w1, b1, w2, b2, hid, out;
+    int C, G, l, dim;
+} nsa_cl_phi_io;
+
+NSA_HIDDEN const char *nsa_cl_phi_args(cl_kernel *K, const nsa_cl_phi_io *io, int i,
+                                       nsa_clr_args *a, size_t *items);
+
 #endif
