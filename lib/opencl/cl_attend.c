@@ -464,10 +464,8 @@ done:
 nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
                        const float *scores, int max_vis, int32_t *sel)
 {
-    nsa_cl_state *st = nsa_cl_state_of(ctx);
-    if (!st)
-        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    nsa_cl_state *st;
+    nsa_status s = nsa_cl_hook_state(ctx, &st);
     if (s != NSA_OK)
         return s;
     const size_t tg = (size_t)bt->T * cfg->G;
@@ -508,10 +506,8 @@ nsa_status nsa_cl_cmp_scores(nsa_context *ctx, const nsa_config *cfg, const nsa_
                              const float *stats, const nsa_csr *map, int max_vis, int kernel,
                              float *scores)
 {
-    nsa_cl_state *st = nsa_cl_state_of(ctx);
-    if (!st)
-        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    nsa_cl_state *st;
+    nsa_status s = nsa_cl_hook_state(ctx, &st);
     if (s != NSA_OK)
         return s;
     const int tile = kernel == 1 ? 0 : cmp_tile(st, cfg, map, max_vis);
@@ -550,10 +546,8 @@ done:
 nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *bt,
                         const float *q, const float *k, const float *v, float *out)
 {
-    nsa_cl_state *st = nsa_cl_state_of(ctx);
-    if (!st)
-        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_kernels(ctx, st, st->kv);
+    nsa_cl_state *st;
+    nsa_status s = nsa_cl_hook_state(ctx, &st);
     if (s != NSA_OK)
         return s;
     const size_t th = (size_t)bt->T * cfg->H, tg = (size_t)bt->T * cfg->G;

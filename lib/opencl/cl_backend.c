@@ -374,6 +374,14 @@ nsa_cl_state *nsa_cl_state_of(nsa_context *ctx)
     return ctx && ctx->be == &nsa_backend_opencl ? ctx->be_state : NULL;
 }
 
+nsa_status nsa_cl_hook_state(nsa_context *ctx, nsa_cl_state **st)
+{
+    *st = nsa_cl_state_of(ctx);
+    if (!*st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    return nsa_cl_kernels(ctx, *st, (*st)->kv);
+}
+
 const nsa_backend_ops nsa_backend_opencl = {
     .name = "opencl",
     .description = "OpenCL kernels (GPU; CPU runtimes such as PoCL on request)",

@@ -212,6 +212,9 @@ NSA_HIDDEN nsa_status nsa_cl_context_create(const char *device, nsa_context **ou
 
 /* Test and bench hooks. */
 NSA_HIDDEN nsa_cl_state *nsa_cl_state_of(nsa_context *ctx);
+/* The hooks' start: the context's opencl state (NSA_ERR_UNAVAILABLE on
+ * another backend) with the kernels of its storage kind built. */
+NSA_HIDDEN nsa_status nsa_cl_hook_state(nsa_context *ctx, nsa_cl_state **st);
 /* Dense causal attention over one group-shaped problem (the baseline):
  * q[T][H][dk], k[T][G][dk], v[T][G][dv] -> out[T][H][dv], per sequence. */
 NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,

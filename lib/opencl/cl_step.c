@@ -8,10 +8,7 @@
 /* The kernel k of the state's storage kind, or NSA_ERR_UNSUPPORTED. */
 static nsa_status rope64_kernel(nsa_context *ctx, nsa_cl_state **st, int k, cl_kernel *out)
 {
-    *st = nsa_cl_state_of(ctx);
-    if (!*st)
-        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
-    nsa_status s = nsa_cl_kernels(ctx, *st, (*st)->kv);
+    nsa_status s = nsa_cl_hook_state(ctx, st);
     if (s != NSA_OK)
         return s;
     *out = (*st)->kernel[(*st)->kv][k];
