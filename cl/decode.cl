@@ -63,6 +63,11 @@ static float4 ld4_f16(__global const half *p, size_t i)
 
 /* Compressed tokens visible at t (spec 2). */
 static int dc_ncmp(int t, int l, int d) { return t + 1 >= l ? (t + 1 - l) / d + 1 : 0; }
+/* The index of the compressed token a step at t emits, or -1 (none). */
+static int dc_emitted(int t, int l, int d)
+{
+    return t + 1 >= l && (t + 1 - l) % d == 0 ? (t + 1 - l) / d : -1;
+}
 
 /* The logits s[j][hh] of keys rk[0 .. JN-1] (-1: none) for the heads of
  * qs: NSA_DC_KU float4 of each key in flight; with NSA_DC_PIPE the next
@@ -643,14 +648,9 @@ __kernel void nsa_dc_put_step(__global const float *src, __global const int *tpo
     if (gid >= (size_t)B * G * dim4)
         return;
     const int e4 = gid % dim4, bg = gid / dim4, t = tpos[bg / G];
-    int row = t;
-    if (mode == 1)
-        row = t % w;
-    else if (mode == 2) {
-        if (t + 1 < l || (t + 1 - l) % d != 0)
-            return;
-        row = (t + 1 - l) / d;
-    }
+    const int row = mode == 0 ? t : mode == 1 ? t % w : dc_emitted(t, l, d);
+    if (row < 0)
+        return; /* mode 2: this sequence emits nothing */
     const float4 v = nsa_ld4(src + (size_t)bg * dim + e4 * 4, dim - e4 * 4);
     const size_t at = isv ? ((size_t)bg * cap + row) * dim4 + e4 : KAT(bg, cap, row, e4, dim4);
     ST4(v, dst, at);

@@ -50,10 +50,10 @@ __kernel void nsa_dr_rope_cmp(__global float *kc, __global const int *tpos, int 
     const int i = get_global_id(0);
     if (i >= B * G * nh)
         return;
-    const int k = i % nh, bg = i / nh, t = tpos[bg / G];
-    if (t + 1 < l || (t + 1 - l) % d != 0)
+    const int k = i % nh, bg = i / nh, e = dc_emitted(tpos[bg / G], l, d);
+    if (e < 0)
         return;
-    nsa_dr_rot(kc + (size_t)bg * dk, k, nh, nsa_dr_theta((t + 1 - l) / d * d, base, k, rope_dim));
+    nsa_dr_rot(kc + (size_t)bg * dk, k, nh, nsa_dr_theta(e * d, base, k, rope_dim));
 }
 
 /* The angles nsa_dr_rope uses, for tests: tab[r][rope_dim], the cosines
