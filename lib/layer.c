@@ -457,15 +457,10 @@ static nsa_status project(nsa_layer *L, const float *x, int64_t rows, const int6
         j[nj] = (nsa_linear_job){x, rows, c->D, (int)(H * ac->dk), L->wq, NULL, a->q, &key[nj]};
         nj++;
     }
-    for (int b = 0; b < nbr; b++) {
-        key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_K0 + b, L->wgen};
-        j[nj] = (nsa_linear_job){x, rows, c->D, (int)(G * ac->dk), L->wk[b], NULL, a->k[b],
-                                 &key[nj]};
-        nj++;
-        key[nj] = (nsa_wkey){&L->wc, NSA_WSLOT_V0 + b, L->wgen};
-        j[nj] = (nsa_linear_job){x, rows, c->D, (int)(G * ac->dv), L->wv[b], NULL, a->v[b],
-                                 &key[nj]};
-        nj++;
+    const int nkv = nsa_layer_kv_jobs(L, rows, j + nj, key + nj);
+    for (int i = 0; i < nkv; i++, nj++) {
+        j[nj].x = x;
+        j[nj].y = i % 2 ? a->v[i / 2] : a->k[i / 2];
     }
     if (with_qg) {
         gate_job(L, x, rows, a->gates, h, &key[nj], &j[nj]);
@@ -547,8 +542,9 @@ int nsa_layer_kv_jobs(nsa_layer *L, int64_t rows, nsa_linear_job j[6], nsa_wkey 
     const nsa_config *ac = &c->attn;
     const int nbr = c->shared_kv ? 1 : 3;
     for (int b = 0; b < nbr; b++) {
-        /* the slots and shapes of project()'s K/V jobs: the same weights
-         * through the same kernel, so the rows equal the host path's */
+        /* project()'s K/V jobs too, so a device-resident step reads the
+         * same weights through the same kernel and its rows equal the
+         * host path's */
         key[2 * b] = (nsa_wkey){&L->wc, NSA_WSLOT_K0 + b, L->wgen};
         j[2 * b] = (nsa_linear_job){NULL, rows, c->D, ac->G * ac->dk, L->wk[b], NULL, NULL,
                                     &key[2 * b]};
