@@ -680,6 +680,42 @@ static void commit(nsa_decode_state *st, const int32_t *sel, const nsa_layer_aux
     }
 }
 
+/* dcache_step's job for the attention job `job`: q, the gates (with a
+ * gate MLP both linears) and Wo as keyed linears in lj, key; the
+ * device-resident parts (kv ...) empty. */
+static nsa_dstep_job dstep_job(nsa_layer *L, const nsa_decode_job *job, const float *x, float *y,
+                               const nsa_layer_aux *aux, nsa_linear_job lj[4], nsa_wkey key[4])
+{
+    nsa_layer_step_jobs(L, job->B, lj, key);
+    return (nsa_dstep_job){job, x, &lj[0], &lj[1], &lj[2],
+                           L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
+                           L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
+                           L->cfg.gate_tau, aux ? aux->gates : NULL, y, NULL, 0, 0, NULL, NULL,
+                           {{NULL}}};
+}
+
+/* dcache_step (fail_late: the mirror's late-failure test hook) and its
+ * bookkeeping: a step done is counted; NSA_ERR_UNSUPPORTED (nothing done)
+ * sends this step, which nsa_decode_step tries again, and every later one
+ * the host's way (`instead`, logged), the operation hook kept for the
+ * second try. */
+static nsa_status run_dstep(nsa_decode_state *st, const nsa_dstep_job *sj, int fail_late,
+                            const char *instead)
+{
+    nsa_context *ctx = st->L->ctx;
+    const nsa_dcache_sync sync = {st->gen, st->dc_fail, fail_late};
+    st->dc_fail = 0;
+    const nsa_status s = st->be->dcache_step(ctx, st->dc, sj, &sync);
+    if (s == NSA_OK)
+        st->fused_steps++;
+    if (s == NSA_ERR_UNSUPPORTED) {
+        st->no_step = 1;
+        st->dc_fail = sync.fail_at;
+        nsa_log(ctx, "decode: no device step on '%s' (%s): %s", st->be->name, ctx->msg, instead);
+    }
+    return s;
+}
+
 /* The whole step on the device (dcache_step with the mirror holding the
  * rows: only x goes up, y and the selection come down). Failure safety:
  * nothing on the host is written before the call succeeds; the call
@@ -730,14 +766,9 @@ static nsa_status step_resident(nsa_layer *L, nsa_decode_state *st, const float 
                               aux ? aux->out_win : NULL, sel};
         nsa_linear_job lj[4], kj[6], pj[2][3];
         nsa_wkey key[4], kkey[6], pkey[2][3];
-        nsa_layer_step_jobs(L, B, lj, key);
-        const int nkv = nsa_layer_kv_jobs(L, B, kj, kkey);
-        nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2],
-                            L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
-                            L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
-                            L->cfg.gate_tau, aux ? aux->gates : NULL, y, kj, 0, 0, NULL, NULL,
-                            {{NULL}}};
-        sj.nkv = nkv;
+        nsa_dstep_job sj = dstep_job(L, &job, x, y, aux, lj, key);
+        sj.nkv = nsa_layer_kv_jobs(L, B, kj, kkey);
+        sj.kv = kj;
         sj.rope_after = L->cfg.rope_cmp == NSA_ROPE_AFTER;
         sj.phi_k = &L->phi_k;
         sj.phi_v = &L->phi_v;
@@ -745,19 +776,11 @@ static nsa_status step_resident(nsa_layer *L, nsa_decode_state *st, const float 
             nsa_layer_phi_jobs(L, kind, pj[kind], pkey[kind], sj.phi_w[kind]);
         /* the injected late failure happens in the mirror, after its
          * last operation (its rows then written, the step not committed) */
-        nsa_dcache_sync sync = {st->gen, st->dc_fail, st->fail_late};
-        st->dc_fail = 0;
+        const int late = st->fail_late;
         st->fail_late = 0;
-        s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
-        if (s == NSA_OK)
-            st->fused_steps++;
-        if (s == NSA_ERR_UNSUPPORTED) { /* nsa_decode_step tries again the host's way */
-            st->no_step = 1;
-            st->dc_fail = sync.fail_at;
-            st->fail_late = sync.fail_late;
-            nsa_log(ctx, "decode: no device step on '%s' (%s): the host's way", st->be->name,
-                    ctx->msg);
-        }
+        s = run_dstep(st, &sj, late, "the host's way");
+        if (s == NSA_ERR_UNSUPPORTED)
+            st->fail_late = late; /* for the second try */
     }
     if (s == NSA_OK)
         commit(st, sel, aux, 0);
@@ -896,24 +919,10 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
              * one call; y (and what aux asks for) comes back */
             nsa_linear_job lj[4];
             nsa_wkey key[4];
-            nsa_layer_step_jobs(L, B, lj, key);
-            nsa_dstep_job sj = {&job, x, &lj[0], &lj[1], &lj[2],
-                                L->cfg.gate_hidden > 0 ? &lj[3] : NULL, L->cfg.rope_dim,
-                                L->cfg.rope_base, L->cfg.gate_act == NSA_GATE_SIGMOID,
-                                L->cfg.gate_tau, aux ? aux->gates : NULL, y, NULL, 0, 0, NULL, NULL,
-                                {{NULL}}};
-            nsa_dcache_sync sync = {st->gen, st->dc_fail, 0};
-            st->dc_fail = 0;
-            s = st->be->dcache_step(ctx, st->dc, &sj, &sync);
-            if (s == NSA_OK)
-                st->fused_steps++;
-            if (s == NSA_ERR_UNSUPPORTED) { /* nsa_decode_step tries again */
-                st->no_step = 1;
-                st->dc_fail = sync.fail_at; /* test hooks: for the second try */
-                late = st->fail_late;
-                nsa_log(ctx, "decode: no device step on '%s' (%s): q, gates and Wo on their own",
-                        st->be->name, ctx->msg);
-            }
+            const nsa_dstep_job sj = dstep_job(L, &job, x, y, aux, lj, key);
+            s = run_dstep(st, &sj, 0, "q, gates and Wo on their own");
+            if (s == NSA_ERR_UNSUPPORTED)
+                late = st->fail_late; /* test hook: for the second try */
         } else {
             s = attend_job(st, &job, 0);
         }
