@@ -675,14 +675,8 @@ static void test_topn_decode_equals_prefill(void **st)
 /* A valid configuration of the scores tests: head dims 8, the rest as given. */
 static nsa_config score_cfg(int H, int G, int l, int d, int ls, nsa_mapping map)
 {
-    nsa_config c = nsa_config_default();
-    c.H = H;
-    c.G = G;
-    c.l = l;
-    c.d = d;
-    c.l_sel = ls;
-    c.mapping = map;
-    c.dk = c.dv = 8;
+    const nsa_config def = nsa_config_default();
+    nsa_config c = tl_config(H, G, 8, 8, l, d, ls, def.n, def.n_init, def.n_local, def.w, map);
     assert_int_equal(nsa_config_validate(&c, NULL, 0), NSA_OK);
     return c;
 }
