@@ -16,7 +16,7 @@
  * the gates and the attention output stay on the device, and y comes
  * back. Two ways:
  * - device-resident (the mirror's dcache_resident says yes: opencl with
- *   fp32 storage and double RoPE, step_resident): x_t goes up once, the
+ *   fp32 storage, step_resident): x_t goes up once, the
  *   K/V projections, the keys' RoPE, phi of an emitted token and the
  *   cache writes happen on the device, and only y_t and the selection
  *   come back. The mirror then holds the newest rows; the host arrays

@@ -85,6 +85,7 @@ static void within(const float *a, const float *b, size_t n, const char *what)
 typedef struct seen {
     int mirror;
     int64_t fused;
+    int resident; /* the steps were device-resident (nsa_decode_resident) */
 } seen;
 
 /* Prefill (the operator and a layer forward over two sequences) and
@@ -182,7 +183,7 @@ static seen check_layer(nsa_context *ctx, uint64_t seed)
     }
     for (int b = 0; b < B; b++)
         assert_int_equal(nsa_decode_length(sl, b), S[b] + STEPS);
-    seen v = {nsa_decode_has_mirror(sl), nsa_decode_fused_steps(sl)};
+    seen v = {nsa_decode_has_mirror(sl), nsa_decode_fused_steps(sl), nsa_decode_resident(sl)};
     free(x);
     nsa_decode_free(sl);
     nsa_decode_free(sr);
@@ -294,8 +295,10 @@ static void test_rows_kernel_unusable(void **s)
 }
 
 /* A device without fp64 (nsa_dr_rope unusable; cl/rope64.cl): the fused
- * step still runs, rotating q by the host's angles (nsa_ds_rope); where
- * the device has the kernel the same steps use it and never nsa_ds_rope. */
+ * step still runs, rotating q by the host's angles (nsa_ds_rope), and with
+ * fp32 storage its steps stay device-resident, the keys of every branch
+ * rotated by the same angles; where the device has the kernel the same
+ * steps use it and never nsa_ds_rope. */
 static void test_rope64_unusable(void **s)
 {
     (void)s;
@@ -307,18 +310,22 @@ static void test_rope64_unusable(void **s)
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     const int step = nsa_cl_feature(ctx, st, st->kv, NSA_CLF_DECODE) == NSA_OK &&
                      nsa_cl_feature(ctx, st, st->kv, NSA_CLF_STEP) == NSA_OK;
+    /* launches a step: q, and on device-resident steps (fp32 storage) the
+     * K projection of each branch; tl_layer_config_small rotates before
+     * phi, so no compressed token is rotated */
+    const nsa_layer_config lc = tl_layer_config_small();
+    assert_int_equal(lc.rope_cmp, NSA_ROPE_BEFORE);
+    const long per =
+        1 + (st->kv == NSA_CL_KV_F32 && lc.rope_dim > 0 ? (lc.shared_kv ? 1 : 3) : 0);
     const seen v = check_layer(ctx, 15);
     assert_int_equal(v.fused, step ? 9 : 0);
+    assert_int_equal(v.resident, step && st->kv == NSA_CL_KV_F32);
     assert_int_equal(calls_of(ctx, "nsa_dr_rope"), 0);
-    assert_int_equal(calls_of(ctx, "nsa_ds_rope"), step ? 9 : 0); /* one a step */
+    assert_int_equal(calls_of(ctx, "nsa_ds_rope"), step ? 9 * per : 0);
     if (step && nsa_cl_state_of(plain)->kernel[NSA_CL_KV_F32][NSA_CLK_DR_ROPE]) {
-        assert_int_equal(check_layer(plain, 15).fused, 9);
-        /* q, and with fp32 storage (device-resident steps) the keys of
-         * each branch's K projection too */
-        const nsa_layer_config lc = tl_layer_config_small();
-        const long per = 1 + (nsa_cl_state_of(plain)->kv == NSA_CL_KV_F32 && lc.rope_dim > 0
-                                  ? (lc.shared_kv ? 1 : 3)
-                                  : 0);
+        const seen p = check_layer(plain, 15);
+        assert_int_equal(p.fused, 9);
+        assert_int_equal(p.resident, v.resident);
         assert_int_equal(calls_of(plain, "nsa_dr_rope"), 9 * per);
         assert_int_equal(calls_of(plain, "nsa_ds_rope"), 0);
     }

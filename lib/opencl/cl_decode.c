@@ -17,9 +17,9 @@
  * layer), RoPE of q (its angles in double here where the device has fp64,
  * else from the host), the gate activation, the attention and Wo here in
  * one call, so q, the gates and o stay in the mirror's buffers. With fp32
- * storage and the double RoPE (dres: device-resident steps) it also takes
- * the K/V projections (dc_step_kv): x_t goes up once, the keys are rotated
- * here, the rows go into the caches from device memory (nsa_dc_put_step),
+ * storage (dres: device-resident steps) it also takes the K/V projections
+ * (dc_step_kv): x_t goes up once, the keys are rotated here (by q's
+ * angles), the rows go into the caches from device memory (nsa_dc_put_step),
  * a compression ring per sequence feeds phi (cl/phi.cl's kernels) for the
  * sequences whose step emits a token, and only y_t and the selection come
  * back; the host caches lag and nsa_cl_dcache_fetch (nsa_dc_get) brings
@@ -62,8 +62,8 @@ typedef struct dc_buf {
 } dc_buf;
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
-       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_Y,
-       DB_GHID, DB_PLO,
+       DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_ROPEC,
+       DB_Y, DB_GHID, DB_PLO,
        /* the device-resident step: K/V of the three branches, phi's input,
         * hidden layer and tokens, its src offsets, the window rows saved
         * for a failure, the fetch's staging */
@@ -92,14 +92,17 @@ typedef struct nsa_cl_dcache {
     int32_t *hplo;
     float *hstage;
     int32_t *hdesc, *htpos;
-    float *hrope;         /* the fused step's host RoPE table (devices without fp64) */
+    float *hrope; /* the fused step's host RoPE tables (devices without fp64): [2][B][dk] */
     size_t nstage, ndesc; /* filled */
     cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
     int q_on_device;      /* fused step: q and the gates are in DB_Q, DB_GATES already */
-    /* device-resident steps (fp32 storage, the step's and the double RoPE
-     * kernels usable): the rows are written here, the host caches lag */
+    /* device-resident steps (fp32 storage, the step's kernels usable):
+     * the rows are written here, the host caches lag */
     int dres;
+    /* RoPE angles in double on the device (cl/rope64.cl, cl_khr_fp64);
+     * else the host's float table goes up with the positions */
+    int rope64;
     cl_mem kring, vring; /* compression rings [B][l][G][dk|dv], fp32 row-major */
     int psrc_ok;         /* DB_PSRC holds b l for phi's src */
     uint64_t bus[3];     /* test hook: bytes up, down, of them up the mapping */
@@ -287,14 +290,19 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         return s;
     }
     /* device-resident steps: fp32 storage (the rows stay bit-identical to
-     * the host path's) and every kernel of the fused step and of the
-     * double RoPE usable; else the host caches stay the source of truth */
+     * the host path's) and every kernel of the fused step usable; else the
+     * host caches stay the source of truth. Without the double RoPE (no
+     * fp64) the keys take the host's float angles, as q does. */
     dc->dres = st->kv == NSA_CL_KV_F32 && !getenv("NSA_OPENCL_DECODE_HOSTKV");
-    for (int k = 0; dc->dres && k < NSA_CLK_COUNT; k++) {
+    dc->rope64 = 1;
+    for (int k = 0; k < NSA_CLK_COUNT; k++) {
         const nsa_cl_feat f = nsa_cl_kernel_feat(k);
-        if ((f == NSA_CLF_STEP || f == NSA_CLF_ROPE64 || f == NSA_CLF_DECODE) &&
-            !st->kernel[st->kv][k])
+        if (st->kernel[st->kv][k])
+            continue;
+        if (f == NSA_CLF_STEP || f == NSA_CLF_DECODE)
             dc->dres = 0;
+        if (f == NSA_CLF_ROPE64)
+            dc->rope64 = 0;
     }
     if (dc->dres &&
         ((s = dc_create(ctx, dc, sizeof(float) * bg * (size_t)cfg->l * cfg->dk, &dc->kring)) !=
@@ -1081,43 +1089,55 @@ static nsa_status dc_step_gates(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
                          : NSA_OK;
 }
 
-/* RoPE of q in DB_Q at the positions in DB_TPOS (dc->htpos): the angles
- * computed in double on the device (nsa_dr_rope, cl/rope64.cl) where it
- * has fp64, else the host's table of them uploaded (rope_dim floats a
- * sequence) and nsa_ds_rope. */
-static nsa_status dc_step_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj)
+/* The host's angle table (nsa_rope_table: per sequence rope_dim floats,
+ * the cosines then the sines) of positions pos[b] into DB_ROPE (cmp = 0)
+ * or DB_ROPEC (cmp = 1), for nsa_ds_rope on a device without fp64: one
+ * host buffer each, as the writes do not wait. */
+static nsa_status dc_rope_tab(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                              const int64_t *pos, int cmp)
+{
+    const size_t B = (size_t)dc->B, rd = (size_t)sj->rope_dim;
+    if (!dc->hrope && !(dc->hrope = malloc(sizeof(float) * 2 * B * (size_t)dc->cfg.dk)))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the RoPE angles");
+    float *tab = dc->hrope + (size_t)cmp * B * (size_t)dc->cfg.dk;
+    for (size_t b = 0; b < B; b++)
+        nsa_rope_table(sj->rope_dim, sj->rope_base, &pos[b], 1, tab + b * rd);
+    const int which = cmp ? DB_ROPEC : DB_ROPE;
+    nsa_status s = dc_ensure(ctx, dc, which, sizeof(float) * B * rd);
+    return s != NSA_OK ? s : dc_write(ctx, dc, dc->buf[which].m, sizeof(float) * B * rd, tab, CL_FALSE);
+}
+
+/* RoPE of x [B][heads][dk] in place: at the positions in DB_TPOS (cmp =
+ * 0), or each emitted compressed token at its i d (cmp = 1). The angles
+ * are computed in double on the device (cl/rope64.cl: nsa_dr_rope,
+ * nsa_dr_rope_cmp) where it has fp64, else taken from the host's table
+ * (dc_rope_tab, uploaded for this step) by nsa_ds_rope. */
+static nsa_status dc_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                          cl_mem x, int heads, int cmp)
 {
     const nsa_config *c = &dc->cfg;
-    const size_t B = (size_t)dc->B, rd = (size_t)sj->rope_dim;
-    const size_t items = B * c->H * (rd / 2);
-    cl_kernel k64 = dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE];
-    nsa_status s;
-    if (k64) {
-        nsa_clr_args a = {k64, 0, CL_SUCCESS};
-        ARG_MEM(&a, dc->buf[DB_Q].m);
+    const size_t items = (size_t)dc->B * heads * (size_t)(sj->rope_dim / 2);
+    if (dc->rope64) {
+        nsa_clr_args a = {dc->st->kernel[dc->kv][cmp ? NSA_CLK_DR_ROPE_CMP : NSA_CLK_DR_ROPE],
+                          0, CL_SUCCESS};
+        ARG_MEM(&a, x);
         ARG_MEM(&a, dc->buf[DB_TPOS].m);
         ARG_INT(&a, dc->B);
-        ARG_INT(&a, c->H);
+        ARG_INT(&a, heads);
         ARG_INT(&a, c->dk);
         ARG_INT(&a, sj->rope_dim);
         ARG_FLT(&a, sj->rope_base);
-        return dc_launch(ctx, dc, &a, "nsa_dr_rope", items);
+        if (cmp) {
+            ARG_INT(&a, c->l);
+            ARG_INT(&a, c->d);
+        }
+        return dc_launch(ctx, dc, &a, cmp ? "nsa_dr_rope_cmp" : "nsa_dr_rope", items);
     }
-    if (!dc->hrope && !(dc->hrope = malloc(sizeof(float) * B * (size_t)c->dk)))
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the RoPE angles");
-    for (size_t b = 0; b < B; b++) {
-        const int64_t pos = dc->htpos[b];
-        nsa_rope_table(sj->rope_dim, sj->rope_base, &pos, 1, dc->hrope + b * rd);
-    }
-    if ((s = dc_ensure(ctx, dc, DB_ROPE, sizeof(float) * B * rd)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_ROPE].m, sizeof(float) * B * rd, dc->hrope,
-                      CL_FALSE)) != NSA_OK)
-        return s;
     nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DS_ROPE], 0, CL_SUCCESS};
-    ARG_MEM(&a, dc->buf[DB_Q].m);
-    ARG_MEM(&a, dc->buf[DB_ROPE].m);
+    ARG_MEM(&a, x);
+    ARG_MEM(&a, dc->buf[cmp ? DB_ROPEC : DB_ROPE].m);
     ARG_INT(&a, dc->B);
-    ARG_INT(&a, c->H);
+    ARG_INT(&a, heads);
     ARG_INT(&a, c->dk);
     ARG_INT(&a, sj->rope_dim);
     return dc_launch(ctx, dc, &a, "nsa_ds_rope", items);
@@ -1194,29 +1214,6 @@ static nsa_status dc_ring(nsa_context *ctx, nsa_cl_dcache *dc, int gather, cl_me
     ARG_MEM(&a, dst);
     return dc_launch(ctx, dc, &a, gather ? "nsa_dc_ring_gather" : "nsa_dc_ring_put",
                      (size_t)dc->B * n * (gather ? (size_t)dc->cfg.l : 1));
-}
-
-/* RoPE in double (cl/rope64.cl) of x [B][heads][dk] at the positions in
- * DB_TPOS (cmp = 1: nsa_dr_rope_cmp, each emitted token at its i d). */
-static nsa_status dc_rope64(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
-                            cl_mem x, int heads, int cmp)
-{
-    const nsa_config *c = &dc->cfg;
-    nsa_clr_args a = {dc->st->kernel[dc->kv][cmp ? NSA_CLK_DR_ROPE_CMP : NSA_CLK_DR_ROPE], 0,
-                      CL_SUCCESS};
-    ARG_MEM(&a, x);
-    ARG_MEM(&a, dc->buf[DB_TPOS].m);
-    ARG_INT(&a, dc->B);
-    ARG_INT(&a, heads);
-    ARG_INT(&a, c->dk);
-    ARG_INT(&a, sj->rope_dim);
-    ARG_FLT(&a, sj->rope_base);
-    if (cmp) {
-        ARG_INT(&a, c->l);
-        ARG_INT(&a, c->d);
-    }
-    return dc_launch(ctx, dc, &a, cmp ? "nsa_dr_rope_cmp" : "nsa_dr_rope",
-                     (size_t)dc->B * heads * (size_t)(sj->rope_dim / 2));
 }
 
 /* phi (cl/phi.cl, the kernels of nsa_cl_compress) of kind (0 K, 1 V) over
@@ -1305,7 +1302,7 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
     if (sj->rope_after && (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK)
         return s;
     for (int i = 0; i < nbr && sj->rope_dim > 0; i++)
-        if ((s = dc_rope64(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
+        if ((s = dc_rope(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
             return s;
     if ((!sj->rope_after &&
          (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK) ||
@@ -1323,18 +1320,27 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
     if ((s = dc_put_step(ctx, dc, dc->buf[DB_K0 + bw].m, 0, 1, dc->kw, 1)) != NSA_OK ||
         (s = dc_put_step(ctx, dc, dc->buf[DB_V0 + bw].m, 1, 1, dc->vw, 1)) != NSA_OK)
         return s;
+    /* the emitting sequences, and for the host's angles the positions of
+     * their tokens (0 elsewhere: rotated, never appended) */
+    int64_t *cpos = malloc(sizeof(int64_t) * B);
+    if (!cpos)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the emitted positions");
     int emit = 0;
     for (int b = 0; b < dc->B; b++) {
         const int64_t t = dc->htpos[b];
-        emit |= t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
+        const int e = t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
+        cpos[b] = e ? (t + 1 - c->l) / c->d * c->d : 0;
+        emit |= e;
     }
-    if (!emit)
-        return NSA_OK;
+    const int rot = sj->rope_after && sj->rope_dim > 0;
+    s = emit && rot && !dc->rope64 ? dc_rope_tab(ctx, dc, sj, cpos, 1) : NSA_OK;
+    free(cpos);
+    if (!emit || s != NSA_OK)
+        return s;
     (void)G;
     if ((s = dc_ring(ctx, dc, 1, dc->kring, kr, dc->buf[DB_Z].m)) != NSA_OK ||
         (s = dc_phi(ctx, dc, sj, W, 0, dc->buf[DB_TOKK].m)) != NSA_OK ||
-        (sj->rope_after && sj->rope_dim > 0 &&
-         (s = dc_rope64(ctx, dc, sj, dc->buf[DB_TOKK].m, c->G, 1)) != NSA_OK) ||
+        (rot && (s = dc_rope(ctx, dc, sj, dc->buf[DB_TOKK].m, c->G, 1)) != NSA_OK) ||
         (s = dc_put_step(ctx, dc, dc->buf[DB_TOKK].m, 0, 2, dc->kc, 1)) != NSA_OK ||
         (s = dc_ring(ctx, dc, 1, dc->vring, vr, dc->buf[DB_Z].m)) != NSA_OK ||
         (s = dc_phi(ctx, dc, sj, W, 1, dc->buf[DB_TOKV].m)) != NSA_OK ||
@@ -1353,8 +1359,18 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     const size_t B = (size_t)dc->B, bh = B * c->H;
     const size_t D = (size_t)sj->q->in, Dy = (size_t)sj->wo->out;
     nsa_status s;
-    for (int b = 0; b < dc->B; b++) /* for RoPE and the attention (dc_inputs) */
+    int64_t *pos = malloc(sizeof(int64_t) * B);
+    if (!pos)
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the positions");
+    for (int b = 0; b < dc->B; b++) { /* for RoPE and the attention (dc_inputs) */
         dc->htpos[b] = (int32_t)sj->dj->seq[b].t;
+        pos[b] = sj->dj->seq[b].t;
+    }
+    /* without fp64 the host's angles of t serve q and every key */
+    s = sj->rope_dim > 0 && !dc->rope64 ? dc_rope_tab(ctx, dc, sj, pos, 0) : NSA_OK;
+    free(pos);
+    if (s != NSA_OK)
+        return s;
     if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
@@ -1367,7 +1383,7 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
         (sj->kv && (s = dc_step_kv(ctx, dc, sj, W, saved)) != NSA_OK) ||
         (s = dc_linear(ctx, dc, W, sj->q, dc->buf[DB_X].m, dc->buf[DB_Q].m)) != NSA_OK ||
         (s = dc_step_gates(ctx, dc, sj, W)) != NSA_OK ||
-        (sj->rope_dim > 0 && (s = dc_step_rope(ctx, dc, sj)) != NSA_OK))
+        (sj->rope_dim > 0 && (s = dc_rope(ctx, dc, sj, dc->buf[DB_Q].m, c->H, 0)) != NSA_OK))
         return s;
     dc->q_on_device = 1;
     s = dc_attend_run(ctx, dc, sj->dj);
