@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* RoPE's cos and sin: the source the OpenCL kernels compile too (bit-identical
+ * angles on both sides) */
+#include "../cl/sincos64.cl"
+
 nsa_layer_config nsa_layer_config_default(void)
 {
     nsa_layer_config c;
@@ -291,20 +295,32 @@ nsa_status nsa_layer_init_random(nsa_layer *L, uint64_t seed)
 }
 
 /* -------------------------------------------------------------- pieces */
-/* Angle i < rope_dim/2 of RoPE at position pos. */
+/* The frequency of angle i < rope_dim/2: base^(-2i/rope_dim). */
+static double rope_inv(int rope_dim, float base, int i)
+{
+    return pow((double)base, -2.0 * i / (double)rope_dim);
+}
+
+void nsa_rope_inv_freq(int rope_dim, float base, double *inv)
+{
+    for (int i = 0; i < rope_dim / 2; i++)
+        inv[i] = rope_inv(rope_dim, base, i);
+}
+
+/* Angle i < rope_dim/2 of RoPE at position pos. The OpenCL kernels take
+ * the frequencies from nsa_rope_inv_freq and form the same product. */
 static double rope_theta(int rope_dim, float base, double pos, int i)
 {
-    return pos * pow((double)base, -2.0 * i / (double)rope_dim);
+    return pos * rope_inv(rope_dim, base, i);
 }
+
+void nsa_rope_sincos(double theta, double *cs, double *sn) { nsa_sincos64(theta, cs, sn); }
 
 /* The angles of nsa_rope_apply at position pos: cs[i], sn[i], i < rope_dim/2. */
 static void rope_angles(int rope_dim, float base, double pos, double *cs, double *sn)
 {
-    for (int i = 0; i < rope_dim / 2; i++) {
-        const double theta = rope_theta(rope_dim, base, pos, i);
-        cs[i] = cos(theta);
-        sn[i] = sin(theta);
-    }
+    for (int i = 0; i < rope_dim / 2; i++)
+        nsa_sincos64(rope_theta(rope_dim, base, pos, i), &cs[i], &sn[i]);
 }
 
 /* The rotation of the pair (v[i], v[i + half]) by the angle (cs, sn): the
@@ -312,6 +328,9 @@ static void rope_angles(int rope_dim, float base, double pos, double *cs, double
  * bits. */
 static void rope_pair(float *v, int i, int half, double cs, double sn)
 {
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* cl/rope64.cl's nsa_dr_rot does the same */
+#endif
     const double a = v[i], b = v[i + half];
     v[i] = (float)(a * cs - b * sn);
     v[i + half] = (float)(b * cs + a * sn);
@@ -331,8 +350,8 @@ void nsa_rope_apply(float *x, int heads, int dim, int rope_dim, float base, doub
 {
     const int half = rope_dim / 2;
     for (int i = 0; i < half; i++) {
-        const double theta = rope_theta(rope_dim, base, pos, i);
-        const double cs = cos(theta), sn = sin(theta);
+        double cs, sn;
+        nsa_sincos64(rope_theta(rope_dim, base, pos, i), &cs, &sn);
         for (int h = 0; h < heads; h++)
             rope_pair(x + (size_t)h * dim, i, half, cs, sn);
     }
@@ -514,9 +533,10 @@ void nsa_rope_table(int rope_dim, float base, const int64_t *pos, int64_t rows, 
     const int half = rope_dim / 2;
     for (int64_t r = 0; r < rows; r++)
         for (int i = 0; i < half; i++) {
-            const double th = rope_theta(rope_dim, base, (double)pos[r], i);
-            tab[r * rope_dim + i] = (float)cos(th);
-            tab[r * rope_dim + half + i] = (float)sin(th);
+            double cs, sn;
+            nsa_sincos64(rope_theta(rope_dim, base, (double)pos[r], i), &cs, &sn);
+            tab[r * rope_dim + i] = (float)cs;
+            tab[r * rope_dim + half + i] = (float)sn;
         }
 }
 

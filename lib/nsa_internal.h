@@ -236,6 +236,12 @@ typedef struct nsa_dfetch {
     float *ks, *vs, *kw, *vw, *kr, *vr, *kc, *vc;
 } nsa_dfetch;
 
+/* RoPE's frequencies inv[i] = base^(-2i/rope_dim), i < rope_dim/2: the
+ * angle i at t is t inv[i] (what the OpenCL kernels upload once). */
+NSA_HIDDEN void nsa_rope_inv_freq(int rope_dim, float base, double *inv);
+/* RoPE's cos and sin of an angle (cl/sincos64.cl: the same bits on the
+ * host and an OpenCL device with fp64). */
+NSA_HIDDEN void nsa_rope_sincos(double theta, double *cs, double *sn);
 /* The angles of the host RoPE (spec 6) at pos[r] as floats:
  * tab[r][rope_dim], the cosines of the rope_dim/2 angles then their sines
  * (computed in double as nsa_rope_apply does, then rounded; lib/layer.c). */

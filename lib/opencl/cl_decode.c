@@ -63,7 +63,7 @@ typedef struct dc_buf {
 
 enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PSTS,
        DB_PACCS, DB_OUT, DB_STAGE, DB_DESC, DB_RP, DB_COL, DB_VAL, DB_X, DB_ROPE, DB_ROPEC,
-       DB_Y, DB_GHID, DB_PLO,
+       DB_INVF, DB_Y, DB_GHID, DB_PLO,
        /* the device-resident step: K/V of the three branches, phi's input,
         * hidden layer and tokens, its src offsets, the window rows saved
         * for a failure, the fetch's staging */
@@ -103,6 +103,11 @@ typedef struct nsa_cl_dcache {
     /* RoPE angles in double on the device (cl/rope64.cl, cl_khr_fp64);
      * else the host's float table goes up with the positions */
     int rope64;
+    /* the frequencies in DB_INVF (nsa_rope_inv_freq; hinv its host copy)
+     * are those of (inv_rd, inv_base); inv_rd 0: none yet */
+    int inv_rd;
+    float inv_base;
+    double *hinv;
     cl_mem kring, vring; /* compression rings [B][l][G][dk|dv], fp32 row-major */
     int psrc_ok;         /* DB_PSRC holds b l for phi's src */
     uint64_t bus[3];     /* test hook: bytes up, down, of them up the mapping */
@@ -204,6 +209,7 @@ void nsa_cl_dcache_free(void *p)
     free(dc->hdesc);
     free(dc->htpos);
     free(dc->hrope);
+    free(dc->hinv);
     free(dc->hplo);
     free(dc);
 }
@@ -1107,6 +1113,29 @@ static nsa_status dc_rope_tab(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     return s != NSA_OK ? s : dc_write(ctx, dc, dc->buf[which].m, sizeof(float) * B * rd, tab, CL_FALSE);
 }
 
+/* RoPE's frequencies into DB_INVF for cl/rope64.cl, once per (rope_dim,
+ * base): the device forms t inv[i] from the host's pow, as the host does. */
+static nsa_status dc_rope_inv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj)
+{
+    const int rd = sj->rope_dim;
+    if (dc->inv_rd == rd && dc->inv_base == sj->rope_base)
+        return NSA_OK;
+    dc->inv_rd = 0;
+    free(dc->hinv);
+    if (!(dc->hinv = malloc(sizeof(double) * (size_t)(rd / 2))))
+        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the RoPE frequencies");
+    nsa_rope_inv_freq(rd, sj->rope_base, dc->hinv);
+    const size_t bytes = sizeof(double) * (size_t)(rd / 2);
+    nsa_status s = dc_ensure(ctx, dc, DB_INVF, bytes);
+    if (s == NSA_OK)
+        s = dc_write(ctx, dc, dc->buf[DB_INVF].m, bytes, dc->hinv, CL_FALSE);
+    if (s == NSA_OK) {
+        dc->inv_rd = rd;
+        dc->inv_base = sj->rope_base;
+    }
+    return s;
+}
+
 /* RoPE of x [B][heads][dk] in place: at the positions in DB_TPOS (cmp =
  * 0), or each emitted compressed token at its i d (cmp = 1). The angles
  * are computed in double on the device (cl/rope64.cl: nsa_dr_rope,
@@ -1126,7 +1155,7 @@ static nsa_status dc_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_j
         ARG_INT(&a, heads);
         ARG_INT(&a, c->dk);
         ARG_INT(&a, sj->rope_dim);
-        ARG_FLT(&a, sj->rope_base);
+        ARG_MEM(&a, dc->buf[DB_INVF].m);
         if (cmp) {
             ARG_INT(&a, c->l);
             ARG_INT(&a, c->d);
@@ -1366,8 +1395,11 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
         dc->htpos[b] = (int32_t)sj->dj->seq[b].t;
         pos[b] = sj->dj->seq[b].t;
     }
-    /* without fp64 the host's angles of t serve q and every key */
-    s = sj->rope_dim > 0 && !dc->rope64 ? dc_rope_tab(ctx, dc, sj, pos, 0) : NSA_OK;
+    /* the frequencies (once), or without fp64 the host's angles of t for
+     * q and every key */
+    s = sj->rope_dim <= 0 ? NSA_OK
+        : dc->rope64      ? dc_rope_inv(ctx, dc, sj)
+                          : dc_rope_tab(ctx, dc, sj, pos, 0);
     free(pos);
     if (s != NSA_OK)
         return s;

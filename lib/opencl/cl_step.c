@@ -4,6 +4,20 @@
  * double computation at any position. */
 #include "cl_run.h"
 
+#include <stdlib.h>
+
+/* RoPE's frequencies (nsa_rope_inv_freq) in a new buffer of W. */
+static nsa_status inv_buf(nsa_clr_bufs *W, int rope_dim, float base, cl_mem *out)
+{
+    double *inv = malloc(sizeof(double) * (size_t)(rope_dim / 2 > 0 ? rope_dim / 2 : 1));
+    if (!inv)
+        return nsa_fail(W->ctx, NSA_ERR_NOMEM, "out of memory for the RoPE frequencies");
+    nsa_rope_inv_freq(rope_dim, base, inv);
+    nsa_status s = nsa_clr_buf_new(W, sizeof(double) * (size_t)(rope_dim / 2 > 0 ? rope_dim / 2 : 1),
+                                   inv, out);
+    free(inv);
+    return s;
+}
 
 /* The kernel k of the state's storage kind, or NSA_ERR_UNSUPPORTED. */
 static nsa_status rope64_kernel(nsa_context *ctx, nsa_cl_state **st, int k, cl_kernel *out)
@@ -26,14 +40,15 @@ nsa_status nsa_cl_dr_angles(nsa_context *ctx, const int32_t *pos, int rows, int 
     if (s != NSA_OK)
         return s;
     nsa_clr_bufs W = {st, ctx, 0, {0}};
-    cl_mem pb, tb;
+    cl_mem pb, tb, ib;
     TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * (size_t)rows, pos, &pb));
+    TRY(inv_buf(&W, rope_dim, base, &ib));
     TRY(nsa_clr_buf_new(&W, sizeof(double) * (size_t)rows * rope_dim, NULL, &tb));
     nsa_clr_args a = {k, 0, CL_SUCCESS};
     ARG_MEM(&a, pb);
     ARG_INT(&a, rows);
     ARG_INT(&a, rope_dim);
-    ARG_FLT(&a, base);
+    ARG_MEM(&a, ib);
     ARG_MEM(&a, tb);
     TRY(nsa_clr_launch(&W, &a, "nsa_dr_angles", (size_t)rows * (rope_dim / 2), (size_t)st->wg));
     TRY(nsa_clr_download(&W, tb, sizeof(double) * (size_t)rows * rope_dim, tab));
@@ -52,9 +67,10 @@ nsa_status nsa_cl_dr_rope(nsa_context *ctx, float *q, const int32_t *tpos, int B
         return s;
     const size_t nq = (size_t)B * H * dk;
     nsa_clr_bufs W = {st, ctx, 0, {0}};
-    cl_mem qb, pb;
+    cl_mem qb, pb, ib;
     TRY(nsa_clr_buf_new(&W, sizeof(float) * nq, q, &qb));
     TRY(nsa_clr_buf_new(&W, sizeof(int32_t) * (size_t)B, tpos, &pb));
+    TRY(inv_buf(&W, rope_dim, base, &ib));
     nsa_clr_args a = {k, 0, CL_SUCCESS};
     ARG_MEM(&a, qb);
     ARG_MEM(&a, pb);
@@ -62,7 +78,7 @@ nsa_status nsa_cl_dr_rope(nsa_context *ctx, float *q, const int32_t *tpos, int B
     ARG_INT(&a, H);
     ARG_INT(&a, dk);
     ARG_INT(&a, rope_dim);
-    ARG_FLT(&a, base);
+    ARG_MEM(&a, ib);
     TRY(nsa_clr_launch(&W, &a, "nsa_dr_rope", (size_t)B * H * (rope_dim / 2), (size_t)st->wg));
     TRY(nsa_clr_download(&W, qb, sizeof(float) * nq, q));
 done:
