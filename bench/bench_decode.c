@@ -84,6 +84,38 @@ static double kernel_ms(nsa_context *ctx, kprof *kp)
     return -1.0;
 }
 
+/* With NSA_OPENCL_PROFILE=1 (opencl): the device time of every kernel
+ * label since the last reset, per step, to stderr, largest first (where a
+ * whole decode step's time goes: projections, RoPE, cache writes, phi,
+ * the attention); then resets the profile. */
+static void step_profile(nsa_context *ctx, int steps)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st || !st->profile || steps < 1)
+        return;
+    double total = 0.0;
+    int done[NSA_CL_PROF_MAX] = {0};
+    for (int i = 0; i < st->n_prof; i++)
+        total += st->prof[i].ns;
+    fprintf(stderr, "# step kernels (device ms a step, calls a step): total %.4f\n",
+            total / 1e6 / steps);
+    for (int k = 0; k < st->n_prof; k++) {
+        int m = -1;
+        for (int i = 0; i < st->n_prof; i++)
+            if (!done[i] && (m < 0 || st->prof[i].ns > st->prof[m].ns))
+                m = i;
+        done[m] = 1;
+        fprintf(stderr, "#   %-34s %9.4f %6.1f\n", st->prof[m].label,
+                st->prof[m].ns / 1e6 / steps, (double)st->prof[m].calls / steps);
+    }
+    st->n_prof = 0;
+#else
+    (void)ctx;
+    (void)steps;
+#endif
+}
+
 /* The device's copy rate (GB/s, bytes read + written) for a 1 GiB
  * clEnqueueCopyBuffer, median of 5 (opencl), else -1: the reference of the
  * decode read rate. */
@@ -264,6 +296,7 @@ int nsa_bench_decode(int argc, char **argv)
             if (nsa_decode_clone_seq(st, b, 0) != NSA_OK)
                 rc = 1;
         nsa_decode_counters k0 = {0};
+        kernel_ms(ctx, NULL); /* the profile from here: the steps' kernels */
         for (int s = 0; s < steps && rc == 0; s++) {
             for (int b = 0; b < B; b++)
                 memcpy(xt + (size_t)b * D, x + (size_t)(S - 1) * D, sizeof(float) * D);
@@ -274,6 +307,7 @@ int nsa_bench_decode(int argc, char **argv)
             if (s == 0)
                 nsa_decode_get_counters(st, 0, 0, &k0);
         }
+        step_profile(ctx, steps);
         for (size_t i = 0; i < (size_t)B * a->H * a->dk; i++)
             q[i] = nsa_rng_uniform(&r);
         for (size_t i = 0; i < (size_t)B * a->H * 3; i++)
