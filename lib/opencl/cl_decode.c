@@ -26,6 +26,7 @@
  * them what they lack. Failure safety of such a step: see dc_step_kv and
  * nsa_cl_dcache_step (a failure keeps every row a sequence held before
  * the step; only a sequence whose own upload failed is marked stale). */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, for NSA_VERBOSE step timings */
 #include "cl_run.h"
 #include "cl_weights.h"
 
@@ -33,6 +34,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static double dc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
 
 /* Most heads a work-group holds (cl/decode.cl's NSA_DC_HC). */
 #define DC_HC 16
@@ -1387,6 +1396,8 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     const nsa_config *c = &dc->cfg;
     const size_t B = (size_t)dc->B, bh = B * c->H;
     const size_t D = (size_t)sj->q->in, Dy = (size_t)sj->wo->out;
+    const double t0 = ctx->verbose ? dc_now_ms() : 0.0;
+    const unsigned l0 = dc->st->launches;
     nsa_status s;
     int64_t *pos = malloc(sizeof(int64_t) * B);
     if (!pos)
@@ -1424,7 +1435,11 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
         (s = dc_linear(ctx, dc, W, sj->wo, dc->buf[DB_OUT].m, dc->buf[DB_Y].m)) != NSA_OK ||
         (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy, sj->y)) != NSA_OK)
         return s;
+    const double t1 = ctx->verbose ? dc_now_ms() : 0.0;
     cl_int err = clFinish(dc->st->queue);
+    if (ctx->verbose) /* where a step's time goes: the host's enqueueing, then the wait */
+        nsa_log(ctx, "opencl decode step: %u launches, %.3f ms enqueueing, %.3f ms waiting",
+                dc->st->launches - l0, t1 - t0, dc_now_ms() - t1);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
 }
 

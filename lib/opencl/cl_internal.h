@@ -127,6 +127,7 @@ typedef struct nsa_cl_state {
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
     int profile;           /* NSA_OPENCL_PROFILE set: kernels are timed */
+    unsigned launches;     /* kernels enqueued (NSA_VERBOSE's decode step log) */
     int n_prof;
     nsa_cl_prof prof[NSA_CL_PROF_MAX];
 } nsa_cl_state;

@@ -78,6 +78,7 @@ nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name,
         return nsa_fail(b->ctx, NSA_ERR_BACKEND,
                         "OpenCL clEnqueueNDRangeKernel failed for %s: %s (%d)", name,
                         nsa_cl_error_name(err), (int)err);
+    st->launches++;
     if (ev) {
         /* profiling: wait, and add the kernel's device time to its label */
         cl_ulong t0 = 0, t1 = 0;
