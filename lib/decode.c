@@ -16,13 +16,17 @@
  * the gates and the attention output stay on the device, and y comes
  * back. Two ways:
  * - device-resident (the mirror's dcache_resident says yes: opencl with
- *   fp32 storage and double RoPE, step_resident): x_t goes up once, the
+ *   double RoPE, step_resident): x_t goes up once, the
  *   K/V projections, the keys' RoPE, phi of an emitted token and the
  *   cache writes happen on the device, and only y_t and the selection
  *   come back. The mirror then holds the newest rows; the host arrays
  *   lag (seq_cache.hlen, hnc) and fetch_seq (vtable dcache_fetch) brings
  *   them up to date wherever they are read: a host step, clone, view,
- *   nsa_decode_compressed, the cached attention;
+ *   nsa_decode_compressed, the cached attention. Where the mirror stores
+ *   K/V rounded (opencl's fp16 / bf16) the fetched raw, window and
+ *   compressed rows are the stored, rounded values (the compression ring
+ *   stays exact); rows written here (prefill, host steps) stay as
+ *   computed, and the mirror rounds them on upload to the same bits;
  * - otherwise the host caches stay the source of truth: the K/V
  *   projections come to the host, which writes its caches (and runs phi),
  *   and the mirror is synced from them at each call.
