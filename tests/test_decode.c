@@ -8,13 +8,19 @@
  * over the mirror against the reference over the host caches;
  * test_fused_step the step whose q, gates and o stay on the device
  * (dcache_step): gate activations, the gate MLP, RoPE widths and the
- * angles' source, device failures. */
+ * angles' source, device failures. With K/V stored as fp16 / bf16
+ * (opencl, NSA_OPENCL_KV; test_resident_half sets it itself) the device
+ * attends over rounded rows: the twins then also keep a reference whose
+ * raw, window and compressed rows are rounded as the device stores them
+ * (spec 9's 1e-5 against that one), and compare with the fp32 reference
+ * within a bound derived from the rounding (kv_tol). */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testlib.h"
 #include "decode.h"
 #include "layer.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +39,48 @@ static nsa_layer_config cfg_small(int l, int d, int ls)
     c.D = 12;
     c.rope_dim = 8;
     return c;
+}
+
+/* Relative L2 bound of outputs over K/V stored as kv against the fp32
+ * reference. fp32: spec 9's 1e-5. fp16 / bf16 (u = 2^-11, 2^-8 the
+ * relative rounding error, tests/test_opencl.c's half_case): each stored
+ * value moves by at most u relative; a softmax-weighted mean of V by at
+ * most u |v|, a logit scale q.k by at most u scale |q||k| (~u here),
+ * which moves the weights by a factor within exp(+-2u) ~ 1 +- 2u, so a
+ * branch output by ~(1 + 4)u |v|; the gates are fp32 and y = Wo o is
+ * linear in o. Against outputs of norm well above 0.1 a row, 50u bounds
+ * the relative L2 with margin; a wrong row (errors O(1)) fails it. The
+ * tight checks are against the rounded reference (spec 9's 1e-5). */
+static double kv_tol(int kv)
+{
+    return kv == 1 ? 50 * 0x1p-11 : kv == 2 ? 50 * 0x1p-8 : 1e-5;
+}
+
+/* The relative rounding error of storage kv (0 for fp32). */
+static double kv_u(int kv) { return kv == 1 ? 0x1p-11 : kv == 2 ? 0x1p-8 : 0.0; }
+
+/* Relative L2 bound against the rounded reference (a twin's sq: the
+ * reference with its rows stored rounded). fp32: spec 9's 1e-5. With
+ * half storage the two round different fp32 rows: the device's and the
+ * reference's projections agree to ~1e-7 relative, not bit for bit, so
+ * an element whose two values straddle a rounding boundary is stored
+ * one storage ulp (2u relative) apart; that happens to a share of
+ * elements of about their disagreement over the storage ulp (~1e-4
+ * fp16, ~1e-5 bf16), not to all. So this is not a worst-case bound
+ * (that is kv_tol's, 200 times wider) but a measured one with margin:
+ * 0.25u over the measured worst (PoCL, these tests, every output: 0.11u
+ * fp16, 0.026u bf16); rows left unrounded on the device measure 0.28u to
+ * 0.64u (y, fp16). The
+ * exact check of the stored rows and of y is test_resident_half's,
+ * against the mirror's host-K/V path. */
+static double kv_tight(int kv) { return kv ? 0.25 * kv_u(kv) : 1e-5; }
+
+/* n floats at p rounded in place as storage kv holds them. */
+static void round_rows(const float *p, size_t n, int kv)
+{
+    float *q = (float *)(uintptr_t)p; /* the caller's own array */
+    for (size_t i = 0; i < n; i++)
+        q[i] = tl_round_kv(kv, q[i]);
 }
 
 static nsa_context *ref_ctx(void)
@@ -89,7 +137,11 @@ static void decode_vs_prefill(const nsa_layer_config *c, uint64_t seed)
                 fail_msg("seq %d step %d (t=%d): rel err %g", b, s, prompt[b] + s, e);
         }
     }
-    /* emitted compressed tokens = prefill's, bit for bit */
+    /* emitted compressed tokens = prefill's, bit for bit; with K/V stored
+     * as fp16 / bf16 a device-resident step's tokens are the stored ones:
+     * prefill's rounded, bit for bit (the prompt's stay as prefill wrote
+     * them on the host) */
+    const int kv = tl_kv_of(nsa_context_backend(ctx)), res = nsa_decode_resident(st);
     for (int b = 0; b < B; b++) {
         const int S = prompt[b] + STEPS;
         const int64_t C = nsa_cmp_tokens(&c->attn, S);
@@ -106,6 +158,13 @@ static void decode_vs_prefill(const nsa_layer_config *c, uint64_t seed)
         assert_int_equal(nsa_decode_compressed(st, b, &dk_, &dv_, &cnt), NSA_OK);
         assert_int_equal(cnt, C);
         assert_true(C >= 4); /* several emission points crossed */
+        if (kv && res) {
+            const int64_t C0 = prompt[b] > 0 ? nsa_cmp_tokens(&c->attn, prompt[b]) : 0;
+            round_rows(kc + (size_t)C0 * c->attn.G * c->attn.dk,
+                       (size_t)(C - C0) * c->attn.G * c->attn.dk, kv);
+            round_rows(vc + (size_t)C0 * c->attn.G * c->attn.dv,
+                       (size_t)(C - C0) * c->attn.G * c->attn.dv, kv);
+        }
         assert_memory_equal(dk_, kc, sizeof(float) * (size_t)C * c->attn.G * c->attn.dk);
         assert_memory_equal(dv_, vc, sizeof(float) * (size_t)C * c->attn.G * c->attn.dv);
         assert_int_equal(nsa_decode_length(st, b), S);
@@ -421,6 +480,7 @@ static void test_decode_vs_reference(void **state)
     }
     float yl[B * 12], yr[B * 12];
     const float *xs = x + (size_t)B * P * D;
+    const double tol = kv_tol(tl_kv_of(nsa_context_backend(ctx)));
     double worst = 0;
     for (int s = 0; s < STEPS; s++) {
         for (size_t i = 0; i < B * D; i++)
@@ -429,7 +489,7 @@ static void test_decode_vs_reference(void **state)
         assert_int_equal(nsa_decode_step(R, sr, xs + (size_t)s * B * D, yr, NULL), NSA_OK);
         const double e = tl_rel_l2(yl, yr, B * D);
         worst = e > worst ? e : worst;
-        assert_true(e <= 1e-5);
+        assert_true(e <= tol); /* spec 9, or the storage's bound (kv_tol) */
     }
     print_message("decode on %s vs ref: worst relative L2 %.3g\n", nsa_context_backend(ctx),
                   worst);
@@ -444,13 +504,17 @@ static void test_decode_vs_reference(void **state)
 
 /* ------------------------------------------------------------- mirror */
 /* The same layer and decode state on the backend under test (L, sl) and on
- * the reference (R, sr). */
+ * the reference (R, sr); with K/V stored as fp16 / bf16 (kv) also the
+ * rounded reference (Q, sq: its raw, window and compressed rows stored
+ * rounded, nsa_decode_round_rows with the tests' oracle; its compression
+ * ring exact, as the device's phi reads fp32 rows). */
 typedef struct twin {
     nsa_layer_config c;
     nsa_context *ctx, *rctx;
-    nsa_layer *L, *R;
-    nsa_decode_state *sl, *sr;
+    nsa_layer *L, *R, *Q;
+    nsa_decode_state *sl, *sr, *sq;
     int B;
+    int kv;
     int no_step; /* the device lacks the step kernels (NSA_OPENCL_UNUSABLE) */
 } twin;
 
@@ -467,6 +531,13 @@ static void twin_make(twin *w, const nsa_layer_config *c, int B, uint64_t seed)
     assert_int_equal(nsa_layer_init_random(w->R, seed), NSA_OK);
     assert_int_equal(nsa_decode_create(w->L, B, 0, &w->sl), NSA_OK);
     assert_int_equal(nsa_decode_create(w->R, B, 0, &w->sr), NSA_OK);
+    w->kv = tl_kv_of(nsa_context_backend(w->ctx));
+    if (w->kv) {
+        assert_int_equal(nsa_layer_create(w->rctx, c, &w->Q), NSA_OK);
+        assert_int_equal(nsa_layer_init_random(w->Q, seed), NSA_OK);
+        assert_int_equal(nsa_decode_create(w->Q, B, 0, &w->sq), NSA_OK);
+        nsa_decode_round_rows(w->sq, tl_round_kv, w->kv);
+    }
     /* the backends with a mirror must use it here */
     if (w->ctx->be->dcache_new)
         assert_true(nsa_decode_has_mirror(w->sl));
@@ -476,8 +547,10 @@ static void twin_free(twin *w)
 {
     nsa_decode_free(w->sl);
     nsa_decode_free(w->sr);
+    nsa_decode_free(w->sq);
     nsa_layer_free(w->L);
     nsa_layer_free(w->R);
+    nsa_layer_free(w->Q);
     nsa_context_free(w->ctx);
     nsa_context_free(w->rctx);
 }
@@ -488,13 +561,28 @@ static void twin_refill(twin *w, int b, int S, uint64_t seed)
 {
     assert_int_equal(nsa_decode_reset(w->sl, b), NSA_OK);
     assert_int_equal(nsa_decode_reset(w->sr, b), NSA_OK);
+    if (w->sq)
+        assert_int_equal(nsa_decode_reset(w->sq, b), NSA_OK);
     if (S == 0)
         return;
     float *x = malloc(sizeof(float) * (size_t)S * w->c.D);
     tl_fill(x, (size_t)S * w->c.D, seed, -1, 1);
     assert_int_equal(nsa_decode_prefill(w->sl, b, x, S, NULL), NSA_OK);
     assert_int_equal(nsa_decode_prefill(w->sr, b, x, S, NULL), NSA_OK);
+    if (w->sq)
+        assert_int_equal(nsa_decode_prefill(w->sq, b, x, S, NULL), NSA_OK);
     free(x);
+}
+
+/* Sequence dst of the references (both) a clone of src. */
+static void twin_ref_clone(twin *w, int dst, int src)
+{
+    assert_int_equal(nsa_decode_reset(w->sr, dst), NSA_OK);
+    assert_int_equal(nsa_decode_clone_seq(w->sr, dst, src), NSA_OK);
+    if (w->sq) {
+        assert_int_equal(nsa_decode_reset(w->sq, dst), NSA_OK);
+        assert_int_equal(nsa_decode_clone_seq(w->sq, dst, src), NSA_OK);
+    }
 }
 
 /* Outputs of one step with every aux output, poisoned before the step. */
@@ -543,8 +631,22 @@ static nsa_status step_with(nsa_layer *L, nsa_decode_state *st, const float *x, 
     return nsa_decode_step(L, st, x, o->y, &aux);
 }
 
+/* One step of the references: the fp32 one into rf and, with half
+ * storage, the rounded one into rq (then rounded); returns the one the
+ * device must match within spec 9 (rq, else rf). */
+static const step_out *twin_ref_step(twin *w, const float *x, step_out *rf, step_out *rq)
+{
+    assert_int_equal(step_with(w->R, w->sr, x, rf), NSA_OK);
+    if (!w->sq)
+        return rf;
+    assert_int_equal(step_with(w->Q, w->sq, x, rq), NSA_OK);
+    return rq;
+}
+
 /* steps steps of random tokens on both; each output within spec 9's
- * relative L2 <= 1e-5 of the reference, the selections equal. */
+ * relative L2 <= 1e-5 of the reference (the rounded one with half
+ * storage, and then within kv_tol of the fp32 one), the selections
+ * equal. */
 static double twin_steps(twin *w, int steps, uint64_t seed)
 {
     const size_t D = (size_t)w->c.D, bhd = (size_t)w->B * w->c.attn.H * w->c.attn.dv;
@@ -554,29 +656,64 @@ static double twin_steps(twin *w, int steps, uint64_t seed)
     double worst = 0.0;
     const int64_t f0 = nsa_decode_fused_steps(w->sl);
     for (int s = 0; s < steps; s++) {
-        step_out a, r;
+        step_out a, rf, rq;
         step_out_alloc(&a, w);
-        step_out_alloc(&r, w);
+        step_out_alloc(&rf, w);
+        step_out_alloc(&rq, w);
         tl_fill(x, w->B * D, seed + (uint64_t)s, -1, 1);
         assert_int_equal(step_with(w->L, w->sl, x, &a), NSA_OK);
-        assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
-        const double e[5] = {tl_rel_l2(a.y, r.y, w->B * D), tl_rel_l2(a.oc, r.oc, bhd),
-                             tl_rel_l2(a.os, r.os, bhd), tl_rel_l2(a.ow, r.ow, bhd),
-                             tl_rel_l2(a.g, r.g, bh3)};
+        const step_out *r = twin_ref_step(w, x, &rf, &rq);
+        const double e[5] = {tl_rel_l2(a.y, r->y, w->B * D), tl_rel_l2(a.oc, r->oc, bhd),
+                             tl_rel_l2(a.os, r->os, bhd), tl_rel_l2(a.ow, r->ow, bhd),
+                             tl_rel_l2(a.g, r->g, bh3)};
         for (int i = 0; i < 5; i++) {
-            /* spec 9: relative L2 <= 1e-5 (y, each branch output, the gates) */
-            if (!(e[i] <= 1e-5))
+            /* spec 9: relative L2 <= 1e-5 (y, each branch output, the gates;
+             * kv_tight with half storage) */
+            if (!(e[i] <= kv_tight(w->kv)))
                 fail_msg("step %d output %d: relative L2 %g", s, i, e[i]);
             worst = e[i] > worst ? e[i] : worst;
         }
-        assert_memory_equal(a.sel, r.sel, sizeof(int32_t) * ns);
+        assert_memory_equal(a.sel, r->sel, sizeof(int32_t) * ns);
+        /* half storage against the fp32 reference: kv_tol's bound */
+        const double ef = tl_rel_l2(a.y, rf.y, w->B * D);
+        if (w->kv && !(ef <= kv_tol(w->kv)))
+            fail_msg("step %d: y against the fp32 reference: relative L2 %g > %g", s, ef,
+                     kv_tol(w->kv));
         step_out_free(&a);
-        step_out_free(&r);
+        step_out_free(&rf);
+        step_out_free(&rq);
     }
     /* every step took the device path where it must (else none did) */
     assert_int_equal(nsa_decode_fused_steps(w->sl) - f0, twin_fused(w) ? steps : 0);
     free(x);
     return worst;
+}
+
+/* *v with its raw, window and compressed rows replaced by copies (own[6],
+ * freed by the caller) rounded as storage kv holds them: the host arrays
+ * hold prefill's rows as computed and fetched rows as stored, the device
+ * all of them as stored. Window slots of positions not yet held are
+ * copied, not read. */
+static void view_rounded(nsa_decode_seq *v, const nsa_config *a, int kv, float *own[6])
+{
+    const size_t kr = (size_t)a->G * a->dk, vr = (size_t)a->G * a->dv;
+    const size_t rows = (size_t)v->t + 1, nc = (size_t)nsa_bm_n_cmp(a, v->t);
+    const float **src[6] = {&v->ks, &v->vs, &v->kc, &v->vc, &v->kw, &v->vw};
+    const size_t n[6] = {rows * kr, rows * vr, nc * kr, nc * vr, (size_t)a->w * kr,
+                         (size_t)a->w * vr};
+    for (int i = 0; i < 6; i++) {
+        own[i] = malloc(sizeof(float) * (n[i] ? n[i] : 1));
+        assert_non_null(own[i]);
+        if (n[i])
+            memcpy(own[i], *src[i], sizeof(float) * n[i]);
+        if (i < 4)
+            round_rows(own[i], n[i], kv);
+        *src[i] = own[i];
+    }
+    for (int64_t p = v->t - a->w + 1 > 0 ? v->t - a->w + 1 : 0; p <= v->t; p++) {
+        round_rows(own[4] + (size_t)(p % a->w) * kr, kr, kv);
+        round_rows(own[5] + (size_t)(p % a->w) * vr, vr, kv);
+    }
 }
 
 /* The attention alone and the dense baseline over the state's caches
@@ -601,10 +738,13 @@ static void twin_attend_cached(twin *w, uint64_t seed, int q_kind)
     float *o = tl_poisoned(bhd), *ro = tl_poisoned(bhd);
     int32_t *sel = tl_poisoned_i32(ns), *rsel = tl_poisoned_i32(ns);
     nsa_decode_seq *sd = malloc(sizeof *sd * B);
+    float *own[8][6] = {{NULL}};
     int64_t max_t = 0;
     for (int b = 0; b < B; b++) {
         assert_int_equal(nsa_decode_view(w->sl, b, &sd[b]), NSA_OK);
         max_t = sd[b].t > max_t ? sd[b].t : max_t;
+        if (w->kv) /* the reference over the rows as the device holds them */
+            view_rounded(&sd[b], a, w->kv, own[b]);
     }
     nsa_csr map;
     assert_int_equal(nsa_bm_map_build(a, nsa_bm_n_sel_visible(a, max_t), nsa_bm_n_cmp(a, max_t),
@@ -639,6 +779,9 @@ static void twin_attend_cached(twin *w, uint64_t seed, int q_kind)
     /* spec 9: relative L2 <= 1e-5 */
     assert_true(tl_rel_l2(o, ro, bhd) <= 1e-5);
     nsa_bm_map_free(&map);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < 6; i++)
+            free(own[b][i]);
     free(sd);
     free(q);
     free(g);
@@ -685,12 +828,16 @@ static void twin_fail_steps(twin *w, uint64_t seed)
      * activation, the attention and Wo were among them */
     if (twin_fused(w))
         assert_true(k > 20);
+    step_out rq;
     step_out_alloc(&r, w);
-    assert_int_equal(step_with(w->R, w->sr, x, &r), NSA_OK);
-    /* spec 9: relative L2 <= 1e-5 */
-    assert_true(tl_rel_l2(a.y, r.y, w->B * D) <= 1e-5);
+    step_out_alloc(&rq, w);
+    const step_out *rt = twin_ref_step(w, x, &r, &rq);
+    /* spec 9: relative L2 <= 1e-5 (kv_tight against the rounded reference
+     * with half storage) */
+    assert_true(tl_rel_l2(a.y, rt->y, w->B * D) <= kv_tight(w->kv));
     step_out_free(&a);
     step_out_free(&r);
+    step_out_free(&rq);
     /* a step failing after the mirror synced its new rows, then a step with
      * other data at the same positions: the rows the mirror holds for them
      * must be replaced */
@@ -877,11 +1024,17 @@ static void resident_bus(twin *w, uint64_t up, uint64_t down)
  * them (fetched where they lag; host rows poisoned first) = the
  * reference's: raw rows 0 .. t, the window ring's rows of t-w+1 .. t
  * (the view's last token's window), compressed tokens (spec 9: relative
- * L2 <= 1e-5 each; K/V come from different projections' arithmetic). */
+ * L2 <= 1e-5 each; K/V come from different projections' arithmetic).
+ * With half storage fetched rows are the stored ones: round(a) for the
+ * device's fp32 row a, so ||round(a) - r|| <= u ||a|| + ||a - r||, a
+ * relative L2 within u + 1e-5 (plus u 1e-5) of the fp32 reference's r
+ * (fp16 subnormals err by at most 2^-25 absolute: nothing against rows
+ * of norm ~1). */
 static void resident_views(twin *w)
 {
     nsa_decode_poison_host(w->sl);
     const nsa_config *a = &w->c.attn;
+    const double tol = 1e-5 + 1.0001 * kv_u(w->kv);
     const size_t kr = (size_t)a->G * a->dk, vr = (size_t)a->G * a->dv;
     for (int b = 0; b < w->B; b++) {
         if (nsa_decode_length(w->sl, b) == 0)
@@ -891,26 +1044,28 @@ static void resident_views(twin *w)
         assert_int_equal(nsa_decode_view(w->sr, b, &r), NSA_OK);
         assert_int_equal(v.t, r.t);
         const size_t rows = (size_t)v.t + 1, nc = (size_t)nsa_bm_n_cmp(a, v.t);
-        assert_true(tl_rel_l2(v.ks, r.ks, rows * kr) <= 1e-5);
-        assert_true(tl_rel_l2(v.vs, r.vs, rows * vr) <= 1e-5);
+        assert_true(tl_rel_l2(v.ks, r.ks, rows * kr) <= tol);
+        assert_true(tl_rel_l2(v.vs, r.vs, rows * vr) <= tol);
         for (int64_t p = v.t - a->w + 1 > 0 ? v.t - a->w + 1 : 0; p <= v.t; p++) {
             const size_t at = (size_t)(p % a->w);
-            assert_true(tl_rel_l2(v.kw + at * kr, r.kw + at * kr, kr) <= 1e-5);
-            assert_true(tl_rel_l2(v.vw + at * vr, r.vw + at * vr, vr) <= 1e-5);
+            assert_true(tl_rel_l2(v.kw + at * kr, r.kw + at * kr, kr) <= tol);
+            assert_true(tl_rel_l2(v.vw + at * vr, r.vw + at * vr, vr) <= tol);
         }
         if (nc > 0) {
-            assert_true(tl_rel_l2(v.kc, r.kc, nc * kr) <= 1e-5);
-            assert_true(tl_rel_l2(v.vc, r.vc, nc * vr) <= 1e-5);
+            assert_true(tl_rel_l2(v.kc, r.kc, nc * kr) <= tol);
+            assert_true(tl_rel_l2(v.vc, r.vc, nc * vr) <= tol);
         }
     }
 }
 
 /* nsa_decode_compressed of every sequence (a fetch from the mirror where
  * the host lags, host rows poisoned first) = the reference's (spec 9:
- * relative L2 <= 1e-5; counts equal); afterwards the host holds every row. */
+ * relative L2 <= 1e-5; counts equal; half storage: within u more, see
+ * resident_views); afterwards the host holds every row. */
 static void resident_compressed(twin *w)
 {
     nsa_decode_poison_host(w->sl);
+    const double tol = 1e-5 + 1.0001 * kv_u(w->kv);
     const size_t kr = (size_t)w->c.attn.G * w->c.attn.dk, vr = (size_t)w->c.attn.G * w->c.attn.dv;
     for (int b = 0; b < w->B; b++) {
         const float *kc, *vc, *rkc, *rvc;
@@ -921,8 +1076,8 @@ static void resident_compressed(twin *w)
         assert_int_equal(nsa_decode_host_len(w->sl, b), nsa_decode_length(w->sl, b));
         if (n == 0)
             continue;
-        assert_true(tl_rel_l2(kc, rkc, (size_t)n * kr) <= 1e-5);
-        assert_true(tl_rel_l2(vc, rvc, (size_t)n * vr) <= 1e-5);
+        assert_true(tl_rel_l2(kc, rkc, (size_t)n * kr) <= tol);
+        assert_true(tl_rel_l2(vc, rvc, (size_t)n * vr) <= tol);
     }
     resident_views(w);
 }
@@ -968,8 +1123,13 @@ static void resident_run(const nsa_layer_config *c, const char *name)
         const int map_step = max_t == 128;
         assert_int_equal(nsa_decode_step(w.L, w.sl, x, y, NULL), NSA_OK);
         assert_int_equal(nsa_decode_step(w.R, w.sr, x, yr, NULL), NSA_OK);
-        const double e = tl_rel_l2(y, yr, w.B * D);
-        assert_true(e <= 1e-5); /* spec 9 */
+        double e = tl_rel_l2(y, yr, w.B * D);
+        assert_true(e <= kv_tol(w.kv)); /* spec 9, or the storage's bound */
+        if (w.sq) { /* the rounded reference */
+            assert_int_equal(nsa_decode_step(w.Q, w.sq, x, yr, NULL), NSA_OK);
+            e = tl_rel_l2(y, yr, w.B * D);
+            assert_true(e <= kv_tight(w.kv));
+        }
         worst = e > worst ? e : worst;
         nsa_decode_bus(w.sl, io);
         if (res) {
@@ -998,9 +1158,8 @@ static void resident_run(const nsa_layer_config *c, const char *name)
         assert_true(nsa_decode_host_len(w.sl, 0) < nsa_decode_length(w.sl, 0));
     nsa_decode_poison_host(w.sl);
     assert_int_equal(nsa_decode_reset(w.sl, 2), NSA_OK);
-    assert_int_equal(nsa_decode_reset(w.sr, 2), NSA_OK);
     assert_int_equal(nsa_decode_clone_seq(w.sl, 2, 0), NSA_OK);
-    assert_int_equal(nsa_decode_clone_seq(w.sr, 2, 0), NSA_OK);
+    twin_ref_clone(&w, 2, 0);
     e = twin_steps(&w, 10, 300);
     worst = e > worst ? e : worst;
     /* sequence 1 reset and prefilled again while 0 and 2 lag on the host */
@@ -1041,8 +1200,10 @@ static void resident_run(const nsa_layer_config *c, const char *name)
     worst = e > worst ? e : worst;
     resident_compressed(&w);
     twin_attend_cached(&w, 900, 0);
-    print_message("resident steps (%s) on %s (%s): worst relative L2 %.3g\n", name,
-                  nsa_context_backend(w.ctx), res ? "device-resident" : "host caches", worst);
+    static const char *const kvs[] = {"fp32", "fp16", "bf16"};
+    print_message("resident steps (%s) on %s, %s K/V (%s): worst relative L2 %.3g\n", name,
+                  nsa_context_backend(w.ctx), kvs[w.kv], res ? "device-resident" : "host caches",
+                  worst);
     free(x);
     free(yr);
     twin_free(&w);
