@@ -1209,15 +1209,16 @@ static void resident_run(const nsa_layer_config *c, const char *name)
     twin_free(&w);
 }
 
-static void test_resident(void **state)
+/* test_resident's layer configurations (names[i] says what each covers). */
+static void resident_cfgs(nsa_layer_config cf[3], const char *names[3])
 {
-    (void)state;
     nsa_layer_config c = cfg_small(16, 8, 32);
     c.attn.H = 8;
     c.attn.G = 2;
     c.attn.dk = 12;
     c.attn.dv = 10;
-    resident_run(&c, "RoPE before phi, avg");
+    cf[0] = c;
+    names[0] = "RoPE before phi, avg";
     /* RoPE after phi on part of dk, phi an MLP with a position embedding,
      * shared K/V, a gate MLP */
     nsa_layer_config m = c;
@@ -1228,7 +1229,8 @@ static void test_resident(void **state)
     m.phi_pe = 1;
     m.shared_kv = 1;
     m.gate_hidden = 3;
-    resident_run(&m, "RoPE after phi, MLP phi with pe, shared K/V, gate MLP");
+    cf[1] = m;
+    names[1] = "RoPE after phi, MLP phi with pe, shared K/V, gate MLP";
     /* a linear phi, no RoPE, sigmoid gates; dk, dv not multiples of 4 */
     nsa_layer_config n = c;
     n.rope_dim = 0;
@@ -1237,7 +1239,271 @@ static void test_resident(void **state)
     n.gate_act = NSA_GATE_SIGMOID;
     n.attn.dk = 7;
     n.attn.dv = 5;
-    resident_run(&n, "linear phi, no RoPE, dk 7");
+    cf[2] = n;
+    names[2] = "linear phi, no RoPE, dk 7";
+}
+
+static void test_resident(void **state)
+{
+    (void)state;
+    nsa_layer_config cf[3];
+    const char *names[3];
+    resident_cfgs(cf, names);
+    for (int i = 0; i < 3; i++)
+        resident_run(&cf[i], names[i]);
+}
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* n floats of a (a device-resident state's host rows) = b's (the host-K/V
+ * state's: as computed, the mirror storing them rounded), bit for bit:
+ * rounded (the oracle of tl_round_kv, = the mirror's ST4 by
+ * test_opencl's test_dc_rounding) where rnd, else as they are (rows
+ * both hosts computed: prefill's). */
+static void rows_same(const char *what, int64_t row, const float *a, const float *b, size_t n,
+                      int kv, int rnd)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float want = rnd ? tl_round_kv(kv, b[i]) : b[i];
+        if (bits_of(a[i]) != bits_of(want))
+            fail_msg("%s row %lld element %zu: %a, want %a (from %a)", what, (long long)row, i,
+                     (double)a[i], (double)want, (double)b[i]);
+    }
+}
+
+/* The rows of sequence b of a device-resident state (s1: fetched, host
+ * rows poisoned first) against the host-K/V state's (s2) on the same
+ * inputs: raw rows, the window's rows of the last w positions and
+ * compressed tokens are the same stored bits (rows from position p0 and
+ * tokens from c0 on were computed by steps: s1's came back from its
+ * mirror rounded, s2's host holds them as computed), the compression
+ * ring's rows of the last l - 1 positions (the next step's phi input
+ * with its own row; the fetch brings no more) are the same fp32 rows. */
+static void paths_rows(nsa_decode_state *s1, nsa_decode_state *s2, const nsa_config *a, int b,
+                       int64_t p0, int64_t c0, int kv)
+{
+    nsa_decode_poison_host(s1);
+    nsa_decode_seq v, r;
+    assert_int_equal(nsa_decode_view(s1, b, &v), NSA_OK);
+    assert_int_equal(nsa_decode_view(s2, b, &r), NSA_OK);
+    assert_int_equal(v.t, r.t);
+    const size_t kr = (size_t)a->G * a->dk, vr = (size_t)a->G * a->dv;
+    for (int64_t p = 0; p <= v.t; p++) {
+        rows_same("raw K", p, v.ks + p * kr, r.ks + p * kr, kr, kv, p >= p0);
+        rows_same("raw V", p, v.vs + p * vr, r.vs + p * vr, vr, kv, p >= p0);
+    }
+    for (int64_t p = v.t - a->w + 1 > 0 ? v.t - a->w + 1 : 0; p <= v.t; p++) {
+        const size_t at = (size_t)(p % a->w);
+        rows_same("window K", p, v.kw + at * kr, r.kw + at * kr, kr, kv, p >= p0);
+        rows_same("window V", p, v.vw + at * vr, r.vw + at * vr, vr, kv, p >= p0);
+    }
+    for (int64_t p = v.t - a->l + 2 > 0 ? v.t - a->l + 2 : 0; p <= v.t; p++) {
+        const size_t at = (size_t)(p % a->l);
+        rows_same("ring K", p, v.kr + at * kr, r.kr + at * kr, kr, kv, 0);
+        rows_same("ring V", p, v.vr + at * vr, r.vr + at * vr, vr, kv, 0);
+    }
+    for (int64_t i = 0; i < nsa_bm_n_cmp(a, v.t); i++) {
+        rows_same("compressed K", i, v.kc + i * kr, r.kc + i * kr, kr, kv, i >= c0);
+        rows_same("compressed V", i, v.vc + i * vr, r.vc + i * vr, vr, kv, i >= c0);
+    }
+}
+
+/* steps steps of both states on the same random tokens: y and the
+ * selections bit for bit (the same stored rows, the same kernels), or
+ * with exact = 0 y within spec 9's 1e-5 (s1 the host's way: q, the gates
+ * and Wo from the host's projections, over the same stored rows). */
+static void paths_steps(nsa_layer *L, nsa_decode_state *s1, nsa_decode_state *s2, int B,
+                        int steps, uint64_t seed, int exact)
+{
+    const size_t D = (size_t)L->cfg.D, ns = (size_t)B * L->cfg.attn.G * L->cfg.attn.n;
+    float *x = malloc(sizeof(float) * B * D);
+    for (int s = 0; s < steps; s++) {
+        float *y1 = tl_poisoned(B * D), *y2 = tl_poisoned(B * D);
+        int32_t *q1 = tl_poisoned_i32(ns), *q2 = tl_poisoned_i32(ns);
+        nsa_layer_aux a1, a2;
+        memset(&a1, 0, sizeof a1);
+        memset(&a2, 0, sizeof a2);
+        a1.selection = q1;
+        a2.selection = q2;
+        tl_fill(x, B * D, seed + (uint64_t)s, -1, 1);
+        assert_int_equal(nsa_decode_step(L, s1, x, y1, &a1), NSA_OK);
+        assert_int_equal(nsa_decode_step(L, s2, x, y2, &a2), NSA_OK);
+        if (exact)
+            assert_memory_equal(y1, y2, sizeof(float) * B * D);
+        else
+            assert_true(tl_rel_l2(y1, y2, B * D) <= 1e-5); /* spec 9 */
+        assert_memory_equal(q1, q2, sizeof(int32_t) * ns);
+        free(y1);
+        free(y2);
+        free(q1);
+        free(q2);
+    }
+    free(x);
+}
+
+/* A device-resident state (s1) and one on the mirror's host-K/V path
+ * (s2: NSA_OPENCL_DECODE_HOSTKV, the clbus2 way) of one layer on one
+ * context with K/V stored as kv: the resident K/V rows are the host
+ * path's fp32 rows (same projections, same kernel), rounded on the
+ * device by the same ST4 as s2's mirror applies on upload, and phi reads
+ * the same fp32 rows, so both store the same bits and give the same y,
+ * bit for bit (one caveat, doc/opencl.md "Device-resident steps": keys
+ * rotated on the device may differ from the host's rotation in a last
+ * float bit, which rounding to kv almost always hides). Steps, the rows
+ * fetched, a clone, a reset and prefill, every device operation of a
+ * step failed in turn, the host's way after that. */
+static void half_paths(const nsa_layer_config *c, int kv, int want_res)
+{
+    nsa_context *ctx = ref_ctx();
+    nsa_layer *L;
+    assert_int_equal(nsa_layer_create(ctx, c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 91), NSA_OK);
+    enum { B = 3 };
+    nsa_decode_state *s1, *s2;
+    assert_int_equal(nsa_decode_create(L, B, 0, &s1), NSA_OK);
+    setenv("NSA_OPENCL_DECODE_HOSTKV", "1", 1);
+    assert_int_equal(nsa_decode_create(L, B, 0, &s2), NSA_OK);
+    unsetenv("NSA_OPENCL_DECODE_HOSTKV");
+    assert_int_equal(nsa_decode_resident(s1), want_res);
+    assert_false(nsa_decode_resident(s2));
+    const size_t D = (size_t)c->D;
+    const int prompt[B] = {120, 37, 0};
+    float *x = malloc(sizeof(float) * 200 * D);
+    for (int b = 0; b < B; b++) {
+        if (prompt[b] == 0)
+            continue;
+        tl_fill(x, (size_t)prompt[b] * D, 70 + (uint64_t)b, -1, 1);
+        assert_int_equal(nsa_decode_prefill(s1, b, x, prompt[b], NULL), NSA_OK);
+        assert_int_equal(nsa_decode_prefill(s2, b, x, prompt[b], NULL), NSA_OK);
+    }
+    paths_steps(L, s1, s2, B, 60, 1000, 1); /* 120 -> 180: caches double, tokens emitted */
+    int64_t p0[B], c0[B];
+    for (int b = 0; b < B; b++) {
+        p0[b] = prompt[b];
+        c0[b] = prompt[b] > 0 ? nsa_cmp_tokens(&c->attn, prompt[b]) : 0;
+        paths_rows(s1, s2, &c->attn, b, p0[b], c0[b], kv);
+    }
+    /* a clone of a sequence with rows on the device only; a reset and
+     * prefill of another while 0 and 2 lag on the host */
+    paths_steps(L, s1, s2, B, 10, 2000, 1);
+    for (int i = 0; i < 2; i++) {
+        nsa_decode_state *st = i ? s2 : s1;
+        assert_int_equal(nsa_decode_reset(st, 2), NSA_OK);
+        assert_int_equal(nsa_decode_clone_seq(st, 2, 0), NSA_OK);
+        assert_int_equal(nsa_decode_reset(st, 1), NSA_OK);
+        tl_fill(x, 50 * D, 80, -1, 1);
+        assert_int_equal(nsa_decode_prefill(st, 1, x, 50, NULL), NSA_OK);
+    }
+    p0[1] = 50;
+    c0[1] = nsa_cmp_tokens(&c->attn, 50);
+    p0[2] = p0[0];
+    c0[2] = c0[0];
+    paths_steps(L, s1, s2, B, 20, 3000, 1);
+    /* every device operation of s1's step failed in turn (the state as it
+     * was each time), then the step on both */
+    float *xs = malloc(sizeof(float) * B * D), *y1 = tl_poisoned(B * D), *y2 = tl_poisoned(B * D);
+    tl_fill(xs, B * D, 4000, -1, 1);
+    int k = 1;
+    for (;; k++) {
+        nsa_decode_fail_mirror_after(s1, k);
+        const nsa_status st = nsa_decode_step(L, s1, xs, y1, NULL);
+        if (st == NSA_OK)
+            break;
+        assert_int_equal(st, NSA_ERR_BACKEND);
+        for (int b = 0; b < B; b++)
+            assert_int_equal(nsa_decode_length(s1, b), nsa_decode_length(s2, b));
+    }
+    assert_true(k > 20);
+    assert_int_equal(nsa_decode_step(L, s2, xs, y2, NULL), NSA_OK);
+    assert_memory_equal(y1, y2, sizeof(float) * B * D);
+    paths_steps(L, s1, s2, B, 12, 5000, 1);
+    for (int b = 0; b < B; b++)
+        paths_rows(s1, s2, &c->attn, b, p0[b], c0[b], kv);
+    /* s1 the host's way from here (its fetch first): its host rows are
+     * the stored ones, re-uploaded they round to the same bits */
+    nsa_decode_poison_host(s1);
+    nsa_decode_host_steps(s1);
+    paths_steps(L, s1, s2, B, 6, 6000, 0);
+    free(x);
+    free(xs);
+    free(y1);
+    free(y2);
+    nsa_decode_free(s1);
+    nsa_decode_free(s2);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+}
+
+/* Device-resident steps with K/V stored as fp16 and as bf16 (opencl;
+ * NSA_OPENCL_KV set here for the contexts this test makes, the run's own
+ * restored by half_teardown): test_resident's runs (y within kv_tight of the rounded
+ * reference and kv_tol of the fp32 one, the bus counts, fetches, clone,
+ * reset and prefill, failures), and against the mirror's host-K/V path
+ * bit for bit (half_paths). A state is device-resident here exactly where
+ * an fp32 one is (PoCL: yes). Other backends: nothing to do. */
+static char g_env_kv[16], g_env_hk[16]; /* the run's values ("" unset) */
+
+static int half_setup(void **state)
+{
+    (void)state;
+    const char *kv = getenv("NSA_OPENCL_KV"), *hk = getenv("NSA_OPENCL_DECODE_HOSTKV");
+    snprintf(g_env_kv, sizeof g_env_kv, "%s", kv ? kv : "");
+    snprintf(g_env_hk, sizeof g_env_hk, "%s", hk ? hk : "");
+    return 0;
+}
+
+/* the run's NSA_OPENCL_KV and NSA_OPENCL_DECODE_HOSTKV back, also after a
+ * failure (the later tests read them) */
+static int half_teardown(void **state)
+{
+    (void)state;
+    if (g_env_kv[0])
+        setenv("NSA_OPENCL_KV", g_env_kv, 1);
+    else
+        unsetenv("NSA_OPENCL_KV");
+    if (g_env_hk[0])
+        setenv("NSA_OPENCL_DECODE_HOSTKV", g_env_hk, 1);
+    else
+        unsetenv("NSA_OPENCL_DECODE_HOSTKV");
+    return 0;
+}
+
+static void test_resident_half(void **state)
+{
+    (void)state;
+    const char *be = getenv("NSA_TEST_BACKEND");
+    if (!be || strcmp(be, "opencl") != 0) {
+        print_message("no fp16 / bf16 storage on %s\n", be ? be : "ref");
+        return;
+    }
+    unsetenv("NSA_OPENCL_DECODE_HOSTKV");
+    nsa_layer_config cf[3];
+    const char *names[3];
+    resident_cfgs(cf, names);
+    /* residency with fp32 storage on this device */
+    setenv("NSA_OPENCL_KV", "fp32", 1);
+    nsa_context *ctx = ref_ctx();
+    nsa_layer *L;
+    nsa_decode_state *st;
+    assert_int_equal(nsa_layer_create(ctx, &cf[0], &L), NSA_OK);
+    assert_int_equal(nsa_decode_create(L, 1, 0, &st), NSA_OK);
+    const int res = nsa_decode_resident(st);
+    nsa_decode_free(st);
+    nsa_layer_free(L);
+    nsa_context_free(ctx);
+    const char *kvs[2] = {"fp16", "bf16"};
+    for (int k = 0; k < 2; k++) {
+        setenv("NSA_OPENCL_KV", kvs[k], 1);
+        for (int i = 0; i < 3; i++) {
+            resident_run(&cf[i], names[i]);
+            half_paths(&cf[i], k + 1, res);
+        }
+    }
 }
 
 /* nsa_decode_clone_seq (benchmarks fill a batch with it): the copy steps
@@ -1281,6 +1547,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clone_seq),
         cmocka_unit_test(test_resident),
+        cmocka_unit_test_setup_teardown(test_resident_half, half_setup, half_teardown),
         cmocka_unit_test(test_mirror),
         cmocka_unit_test(test_fused_step),
         cmocka_unit_test(test_mirror_topn),
