@@ -1354,7 +1354,9 @@ static void paths_steps(nsa_layer *L, nsa_decode_state *s1, nsa_decode_state *s2
  * the same fp32 rows, so both store the same bits and give the same y,
  * bit for bit (one caveat, doc/opencl.md "Device-resident steps": keys
  * rotated on the device may differ from the host's rotation in a last
- * float bit, which rounding to kv almost always hides). Steps, the rows
+ * float bit; a ring row with RoPE before phi would then differ in that
+ * bit, a stored row only where it decides the rounding; PoCL, at these
+ * positions: none). Steps, the rows
  * fetched, a clone, a reset and prefill, every device operation of a
  * step failed in turn, the host's way after that. */
 static void half_paths(const nsa_layer_config *c, int kv, int want_res)
