@@ -16,13 +16,17 @@
  * the gates and the attention output stay on the device, and y comes
  * back. Two ways:
  * - device-resident (the mirror's dcache_resident says yes: opencl with
- *   fp32 storage, step_resident): x_t goes up once, the
+ *   any storage kind, step_resident): x_t goes up once, the
  *   K/V projections, the keys' RoPE, phi of an emitted token and the
  *   cache writes happen on the device, and only y_t and the selection
  *   come back. The mirror then holds the newest rows; the host arrays
  *   lag (seq_cache.hlen, hnc) and fetch_seq (vtable dcache_fetch) brings
  *   them up to date wherever they are read: a host step, clone, view,
- *   nsa_decode_compressed, the cached attention;
+ *   nsa_decode_compressed, the cached attention. Where the mirror stores
+ *   K/V rounded (opencl's fp16 / bf16) the fetched raw, window and
+ *   compressed rows are the stored, rounded values (the compression ring
+ *   stays exact); rows written here (prefill, host steps) stay as
+ *   computed, and the mirror rounds them on upload to the same bits;
  * - otherwise the host caches stay the source of truth: the K/V
  *   projections come to the host, which writes its caches (and runs phi),
  *   and the mirror is synced from them at each call.
@@ -66,7 +70,24 @@ struct nsa_decode_state {
     int64_t fused_steps;      /* steps run by the backend's dcache_step */
     int no_step;              /* dcache_step said NSA_ERR_UNSUPPORTED */
     int res;                  /* the mirror runs device-resident steps (dcache_resident) */
+    float (*round)(int, float); /* test hook: stored rows rounded (nsa_decode_round_rows) */
+    int round_kv;
 };
+
+void nsa_decode_round_rows(nsa_decode_state *st, float (*round)(int kv, float x), int kv)
+{
+    if (st) {
+        st->round = round;
+        st->round_kv = kv;
+    }
+}
+
+/* rows rows of row floats at p as the round hook stores them */
+static void round_rows(const nsa_decode_state *st, float *p, int64_t rows, size_t row)
+{
+    for (size_t i = 0; st->round && p && i < (size_t)rows * row; i++)
+        p[i] = st->round(st->round_kv, p[i]);
+}
 
 void nsa_decode_fail_alloc_after(nsa_decode_state *st, int n)
 {
@@ -470,6 +491,17 @@ nsa_status nsa_decode_prefill(nsa_decode_state *st, int b, const float *x, int64
                    sizeof(float) * kr);
             memcpy(sq->vr + (size_t)(p % c->l) * vr, act.v[NSA_BR_CMP] + (size_t)p * vr,
                    sizeof(float) * vr);
+        }
+        if (st->round) { /* test hook: rows as a rounding device stores them */
+            const int64_t nw = S < c->w ? S : c->w;
+            round_rows(st, sq->ks, S, kr);
+            round_rows(st, sq->vs, S, vr);
+            round_rows(st, sq->kc, C, kr);
+            round_rows(st, sq->vc, C, vr);
+            for (int64_t p = S - nw; p < S; p++) {
+                round_rows(st, sq->kw + (size_t)(p % c->w) * kr, 1, kr);
+                round_rows(st, sq->vw + (size_t)(p % c->w) * vr, 1, vr);
+            }
         }
         sq->len = S;
         sq->nc = C;
@@ -906,7 +938,14 @@ static nsa_status step_once(nsa_layer *L, nsa_decode_state *st, const float *x, 
                 memcpy(sq->kc + (size_t)sq->nc * kr, tmp + (size_t)b * per, sizeof(float) * kr);
                 memcpy(sq->vc + (size_t)sq->nc * vr, tmp + (size_t)b * per + kr,
                        sizeof(float) * vr);
+                round_rows(st, sq->kc + (size_t)sq->nc * kr, 1, kr);
+                round_rows(st, sq->vc + (size_t)sq->nc * vr, 1, vr);
             }
+            /* test hook: the new rows as a rounding device stores them */
+            round_rows(st, sq->ks + (size_t)t * kr, 1, kr);
+            round_rows(st, sq->vs + (size_t)t * vr, 1, vr);
+            round_rows(st, kwr, 1, kr);
+            round_rows(st, vwr, 1, vr);
             sd[b] = (nsa_decode_seq){t,      sq->kc, sq->vc, sq->ks, sq->vs,
                                      sq->kw, sq->vw, sq->kr, sq->vr};
         }

@@ -57,5 +57,13 @@ NSA_HIDDEN void nsa_decode_host_steps(nsa_decode_state *st);
  * read (raw rows and compressed tokens past what the host holds, the ring
  * slots of positions it lacks), so a missed fetch shows. */
 NSA_HIDDEN void nsa_decode_poison_host(nsa_decode_state *st);
+/* Test hook: the host caches store every raw, window and compressed row
+ * as round(kv, x) (the compression ring as computed) from now on, right
+ * where they are written (prefill, a host step before its attention): a
+ * reference for a device that stores K/V rounded (opencl's fp16 / bf16).
+ * Prefill's own outputs are not affected (they come before the rows are
+ * stored). NULL: as computed. */
+NSA_HIDDEN void nsa_decode_round_rows(nsa_decode_state *st, float (*round)(int kv, float x),
+                                      int kv);
 
 #endif

@@ -286,7 +286,9 @@ typedef struct nsa_backend_ops {
                               const nsa_dcache_sync *sync);
     /* Optional, with dcache_step: 1 if this mirror runs device-resident
      * steps (nsa_dstep_job's kv ...): then the mirror holds rows the host
-     * caches lack until dcache_fetch brings them down. */
+     * caches lack until dcache_fetch brings them down, as the mirror
+     * stores them (a mirror storing K/V rounded gives the rounded values;
+     * uploading such a row again must store the same value). */
     int (*dcache_resident)(void *dc);
     nsa_status (*dcache_fetch)(nsa_context *ctx, void *dc, const nsa_dfetch *f);
     /* Test hook (optional): bytes the mirror's calls moved to and from the

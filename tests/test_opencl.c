@@ -1287,6 +1287,110 @@ static void test_half_conversions(void **st)
     }
 }
 
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* The decode mirror's device rounding (cl/decode.cl's ST4, in nsa_dc_put
+ * for uploaded rows and nsa_dc_put_step for a device-resident step's)
+ * against the host's upload conversion (nsa_cl_f32_to_f16 / _bf16, what
+ * prefill's nsa_clr_buf_kv stores) and the tests' own oracle
+ * (tl_round_kv), bit for bit, on seeded random bit patterns (every
+ * exponent: Inf, NaN, float subnormals), exact ties of the storage kind
+ * (normal and subnormal; ties to even), values one float ulp off a tie,
+ * fp16's overflow edge and ordinary values; nsa_dc_get's floats of the
+ * stored bits = the host's conversion back; and rounding is idempotent:
+ * the stored values stored again give the same bits (a restored window
+ * slot, a fetched row uploaded again). NaN: a NaN both ways (payloads
+ * may differ). */
+static void test_dc_rounding(void **st)
+{
+    (void)st;
+    NEED_CL();
+    enum { N = 4096 };
+    float *x = malloc(sizeof(float) * N), *back = tl_poisoned(N), *back2 = tl_poisoned(N);
+    uint16_t *sb = malloc(sizeof(uint16_t) * N), *pb = malloc(sizeof(uint16_t) * N),
+             *sb2 = malloc(sizeof(uint16_t) * N), *pb2 = malloc(sizeof(uint16_t) * N);
+    assert_true(x && sb && pb && sb2 && pb2);
+    for (int kv = NSA_CL_KV_F16; kv <= NSA_CL_KV_BF16; kv++) {
+        const int p = kv == NSA_CL_KV_F16 ? 11 : 8, emin = kv == NSA_CL_KV_F16 ? -24 : -133;
+        uint64_t r = 0x9e3779b97f4a7c15ull * (uint64_t)(kv + 7);
+        for (int i = 0; i < N; i++) {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            const uint32_t u = (uint32_t)(r >> 16);
+            const int sign = (int)(r & 1) ? -1 : 1;
+            /* an exponent of the last kept bit from the subnormals up */
+            const int e = emin + (int)((r >> 8) % (uint64_t)(kv == NSA_CL_KV_F16 ? 30 : 250));
+            const double m = (double)((r >> 24) % (1u << p)); /* p-bit significand */
+            switch (i % 5) {
+            case 0: /* any float */
+                memcpy(&x[i], &u, sizeof u);
+                break;
+            case 1: /* a tie: halfway between two stored values */
+                x[i] = (float)(sign * ldexp(m + 0.5, e));
+                break;
+            case 2: /* one float ulp either side of a tie */
+                x[i] = nextafterf((float)(sign * ldexp(m + 0.5, e)), (r >> 40) & 1 ? INFINITY
+                                                                                    : -INFINITY);
+                break;
+            case 3:
+                x[i] = (float)((double)((r >> 20) % 2000001) * 1.5e-6 - 1.5) * sign;
+                break;
+            default: { /* specials and the overflow edges */
+                const float sp[] = {0.0f,     -0.0f,    INFINITY, -INFINITY, NAN,
+                                    65504.0f, 65519.0f, 65520.0f, -65520.0f, 3.3895314e38f,
+                                    3.4e38f,  1e-45f,   1e-40f,   5.9604645e-8f, 2.9802322e-8f,
+                                    2.9802326e-8f};
+                x[i] = sp[(i / 5) % (int)(sizeof sp / sizeof sp[0])];
+            }
+            }
+        }
+        assert_int_equal(nsa_cl_dc_round(g_ctx, kv, x, N, sb, pb, back), NSA_OK);
+        int ties = 0;
+        for (int i = 0; i < N; i++) {
+            const uint16_t h = kv == NSA_CL_KV_F16 ? nsa_cl_f32_to_f16(x[i]) : nsa_cl_f32_to_bf16(x[i]);
+            const float hf = kv == NSA_CL_KV_F16 ? nsa_cl_f16_to_f32(h) : nsa_cl_bf16_to_f32(h);
+            if (isnan(x[i])) {
+                assert_true(isnan(back[i]) && isnan(hf));
+                continue;
+            }
+            ties += i % 5 == 1;
+            if (sb[i] != h || pb[i] != h)
+                fail_msg("kv %d: x = %a (0x%08x): device 0x%04x (put 0x%04x), host 0x%04x", kv,
+                         (double)x[i], f32_bits(x[i]), sb[i], pb[i], h);
+            const float o = tl_round_kv(kv, x[i]);
+            if (f32_bits(o) != f32_bits(hf))
+                fail_msg("kv %d: x = %a: oracle %a, host %a", kv, (double)x[i], (double)o,
+                         (double)hf);
+            assert_int_equal(f32_bits(back[i]), f32_bits(hf));
+        }
+        assert_true(ties > N / 10);
+        /* idempotent: the stored values stored again */
+        assert_int_equal(nsa_cl_dc_round(g_ctx, kv, back, N, sb2, pb2, back2), NSA_OK);
+        for (int i = 0; i < N; i++) {
+            if (isnan(back[i])) {
+                assert_true(isnan(back2[i]));
+                continue;
+            }
+            assert_int_equal(sb2[i], sb[i]);
+            assert_int_equal(pb2[i], sb[i]);
+            assert_int_equal(f32_bits(back2[i]), f32_bits(back[i]));
+        }
+    }
+    free(x);
+    free(back);
+    free(back2);
+    free(sb);
+    free(pb);
+    free(sb2);
+    free(pb2);
+}
+
 static float *rounded_copy(nsa_cl_kv kv, const float *x, size_t n)
 {
     float *y = malloc(sizeof(float) * n);
@@ -1506,6 +1610,7 @@ int main(void)
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),
+        cmocka_unit_test(test_dc_rounding),
         cmocka_unit_test(test_kv_fp16),
         cmocka_unit_test(test_kv_bf16),
         cmocka_unit_test(test_kv_env),

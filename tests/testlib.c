@@ -70,6 +70,33 @@ int32_t *tl_poisoned_i32(size_t n)
     return p;
 }
 
+float tl_round_kv(int kv, float x)
+{
+    if (kv == 0 || !isfinite(x) || x == 0.0f)
+        return x;
+    /* p significant bits, smallest normal exponent emin, largest finite
+     * value top: fp16 11, -14, 65504; bf16 8, -126, (2 - 2^-7) 2^127 */
+    const int p = kv == 1 ? 11 : 8, emin = kv == 1 ? -14 : -126;
+    const double top = kv == 1 ? 65504.0 : ldexp(2.0 - ldexp(1.0, -7), 127);
+    int e;
+    frexp((double)x, &e); /* |x| in [2^(e-1), 2^e) */
+    e = e - 1 < emin ? emin : e - 1;
+    /* the value in units of the last kept bit, rounded to nearest even
+     * (rint in the default rounding mode): exact in double */
+    const double r = ldexp(rint(ldexp((double)x, p - 1 - e)), e - (p - 1));
+    if (fabs(r) > top)
+        return x < 0 ? -INFINITY : INFINITY;
+    return (float)r;
+}
+
+int tl_kv_of(const char *backend)
+{
+    const char *v = getenv("NSA_OPENCL_KV");
+    if (!backend || strcmp(backend, "opencl") != 0 || !v)
+        return 0;
+    return strcmp(v, "fp16") == 0 ? 1 : strcmp(v, "bf16") == 0 ? 2 : 0;
+}
+
 double tl_rel_l2(const float *a, const float *b, size_t n)
 {
     double num = 0.0, den = 0.0;

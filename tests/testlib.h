@@ -26,6 +26,13 @@ int32_t *tl_poisoned_i32(size_t n);
 double tl_rel_l2(const float *a, const float *b, size_t n);
 /* Number of NaN/Inf elements. */
 size_t tl_count_nonfinite(const float *a, size_t n);
+/* x rounded to nearest even as K/V storage kind kv holds it (0 fp32: x;
+ * 1 fp16; 2 bf16), as a float: the tests' own oracle (scaled rint in
+ * double), independent of the library's conversions. NaN stays NaN. */
+float tl_round_kv(int kv, float x);
+/* The storage kind NSA_OPENCL_KV names for the opencl backend (1 fp16,
+ * 2 bf16; 0 for fp32, unset, or another backend). */
+int tl_kv_of(const char *backend);
 
 /* A complete random operator problem for a config and batch. */
 typedef struct tl_problem {

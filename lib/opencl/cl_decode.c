@@ -16,14 +16,17 @@
  * projections (the gate MLP's two linears and SiLU when it has a hidden
  * layer), RoPE of q (its angles in double here where the device has fp64,
  * else from the host), the gate activation, the attention and Wo here in
- * one call, so q, the gates and o stay in the mirror's buffers. With fp32
- * storage (dres: device-resident steps) it also takes the K/V projections
- * (dc_step_kv): x_t goes up once, the keys are rotated here (by q's
- * angles), the rows go into the caches from device memory (nsa_dc_put_step),
- * a compression ring per sequence feeds phi (cl/phi.cl's kernels) for the
- * sequences whose step emits a token, and only y_t and the selection come
- * back; the host caches lag and nsa_cl_dcache_fetch (nsa_dc_get) brings
- * them what they lack. Failure safety of such a step: see dc_step_kv and
+ * one call, so q, the gates and o stay in the mirror's buffers. With
+ * dres (device-resident steps; any storage kind) it also takes the K/V
+ * projections (dc_step_kv): x_t goes up once, the keys are rotated here
+ * (by q's angles), the rows go into the caches from device memory
+ * (nsa_dc_put_step, rounded there to the storage kind as nsa_dc_put
+ * rounds uploaded rows), a compression ring per sequence (fp32 always)
+ * feeds phi (cl/phi.cl's kernels) for the sequences whose step emits a
+ * token, and only y_t and the selection come back; the host caches lag
+ * and nsa_cl_dcache_fetch (nsa_dc_get) brings them what they lack: with
+ * fp16 / bf16 storage the stored, rounded rows as floats (the ring's rows
+ * exact). Failure safety of such a step: see dc_step_kv and
  * nsa_cl_dcache_step (a failure keeps every row a sequence held before
  * the step; only a sequence whose own upload failed is marked stale). */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, for NSA_VERBOSE step timings */
@@ -106,8 +109,8 @@ typedef struct nsa_cl_dcache {
     cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
     int fail_at, ops;     /* test hook: the fail_at-th operation fails */
     int q_on_device;      /* fused step: q and the gates are in DB_Q, DB_GATES already */
-    /* device-resident steps (fp32 storage, the step's kernels usable):
-     * the rows are written here, the host caches lag */
+    /* device-resident steps (the step's kernels usable): the rows are
+     * written here, the host caches lag */
     int dres;
     /* RoPE angles in double on the device (cl/rope64.cl, cl_khr_fp64);
      * else the host's float table goes up with the positions */
@@ -304,11 +307,15 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
         nsa_cl_dcache_free(dc);
         return s;
     }
-    /* device-resident steps: fp32 storage (the rows stay bit-identical to
-     * the host path's) and every kernel of the fused step usable; else the
-     * host caches stay the source of truth. Without the double RoPE (no
+    /* device-resident steps: every kernel of the fused step usable; else
+     * the host caches stay the source of truth. Any storage kind: the
+     * step's fp32 rows are bit-identical to the host path's, and
+     * nsa_dc_put_step rounds them with nsa_dc_put's ST4 (the rounding the
+     * host path's upload applies), so the stored rows are the host path's;
+     * the compression ring stays fp32 (phi reads the host path's rows, and
+     * prefill's phi reads fp32 rows too). Without the double RoPE (no
      * fp64) the keys take the host's float angles, as q does. */
-    dc->dres = st->kv == NSA_CL_KV_F32 && !getenv("NSA_OPENCL_DECODE_HOSTKV");
+    dc->dres = !getenv("NSA_OPENCL_DECODE_HOSTKV");
     dc->rope64 = 1;
     for (int k = 0; k < NSA_CLK_COUNT; k++) {
         const nsa_cl_feat f = nsa_cl_kernel_feat(k);
@@ -1295,7 +1302,10 @@ static nsa_status dc_phi(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_jo
  * cache. What it writes: raw row t, ring slots t % w and t % l, compressed
  * token n_cmp(t) - 1 of an emitting sequence: nothing a step before t
  * committed is read by any later reader but the window slot (the host's
- * view of t - 1 holds t - w), restored on failure. */
+ * view of t - 1 holds t - w), restored on failure. With fp16 / bf16
+ * storage the slot's saved copy is its stored value as fp32 (nsa_dc_get:
+ * exact) and the restore rounds it again: rounding a value the storage
+ * kind holds gives that value, so the slot gets its old bits back. */
 static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
                              nsa_clr_bufs *W, int *saved)
 {
@@ -1562,7 +1572,11 @@ static nsa_status dc_fetch_rows(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem src,
 /* What the host caches of a sequence lack, from the mirror (decode.c:
  * only for a sequence whose mirror copy is valid and current, which a
  * device-resident step guarantees for every sequence with rows the host
- * lacks). */
+ * lacks). With fp16 / bf16 storage the device holds the raw, window and
+ * compressed rows only rounded, so the host gets those, as floats: the
+ * state's rows are the stored ones (uploading one again, after the
+ * mirror went stale or into a clone, rounds it to the same bits); the
+ * compression ring's rows come from the fp32 ring, exact. */
 nsa_status nsa_cl_dcache_fetch(nsa_context *ctx, void *p, const nsa_dfetch *f)
 {
     nsa_cl_dcache *dc = p;
@@ -1703,5 +1717,88 @@ nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, int B, cons
 done:
     clFinish(st->queue); /* no write may still read the caller's arrays */
     nsa_cl_dcache_free(dc);
+    return s;
+}
+
+/* Test hook: x through nsa_dc_put_step and nsa_dc_put into a V cache of
+ * one row (B = G = 1, dim = n) of storage kv, the stored bits read back
+ * raw, and nsa_dc_get's floats of the first. */
+nsa_status nsa_cl_dc_round(nsa_context *ctx, nsa_cl_kv kv, const float *x, int n,
+                           uint16_t *step_bits, uint16_t *put_bits, float *back)
+{
+    nsa_cl_state *st = nsa_cl_state_of(ctx);
+    if (!st)
+        return nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "the context's backend is not opencl");
+    if (kv == NSA_CL_KV_F32 || kv >= NSA_CL_KV_COUNT || n < 4 || n % 4)
+        return nsa_fail(ctx, NSA_ERR_ARG, "nsa_cl_dc_round: kv %d, n %d (fp16/bf16, 4k)", kv, n);
+    nsa_status s = nsa_cl_feature(ctx, st, kv, NSA_CLF_DECODE);
+    if (s != NSA_OK)
+        return s;
+    const int32_t zero[4] = {0, 0, 0, 0}, desc[4] = {1, 0, 0, 0}; /* raw V, b 0, row 0 */
+    const size_t hb = sizeof(uint16_t) * (size_t)n;
+    nsa_clr_bufs W = {st, ctx, 0, {0}};
+    cl_mem src, tpos, dstep, dput, dsc, out;
+    TRY(nsa_clr_buf_new(&W, sizeof(float) * (size_t)n, x, &src));
+    TRY(nsa_clr_buf_new(&W, sizeof zero, zero, &tpos));
+    TRY(nsa_clr_buf_new(&W, sizeof desc, desc, &dsc));
+    TRY(nsa_clr_buf_new(&W, hb, NULL, &dstep));
+    TRY(nsa_clr_buf_new(&W, hb, NULL, &dput));
+    TRY(nsa_clr_buf_new(&W, sizeof(float) * (size_t)n, NULL, &out));
+    {
+        nsa_clr_args a = {st->kernel[kv][NSA_CLK_DC_PUT_STEP], 0, CL_SUCCESS};
+        ARG_MEM(&a, src);
+        ARG_MEM(&a, tpos);
+        ARG_INT(&a, 1);     /* B */
+        ARG_INT(&a, 1);     /* G */
+        ARG_INT(&a, n);     /* dim */
+        ARG_INT(&a, n / 4); /* dim4 */
+        ARG_INT(&a, 1);     /* isv */
+        ARG_INT(&a, 0);     /* mode: raw row t = 0 */
+        ARG_INT(&a, 1);     /* cap */
+        ARG_INT(&a, 1);     /* w */
+        ARG_INT(&a, 1);     /* l */
+        ARG_INT(&a, 1);     /* d */
+        ARG_MEM(&a, dstep);
+        TRY(nsa_clr_launch(&W, &a, "nsa_dc_put_step", (size_t)n / 4, (size_t)st->wg));
+    }
+    {
+        nsa_clr_args a = {st->kernel[kv][NSA_CLK_DC_PUT], 0, CL_SUCCESS};
+        ARG_MEM(&a, src);
+        ARG_MEM(&a, dsc);
+        ARG_INT(&a, 1); /* ndesc */
+        ARG_INT(&a, 1); /* G */
+        ARG_INT(&a, n);
+        ARG_INT(&a, n);
+        ARG_INT(&a, n / 4);
+        ARG_INT(&a, n / 4);
+        ARG_INT(&a, 1); /* cap, ccap, wcap */
+        ARG_INT(&a, 1);
+        ARG_INT(&a, 1);
+        for (int i = 0; i < 6; i++) /* only Vr (kind 1) is written */
+            ARG_MEM(&a, dput);
+        TRY(nsa_clr_launch(&W, &a, "nsa_dc_put", (size_t)n / 4, (size_t)st->wg));
+    }
+    {
+        nsa_clr_args a = {st->kernel[kv][NSA_CLK_DC_GET], 0, CL_SUCCESS};
+        ARG_MEM(&a, dstep);
+        ARG_MEM(&a, tpos);
+        ARG_INT(&a, 0); /* b */
+        ARG_INT(&a, 0); /* row0 */
+        ARG_INT(&a, 1); /* nrows */
+        ARG_INT(&a, 0); /* wrap */
+        ARG_INT(&a, 1); /* G */
+        ARG_INT(&a, n);
+        ARG_INT(&a, n / 4);
+        ARG_INT(&a, 1); /* isv */
+        ARG_INT(&a, 1); /* cap */
+        ARG_MEM(&a, out);
+        TRY(nsa_clr_launch(&W, &a, "nsa_dc_get", (size_t)n / 4, (size_t)st->wg));
+    }
+    TRY(nsa_clr_download(&W, dstep, hb, step_bits));
+    TRY(nsa_clr_download(&W, dput, hb, put_bits));
+    TRY(nsa_clr_download(&W, out, sizeof(float) * (size_t)n, back));
+done:
+    clFinish(st->queue);
+    nsa_clr_bufs_free(&W);
     return s;
 }

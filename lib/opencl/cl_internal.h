@@ -252,6 +252,14 @@ NSA_HIDDEN nsa_status nsa_cl_dc_scores(nsa_context *ctx, const nsa_config *cfg, 
                                        const float *pstat, int nch, int ncmb,
                                        const nsa_csr *map, int max_vis, float *scores);
 
+/* The decode mirror's storage conversions alone (cl_decode.c), for n
+ * floats x (n a multiple of 4) as one V row of storage kind kv (fp16 or
+ * bf16): the stored bits nsa_dc_put_step writes (step_bits) and
+ * nsa_dc_put writes (put_bits), and nsa_dc_get's floats of the former
+ * (back). */
+NSA_HIDDEN nsa_status nsa_cl_dc_round(nsa_context *ctx, nsa_cl_kv kv, const float *x, int n,
+                                      uint16_t *step_bits, uint16_t *put_bits, float *back);
+
 /* The fused decode step's RoPE kernels alone (cl_step.c; cl/rope64.cl):
  * the angles at pos[r] in double, tab[r][rope_dim] (cosines then sines),
  * and q[B][H][dk] rotated in place at tpos[b]. NSA_ERR_UNSUPPORTED where
