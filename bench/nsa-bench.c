@@ -15,7 +15,12 @@
  * with the same thread count. --ref-len S times the reference backend at
  * one (short) length to give the speedup over it.
  *
- * The dense baseline and the peak loops exist for the "cpu" backend. */
+ * The dense baseline exists for the "cpu" and "opencl" backends, the peak
+ * loops for "cpu". On "opencl" the wall times include each call's host
+ * transfers (the operator API is host memory); with NSA_OPENCL_PROFILE=1
+ * each length also gets the device time of the kernels, NSA (phi excluded,
+ * as bench/nsa-cl-bench counts) against the dense baseline's, and their
+ * ratio: the issue's prefill target compares those. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "cpu/cpu_internal.h"
 
@@ -26,6 +31,9 @@
 #include <time.h>
 
 #include "bench_util.h"
+#ifdef NSA_BENCH_OPENCL
+#include "cl_internal.h"
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -139,6 +147,7 @@ static int preset(const char *name, nsa_config *c)
 typedef struct result {
     int S;
     double t_nsa, t_slc, t_dense, t_ref;
+    double k_nsa, k_dense; /* device ms of the kernels (opencl, profiling), else -1 */
     double fl_nsa, fl_slc, fl_dense;
     double tok_cmp, tok_slc, tok_win, tok_dense;
     double bytes_nsa, bytes_slc, bytes_dense;
@@ -149,6 +158,28 @@ static void fail(nsa_context *ctx, nsa_status s, const char *what)
     fprintf(stderr, "nsa-bench: %s: %s (%s)\n", what, nsa_strerror(s),
             ctx ? nsa_context_last_error(ctx) : "");
     exit(1);
+}
+
+/* opencl with NSA_OPENCL_PROFILE=1: the device ms of the kernels since the
+ * last call (nsa_phi excluded when no_phi), and the profile reset; else -1. */
+static double kernel_ms(nsa_context *ctx, int no_phi)
+{
+#ifdef NSA_BENCH_OPENCL
+    nsa_cl_state *st = strcmp(nsa_context_backend(ctx), "opencl") == 0 ? nsa_cl_state_of(ctx)
+                                                                          : NULL;
+    if (st && st->profile) {
+        double ns = 0.0;
+        for (int i = 0; i < st->n_prof; i++)
+            if (!no_phi || strncmp(st->prof[i].label, "nsa_phi", 7) != 0)
+                ns += st->prof[i].ns;
+        st->n_prof = 0;
+        return ns / 1e6;
+    }
+#else
+    (void)ctx;
+    (void)no_phi;
+#endif
+    return -1.0;
 }
 
 static void bench_len(nsa_context *ctx, const nsa_config *c, int S, int runs, int dense_runs,
@@ -177,17 +208,21 @@ static void bench_len(nsa_context *ctx, const nsa_config *c, int S, int runs, in
     a.gates = gates;
     a.out = out;
     a.selection_out = sel;
-    double ts[64];
+    double ts[64], kt[64];
     memset(r, 0, sizeof *r);
     r->S = S;
+    r->k_nsa = r->k_dense = -1.0;
     for (int i = 0; i < runs; i++) {
+        kernel_ms(ctx, 1);
         const double t0 = bench_now();
         nsa_status s = nsa_attention_forward(ctx, c, &a);
         ts[i] = bench_now() - t0;
+        kt[i] = kernel_ms(ctx, 1);
         if (s != NSA_OK)
             fail(ctx, s, "forward");
     }
     r->t_nsa = bench_median(ts, runs);
+    r->k_nsa = kt[0] < 0 ? -1.0 : bench_median(kt, runs);
 
     /* tokens read (spec 7 counters) and work, per query position and group */
     const double hpg = (double)(c->H / c->G), dkv = c->dk + c->dv;
@@ -212,6 +247,27 @@ static void bench_len(nsa_context *ctx, const nsa_config *c, int S, int runs, in
     r->bytes_slc = 4.0 * dkv * r->tok_slc;
     r->bytes_dense = 4.0 * dkv * r->tok_dense;
 
+#ifdef NSA_BENCH_OPENCL
+    if (strcmp(nsa_context_backend(ctx), "opencl") == 0 && dense_runs > 0) {
+        /* the dense causal baseline of the OpenCL backend (nsa-cl-bench's):
+         * the same q and the selected branch's k, v; one warm-up run */
+        nsa_batch bt;
+        nsa_status s = nsa_batch_init(ctx, c, S, NULL, 1, &bt);
+        if (s != NSA_OK || (s = nsa_cl_dense(ctx, c, &bt, q, ks, vs, out)) != NSA_OK)
+            fail(ctx, s, "dense");
+        for (int i = 0; i < dense_runs; i++) {
+            kernel_ms(ctx, 0);
+            const double t0 = bench_now();
+            if ((s = nsa_cl_dense(ctx, c, &bt, q, ks, vs, out)) != NSA_OK)
+                fail(ctx, s, "dense");
+            ts[i] = bench_now() - t0;
+            kt[i] = kernel_ms(ctx, 0);
+        }
+        r->t_dense = bench_median(ts, dense_runs);
+        r->k_dense = kt[0] < 0 ? -1.0 : bench_median(kt, dense_runs);
+        nsa_batch_free(&bt);
+    }
+#endif
     if (strcmp(nsa_context_backend(ctx), "cpu") == 0) {
         /* the selected branch alone, on the forward's own selection */
         nsa_batch bt;
@@ -344,6 +400,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const int is_cpu = strcmp(nsa_context_backend(ctx), "cpu") == 0;
+    const int is_cl = strcmp(nsa_context_backend(ctx), "opencl") == 0;
     double peak = 0.0, bw = 0.0;
     if (is_cpu) {
         const nsa_simd_kernels *k = ((const nsa_cpu_state *)ctx->be_state)->k;
@@ -372,7 +429,8 @@ int main(int argc, char **argv)
         if (S < 1)
             usage();
         result r;
-        bench_len(ctx, &c, S, runs, is_cpu ? dense_runs : 0, &r);
+        bench_len(ctx, &c, S, runs, is_cpu || is_cl ? dense_runs : 0, &r);
+        const double kx = r.k_nsa > 0 && r.k_dense > 0 ? r.k_dense / r.k_nsa : 0.0;
         const double per = (double)S * c.G; /* tokens per query position and group */
         const double g_nsa = r.fl_nsa / r.t_nsa / 1e9;
         const double g_slc = r.t_slc > 0 ? r.fl_slc / r.t_slc / 1e9 : 0.0;
@@ -384,18 +442,28 @@ int main(int argc, char **argv)
                    "\"slc_s\":%.6f,\"slc_gflops\":%.2f,\"slc_pct_peak\":%.1f,"
                    "\"dense_s\":%.6f,\"dense_gflops\":%.2f,\"dense_gbs\":%.2f,"
                    "\"speedup_vs_dense\":%.3f,\"tokens_per_query\":{\"cmp\":%.1f,\"slc\":%.1f,"
-                   "\"win\":%.1f,\"nsa\":%.1f,\"dense\":%.1f},\"token_ratio\":%.3f}",
+                   "\"win\":%.1f,\"nsa\":%.1f,\"dense\":%.1f},\"token_ratio\":%.3f,"
+                   "\"nsa_kernel_ms\":%.3f,\"dense_kernel_ms\":%.3f,\"kernel_speedup\":%.3f}",
                    first ? "" : ",", S, r.t_nsa, g_nsa, r.bytes_nsa * c.G / r.t_nsa / 1e9,
                    r.t_slc, g_slc, peak > 0 ? 100.0 * g_slc / peak : 0.0, r.t_dense, g_dense,
                    r.t_dense > 0 ? r.bytes_dense * c.G / r.t_dense / 1e9 : 0.0, speed,
                    r.tok_cmp / per, r.tok_slc / per, r.tok_win / per, tok_nsa,
-                   r.tok_dense / per, r.tok_dense / per / tok_nsa);
+                   r.tok_dense / per, r.tok_dense / per / tok_nsa, r.k_nsa, r.k_dense, kx);
         else
             printf("%6d %9.4f %8.1f %9.4f %8.1f %9.3f %8.1f %7.2f %6.1f%% %8.1f %8.1f %7.2f "
                    "%7.1f\n",
                    S, r.t_nsa, g_nsa, r.t_slc, g_slc, r.t_dense, g_dense, speed,
                    peak > 0 ? 100.0 * g_slc / peak : 0.0, tok_nsa, r.tok_dense / per,
                    r.tok_dense / per / tok_nsa, r.bytes_nsa * c.G / r.t_nsa / 1e9);
+        if (!json && is_cl) {
+            if (kx > 0)
+                printf("       device kernels: nsa %.3f ms (phi excluded), dense %.3f ms, "
+                       "speedup %.2fx\n",
+                       r.k_nsa, r.k_dense, kx);
+            else
+                printf("       (wall times include the host transfers; NSA_OPENCL_PROFILE=1 "
+                       "adds the kernels' device times)\n");
+        }
         fflush(stdout);
         first = 0;
         p = strchr(p, ',');
