@@ -380,6 +380,8 @@ static void test_core_kernel_unusable(void **s)
 
 int main(void)
 {
+    if (tl_skip_half_storage("opencl"))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_all_usable),
         cmocka_unit_test(test_decode_kernels_unusable),

@@ -305,6 +305,8 @@ static void test_half_storage(void **st)
 
 int main(void)
 {
+    if (tl_skip_half_storage("opencl"))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokens_per_group),
         cmocka_unit_test(test_union_kinds),

@@ -418,6 +418,8 @@ static void test_metadata_strict(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(tl_backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metadata_strict),
         cmocka_unit_test(test_all_vectors),

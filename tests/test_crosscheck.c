@@ -581,6 +581,8 @@ static void test_linear(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_block_shapes),

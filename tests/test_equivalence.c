@@ -576,6 +576,8 @@ static void test_shared_kv_equals_copies(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(tl_backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sliding_full_window_is_dense),
         cmocka_unit_test(test_sliding_window_is_banded),

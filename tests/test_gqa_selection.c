@@ -487,6 +487,8 @@ static void test_selection_in(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(tl_backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_group_selection_recomputed),
         cmocka_unit_test(test_tie_rule),

@@ -1590,6 +1590,8 @@ static void test_dense_baseline(void **st)
 
 int main(void)
 {
+    if (tl_skip_half_storage(backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registered_and_probed),
         cmocka_unit_test(test_device_choice),

@@ -440,6 +440,8 @@ static void test_random_against_spec(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(tl_backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_against_spec),
     };

@@ -426,6 +426,8 @@ static void test_keyed_linear(void **state)
 
 int main(void)
 {
+    if (tl_skip_half_storage(tl_backend_name()))
+        return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_new_weights),
         cmocka_unit_test(test_decode_new_weights),

@@ -209,6 +209,19 @@ const char *tl_backend_name(void)
     return (b && *b) ? b : "ref";
 }
 
+int tl_skip_half_storage(const char *backend)
+{
+    const char *kv = getenv("NSA_OPENCL_KV");
+    if (!backend || strcmp(backend, "opencl") != 0 || !kv ||
+        (strcmp(kv, "fp16") != 0 && strcmp(kv, "bf16") != 0))
+        return 0;
+    printf("skipped: this suite checks the fp32 contract; NSA_OPENCL_KV=%s asks for half "
+           "storage (its tests: test_opencl's test_kv_*, test_cl_slc, test_decode, "
+           "test_decode_mma)\n",
+           kv);
+    return 1;
+}
+
 nsa_context *tl_context(void)
 {
     nsa_context *ctx = NULL;
