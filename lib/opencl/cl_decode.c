@@ -1056,7 +1056,31 @@ static nsa_status dc_linear(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W
         s = nsa_cl_weights(W, j, &w, &b);
     if (s == NSA_OK)
         s = dc_op(ctx, dc);
+    if (s == NSA_OK && dc->st->few_qgo && j->rows <= NSA_CL_FEW_RMAX)
+        return nsa_cl_gemm_few(W, &j, 1, x, &w, &b, &y, "nsa_linear_few");
     return s == NSA_OK ? nsa_cl_gemm(W, j, x, w, b, y) : s;
+}
+
+/* The n linears j[i] over x into y[i] in one launch (nsa_cl_gemm_few:
+ * nsa_linear's bits, so a step's K/V rows stay prefill's); the same
+ * device operations as n dc_linear calls. */
+static nsa_status dc_linears(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W,
+                             const nsa_linear_job *j, int n, cl_mem x, const cl_mem *y)
+{
+    const nsa_linear_job *jp[NSA_CL_FEW_JOBS];
+    cl_mem w[NSA_CL_FEW_JOBS], b[NSA_CL_FEW_JOBS];
+    nsa_status s = NSA_OK;
+    if (n > NSA_CL_FEW_JOBS) {
+        for (int i = 0; i < n && s == NSA_OK; i++)
+            s = dc_linear(ctx, dc, W, &j[i], x, y[i]);
+        return s;
+    }
+    for (int i = 0; i < n && s == NSA_OK; i++) {
+        jp[i] = &j[i];
+        if ((s = dc_op(ctx, dc)) == NSA_OK && (s = nsa_cl_weights(W, &j[i], &w[i], &b[i])) == NSA_OK)
+            s = dc_op(ctx, dc);
+    }
+    return s == NSA_OK ? nsa_cl_gemm_few(W, jp, n, x, w, b, y, "nsa_linear_few (K/V)") : s;
 }
 
 /* The gates from x (in DB_X) into DB_GATES: the first linear, for a gate
@@ -1319,12 +1343,11 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
             return s;
         dc->psrc_ok = 1;
     }
-    for (int i = 0; i < nbr; i++)
-        if ((s = dc_linear(ctx, dc, W, &sj->kv[2 * i], dc->buf[DB_X].m,
-                           dc->buf[DB_K0 + i].m)) != NSA_OK ||
-            (s = dc_linear(ctx, dc, W, &sj->kv[2 * i + 1], dc->buf[DB_X].m,
-                           dc->buf[DB_V0 + i].m)) != NSA_OK)
-            return s;
+    cl_mem kvy[6]; /* nkv is 2 or 6 (checked): K then V of each branch */
+    for (int i = 0; i < 2 * nbr; i++)
+        kvy[i] = dc->buf[(i % 2 ? DB_V0 : DB_K0) + i / 2].m;
+    if ((s = dc_linears(ctx, dc, W, sj->kv, 2 * nbr, dc->buf[DB_X].m, kvy)) != NSA_OK)
+        return s;
     const int bc = 0, bs = nbr > 1 ? 1 : 0, bw = nbr > 1 ? 2 : 0; /* NSA_BR_* */
     /* phi reads the un-rotated keys with RoPE "after", the rotated ones
      * before (the host's k_for_phi) */
