@@ -171,7 +171,7 @@ __kernel void nsa_linear_few(__global const float *x, int rows, int in, int njob
     __global const float *W = j == 0 ? w0 : j == 1 ? w1 : j == 2 ? w2 : j == 3 ? w3 : j == 4 ? w4 : w5;
     __global const float *b = j == 0 ? b0 : j == 1 ? b1 : j == 2 ? b2 : j == 3 ? b3 : j == 4 ? b4 : b5;
     __global float *y = j == 0 ? y0 : j == 1 ? y1 : j == 2 ? y2 : j == 3 ? y3 : j == 4 ? y4 : y5;
-    const int o0 = t * NSA_FEW_OUTS;
+    const int o0 = t * NSA_FEW_OUTS, nr = rows - r0;
     /* nsa_linear's chain runs to in rounded up to its k tile */
     const int kend = (in + NSA_GEMM_KD - 1) / NSA_GEMM_KD * NSA_GEMM_KD;
     float acc[NSA_FEW_RMAX / NSA_FEW_RG];
@@ -194,6 +194,8 @@ __kernel void nsa_linear_few(__global const float *x, int rows, int in, int njob
             const float4 w = vload4(0, ws + lo * NSA_FEW_LD + kk);
 #pragma unroll
             for (int i = 0; i < NSA_FEW_RMAX / NSA_FEW_RG; i++) {
+                if (rg + i * NSA_FEW_RG >= nr)
+                    break; /* rows past the batch: not stored */
                 const float4 v = vload4(0, xs + (rg + i * NSA_FEW_RG) * NSA_FEW_LD + kk);
                 acc[i] += v.x * w.x;
                 acc[i] += v.y * w.y;

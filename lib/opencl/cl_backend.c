@@ -23,7 +23,7 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles",
     "nsa_cmp_scores_wg",
     "nsa_dc_put_step", "nsa_dc_get", "nsa_dc_ring_put", "nsa_dc_ring_gather", "nsa_dr_rope_cmp",
-    "nsa_linear_few"};
+    "nsa_linear_few", "nsa_dr_rope_keys"};
 
 static int cl_probe(char *why, size_t len)
 {

@@ -1353,7 +1353,22 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
      * before (the host's k_for_phi) */
     if (sj->rope_after && (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK)
         return s;
-    for (int i = 0; i < nbr && sj->rope_dim > 0; i++)
+    if (sj->rope_dim > 0 && dc->rope64) { /* every branch's keys in one launch */
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE_KEYS], 0, CL_SUCCESS};
+        for (int i = 0; i < 3; i++)
+            ARG_MEM(&a, dc->buf[DB_K0 + (i < nbr ? i : 0)].m);
+        ARG_INT(&a, nbr);
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_INT(&a, dc->B);
+        ARG_INT(&a, c->G);
+        ARG_INT(&a, c->dk);
+        ARG_INT(&a, sj->rope_dim);
+        ARG_MEM(&a, dc->buf[DB_INVF].m);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dr_rope_keys",
+                           (size_t)nbr * B * G * (size_t)(sj->rope_dim / 2))) != NSA_OK)
+            return s;
+    }
+    for (int i = 0; i < nbr && sj->rope_dim > 0 && !dc->rope64; i++)
         if ((s = dc_rope(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
             return s;
     if ((!sj->rope_after &&
