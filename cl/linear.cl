@@ -168,8 +168,10 @@ __kernel void nsa_linear_few(__global const float *x, int rows, int in, int njob
         j++;
         out = j == 1 ? out1 : j == 2 ? out2 : j == 3 ? out3 : j == 4 ? out4 : out5;
     }
-    __global const float *W = j == 0 ? w0 : j == 1 ? w1 : j == 2 ? w2 : j == 3 ? w3 : j == 4 ? w4 : w5;
-    __global const float *b = j == 0 ? b0 : j == 1 ? b1 : j == 2 ? b2 : j == 3 ? b3 : j == 4 ? b4 : b5;
+    __global const float *W =
+        j == 0 ? w0 : j == 1 ? w1 : j == 2 ? w2 : j == 3 ? w3 : j == 4 ? w4 : w5;
+    __global const float *b =
+        j == 0 ? b0 : j == 1 ? b1 : j == 2 ? b2 : j == 3 ? b3 : j == 4 ? b4 : b5;
     __global float *y = j == 0 ? y0 : j == 1 ? y1 : j == 2 ? y2 : j == 3 ? y3 : j == 4 ? y4 : y5;
     const int o0 = t * NSA_FEW_OUTS, nr = rows - r0;
     /* nsa_linear's chain runs to in rounded up to its k tile */

@@ -1143,7 +1143,8 @@ static void test_linear_few(void **st)
 {
     (void)st;
     NEED_CL();
-    const int shapes[][2] = {{5, 3}, {64, 16}, {300, 129}, {128, 40}, {2048, 77}, {130, 1}, {7, 33}};
+    const int shapes[][2] = {{5, 3},    {64, 16}, {300, 129}, {128, 40},
+                             {2048, 77}, {130, 1}, {7, 33}};
     const int nshape = (int)(sizeof shapes / sizeof shapes[0]);
     const int rowset[] = {1, 2, 3, 4, 5, 7, 8, 11, 15, 16, 17, 35};
     int c = 0;

@@ -338,8 +338,6 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
     }
     const char *prof = getenv("NSA_OPENCL_PROFILE");
     st->profile = prof && *prof && strcmp(prof, "0") != 0;
-    const char *fq = getenv("NSA_OPENCL_FEW_QGO");
-    st->few_qgo = fq && *fq && strcmp(fq, "0") != 0;
     st->queue = clCreateCommandQueue(st->context, st->device,
                                      st->profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
     if (err != CL_SUCCESS) {

@@ -1056,8 +1056,6 @@ static nsa_status dc_linear(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W
         s = nsa_cl_weights(W, j, &w, &b);
     if (s == NSA_OK)
         s = dc_op(ctx, dc);
-    if (s == NSA_OK && dc->st->few_qgo && j->rows <= NSA_CL_FEW_RMAX)
-        return nsa_cl_gemm_few(W, &j, 1, x, &w, &b, &y, "nsa_linear_few");
     return s == NSA_OK ? nsa_cl_gemm(W, j, x, w, b, y) : s;
 }
 
@@ -1077,7 +1075,8 @@ static nsa_status dc_linears(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *
     }
     for (int i = 0; i < n && s == NSA_OK; i++) {
         jp[i] = &j[i];
-        if ((s = dc_op(ctx, dc)) == NSA_OK && (s = nsa_cl_weights(W, &j[i], &w[i], &b[i])) == NSA_OK)
+        if ((s = dc_op(ctx, dc)) == NSA_OK &&
+            (s = nsa_cl_weights(W, &j[i], &w[i], &b[i])) == NSA_OK)
             s = dc_op(ctx, dc);
     }
     return s == NSA_OK ? nsa_cl_gemm_few(W, jp, n, x, w, b, y, "nsa_linear_few (K/V)") : s;

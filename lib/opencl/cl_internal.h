@@ -129,7 +129,6 @@ typedef struct nsa_cl_state {
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
     int profile;           /* NSA_OPENCL_PROFILE set: kernels are timed */
-    int few_qgo; /* NSA_OPENCL_FEW_QGO: 1 the step's q, gates, Wo by nsa_linear_few, 0 nsa_linear_rows */
     int n_prof;
     nsa_cl_prof prof[NSA_CL_PROF_MAX];
 } nsa_cl_state;
