@@ -35,6 +35,22 @@ __kernel void nsa_dr_rope(__global float *q, __global const int *tpos, int B, in
     nsa_dr_rot(q + (size_t)bh * dk, k, nh, (double)tpos[b] * inv[k]);
 }
 
+/* nsa_dr_rope over the keys [B][G][dk] of nb (1 .. 3) branches in one
+ * launch (a device-resident step's k0, k1, k2): the same rotation. */
+__kernel void nsa_dr_rope_keys(__global float *k0, __global float *k1, __global float *k2,
+                               int nb, __global const int *tpos, int B, int G, int dk,
+                               int rope_dim, __global const double *inv)
+{
+    const int nh = rope_dim / 2, per = B * G * nh;
+    const int i = get_global_id(0);
+    if (i >= nb * per)
+        return;
+    const int br = i / per, j = i % per;
+    const int k = j % nh, bg = j / nh;
+    __global float *v = br == 0 ? k0 : br == 1 ? k1 : k2;
+    nsa_dr_rot(v + (size_t)bg * dk, k, nh, (double)tpos[bg / G] * inv[k]);
+}
+
 /* RoPE "after" of the device-resident step: the compressed token kc[B][G][dk]
  * of each sequence whose step at t = tpos[b] emits one, rotated at its
  * position i d (i = (t + 1 - l) / d its index), as lib/decode.c's host

@@ -1135,6 +1135,56 @@ static void test_nonfinite_inputs(void **st)
     tl_problem_free(&P);
 }
 
+/* nsa_linear_few (a decode step's K/V projections in one launch) against
+ * nsa_linear, bit for bit: rows 1 .. 16 and past one row block, in and out
+ * off every tile (16 outputs, 128 and 64 columns, float4 loads), 1 .. 6
+ * jobs of different widths over one x, with and without bias. */
+static void test_linear_few(void **st)
+{
+    (void)st;
+    NEED_CL();
+    const int shapes[][2] = {{5, 3},    {64, 16}, {300, 129}, {128, 40},
+                             {2048, 77}, {130, 1}, {7, 33}};
+    const int nshape = (int)(sizeof shapes / sizeof shapes[0]);
+    const int rowset[] = {1, 2, 3, 4, 5, 7, 8, 11, 15, 16, 17, 35};
+    int c = 0;
+    for (int si = 0; si < nshape; si++)
+        for (int ri = 0; ri < (int)(sizeof rowset / sizeof rowset[0]); ri++, c++) {
+            const int in = shapes[si][0], rows = rowset[ri];
+            const int n = 1 + c % 6;
+            nsa_linear_job j[6];
+            float *x = malloc(sizeof(float) * rows * in);
+            assert_non_null(x);
+            tl_fill(x, (size_t)rows * in, 300 + c, -1, 1);
+            for (int i = 0; i < n; i++) {
+                const int out = shapes[si][1] + 5 * i;
+                float *w = malloc(sizeof(float) * out * in), *b = malloc(sizeof(float) * out);
+                assert_true(w && b);
+                tl_fill(w, (size_t)out * in, 400 + 7 * c + i, -0.3f, 0.3f);
+                tl_fill(b, (size_t)out, 500 + 7 * c + i, -1, 1);
+                j[i] = (nsa_linear_job){x, rows, in, out, w, (c + i) % 2 ? b : NULL,
+                                        tl_poisoned((size_t)rows * out), NULL};
+                if (!j[i].b)
+                    free(b);
+            }
+            float *wants[6];
+            for (int i = 0; i < n; i++) { /* nsa_linear, a job at a time */
+                nsa_linear_job one = j[i];
+                one.y = wants[i] = tl_poisoned((size_t)rows * j[i].out);
+                assert_int_equal(nsa_run_linear(g_ctx, &one), NSA_OK);
+            }
+            assert_int_equal(nsa_cl_linear_few(g_ctx, j, n), NSA_OK);
+            for (int i = 0; i < n; i++) {
+                assert_memory_equal(j[i].y, wants[i], sizeof(float) * rows * j[i].out);
+                free(wants[i]);
+                free(j[i].y);
+                free((void *)j[i].w);
+                free((void *)j[i].b);
+            }
+            free(x);
+        }
+}
+
 /* The layer's projections (linear) against the reference: sizes off the
  * 16-wide tiles on every side, with and without bias. */
 static void test_linear(void **st)
@@ -1610,6 +1660,7 @@ int main(void)
         cmocka_unit_test(test_tile_shapes),
         cmocka_unit_test(test_nonfinite_inputs),
         cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_linear_few),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),
         cmocka_unit_test(test_dc_rounding),

@@ -22,7 +22,8 @@ static const char *const kernel_names[NSA_CLK_COUNT] = {
     "nsa_ds_rope",    "nsa_ds_gate",
     "nsa_slc_attn",   "nsa_ds_silu", "nsa_dr_rope", "nsa_dr_angles",
     "nsa_cmp_scores_wg",
-    "nsa_dc_put_step", "nsa_dc_get", "nsa_dc_ring_put", "nsa_dc_ring_gather", "nsa_dr_rope_cmp"};
+    "nsa_dc_put_step", "nsa_dc_get", "nsa_dc_ring_put", "nsa_dc_ring_gather", "nsa_dr_rope_cmp",
+    "nsa_linear_few", "nsa_dr_rope_keys"};
 
 static int cl_probe(char *why, size_t len)
 {
@@ -64,7 +65,7 @@ nsa_cl_feat nsa_cl_kernel_feat(int k)
         return NSA_CLF_DECODE;
     if (strncmp(n, "nsa_ds_", 7) == 0)
         return NSA_CLF_STEP;
-    if (strcmp(n, "nsa_linear_rows") == 0)
+    if (strcmp(n, "nsa_linear_rows") == 0 || strcmp(n, "nsa_linear_few") == 0)
         return NSA_CLF_ROWS;
     if (strncmp(n, "nsa_dr_", 7) == 0)
         return NSA_CLF_ROPE64;
@@ -219,6 +220,7 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
         char *why = st->kernel_why[kv][k];
         const size_t need = k == NSA_CLK_LINEAR        ? NSA_CL_GEMM_TS * NSA_CL_GEMM_TS
                             : k == NSA_CLK_LINEAR_ROWS ? NSA_CL_LIN_WG
+                            : k == NSA_CLK_LINEAR_FEW  ? NSA_CL_FEW_WG
                                                        : (size_t)st->wg;
         make_kernel(st, prog, kernel_names[k], need, &ks[k], why, sizeof st->kernel_why[kv][k]);
         if (ks[k])

@@ -1075,6 +1075,29 @@ static nsa_status dc_linear(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W
     return s == NSA_OK ? nsa_cl_gemm(W, j, x, w, b, y) : s;
 }
 
+/* The n linears j[i] over x into y[i] in one launch (nsa_cl_gemm_few:
+ * nsa_linear's bits, so a step's K/V rows stay prefill's); the same
+ * device operations as n dc_linear calls. */
+static nsa_status dc_linears(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *W,
+                             const nsa_linear_job *j, int n, cl_mem x, const cl_mem *y)
+{
+    const nsa_linear_job *jp[NSA_CL_FEW_JOBS];
+    cl_mem w[NSA_CL_FEW_JOBS], b[NSA_CL_FEW_JOBS];
+    nsa_status s = NSA_OK;
+    if (n > NSA_CL_FEW_JOBS) {
+        for (int i = 0; i < n && s == NSA_OK; i++)
+            s = dc_linear(ctx, dc, W, &j[i], x, y[i]);
+        return s;
+    }
+    for (int i = 0; i < n && s == NSA_OK; i++) {
+        jp[i] = &j[i];
+        if ((s = dc_op(ctx, dc)) == NSA_OK &&
+            (s = nsa_cl_weights(W, &j[i], &w[i], &b[i])) == NSA_OK)
+            s = dc_op(ctx, dc);
+    }
+    return s == NSA_OK ? nsa_cl_gemm_few(W, jp, n, x, w, b, y, "nsa_linear_few (K/V)") : s;
+}
+
 /* The gates from x (in DB_X) into DB_GATES: the first linear, for a gate
  * MLP into DB_GHID then SiLU and the second linear (spec 5), then the
  * activation; read back when the job asks for them. */
@@ -1338,18 +1361,32 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
             return s;
         dc->psrc_ok = 1;
     }
-    for (int i = 0; i < nbr; i++)
-        if ((s = dc_linear(ctx, dc, W, &sj->kv[2 * i], dc->buf[DB_X].m,
-                           dc->buf[DB_K0 + i].m)) != NSA_OK ||
-            (s = dc_linear(ctx, dc, W, &sj->kv[2 * i + 1], dc->buf[DB_X].m,
-                           dc->buf[DB_V0 + i].m)) != NSA_OK)
-            return s;
+    cl_mem kvy[6]; /* nkv is 2 or 6 (checked): K then V of each branch */
+    for (int i = 0; i < 2 * nbr; i++)
+        kvy[i] = dc->buf[(i % 2 ? DB_V0 : DB_K0) + i / 2].m;
+    if ((s = dc_linears(ctx, dc, W, sj->kv, 2 * nbr, dc->buf[DB_X].m, kvy)) != NSA_OK)
+        return s;
     const int bc = 0, bs = nbr > 1 ? 1 : 0, bw = nbr > 1 ? 2 : 0; /* NSA_BR_* */
     /* phi reads the un-rotated keys with RoPE "after", the rotated ones
      * before (the host's k_for_phi) */
     if (sj->rope_after && (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK)
         return s;
-    for (int i = 0; i < nbr && sj->rope_dim > 0; i++)
+    if (sj->rope_dim > 0 && dc->rope64) { /* every branch's keys in one launch */
+        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE_KEYS], 0, CL_SUCCESS};
+        for (int i = 0; i < 3; i++)
+            ARG_MEM(&a, dc->buf[DB_K0 + (i < nbr ? i : 0)].m);
+        ARG_INT(&a, nbr);
+        ARG_MEM(&a, dc->buf[DB_TPOS].m);
+        ARG_INT(&a, dc->B);
+        ARG_INT(&a, c->G);
+        ARG_INT(&a, c->dk);
+        ARG_INT(&a, sj->rope_dim);
+        ARG_MEM(&a, dc->buf[DB_INVF].m);
+        if ((s = dc_launch(ctx, dc, &a, "nsa_dr_rope_keys",
+                           (size_t)nbr * B * G * (size_t)(sj->rope_dim / 2))) != NSA_OK)
+            return s;
+    }
+    for (int i = 0; i < nbr && sj->rope_dim > 0 && !dc->rope64; i++)
         if ((s = dc_rope(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
             return s;
     if ((!sj->rope_after &&

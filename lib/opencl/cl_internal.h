@@ -50,6 +50,8 @@ enum {
     NSA_CLK_DC_RING_PUT,
     NSA_CLK_DC_RING_GATHER,
     NSA_CLK_DR_ROPE_CMP,
+    NSA_CLK_LINEAR_FEW,
+    NSA_CLK_DR_ROPE_KEYS,
     NSA_CLK_COUNT
 };
 
@@ -220,6 +222,11 @@ NSA_HIDDEN nsa_status nsa_cl_hook_state(nsa_context *ctx, nsa_cl_state **st);
  * q[T][H][dk], k[T][G][dk], v[T][G][dv] -> out[T][H][dv], per sequence. */
 NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,
                                    const float *q, const float *k, const float *v, float *out);
+
+/* nsa_linear_few alone over n (1 .. 6) linears of one x (same x, rows,
+ * in; weights uploaded per call): NSA_ERR_UNSUPPORTED where the device
+ * lacks the kernel (cl_linear.c). */
+NSA_HIDDEN nsa_status nsa_cl_linear_few(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 
 /* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
 NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,

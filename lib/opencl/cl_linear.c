@@ -35,6 +35,45 @@ nsa_status nsa_cl_gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_me
     return nsa_clr_launch_nd(B, &a, "nsa_linear", 2, global, local);
 }
 
+nsa_status nsa_cl_gemm_few(nsa_clr_bufs *B, const nsa_linear_job *const *j, int n, cl_mem x,
+                           const cl_mem *w, const cl_mem *b, const cl_mem *y, const char *label)
+{
+    cl_kernel k = B->st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_FEW];
+    int fits = k && n >= 1 && n <= NSA_CL_FEW_JOBS && j[0]->rows <= INT_MAX;
+    size_t tiles = 0;
+    for (int i = 0; fits && i < n; i++) {
+        fits = j[i]->rows == j[0]->rows && j[i]->in == j[0]->in;
+        tiles += ((size_t)j[i]->out + NSA_CL_FEW_OUTS - 1) / NSA_CL_FEW_OUTS;
+    }
+    if (!fits || tiles * NSA_CL_FEW_WG > INT_MAX) {
+        nsa_status s = NSA_OK;
+        for (int i = 0; i < n && s == NSA_OK; i++)
+            s = nsa_cl_gemm(B, j[i], x, w[i], b[i], y[i]);
+        return s;
+    }
+    nsa_clr_args a = {k, 0, CL_SUCCESS};
+    int has_b = 0;
+    for (int i = 0; i < n; i++)
+        has_b |= (j[i]->b != NULL) << i;
+    ARG_MEM(&a, x);
+    ARG_INT(&a, j[0]->rows);
+    ARG_INT(&a, j[0]->in);
+    ARG_INT(&a, n);
+    ARG_INT(&a, has_b);
+    for (int i = 0; i < NSA_CL_FEW_JOBS; i++) { /* the unused slots repeat job 0 */
+        const int u = i < n ? i : 0;
+        ARG_MEM(&a, w[u]);
+        ARG_MEM(&a, b[u]);
+        ARG_MEM(&a, y[u]);
+        ARG_INT(&a, j[u]->out);
+    }
+    const size_t rows = (size_t)j[0]->rows;
+    const size_t local[2] = {NSA_CL_FEW_WG, 1};
+    const size_t global[2] = {tiles * NSA_CL_FEW_WG,
+                              (rows + NSA_CL_FEW_RMAX - 1) / NSA_CL_FEW_RMAX};
+    return nsa_clr_launch_nd(B, &a, label, 2, global, local);
+}
+
 nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
 {
     nsa_cl_state *st = ctx->be_state;
@@ -51,6 +90,37 @@ nsa_status nsa_cl_linear(nsa_context *ctx, const nsa_linear_job *j)
     TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
     TRY(nsa_cl_gemm(&B, j, x, w, b, y));
     TRY(nsa_clr_download(&B, y, sizeof(float) * rows * j->out, j->y));
+done:
+    nsa_clr_bufs_free(&B);
+    return s;
+}
+
+nsa_status nsa_cl_linear_few(nsa_context *ctx, const nsa_linear_job *jobs, int n)
+{
+    nsa_cl_state *st;
+    nsa_status s = nsa_cl_hook_state(ctx, &st);
+    if (s != NSA_OK)
+        return s;
+    if (!st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_FEW] || n < 1 || n > NSA_CL_FEW_JOBS)
+        return nsa_fail(ctx, NSA_ERR_UNSUPPORTED, "opencl: nsa_linear_few cannot run %d jobs here",
+                        n);
+    for (int i = 0; i < n; i++)
+        if (jobs[i].rows != jobs[0].rows || jobs[i].in != jobs[0].in || jobs[i].x != jobs[0].x ||
+            jobs[i].rows < 1 || jobs[i].rows > INT_MAX)
+            return nsa_fail(ctx, NSA_ERR_ARG, "opencl: nsa_linear_few's jobs share x, rows, in");
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    const size_t rows = (size_t)jobs[0].rows;
+    const nsa_linear_job *jp[NSA_CL_FEW_JOBS];
+    cl_mem x, w[NSA_CL_FEW_JOBS], b[NSA_CL_FEW_JOBS], y[NSA_CL_FEW_JOBS];
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * jobs[0].in, jobs[0].x, &x));
+    for (int i = 0; i < n; i++) {
+        jp[i] = &jobs[i];
+        TRY(nsa_cl_weights(&B, &jobs[i], &w[i], &b[i]));
+        TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * jobs[i].out, NULL, &y[i]));
+    }
+    TRY(nsa_cl_gemm_few(&B, jp, n, x, w, b, y, "nsa_linear_few"));
+    for (int i = 0; i < n; i++)
+        TRY(nsa_clr_download(&B, y[i], sizeof(float) * rows * jobs[i].out, jobs[i].y));
 done:
     nsa_clr_bufs_free(&B);
     return s;

@@ -28,6 +28,23 @@ NSA_HIDDEN cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *bufs, const nsa_linear_job
 NSA_HIDDEN nsa_status nsa_cl_gemm(nsa_clr_bufs *bufs, const nsa_linear_job *j, cl_mem x,
                                   cl_mem w, cl_mem b, cl_mem y);
 
+/* nsa_linear_few (cl/linear.cl): NSA_CL_FEW_WG lanes a work-group,
+ * NSA_CL_FEW_OUTS outputs of one job and NSA_CL_FEW_RMAX rows each, up to
+ * NSA_CL_FEW_JOBS jobs a launch. */
+#define NSA_CL_FEW_WG 64
+#define NSA_CL_FEW_OUTS 16
+#define NSA_CL_FEW_RMAX 16
+#define NSA_CL_FEW_JOBS 6
+
+/* The n linears j[i] (same rows and in) over x into y[i], weights w[i],
+ * b[i] (from nsa_cl_weights), in one launch of nsa_linear_few: every
+ * output equals nsa_linear's bit for bit. Where the device lacks that
+ * kernel or the jobs do not fit it, each by nsa_cl_gemm. label: the
+ * launch's name in profiles. */
+NSA_HIDDEN nsa_status nsa_cl_gemm_few(nsa_clr_bufs *bufs, const nsa_linear_job *const *j, int n,
+                                      cl_mem x, const cl_mem *w, const cl_mem *b,
+                                      const cl_mem *y, const char *label);
+
 /* n linears over one x (vtable linear_many): x uploaded once, one wait. */
 NSA_HIDDEN nsa_status nsa_cl_linear_many(nsa_context *ctx, const nsa_linear_job *jobs, int n);
 
