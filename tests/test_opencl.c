@@ -1498,6 +1498,13 @@ static void half_case(nsa_cl_kv kv)
      * storage), they ran here too: their half-storage variant skips the
      * lo words of K and V (cl/mma_frag.cl's MMA_3KV) */
     assert_int_equal(nsa_cl_kernels(g_ctx, cs, NSA_CL_KV_F32), NSA_OK);
+    /* the tensor-core program of this kind was tried while it was in use,
+     * even when its main program was built earlier for a caller that did
+     * not switch (test_dc_rounding's hook): each kernel exists or says why
+     * not (on PoCL: "not an NVIDIA device") */
+    for (int k = 0; k < NSA_CLM_COUNT; k++)
+        if (!cs->mma_kernel[kv][k] && !cs->mma_why[kv][k][0])
+            fail_msg("tensor-core kernel %d with half storage: never tried", k);
     for (int k = NSA_CLM_GROUP_ATTN; k <= NSA_CLM_SLC_ATTN; k++)
         if (cs->mma_kernel[NSA_CL_KV_F32][k] && !cs->mma_kernel[kv][k])
             fail_msg("tensor-core kernel %d unusable with half storage: %s", k,

@@ -207,8 +207,13 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 
 nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 {
-    if (st->program[kv])
+    if (st->program[kv]) {
+        if (kv == st->kv && !st->mma_tried[kv]) {
+            st->mma_tried[kv] = 1;
+            mma_init(ctx, st, kv);
+        }
         return NSA_OK;
+    }
     char opts[512];
     nsa_cl_options(st, kv, opts, sizeof opts);
     cl_program prog;
@@ -242,8 +247,10 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     st->program[kv] = prog;
     memcpy(st->kernel[kv], ks, sizeof ks);
     nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
-    if (kv == st->kv)
+    if (kv == st->kv) {
+        st->mma_tried[kv] = 1;
         mma_init(ctx, st, kv);
+    }
     return NSA_OK;
 }
 

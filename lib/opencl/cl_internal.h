@@ -125,6 +125,10 @@ typedef struct nsa_cl_state {
     cl_program mma_program[NSA_CL_KV_COUNT];
     cl_kernel mma_kernel[NSA_CL_KV_COUNT][NSA_CLM_COUNT];
     char mma_why[NSA_CL_KV_COUNT][NSA_CLM_COUNT][160];
+    /* mma_init ran for the kind: the first nsa_cl_kernels call for it
+     * while it is the storage in use (the main program may have been
+     * built earlier, for another kind's caller) */
+    int mma_tried[NSA_CL_KV_COUNT];
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
