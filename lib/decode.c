@@ -545,6 +545,12 @@ int64_t nsa_decode_host_len(const nsa_decode_state *st, int b)
     return (st && b >= 0 && b < st->B) ? st->seq[b].hlen : -1;
 }
 
+int nsa_decode_host_angles(const nsa_decode_state *st)
+{
+    return nsa_decode_resident(st) && st->be->dcache_host_angles &&
+           st->be->dcache_host_angles(st->dc);
+}
+
 void nsa_decode_bus(nsa_decode_state *st, uint64_t io[3])
 {
     io[0] = io[1] = io[2] = 0;

@@ -46,6 +46,11 @@ NSA_HIDDEN nsa_status nsa_decode_attend_cached(nsa_decode_state *st, const float
 NSA_HIDDEN int nsa_decode_resident(const nsa_decode_state *st);
 /* Raw rows sequence b's host arrays hold (the rest only on the device). */
 NSA_HIDDEN int64_t nsa_decode_host_len(const nsa_decode_state *st, int b);
+/* 1 if this state's device-resident steps rotate the keys by the host's
+ * float angle table (opencl on a device without fp64): its rows and
+ * emitted tokens then agree with prefill's within spec 9, not bit for bit
+ * (dcache_host_angles); 0 otherwise. */
+NSA_HIDDEN int nsa_decode_host_angles(const nsa_decode_state *st);
 /* Test hook: bytes the mirror moved up (io[0]) and down (io[1]) since the
  * last call, io[2] of the up ones the attention's mapping; zeros without
  * a mirror or the backend's counter. */

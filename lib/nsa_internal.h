@@ -296,6 +296,12 @@ typedef struct nsa_backend_ops {
      * of them up: the attention's mapping, re-sent when the longest
      * sequence's block counts change), then zeroed. */
     void (*dcache_bus)(void *dc, uint64_t io[3]);
+    /* Optional, with dcache_resident: 1 if this mirror's device-resident
+     * steps rotate the keys by the host's float angle table (a device
+     * without fp64): the keys then agree with the host RoPE within spec 9,
+     * not bit for bit (decode's emitted tokens equal prefill's only within
+     * it); 0 or absent: bit for bit. */
+    int (*dcache_host_angles)(void *dc);
 } nsa_backend_ops;
 
 NSA_HIDDEN const nsa_backend_ops *nsa_registry_find(const char *name);

@@ -12,6 +12,7 @@
  * first case's number minus one (default 0): runs with different offsets
  * cover disjoint case sets; NSA_DECODE_SWEEP_WIDE=1 draws off the grid. */
 #include "testlib.h"
+#include "decode.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -260,7 +261,13 @@ static void run_case(const dcase *k, const char *label)
             fail_msg("%s: seq %d: %lld compressed tokens, want %lld", label, b, (long long)cnt,
                      (long long)C);
         if (C) {
-            assert_memory_equal(dk_, kc, sizeof(float) * (size_t)C * a->G * a->dk);
+            /* keys rotated by the host's float angles (a device without
+             * fp64) agree with prefill's within spec 9 only */
+            if (nsa_decode_host_angles(sl))
+                expect_close(label, "decode's compressed keys vs prefill's (host angles)", dk_,
+                             kc, (size_t)C * a->G * a->dk);
+            else
+                assert_memory_equal(dk_, kc, sizeof(float) * (size_t)C * a->G * a->dk);
             assert_memory_equal(dv_, vc, sizeof(float) * (size_t)C * a->G * a->dv);
         }
         assert_int_equal(nsa_decode_length(sl, b), k->S[b]);

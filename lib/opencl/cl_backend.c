@@ -408,5 +408,6 @@ const nsa_backend_ops nsa_backend_opencl = {
     .dcache_resident = nsa_cl_dcache_resident,
     .dcache_fetch = nsa_cl_dcache_fetch,
     .dcache_bus = nsa_cl_dcache_bus,
+    .dcache_host_angles = nsa_cl_dcache_host_angles,
     .linear_many = nsa_cl_linear_many,
 };

@@ -1559,6 +1559,12 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
 
 int nsa_cl_dcache_resident(void *p) { return ((nsa_cl_dcache *)p)->dres; }
 
+int nsa_cl_dcache_host_angles(void *p)
+{
+    const nsa_cl_dcache *dc = p;
+    return dc->dres && !dc->rope64;
+}
+
 void nsa_cl_dcache_bus(void *p, uint64_t io[3])
 {
     nsa_cl_dcache *dc = p;

@@ -176,6 +176,7 @@ NSA_HIDDEN nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *dc, const nsa_d
 NSA_HIDDEN int nsa_cl_dcache_resident(void *dc);
 NSA_HIDDEN nsa_status nsa_cl_dcache_fetch(nsa_context *ctx, void *dc, const nsa_dfetch *f);
 NSA_HIDDEN void nsa_cl_dcache_bus(void *dc, uint64_t io[3]);
+NSA_HIDDEN int nsa_cl_dcache_host_angles(void *dc);
 
 /* Records "OpenCL <call> failed: <NAME> (<code>)" on ctx. */
 NSA_HIDDEN nsa_status nsa_cl_fail(nsa_context *ctx, const char *call, cl_int err);
