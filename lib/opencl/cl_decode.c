@@ -104,6 +104,7 @@ typedef struct nsa_cl_dcache {
     int32_t *hplo;
     float *hstage;
     int32_t *hdesc, *htpos;
+    int64_t *hpos; /* [2][B]: a step's positions and its emitted tokens' (host RoPE tables) */
     float *hrope; /* the fused step's host RoPE tables (devices without fp64): [2][B][dk] */
     size_t nstage, ndesc; /* filled */
     cl_kernel mma_k;      /* the state's nsa_dc_partial_mma if usable here, else NULL */
@@ -169,8 +170,10 @@ static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size
     return NSA_OK;
 }
 
-static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t bytes,
-                           const void *host, cl_bool blocking)
+/* bytes of host to offset off of m, through the failure hook and the bus
+ * counters (dc_map's writes also as the mapping's). */
+static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
+                              size_t bytes, const void *host, cl_bool blocking)
 {
     nsa_status s = dc_op(ctx, dc);
     if (s != NSA_OK || bytes == 0)
@@ -178,8 +181,15 @@ static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t
     dc->bus[0] += bytes;
     if (dc->in_map)
         dc->bus[2] += bytes;
-    cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, blocking, 0, bytes, host, 0, NULL, NULL);
+    cl_int err =
+        clEnqueueWriteBuffer(dc->st->queue, m, blocking, off, bytes, host, 0, NULL, NULL);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
+}
+
+static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t bytes,
+                           const void *host, cl_bool blocking)
+{
+    return dc_write_at(ctx, dc, m, 0, bytes, host, blocking);
 }
 
 static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
@@ -220,6 +230,7 @@ void nsa_cl_dcache_free(void *p)
     free(dc->hstage);
     free(dc->hdesc);
     free(dc->htpos);
+    free(dc->hpos);
     free(dc->hrope);
     free(dc->hinv);
     free(dc->hplo);
@@ -286,7 +297,8 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->win_early = env && strcmp(env, "early") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
-    if (!dc->seq || !dc->htpos) {
+    dc->hpos = malloc(sizeof(int64_t) * 2 * (size_t)B);
+    if (!dc->seq || !dc->htpos || !dc->hpos) {
         nsa_cl_dcache_free(dc);
         return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the opencl decode cache");
     }
@@ -543,18 +555,6 @@ static dc_plan dc_plan_of(const nsa_cl_dcache *dc, const nsa_decode_seq *sq, uin
 
 static int dc_plan_empty(const dc_plan *p) { return p->r0 > p->hi && p->c0 >= p->nc && !p->ring; }
 
-/* Blocking write of bytes at offset off of m (counted as dc_write). */
-static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
-                              size_t bytes, const void *host)
-{
-    nsa_status s = dc_op(ctx, dc);
-    if (s != NSA_OK || bytes == 0)
-        return s;
-    dc->bus[0] += bytes;
-    cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, CL_TRUE, off, bytes, host, 0, NULL, NULL);
-    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
-}
-
 /* The mirror up to date with the host caches the job describes (res: for
  * a device-resident step, rows up to t - 1). A sequence is marked invalid
  * only while its own upload is under way: one with nothing to send (its
@@ -626,9 +626,9 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
          * t - l + 1 are not read) */
         if (p.ring && s == NSA_OK &&
             (s = dc_write_at(ctx, dc, dc->kring, sizeof(float) * (size_t)b * c->l * kr,
-                             sizeof(float) * c->l * kr, sq->kr)) == NSA_OK)
+                             sizeof(float) * c->l * kr, sq->kr, CL_TRUE)) == NSA_OK)
             s = dc_write_at(ctx, dc, dc->vring, sizeof(float) * (size_t)b * c->l * vr,
-                            sizeof(float) * c->l * vr, sq->vr);
+                            sizeof(float) * c->l * vr, sq->vr, CL_TRUE);
     }
     if (s == NSA_OK)
         s = dc_flush(ctx, dc, CL_FALSE);
@@ -1211,7 +1211,42 @@ static nsa_status dc_rope(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_j
     return dc_launch(ctx, dc, &a, "nsa_ds_rope", items);
 }
 
+/* RoPE of the keys of the nbr branches in DB_K0 .. at the positions in
+ * DB_TPOS: one nsa_dr_rope_keys launch with the double RoPE, else
+ * dc_rope (the host's table) per branch. */
+static nsa_status dc_rope_keys(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dstep_job *sj,
+                               int nbr)
+{
+    const nsa_config *c = &dc->cfg;
+    nsa_status s = NSA_OK;
+    if (!dc->rope64) {
+        for (int i = 0; i < nbr && s == NSA_OK; i++)
+            s = dc_rope(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0);
+        return s;
+    }
+    nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE_KEYS], 0, CL_SUCCESS};
+    for (int i = 0; i < 3; i++)
+        ARG_MEM(&a, dc->buf[DB_K0 + (i < nbr ? i : 0)].m);
+    ARG_INT(&a, nbr);
+    ARG_MEM(&a, dc->buf[DB_TPOS].m);
+    ARG_INT(&a, dc->B);
+    ARG_INT(&a, c->G);
+    ARG_INT(&a, c->dk);
+    ARG_INT(&a, sj->rope_dim);
+    ARG_MEM(&a, dc->buf[DB_INVF].m);
+    return dc_launch(ctx, dc, &a, "nsa_dr_rope_keys",
+                     (size_t)nbr * dc->B * c->G * (size_t)(sj->rope_dim / 2));
+}
+
 /* ------------------------------------------------- device-resident step */
+/* The index of the compressed token the step at t emits, or -1 (spec 7;
+ * cl/decode.cl's dc_emitted): n_cmp grows by one exactly then. */
+static int64_t dc_emitted(const nsa_config *c, int64_t t)
+{
+    const int64_t n = nsa_bm_n_cmp(c, t);
+    return n > (t > 0 ? nsa_bm_n_cmp(c, t - 1) : 0) ? n - 1 : -1;
+}
+
 /* nsa_dc_put_step: src [B][G][dim] into cache dst at each sequence's row
  * of mode (0 raw row t, 1 window slot t % w, 2 its emitted compressed
  * token). counted: through the failure hook (the restore below is not). */
@@ -1333,7 +1368,7 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
                              nsa_clr_bufs *W, int *saved)
 {
     const nsa_config *c = &dc->cfg;
-    const size_t B = (size_t)dc->B, G = (size_t)c->G;
+    const size_t B = (size_t)dc->B;
     const int nbr = sj->nkv / 2;
     const int kr = c->G * c->dk, vr = c->G * c->dv;
     nsa_status s;
@@ -1355,7 +1390,7 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
         for (size_t b = 0; b < B; b++)
             src[b] = (int32_t)b * c->l;
         if ((s = dc_ensure(ctx, dc, DB_PSRC, sizeof(int32_t) * B)) == NSA_OK)
-            s = dc_write_at(ctx, dc, dc->buf[DB_PSRC].m, 0, sizeof(int32_t) * B, src);
+            s = dc_write_at(ctx, dc, dc->buf[DB_PSRC].m, 0, sizeof(int32_t) * B, src, CL_TRUE);
         free(src);
         if (s != NSA_OK)
             return s;
@@ -1371,24 +1406,8 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
      * before (the host's k_for_phi) */
     if (sj->rope_after && (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK)
         return s;
-    if (sj->rope_dim > 0 && dc->rope64) { /* every branch's keys in one launch */
-        nsa_clr_args a = {dc->st->kernel[dc->kv][NSA_CLK_DR_ROPE_KEYS], 0, CL_SUCCESS};
-        for (int i = 0; i < 3; i++)
-            ARG_MEM(&a, dc->buf[DB_K0 + (i < nbr ? i : 0)].m);
-        ARG_INT(&a, nbr);
-        ARG_MEM(&a, dc->buf[DB_TPOS].m);
-        ARG_INT(&a, dc->B);
-        ARG_INT(&a, c->G);
-        ARG_INT(&a, c->dk);
-        ARG_INT(&a, sj->rope_dim);
-        ARG_MEM(&a, dc->buf[DB_INVF].m);
-        if ((s = dc_launch(ctx, dc, &a, "nsa_dr_rope_keys",
-                           (size_t)nbr * B * G * (size_t)(sj->rope_dim / 2))) != NSA_OK)
-            return s;
-    }
-    for (int i = 0; i < nbr && sj->rope_dim > 0 && !dc->rope64; i++)
-        if ((s = dc_rope(ctx, dc, sj, dc->buf[DB_K0 + i].m, c->G, 0)) != NSA_OK)
-            return s;
+    if (sj->rope_dim > 0 && (s = dc_rope_keys(ctx, dc, sj, nbr)) != NSA_OK)
+        return s;
     if ((!sj->rope_after &&
          (s = dc_ring(ctx, dc, 0, dc->buf[DB_K0 + bc].m, kr, dc->kring)) != NSA_OK) ||
         (s = dc_ring(ctx, dc, 0, dc->buf[DB_V0 + bc].m, vr, dc->vring)) != NSA_OK ||
@@ -1407,22 +1426,17 @@ static nsa_status dc_step_kv(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dste
         return s;
     /* the emitting sequences, and for the host's angles the positions of
      * their tokens (0 elsewhere: rotated, never appended) */
-    int64_t *cpos = malloc(sizeof(int64_t) * B);
-    if (!cpos)
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the emitted positions");
+    int64_t *cpos = dc->hpos + B;
     int emit = 0;
     for (int b = 0; b < dc->B; b++) {
-        const int64_t t = dc->htpos[b];
-        const int e = t + 1 >= c->l && (t + 1 - c->l) % c->d == 0;
-        cpos[b] = e ? (t + 1 - c->l) / c->d * c->d : 0;
-        emit |= e;
+        const int64_t e = dc_emitted(c, dc->htpos[b]);
+        cpos[b] = e >= 0 ? e * c->d : 0;
+        emit |= e >= 0;
     }
     const int rot = sj->rope_after && sj->rope_dim > 0;
     s = emit && rot && !dc->rope64 ? dc_rope_tab(ctx, dc, sj, cpos, 1) : NSA_OK;
-    free(cpos);
     if (!emit || s != NSA_OK)
         return s;
-    (void)G;
     if ((s = dc_ring(ctx, dc, 1, dc->kring, kr, dc->buf[DB_Z].m)) != NSA_OK ||
         (s = dc_phi(ctx, dc, sj, W, 0, dc->buf[DB_TOKK].m)) != NSA_OK ||
         (rot && (s = dc_rope(ctx, dc, sj, dc->buf[DB_TOKK].m, c->G, 1)) != NSA_OK) ||
@@ -1446,19 +1460,15 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     const double t0 = ctx->verbose ? dc_now_ms() : 0.0;
     const unsigned l0 = dc->st->launches;
     nsa_status s;
-    int64_t *pos = malloc(sizeof(int64_t) * B);
-    if (!pos)
-        return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the positions");
     for (int b = 0; b < dc->B; b++) { /* for RoPE and the attention (dc_inputs) */
         dc->htpos[b] = (int32_t)sj->dj->seq[b].t;
-        pos[b] = sj->dj->seq[b].t;
+        dc->hpos[b] = sj->dj->seq[b].t;
     }
     /* the frequencies (once), or without fp64 the host's angles of t for
      * q and every key */
     s = sj->rope_dim <= 0 ? NSA_OK
         : dc->rope64      ? dc_rope_inv(ctx, dc, sj)
-                          : dc_rope_tab(ctx, dc, sj, pos, 0);
-    free(pos);
+                          : dc_rope_tab(ctx, dc, sj, dc->hpos, 0);
     if (s != NSA_OK)
         return s;
     if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
