@@ -205,15 +205,9 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     nsa_log(ctx, "opencl: tensor-core kernels (compute capability %u)", major);
 }
 
-nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
+/* The main program of storage kind kv and its kernels into st. */
+static nsa_status build_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
 {
-    if (st->program[kv]) {
-        if (kv == st->kv && !st->mma_tried[kv]) {
-            st->mma_tried[kv] = 1;
-            mma_init(ctx, st, kv);
-        }
-        return NSA_OK;
-    }
     char opts[512];
     nsa_cl_options(st, kv, opts, sizeof opts);
     cl_program prog;
@@ -247,11 +241,17 @@ nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
     st->program[kv] = prog;
     memcpy(st->kernel[kv], ks, sizeof ks);
     nsa_log(ctx, "opencl: kernels ready (%s, source %s)", opts, nsa_cl_source_hash());
-    if (kv == st->kv) {
+    return NSA_OK;
+}
+
+nsa_status nsa_cl_kernels(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
+{
+    nsa_status s = st->program[kv] ? NSA_OK : build_kernels(ctx, st, kv);
+    if (s == NSA_OK && kv == st->kv && !st->mma_tried[kv]) {
         st->mma_tried[kv] = 1;
         mma_init(ctx, st, kv);
     }
-    return NSA_OK;
+    return s;
 }
 
 nsa_status nsa_cl_feature(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv, nsa_cl_feat f)
