@@ -1084,11 +1084,8 @@ static nsa_status dc_linears(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_bufs *
     const nsa_linear_job *jp[NSA_CL_FEW_JOBS];
     cl_mem w[NSA_CL_FEW_JOBS], b[NSA_CL_FEW_JOBS];
     nsa_status s = NSA_OK;
-    if (n > NSA_CL_FEW_JOBS) {
-        for (int i = 0; i < n && s == NSA_OK; i++)
-            s = dc_linear(ctx, dc, W, &j[i], x, y[i]);
-        return s;
-    }
+    if (n > NSA_CL_FEW_JOBS) /* nsa_cl_dcache_step admits 2 or 6 */
+        return nsa_fail(ctx, NSA_ERR_ARG, "opencl decode step: %d K/V linears", n);
     for (int i = 0; i < n && s == NSA_OK; i++) {
         jp[i] = &j[i];
         if ((s = dc_op(ctx, dc)) == NSA_OK &&

@@ -9,12 +9,12 @@
 /* RoPE's frequencies (nsa_rope_inv_freq) in a new buffer of W. */
 static nsa_status inv_buf(nsa_clr_bufs *W, int rope_dim, float base, cl_mem *out)
 {
-    double *inv = malloc(sizeof(double) * (size_t)(rope_dim / 2 > 0 ? rope_dim / 2 : 1));
+    const size_t bytes = sizeof(double) * (size_t)(rope_dim / 2 > 0 ? rope_dim / 2 : 1);
+    double *inv = malloc(bytes);
     if (!inv)
         return nsa_fail(W->ctx, NSA_ERR_NOMEM, "out of memory for the RoPE frequencies");
     nsa_rope_inv_freq(rope_dim, base, inv);
-    nsa_status s = nsa_clr_buf_new(W, sizeof(double) * (size_t)(rope_dim / 2 > 0 ? rope_dim / 2 : 1),
-                                   inv, out);
+    nsa_status s = nsa_clr_buf_new(W, bytes, inv, out);
     free(inv);
     return s;
 }
