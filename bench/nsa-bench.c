@@ -165,8 +165,7 @@ static void fail(nsa_context *ctx, nsa_status s, const char *what)
 static double kernel_ms(nsa_context *ctx, int no_phi)
 {
 #ifdef NSA_BENCH_OPENCL
-    nsa_cl_state *st = strcmp(nsa_context_backend(ctx), "opencl") == 0 ? nsa_cl_state_of(ctx)
-                                                                          : NULL;
+    nsa_cl_state *st = nsa_cl_state_of(ctx); /* NULL unless ctx runs opencl */
     if (st && st->profile) {
         double ns = 0.0;
         for (int i = 0; i < st->n_prof; i++)
