@@ -1005,9 +1005,6 @@ static void test_rope64(void **st)
     }
 }
 
-/* The paper's block structure (l=32, d=16, l'=64, n=16 with 1+2 forced) at
- * small head counts and dims, over sequences long enough for 2 chunks of
- * real top-n choices. */
 /* Rows with no compressed token yet but more visible blocks than n
  * (l > n l'): every score is 0 and the rule's tie order alone decides. */
 static void test_cross_no_cmp_tokens(void **st)
@@ -1030,6 +1027,9 @@ static void test_cross_no_cmp_tokens(void **st)
     cross_case(200, &c, lens, 1, 0, 0, 88);
 }
 
+/* The paper's block structure (l=32, d=16, l'=64, n=16 with 1+2 forced) at
+ * small head counts and dims, over sequences long enough for 2 chunks of
+ * real top-n choices. */
 static void test_cross_paper_blocks(void **st)
 {
     (void)st;
