@@ -279,16 +279,23 @@ static void test_rows_kernel_unusable(void **s)
     (void)s;
     NEED_CL();
     setenv("NSA_OPENCL_PROFILE", "1", 1);
-    nsa_context *plain = cl_ok(NULL), *ctx = cl_ok("nsa_linear_rows");
+    /* its tensor-core variant too (cl/linear_mma.cl: optional on its own) */
+    nsa_context *plain = cl_ok(NULL), *ctx = cl_ok("nsa_linear_rows,nsa_linear_rows_mma");
     unsetenv("NSA_OPENCL_PROFILE");
     assert_dropped(ctx, NSA_CLK_LINEAR_ROWS);
+    const nsa_cl_state *cs = nsa_cl_state_of(ctx);
+    assert_null(cs->mma_kernel[cs->kv][NSA_CLM_LINEAR_ROWS]);
     check_layer(ctx, 14);
-    assert_int_equal(calls_of(ctx, "nsa_linear_rows"), 0);
+    assert_int_equal(calls_of(ctx, "nsa_linear_rows") + calls_of(ctx, "nsa_linear_rows_mma"), 0);
     assert_true(calls_of(ctx, "nsa_linear") > 0);
-    /* where the device runs it, the same work uses it */
-    if (nsa_cl_state_of(plain)->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS]) {
+    /* where the device runs one, the same work uses it: the tensor-core
+     * kernel where there is one */
+    const nsa_cl_state *ps = nsa_cl_state_of(plain);
+    const int mma = ps->mma_kernel[ps->kv][NSA_CLM_LINEAR_ROWS] != NULL;
+    if (mma || ps->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS]) {
         check_layer(plain, 14);
-        assert_true(calls_of(plain, "nsa_linear_rows") > 0);
+        assert_true(calls_of(plain, mma ? "nsa_linear_rows_mma" : "nsa_linear_rows") > 0);
+        assert_int_equal(calls_of(plain, mma ? "nsa_linear_rows" : "nsa_linear_rows_mma"), 0);
     }
     nsa_context_free(plain);
     nsa_context_free(ctx);

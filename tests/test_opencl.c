@@ -1188,6 +1188,135 @@ static void test_linear_few(void **st)
         }
 }
 
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
+#endif
+
+/* Why the context has no tensor-core program, NULL if it must have one:
+ * cl_backend.c's mma_init rule restated from the device's own properties
+ * (as test_decode_mma does), so that an unusable tensor-core kernel on a
+ * capable device fails instead of skipping. */
+static const char *mma_unsupported(const nsa_cl_state *st)
+{
+    const char *env = getenv("NSA_OPENCL_MMA");
+    if (env && strcmp(env, "0") == 0)
+        return "NSA_OPENCL_MMA=0";
+    if (!strstr(st->vendor, "NVIDIA"))
+        return "not an NVIDIA device";
+    if (st->wg % 32 != 0 || st->wg > 256)
+        return "work-group not 32 .. 256 lanes in warps";
+    cl_uint major = 0;
+    if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major,
+                        NULL) != CL_SUCCESS ||
+        major < 8)
+        return "compute capability below 8.0";
+    return NULL;
+}
+
+/* nsa_linear_rows and its tensor-core variant nsa_linear_rows_mma (a
+ * decode step's q, gate and Wo: 1 .. 16 rows, in % 4 == 0) against the
+ * product in double on the host: rows 1 .. 16 (one and two n-tiles of
+ * the mma), in off the 32-column chunks and the 64-column tiles, out
+ * below 16 and off the 16-output tiles, with and without bias, the
+ * tensor-core kernel with 1, 2, 4 and 8 warps a work-group (the k split
+ * and its reduction) and the launch's own choice; outputs poisoned. On
+ * devices without tensor cores (PoCL) the mma kernel is skipped, saying
+ * why. */
+static void test_linear_rows(void **st)
+{
+    (void)st;
+    NEED_CL();
+    nsa_cl_state *cs = nsa_cl_state_of(g_ctx);
+    const char *no_mma = mma_unsupported(cs);
+    if (!no_mma && !cs->mma_kernel[cs->kv][NSA_CLM_LINEAR_ROWS])
+        fail_msg("%s supports tensor cores but nsa_linear_rows_mma is unusable: %s",
+                 cs->device_name, cs->mma_why[cs->kv][NSA_CLM_LINEAR_ROWS]);
+    if (no_mma)
+        print_message("nsa_linear_rows_mma skipped: no tensor-core program here (%s)\n", no_mma);
+    const int have_rows = cs->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS] != NULL;
+    if (!have_rows)
+        print_message("nsa_linear_rows skipped: unusable here (%s)\n",
+                      cs->kernel_why[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS]);
+    const int shapes[][2] = {{4, 1},   {12, 5},   {36, 15},   {100, 37},
+                             {68, 16}, {300, 129}, {1028, 70}, {2052, 33}};
+    const int warps[] = {0, 1, 2, 4, 8};
+    double worst_l2[2] = {0, 0}, worst_el[2] = {0, 0};
+    int c = 0;
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
+        for (int rows = 1; rows <= 16; rows++, c++) {
+            const int in = shapes[si][0], out = shapes[si][1];
+            const size_t ny = (size_t)rows * out;
+            float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in),
+                  *b = malloc(sizeof(float) * out);
+            double *want = malloc(sizeof(double) * ny), *mag = malloc(sizeof(double) * ny);
+            assert_true(x && w && b && want && mag);
+            tl_fill(x, (size_t)rows * in, 600 + c, -1, 1);
+            tl_fill(w, (size_t)out * in, 700 + c, -0.3f, 0.3f);
+            tl_fill(b, (size_t)out, 800 + c, -1, 1);
+            const int bias = c % 2;
+            for (int r = 0; r < rows; r++)
+                for (int o = 0; o < out; o++) {
+                    double s = bias ? b[o] : 0.0, m = bias ? fabs(b[o]) : 0.0;
+                    for (int k = 0; k < in; k++) {
+                        const double p = (double)x[(size_t)r * in + k] * w[(size_t)o * in + k];
+                        s += p;
+                        m += fabs(p);
+                    }
+                    want[(size_t)r * out + o] = s;
+                    mag[(size_t)r * out + o] = m;
+                }
+            /* Per output, the worst case of fp32 summation: at most 3 in
+             * terms a chain (3xTF32 sums three pieces a product), each
+             * add off by 2^-23 relative (the tensor cores truncate), plus
+             * 3 x 2^-22 a product from the split: (4 in + 16) 2^-23 of
+             * sum |w x| + |b| covers both kernels. The whole output:
+             * relative L2 <= 1e-5 (spec 9), which catches what the bound
+             * is too loose for (a product term dropped). */
+            const double el_tol = (4.0 * in + 16.0) * 0x1p-23;
+            for (int kind = 0; kind < 2; kind++) {
+                if (kind == 0 ? !have_rows : no_mma != NULL)
+                    continue;
+                const int nw = kind ? warps[c % 5] : 0;
+                float *y = tl_poisoned(ny);
+                nsa_linear_job j = {x, rows, in, out, w, bias ? b : NULL, y, NULL};
+                if (nsa_cl_linear_rows(g_ctx, &j, kind, nw) != NSA_OK)
+                    fail_msg("case %d: %s", c, nsa_context_last_error(g_ctx));
+                double d2 = 0, w2 = 0;
+                for (size_t i = 0; i < ny; i++) {
+                    const double e = fabs((double)y[i] - want[i]);
+                    if (!(e <= el_tol * mag[i])) /* also NaN: a poisoned output left */
+                        fail_msg("case %d (%s, rows %d, in %d, out %d, %d warps): y[%zu] = %.9g, "
+                                 "exact %.9g, error %.3g > %.3g",
+                                 c, kind ? "nsa_linear_rows_mma" : "nsa_linear_rows", rows, in,
+                                 out, nw, i, y[i], want[i], e, el_tol * mag[i]);
+                    if (mag[i] > 0 && e / (el_tol * mag[i]) > worst_el[kind])
+                        worst_el[kind] = e / (el_tol * mag[i]);
+                    d2 += e * e;
+                    w2 += want[i] * want[i];
+                }
+                const double l2 = w2 > 0 ? sqrt(d2 / w2) : sqrt(d2);
+                if (!(l2 <= TOL))
+                    fail_msg("case %d (%s, rows %d, in %d, out %d, %d warps): relative L2 "
+                             "%.3g > %.3g",
+                             c, kind ? "nsa_linear_rows_mma" : "nsa_linear_rows", rows, in, out,
+                             nw, l2, TOL);
+                if (l2 > worst_l2[kind])
+                    worst_l2[kind] = l2;
+                free(y);
+            }
+            free(x);
+            free(w);
+            free(b);
+            free(want);
+            free(mag);
+        }
+    for (int kind = 0; kind < 2; kind++)
+        if (kind == 0 ? have_rows : !no_mma)
+            print_message("%s: %d cases, worst relative L2 %.3g, worst error / bound %.3g\n",
+                          kind ? "nsa_linear_rows_mma" : "nsa_linear_rows", c, worst_l2[kind],
+                          worst_el[kind]);
+}
+
 /* The layer's projections (linear) against the reference: sizes off the
  * 16-wide tiles on every side, with and without bias. */
 static void test_linear(void **st)
@@ -1652,6 +1781,9 @@ int main(void)
 {
     if (tl_skip_half_storage(backend_name()))
         return 77;
+    const char *only = getenv("NSA_TEST_FILTER"); /* run the tests matching a pattern */
+    if (only && *only)
+        cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registered_and_probed),
         cmocka_unit_test(test_device_choice),
@@ -1671,6 +1803,7 @@ int main(void)
         cmocka_unit_test(test_nonfinite_inputs),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_linear_few),
+        cmocka_unit_test(test_linear_rows),
         cmocka_unit_test(test_binary_cache),
         cmocka_unit_test(test_half_conversions),
         cmocka_unit_test(test_dc_rounding),

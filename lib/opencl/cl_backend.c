@@ -4,7 +4,8 @@
  * cl_phi.c, attention in cl_attend.c, linear in cl_linear.c, decode over
  * device-resident caches in cl_decode.c. Environment:
  * NSA_OPENCL_DEVICE picks the device (see nsa_cl_pick_device),
- * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_PROFILE=1 times
+ * NSA_OPENCL_KV=fp32|fp16|bf16 the K/V storage, NSA_OPENCL_LM_WARPS the
+ * warps of nsa_linear_rows_mma (tuning), NSA_OPENCL_PROFILE=1 times
  * every kernel, NSA_OPENCL_UNUSABLE=name,... marks kernels unusable (tests:
  * the optional-kernel rule, see nsa_cl_feat). */
 #include "cl_internal.h"
@@ -134,7 +135,7 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, const char *name, siz
 #endif
 
 static const char *const mma_names[NSA_CLM_COUNT] = {
-    "nsa_dc_partial_mma", "nsa_group_attn_mma", "nsa_slc_attn_mma"};
+    "nsa_dc_partial_mma", "nsa_group_attn_mma", "nsa_slc_attn_mma", "nsa_linear_rows_mma"};
 
 /* The tensor-core program (cl/mma_frag.cl) of storage kv where the
  * device is NVIDIA of compute capability >= 8.0 with work-groups of 32 ..
@@ -189,8 +190,9 @@ static void mma_init(nsa_context *ctx, nsa_cl_state *st, nsa_cl_kv kv)
         return;
     int any = 0;
     for (int k = 0; k < NSA_CLM_COUNT; k++) {
-        make_kernel(st, prog, mma_names[k], (size_t)st->wg, &st->mma_kernel[kv][k],
-                    st->mma_why[kv][k], sizeof st->mma_why[kv][k]);
+        const size_t need = k == NSA_CLM_LINEAR_ROWS ? 32 * NSA_CL_LM_MAXW : (size_t)st->wg;
+        make_kernel(st, prog, mma_names[k], need, &st->mma_kernel[kv][k], st->mma_why[kv][k],
+                    sizeof st->mma_why[kv][k]);
         if (st->mma_kernel[kv][k])
             any = 1;
         else
@@ -280,6 +282,19 @@ static nsa_status parse_chunk_mb(nsa_context *ctx, const char *v, size_t *bytes)
     return NSA_OK;
 }
 
+/* NSA_OPENCL_LM_WARPS: warps of nsa_linear_rows_mma's work-groups
+ * (tuning; unset: by shape, cl_linear.c) */
+static nsa_status parse_lm_warps(nsa_context *ctx, const char *v, int *nw)
+{
+    *nw = 0;
+    if (!v || !*v)
+        return NSA_OK;
+    if (strcmp(v, "1") && strcmp(v, "2") && strcmp(v, "4") && strcmp(v, "8"))
+        return nsa_fail(ctx, NSA_ERR_ARG, "NSA_OPENCL_LM_WARPS=%s must be 1, 2, 4 or 8", v);
+    *nw = atoi(v);
+    return NSA_OK;
+}
+
 static nsa_status parse_kv(nsa_context *ctx, const char *v, nsa_cl_kv *kv)
 {
     if (!v || !*v || strcmp(v, "fp32") == 0)
@@ -305,6 +320,8 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
     nsa_status s = parse_kv(ctx, getenv("NSA_OPENCL_KV"), &st->kv);
     if (s == NSA_OK)
         s = parse_chunk_mb(ctx, getenv("NSA_OPENCL_CHUNK_MB"), &st->chunk_bytes);
+    if (s == NSA_OK)
+        s = parse_lm_warps(ctx, getenv("NSA_OPENCL_LM_WARPS"), &st->lm_warps);
     char why[300];
     if (s == NSA_OK && !nsa_cl_pick_device(spec, &st->platform, &st->device, why, sizeof why))
         s = nsa_fail(ctx, NSA_ERR_UNAVAILABLE, "%s", why);

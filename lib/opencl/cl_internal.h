@@ -71,7 +71,13 @@ typedef enum nsa_cl_feat {
 /* Kernels of the tensor-core program (cl/mma_frag.cl, built with
  * -DNSA_MMA=1 where the device allows: NVIDIA, compute capability >= 8.0,
  * NSA_OPENCL_MMA not 0). Optional: NULL means the portable kernel runs. */
-enum { NSA_CLM_DC_PARTIAL, NSA_CLM_GROUP_ATTN, NSA_CLM_SLC_ATTN, NSA_CLM_COUNT };
+enum {
+    NSA_CLM_DC_PARTIAL,
+    NSA_CLM_GROUP_ATTN,
+    NSA_CLM_SLC_ATTN,
+    NSA_CLM_LINEAR_ROWS, /* nsa_linear_rows_mma (cl/linear_mma.cl) */
+    NSA_CLM_COUNT
+};
 
 /* What the binary cache did on the last program build. */
 typedef enum nsa_cl_cache_event {
@@ -115,6 +121,9 @@ typedef struct nsa_cl_state {
     int max_chunk_rows; /* tests: cap on rows per chunk (0 = none) */
     size_t chunk_bytes; /* NSA_OPENCL_CHUNK_MB: compressed-branch scratch a chunk (0 = default) */
     int max_heads_wg;   /* tests: cap on heads per work-group (0 = none) */
+    /* NSA_OPENCL_LM_WARPS (1, 2, 4, 8): warps of nsa_linear_rows_mma's
+     * work-groups (tuning; 0 = by shape, cl_linear.c) */
+    int lm_warps;
     cl_program program[NSA_CL_KV_COUNT];
     cl_kernel kernel[NSA_CL_KV_COUNT][NSA_CLK_COUNT]; /* NULL: optional, unusable */
     char kernel_why[NSA_CL_KV_COUNT][NSA_CLK_COUNT][160]; /* why NULL ("" if not) */
@@ -232,6 +241,13 @@ NSA_HIDDEN nsa_status nsa_cl_dense(nsa_context *ctx, const nsa_config *cfg, cons
  * in; weights uploaded per call): NSA_ERR_UNSUPPORTED where the device
  * lacks the kernel (cl_linear.c). */
 NSA_HIDDEN nsa_status nsa_cl_linear_few(nsa_context *ctx, const nsa_linear_job *jobs, int n);
+
+/* nsa_linear_rows (mma = 0) or nsa_linear_rows_mma (mma = 1, nw warps a
+ * work-group: 1, 2, 4 or 8; 0 as a decode step chooses) alone over j (1 ..
+ * 16 rows, in % 4 == 0; weights uploaded per call): NSA_ERR_UNSUPPORTED
+ * where the device lacks the kernel (cl_linear.c). */
+NSA_HIDDEN nsa_status nsa_cl_linear_rows(nsa_context *ctx, const nsa_linear_job *j, int mma,
+                                         int nw);
 
 /* The top-n kernel alone over scores[T][G][max_vis] -> sel[T][G][n]. */
 NSA_HIDDEN nsa_status nsa_cl_topn(nsa_context *ctx, const nsa_config *cfg, const nsa_batch *b,

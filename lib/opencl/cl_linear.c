@@ -6,14 +6,64 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Warps of nsa_linear_rows_mma's work-groups for j: K split over more
+ * warps (1 .. NSA_CL_LM_MAXW, doubling) until the launch has about 16
+ * warps a compute unit (bytes in flight: a decode step's Wo has only 128
+ * tiles of 16 outputs) while each warp keeps at least 4 chunks of 32
+ * columns; NSA_OPENCL_LM_WARPS (st->lm_warps) overrides. */
+static int lm_warps(const nsa_cl_state *st, const nsa_linear_job *j)
+{
+    if (st->lm_warps)
+        return st->lm_warps;
+    const size_t tiles = ((size_t)j->out + NSA_CL_LM_OUTS - 1) / NSA_CL_LM_OUTS;
+    const size_t chunks = ((size_t)j->in + 31) / 32;
+    const size_t want = 16 * (size_t)(st->compute_units ? st->compute_units : 1);
+    int nw = 1;
+    while (nw < NSA_CL_LM_MAXW && tiles * (size_t)nw < want && chunks >= 8 * (size_t)nw)
+        nw *= 2;
+    return nw;
+}
+
+/* nsa_linear_rows (mma = 0) or nsa_linear_rows_mma (1, nw warps a
+ * work-group; 0: lm_warps) over j's shape. */
+static nsa_status rows_launch(nsa_clr_bufs *B, const nsa_linear_job *j, int mma, int nw,
+                              cl_mem x, cl_mem w, cl_mem b, cl_mem y)
+{
+    nsa_cl_state *st = B->st;
+    nsa_clr_args a = {mma ? st->mma_kernel[st->kv][NSA_CLM_LINEAR_ROWS]
+                          : st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS],
+                      0, CL_SUCCESS};
+    ARG_MEM(&a, x);
+    ARG_MEM(&a, w);
+    ARG_MEM(&a, b);
+    ARG_INT(&a, j->b != NULL);
+    ARG_INT(&a, j->rows);
+    ARG_INT(&a, j->in);
+    ARG_INT(&a, j->out);
+    ARG_MEM(&a, y);
+    if (!mma)
+        return nsa_clr_launch(B, &a, "nsa_linear_rows",
+                              ((size_t)j->out + NSA_CL_LIN_OUTS - 1) / NSA_CL_LIN_OUTS *
+                                  NSA_CL_LIN_WG,
+                              NSA_CL_LIN_WG);
+    const size_t lanes = 32 * (size_t)(nw ? nw : lm_warps(st, j));
+    return nsa_clr_launch(B, &a, "nsa_linear_rows_mma",
+                          ((size_t)j->out + NSA_CL_LM_OUTS - 1) / NSA_CL_LM_OUTS * lanes, lanes);
+}
+
 /* y = x W^T + b for x and y already on the device (w, b from
  * nsa_cl_weights). */
 nsa_status nsa_cl_gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_mem w, cl_mem b,
                        cl_mem y)
 {
     nsa_cl_state *st = B->st;
-    cl_kernel few = nsa_cl_rows_kernel(B, j);
-    nsa_clr_args a = {few ? few : st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
+    if (nsa_cl_rows_fit(j)) {
+        if (st->mma_kernel[st->kv][NSA_CLM_LINEAR_ROWS])
+            return rows_launch(B, j, 1, 0, x, w, b, y);
+        if (st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS]) /* optional too */
+            return rows_launch(B, j, 0, 0, x, w, b, y);
+    }
+    nsa_clr_args a = {st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR], 0, CL_SUCCESS};
     const size_t rows = (size_t)j->rows;
     ARG_MEM(&a, x);
     ARG_MEM(&a, w);
@@ -23,16 +73,45 @@ nsa_status nsa_cl_gemm(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem x, cl_me
     ARG_INT(&a, j->in);
     ARG_INT(&a, j->out);
     ARG_MEM(&a, y);
-    if (few)
-        return nsa_clr_launch(B, &a, "nsa_linear_rows",
-                              ((size_t)j->out + NSA_CL_LIN_OUTS - 1) / NSA_CL_LIN_OUTS *
-                                  NSA_CL_LIN_WG,
-                              NSA_CL_LIN_WG);
     const size_t local[2] = {NSA_CL_GEMM_TS, NSA_CL_GEMM_TS};
     const size_t global[2] = {
         ((size_t)j->out + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS,
         (rows + NSA_CL_GEMM_TS - 1) / NSA_CL_GEMM_TS * NSA_CL_GEMM_TS};
     return nsa_clr_launch_nd(B, &a, "nsa_linear", 2, global, local);
+}
+
+nsa_status nsa_cl_linear_rows(nsa_context *ctx, const nsa_linear_job *j, int mma, int nw)
+{
+    nsa_cl_state *st;
+    nsa_status s = nsa_cl_hook_state(ctx, &st);
+    if (s != NSA_OK)
+        return s;
+    const cl_kernel k = mma ? st->mma_kernel[st->kv][NSA_CLM_LINEAR_ROWS]
+                            : st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS];
+    if (!k)
+        return nsa_fail(ctx, NSA_ERR_UNSUPPORTED, "opencl: %s unusable here: %s",
+                        mma ? "nsa_linear_rows_mma" : "nsa_linear_rows",
+                        mma ? st->mma_why[st->kv][NSA_CLM_LINEAR_ROWS]
+                            : st->kernel_why[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS]);
+    if (j->rows < 1 || j->rows > NSA_CL_LIN_RMAX || j->in < 1 || j->in % 4 != 0 || j->out < 1 ||
+        nw < 0 || nw > NSA_CL_LM_MAXW || (nw & (nw - 1)) != 0)
+        return nsa_fail(ctx, NSA_ERR_ARG,
+                        "opencl: the few-row kernels take 1 .. %d rows, in %% 4 == 0 and "
+                        "0 or 1, 2, 4, 8 warps",
+                        NSA_CL_LIN_RMAX);
+    nsa_clr_bufs B = {st, ctx, 0, {0}};
+    const size_t rows = (size_t)j->rows;
+    nsa_linear_job plain = *j;
+    plain.key = NULL; /* weights uploaded for this call */
+    cl_mem x, w, b, y;
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->in, j->x, &x));
+    TRY(nsa_cl_weights(&B, &plain, &w, &b));
+    TRY(nsa_clr_buf_new(&B, sizeof(float) * rows * j->out, NULL, &y));
+    TRY(rows_launch(&B, j, mma, nw, x, w, b, y));
+    TRY(nsa_clr_download(&B, y, sizeof(float) * rows * j->out, j->y));
+done:
+    nsa_clr_bufs_free(&B);
+    return s;
 }
 
 nsa_status nsa_cl_gemm_few(nsa_clr_bufs *B, const nsa_linear_job *const *j, int n, cl_mem x,

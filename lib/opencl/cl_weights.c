@@ -124,14 +124,12 @@ nsa_status nsa_cl_weights(nsa_clr_bufs *B, const nsa_linear_job *j, cl_mem *w, c
     return NSA_OK;
 }
 
-cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *B, const nsa_linear_job *j)
+int nsa_cl_rows_fit(const nsa_linear_job *j)
 {
     const nsa_wkey *k = j->key;
     /* not for K/V: their rows go into the decode caches and must equal
      * prefill's bit for bit, which nsa_linear's fixed order gives */
-    if (!k || !k->cache || k->cache->release != wcache_release || j->rows > NSA_CL_LIN_RMAX ||
-        j->in % 4 != 0 || (k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1))
-        return NULL;
-    /* NULL where the device cannot run it (an optional kernel) */
-    return B->st->kernel[NSA_CL_KV_F32][NSA_CLK_LINEAR_ROWS];
+    return k && k->cache && k->cache->release == wcache_release && j->rows >= 1 &&
+           j->rows <= NSA_CL_LIN_RMAX && j->in % 4 == 0 &&
+           !(k->slot >= NSA_WSLOT_K0 && k->slot < NSA_WSLOT_GATE1);
 }

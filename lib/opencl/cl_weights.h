@@ -18,13 +18,21 @@ NSA_HIDDEN nsa_status nsa_cl_weights(nsa_clr_bufs *bufs, const nsa_linear_job *j
 #define NSA_CL_LIN_WG 256
 #define NSA_CL_LIN_OUTS 4
 
-/* That kernel for a keyed job of few rows (in % 4 == 0) whose output does
- * not go into the decode caches (q, gates, Wo), kept with the layer's
- * weights; NULL: use the tiled nsa_linear. */
-NSA_HIDDEN cl_kernel nsa_cl_rows_kernel(nsa_clr_bufs *bufs, const nsa_linear_job *j);
+/* nsa_linear_rows_mma (cl/linear_mma.cl, the tensor-core program): rows up
+ * to NSA_CL_LIN_RMAX, NSA_CL_LM_OUTS outputs a work-group of 1 ..
+ * NSA_CL_LM_MAXW warps (its LM_MAXW). */
+#define NSA_CL_LM_OUTS 16
+#define NSA_CL_LM_MAXW 8
+
+/* 1 if j may take those kernels: a keyed job of 1 .. NSA_CL_LIN_RMAX rows,
+ * in % 4 == 0, whose output does not go into the decode caches (q, gates,
+ * Wo: they sum in another order than nsa_linear), kept with the layer's
+ * weights; 0: the tiled nsa_linear. */
+NSA_HIDDEN int nsa_cl_rows_fit(const nsa_linear_job *j);
 
 /* y = x W^T + b for j's shape, x and y already on the device (w, b from
- * nsa_cl_weights): nsa_linear_rows when it applies, else nsa_linear. */
+ * nsa_cl_weights): where nsa_cl_rows_fit, nsa_linear_rows_mma if the
+ * device has it, else nsa_linear_rows if usable; else nsa_linear. */
 NSA_HIDDEN nsa_status nsa_cl_gemm(nsa_clr_bufs *bufs, const nsa_linear_job *j, cl_mem x,
                                   cl_mem w, cl_mem b, cl_mem y);
 
