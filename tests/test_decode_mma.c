@@ -9,7 +9,7 @@
  * kernel is unusable fails here (the library itself falls back silently);
  * other devices (PoCL in CI) skip, saying so. */
 #define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
-#include "cl_internal.h"
+#include "cl_testlib.h"
 #include "decode.h"
 #include "testlib.h"
 
@@ -18,9 +18,6 @@
 
 #define TOL 1e-5 /* spec 9: relative L2 of every fp32 output */
 
-#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
-#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
-#endif
 
 static char g_cache_dir[256];
 static int g_skipped; /* reported to automake as a skip (77), not a pass */
@@ -75,24 +72,6 @@ static nsa_context *cl_ctx(int mma, const char *kv)
             unsetenv("NSA_OPENCL_KV");
     }
     return c;
-}
-
-/* Why the device cannot run the tensor-core kernels, NULL if it can: the
- * rule of cl_backend.c's mma_init restated from the device's own
- * properties, so that a failed build or an unusable kernel on a capable
- * device counts as a fallback (a failure), never as a skip. */
-static const char *mma_unsupported(const nsa_cl_state *st)
-{
-    if (!strstr(st->vendor, "NVIDIA"))
-        return "not an NVIDIA device";
-    if (st->wg % 32 != 0 || st->wg > 256)
-        return "work-group not 32 .. 256 lanes in warps";
-    cl_uint major = 0;
-    if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major,
-                        NULL) != CL_SUCCESS ||
-        major < 8)
-        return "compute capability below 8.0";
-    return NULL;
 }
 
 /* Calls of the profiled partial launches whose label starts with prefix
@@ -258,7 +237,7 @@ static void test_mma_partial_active_and_equal(void **state)
         skip();
     }
     nsa_cl_state *sm = nsa_cl_state_of(m);
-    const char *why = mma_unsupported(sm);
+    const char *why = tl_mma_unsupported(sm);
     if (why) {
         print_message("skipped: no tensor-core decode kernel on %s (%s)\n", sm->device_name, why);
         nsa_context_free(m);
@@ -338,7 +317,7 @@ static void test_mma_partial_half_storage(void **state)
         g_skipped = 1;
         skip();
     }
-    const char *why = mma_unsupported(nsa_cl_state_of(f));
+    const char *why = tl_mma_unsupported(nsa_cl_state_of(f));
     if (why) {
         print_message("skipped: no tensor-core decode kernel on %s (%s)\n",
                       nsa_cl_state_of(f)->device_name, why);

@@ -5,7 +5,7 @@
  * when no GPU is present (NSA_OPENCL_DEVICE becomes "*" here). Sizes
  * are small so that PoCL on two cores finishes in well under a minute. */
 #define _POSIX_C_SOURCE 200809L
-#include "cl_internal.h"
+#include "cl_testlib.h"
 #include "layer.h"
 #include "testlib.h"
 
@@ -1188,30 +1188,6 @@ static void test_linear_few(void **st)
         }
 }
 
-#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
-#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
-#endif
-
-/* Why the context has no tensor-core program, NULL if it must have one:
- * cl_backend.c's mma_init rule restated from the device's own properties
- * (as test_decode_mma does), so that an unusable tensor-core kernel on a
- * capable device fails instead of skipping. */
-static const char *mma_unsupported(const nsa_cl_state *st)
-{
-    const char *env = getenv("NSA_OPENCL_MMA");
-    if (env && strcmp(env, "0") == 0)
-        return "NSA_OPENCL_MMA=0";
-    if (!strstr(st->vendor, "NVIDIA"))
-        return "not an NVIDIA device";
-    if (st->wg % 32 != 0 || st->wg > 256)
-        return "work-group not 32 .. 256 lanes in warps";
-    cl_uint major = 0;
-    if (clGetDeviceInfo(st->device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major,
-                        NULL) != CL_SUCCESS ||
-        major < 8)
-        return "compute capability below 8.0";
-    return NULL;
-}
 
 /* nsa_linear_rows and its tensor-core variant nsa_linear_rows_mma (a
  * decode step's q, gate and Wo: 1 .. 16 rows, in % 4 == 0) against the
@@ -1227,7 +1203,7 @@ static void test_linear_rows(void **st)
     (void)st;
     NEED_CL();
     nsa_cl_state *cs = nsa_cl_state_of(g_ctx);
-    const char *no_mma = mma_unsupported(cs);
+    const char *no_mma = tl_mma_unsupported(cs);
     if (!no_mma && !cs->mma_kernel[cs->kv][NSA_CLM_LINEAR_ROWS])
         fail_msg("%s supports tensor cores but nsa_linear_rows_mma is unusable: %s",
                  cs->device_name, cs->mma_why[cs->kv][NSA_CLM_LINEAR_ROWS]);

@@ -130,9 +130,6 @@ static void make_kernel(nsa_cl_state *st, cl_program prog, const char *name, siz
         clReleaseKernel(kr);
 }
 
-#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
-#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000 /* cl_nv_device_attribute_query */
-#endif
 
 static const char *const mma_names[NSA_CLM_COUNT] = {
     "nsa_dc_partial_mma", "nsa_group_attn_mma", "nsa_slc_attn_mma", "nsa_linear_rows_mma"};

@@ -14,6 +14,12 @@
 
 #include "nsa_internal.h"
 
+/* cl_nv_device_attribute_query (cl_ext.h may lack it): the tensor-core
+ * program's rule (cl_backend.c) and the tests that restate it. */
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000
+#endif
+
 /* How K/V live on the device (the host API is fp32; values are rounded
  * to nearest even on upload). */
 typedef enum nsa_cl_kv {
