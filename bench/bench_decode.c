@@ -58,6 +58,7 @@ static double kernel_ms(nsa_context *ctx, kprof *kp)
 #ifdef NSA_BENCH_OPENCL
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     if (st && st->profile) {
+        nsa_cl_tl_flush(st, NULL, NULL); /* NSA_OPENCL_PROFILE=2: launches not yet read */
         double ns = 0.0;
         for (int i = 0; i < st->n_prof; i++)
             if (strncmp(st->prof[i].label, "nsa_dc_", 7) == 0 &&
@@ -94,6 +95,7 @@ static void step_profile(nsa_context *ctx, int steps)
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     if (!st || !st->profile || steps < 1)
         return;
+    nsa_cl_tl_flush(st, NULL, NULL);
     double total = 0.0;
     int done[NSA_CL_PROF_MAX] = {0};
     for (int i = 0; i < st->n_prof; i++)

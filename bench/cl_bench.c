@@ -79,6 +79,7 @@ static int run_one(nsa_context *ctx, const nsa_config *c, int64_t T, int reps, i
     /* one warm-up run (first launches may compile per work-group size) */
     if (nsa_attention_forward(ctx, c, &a) != NSA_OK)
         goto fail;
+    nsa_cl_tl_flush(st, NULL, NULL);
     st->n_prof = 0;
     res->wall_ms = 1e300;
     for (int r = 0; r < reps; r++) {
@@ -88,6 +89,7 @@ static int run_one(nsa_context *ctx, const nsa_config *c, int64_t T, int reps, i
         double dt = now_ms() - t0;
         res->wall_ms = dt < res->wall_ms ? dt : res->wall_ms;
     }
+    nsa_cl_tl_flush(st, NULL, NULL); /* NSA_OPENCL_PROFILE=2: launches not yet read */
     printf("T=%lld: nsa forward, device time per run (mean of %d):\n", (long long)T, reps);
     for (int i = 0; i < st->n_prof; i++)
         printf("  %-22s %10.3f ms\n", st->prof[i].label, st->prof[i].ns / 1e6 / reps);
@@ -98,11 +100,14 @@ static int run_one(nsa_context *ctx, const nsa_config *c, int64_t T, int reps, i
     if (nsa_batch_init(ctx, c, T, NULL, 1, &b) != NSA_OK)
         goto fail;
     for (int r = 0; r < reps + 1; r++) {
-        if (r == 1)
+        if (r == 1) {
+            nsa_cl_tl_flush(st, NULL, NULL);
             st->n_prof = 0; /* the first run warms up */
+        }
         if (nsa_cl_dense(ctx, c, &b, q, k, v, out) != NSA_OK)
             goto fail;
     }
+    nsa_cl_tl_flush(st, NULL, NULL);
     res->dense_ms = prof_sum(st, NULL) / 1e6 / reps;
     printf("  %-22s %10.3f ms (dense causal baseline)\n", "dense", res->dense_ms);
 

@@ -167,6 +167,7 @@ static double kernel_ms(nsa_context *ctx, int no_phi)
 #ifdef NSA_BENCH_OPENCL
     nsa_cl_state *st = nsa_cl_state_of(ctx); /* NULL unless ctx runs opencl */
     if (st && st->profile) {
+        nsa_cl_tl_flush(st, NULL, NULL); /* NSA_OPENCL_PROFILE=2: launches not yet read */
         double ns = 0.0;
         for (int i = 0; i < st->n_prof; i++)
             if (!no_phi || strncmp(st->prof[i].label, "nsa_phi", 7) != 0)

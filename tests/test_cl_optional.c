@@ -301,6 +301,60 @@ static void test_rows_kernel_unusable(void **s)
     nsa_context_free(ctx);
 }
 
+/* NSA_OPENCL_PROFILE=2 (the timeline: launches timed without waiting for
+ * each): the same work as with 1 gives the same outputs (check_layer) and
+ * the same launches under the same labels, every one timed; the fused
+ * steps read their own timeline at their end, and nothing stays pending
+ * after a flush. */
+static void test_profile_timeline(void **s)
+{
+    (void)s;
+    NEED_CL();
+    setenv("NSA_OPENCL_PROFILE", "1", 1);
+    nsa_context *one = cl_ok(NULL);
+    setenv("NSA_OPENCL_PROFILE", "2", 1);
+    nsa_context *two = cl_ok(NULL);
+    unsetenv("NSA_OPENCL_PROFILE");
+    nsa_cl_state *s1 = nsa_cl_state_of(one), *s2 = nsa_cl_state_of(two);
+    assert_int_equal(s1->profile, 1);
+    assert_int_equal(s2->profile, 2);
+    const seen v1 = check_layer(one, 16), v2 = check_layer(two, 16);
+    assert_int_equal(v1.fused, v2.fused);
+    assert_true(s2->n_tl <= NSA_CL_TL_MAX);
+    assert_int_equal(nsa_cl_tl_flush(s2, two, NULL), NSA_OK);
+    assert_int_equal(s2->n_tl, 0);
+    assert_int_equal(s1->n_tl, 0); /* mode 1 keeps nothing */
+    assert_int_equal(s2->n_prof, s1->n_prof);
+    for (int i = 0; i < s1->n_prof; i++) {
+        assert_int_equal(calls_of(two, s1->prof[i].label), s1->prof[i].calls);
+        assert_true(s2->prof[i].ns > 0.0);
+    }
+    /* an operator call's launches stay kept until a flush reads them */
+    {
+        const nsa_config cfg = tl_config(4, 2, 16, 8, 8, 4, 16, 3, 1, 1, 24, NSA_MAPPING_OVERLAP);
+        const int lens[1] = {40};
+        tl_problem p;
+        tl_problem_make(&p, &cfg, lens, 1, 0, 17);
+        tl_outputs a;
+        tl_outputs_alloc(&a, &p);
+        long before = 0, after = 0;
+        for (int i = 0; i < s2->n_prof; i++)
+            before += s2->prof[i].calls;
+        tl_forward_plain(two, &p, NULL, &a);
+        const int kept = s2->n_tl;
+        assert_true(kept > 0);
+        assert_int_equal(nsa_cl_tl_flush(s2, two, "test"), NSA_OK);
+        assert_int_equal(s2->n_tl, 0);
+        for (int i = 0; i < s2->n_prof; i++)
+            after += s2->prof[i].calls;
+        assert_int_equal(after - before, kept);
+        tl_outputs_free(&a);
+        tl_problem_free(&p);
+    }
+    nsa_context_free(one);
+    nsa_context_free(two);
+}
+
 /* A device without fp64 (nsa_dr_rope unusable; cl/rope64.cl): the fused
  * step still runs, rotating q by the host's angles (nsa_ds_rope), and with
  * fp32 storage its steps stay device-resident, the keys of every branch
@@ -397,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_step_kernels_unusable),
         cmocka_unit_test(test_rows_kernel_unusable),
         cmocka_unit_test(test_rope64_unusable),
+        cmocka_unit_test(test_profile_timeline),
         cmocka_unit_test(test_core_kernel_unusable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -50,6 +50,7 @@ static void cl_fini(void *state)
         if (st->mma_program[kv])
             clReleaseProgram(st->mma_program[kv]);
     }
+    nsa_cl_tl_flush(st, NULL, NULL); /* releases the timeline's events */
     if (st->queue)
         clReleaseCommandQueue(st->queue);
     if (st->context)
@@ -358,7 +359,7 @@ static nsa_status cl_init_on(nsa_context *ctx, void **state, const char *spec)
         return nsa_cl_fail(ctx, "clCreateContext", err);
     }
     const char *prof = getenv("NSA_OPENCL_PROFILE");
-    st->profile = prof && *prof && strcmp(prof, "0") != 0;
+    st->profile = !prof || !*prof || strcmp(prof, "0") == 0 ? 0 : strcmp(prof, "2") == 0 ? 2 : 1;
     st->queue = clCreateCommandQueue(st->context, st->device,
                                      st->profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
     if (err != CL_SUCCESS) {

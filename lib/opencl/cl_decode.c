@@ -1494,7 +1494,9 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     if (ctx->verbose) /* where a step's time goes: the host's enqueueing, then the wait */
         nsa_log(ctx, "opencl decode step: %u launches, %.3f ms enqueueing, %.3f ms waiting",
                 dc->st->launches - l0, t1 - t0, dc_now_ms() - t1);
-    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(ctx, "clFinish", err);
+    return nsa_cl_tl_flush(dc->st, ctx, "decode step"); /* NSA_OPENCL_PROFILE=2 */
 }
 
 nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj,
@@ -1519,7 +1521,10 @@ nsa_status nsa_cl_dcache_step(nsa_context *ctx, void *p, const nsa_dstep_job *sj
             sj->kv[i].out != c->G * (i % 2 ? c->dv : c->dk))
             return nsa_fail(ctx, NSA_ERR_ARG,
                             "opencl decode step: K/V projection %d does not match its cache", i);
-    nsa_status s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_STEP);
+    /* NSA_OPENCL_PROFILE=2: the step's timeline starts here */
+    nsa_status s = nsa_cl_tl_flush(dc->st, ctx, NULL);
+    if (s == NSA_OK)
+        s = nsa_cl_feature(ctx, dc->st, dc->kv, NSA_CLF_STEP);
     if (s != NSA_OK)
         return s; /* nothing done: decode.c runs the step without dcache_step */
     dc->fail_at = sync->fail_at;

@@ -93,13 +93,22 @@ typedef enum nsa_cl_cache_event {
     NSA_CL_CACHE_REBUILT = 3 /* entry unusable (corrupt, stale): rebuilt */
 } nsa_cl_cache_event;
 
-/* Device time per kernel label (NSA_OPENCL_PROFILE=1; for benchmarks). */
+/* Device time per kernel label (NSA_OPENCL_PROFILE=1 or 2; for benchmarks). */
 #define NSA_CL_PROF_MAX 24 /* operator, phi, linear and decode labels */
 typedef struct nsa_cl_prof {
     char label[32];
     double ns;
     long calls;
 } nsa_cl_prof;
+
+/* NSA_OPENCL_PROFILE=2: launches not yet read (their events are kept, not
+ * waited for, so the queue runs as without profiling); nsa_cl_tl_flush
+ * reads them. */
+#define NSA_CL_TL_MAX 64
+typedef struct nsa_cl_tl {
+    cl_event ev;
+    char label[32];
+} nsa_cl_tl;
 
 typedef struct nsa_cl_state {
     cl_platform_id platform;
@@ -147,13 +156,24 @@ typedef struct nsa_cl_state {
     nsa_cl_cache_event cache_event;
     char cache_path[1024]; /* the entry of the last build ("" if none) */
     char *build_log;       /* of the last failed build, NULL if none */
-    int profile;           /* NSA_OPENCL_PROFILE set: kernels are timed */
+    /* NSA_OPENCL_PROFILE: 0 off; 1 every launch waited for and timed;
+     * 2 timed without waiting (the timeline, nsa_cl_tl_flush) */
+    int profile;
     unsigned launches;     /* kernels enqueued (NSA_VERBOSE's decode step log) */
     int n_prof;
     nsa_cl_prof prof[NSA_CL_PROF_MAX];
+    int n_tl;
+    nsa_cl_tl tl[NSA_CL_TL_MAX];
 } nsa_cl_state;
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
+
+/* NSA_OPENCL_PROFILE=2: waits for the kept launches and adds their device
+ * times to prof; with ctx verbose (NSA_VERBOSE=1) and what given, logs
+ * their timeline as what's (each launch's start from the first one's, its
+ * duration, the idle time before it: where a decode step's device time
+ * goes between its kernels). ctx (may be NULL) gets the error. */
+NSA_HIDDEN nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what);
 
 /* Lanes per head row in nsa_group_attn's softmax (NSA_NP). */
 #define NSA_CL_NP 8

@@ -59,6 +59,25 @@ void nsa_clr_arg(nsa_clr_args *a, size_t size, const void *v)
     a->i++;
 }
 
+
+/* Adds a launch's device time (start t0, end t1, ns) to its label. */
+static void prof_add(nsa_cl_state *st, const char *name, cl_ulong t0, cl_ulong t1)
+{
+    int i = 0;
+    while (i < st->n_prof && strcmp(st->prof[i].label, name) != 0)
+        i++;
+    if (i == NSA_CL_PROF_MAX)
+        return;
+    if (i == st->n_prof) {
+        snprintf(st->prof[i].label, sizeof st->prof[i].label, "%s", name);
+        st->prof[i].ns = 0;
+        st->prof[i].calls = 0;
+        st->n_prof++;
+    }
+    st->prof[i].ns += (double)(t1 - t0);
+    st->prof[i].calls++;
+}
+
 /* Enqueues a->k over dims dimensions (global already a multiple of local). */
 nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name, cl_uint dims,
                              const size_t *global, const size_t *local)
@@ -79,7 +98,19 @@ nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name,
                         "OpenCL clEnqueueNDRangeKernel failed for %s: %s (%d)", name,
                         nsa_cl_error_name(err), (int)err);
     st->launches++;
-    if (ev) {
+    if (ev && st->profile == 2) {
+        /* the timeline: kept, read by nsa_cl_tl_flush */
+        if (st->n_tl == NSA_CL_TL_MAX) {
+            const nsa_status s = nsa_cl_tl_flush(st, b->ctx, NULL);
+            if (s != NSA_OK) {
+                clReleaseEvent(ev);
+                return s;
+            }
+        }
+        st->tl[st->n_tl].ev = ev;
+        snprintf(st->tl[st->n_tl].label, sizeof st->tl[st->n_tl].label, "%s", name);
+        st->n_tl++;
+    } else if (ev) {
         /* profiling: wait, and add the kernel's device time to its label */
         cl_ulong t0 = 0, t1 = 0;
         err = clWaitForEvents(1, &ev);
@@ -90,19 +121,54 @@ nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name,
         clReleaseEvent(ev);
         if (err != CL_SUCCESS)
             return nsa_cl_fail(b->ctx, "clGetEventProfilingInfo", err);
-        int i = 0;
-        while (i < st->n_prof && strcmp(st->prof[i].label, name) != 0)
-            i++;
-        if (i < NSA_CL_PROF_MAX) {
-            if (i == st->n_prof) {
-                snprintf(st->prof[i].label, sizeof st->prof[i].label, "%s", name);
-                st->prof[i].ns = 0;
-                st->prof[i].calls = 0;
-                st->n_prof++;
-            }
-            st->prof[i].ns += (double)(t1 - t0);
-            st->prof[i].calls++;
-        }
+        prof_add(st, name, t0, t1);
+    }
+    return NSA_OK;
+}
+
+nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
+{
+    const int n = st->n_tl;
+    st->n_tl = 0;
+    if (n == 0)
+        return NSA_OK;
+    cl_ulong t[NSA_CL_TL_MAX][2], qd[NSA_CL_TL_MAX];
+    cl_int err = CL_SUCCESS;
+    for (int i = 0; i < n; i++) {
+        if (err == CL_SUCCESS)
+            err = clWaitForEvents(1, &st->tl[i].ev);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_QUEUED,
+                                          sizeof qd[i], &qd[i], NULL);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_START,
+                                          sizeof t[i][0], &t[i][0], NULL);
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_END,
+                                          sizeof t[i][1], &t[i][1], NULL);
+        clReleaseEvent(st->tl[i].ev);
+    }
+    if (err != CL_SUCCESS)
+        return ctx ? nsa_cl_fail(ctx, "clGetEventProfilingInfo", err) : NSA_ERR_BACKEND;
+    double busy = 0.0;
+    for (int i = 0; i < n; i++) {
+        prof_add(st, st->tl[i].label, t[i][0], t[i][1]);
+        busy += (double)(t[i][1] - t[i][0]);
+    }
+    if (ctx && ctx->verbose && what) {
+        const double span = (double)(t[n - 1][1] - t[0][0]);
+        nsa_log(ctx, "opencl timeline (%s): %d launches, %.1f us from the first start to the "
+                     "last end, %.1f us in kernels, %.1f us between them",
+                what, n, span / 1e3, busy / 1e3, (span - busy) / 1e3);
+        /* queued -> start: how long the host's enqueue was ahead of the
+         * device (near 0: the device waited for the host) */
+        for (int i = 0; i < n; i++)
+            nsa_log(ctx, "  +%8.1f us %-36s %8.1f us, idle before %6.1f us, queued %7.1f us "
+                         "before its start",
+                    (double)(t[i][0] - t[0][0]) / 1e3, st->tl[i].label,
+                    (double)(t[i][1] - t[i][0]) / 1e3,
+                    i ? ((double)t[i][0] - (double)t[i - 1][1]) / 1e3 : 0.0,
+                    ((double)t[i][0] - (double)qd[i]) / 1e3);
     }
     return NSA_OK;
 }
