@@ -51,14 +51,21 @@ typedef struct kprof {
 } kprof;
 
 /* Device time (ms) of the decode attention kernels since the last call
- * (opencl with NSA_OPENCL_PROFILE=1; kp, if given, gets each kernel's
- * share), else -1. */
-static double kernel_ms(nsa_context *ctx, kprof *kp)
+ * (opencl with NSA_OPENCL_PROFILE=1 or 2; kp, if given, gets each kernel's
+ * share), else -1. span, if given, gets the time from the first of those
+ * launches' start to the last one's end (NSA_OPENCL_PROFILE=2: the
+ * launches ran unhindered; else -1). */
+static double kernel_ms(nsa_context *ctx, kprof *kp, double *span)
 {
+    if (span)
+        *span = -1.0;
 #ifdef NSA_BENCH_OPENCL
     nsa_cl_state *st = nsa_cl_state_of(ctx);
     if (st && st->profile) {
         nsa_cl_tl_flush(st, NULL, NULL); /* NSA_OPENCL_PROFILE=2: launches not yet read */
+        if (span && st->profile == 2)
+            *span = st->tl_span_ns / 1e6;
+        st->tl_span_ns = 0.0;
         double ns = 0.0;
         for (int i = 0; i < st->n_prof; i++)
             if (strncmp(st->prof[i].label, "nsa_dc_", 7) == 0 &&
@@ -282,9 +289,12 @@ int nsa_bench_decode(int argc, char **argv)
         double *ta = malloc(sizeof(double) * (size_t)steps);
         double *ka = malloc(sizeof(double) * (size_t)steps);
         double *kd = malloc(sizeof(double) * (size_t)steps);
+        double *sa = malloc(sizeof(double) * (size_t)steps);
+        double *sd = malloc(sizeof(double) * (size_t)steps);
         float *gates = malloc(sizeof(float) * (size_t)B * a->H * 3);
         int32_t *sel = malloc(sizeof(int32_t) * (size_t)B * a->G * a->n);
-        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !ka || !kd || !gates || !sel ||
+        if (!x || !xt || !yt || !q || !o || !tn || !td || !ta || !ka || !kd || !sa || !sd || !gates ||
+            !sel ||
             nsa_decode_create(L, B, 0, &st) != NSA_OK) {
             fprintf(stderr, "nsa-bench decode: out of memory at S=%ld\n", S);
             return 1;
@@ -298,7 +308,7 @@ int nsa_bench_decode(int argc, char **argv)
             if (nsa_decode_clone_seq(st, b, 0) != NSA_OK)
                 rc = 1;
         nsa_decode_counters k0 = {0};
-        kernel_ms(ctx, NULL); /* the profile from here: the steps' kernels */
+        kernel_ms(ctx, NULL, NULL); /* the profile from here: the steps' kernels */
         for (int s = 0; s < steps && rc == 0; s++) {
             for (int b = 0; b < B; b++)
                 memcpy(xt + (size_t)b * D, x + (size_t)(S - 1) * D, sizeof(float) * D);
@@ -310,7 +320,7 @@ int nsa_bench_decode(int argc, char **argv)
                 nsa_decode_get_counters(st, 0, 0, &k0);
                 /* the profile from the second step: the first uploads the caches */
                 if (steps > 1)
-                    kernel_ms(ctx, NULL);
+                    kernel_ms(ctx, NULL, NULL);
             }
         }
         step_profile(ctx, steps > 1 ? steps - 1 : steps);
@@ -334,19 +344,19 @@ int nsa_bench_decode(int argc, char **argv)
         if (rc == 0 && (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK ||
                         nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK))
             rc = 1;
-        kernel_ms(ctx, NULL);
+        kernel_ms(ctx, NULL, NULL);
         kprof kp = {0};
         for (int s = 0; s < steps && rc == 0; s++) {
             double t0 = bench_now();
             if (nsa_decode_attend_cached(st, q, gates, o, sel, 1) != NSA_OK)
                 rc = 1;
             td[s] = bench_now() - t0;
-            kd[s] = kernel_ms(ctx, &kp);
+            kd[s] = kernel_ms(ctx, &kp, &sd[s]);
             t0 = bench_now();
             if (rc == 0 && nsa_decode_attend_cached(st, q, gates, o, sel, 0) != NSA_OK)
                 rc = 1;
             ta[s] = bench_now() - t0;
-            ka[s] = kernel_ms(ctx, &kp);
+            ka[s] = kernel_ms(ctx, &kp, &sa[s]);
         }
         if (rc) {
             fprintf(stderr, "nsa-bench decode: %s\n", nsa_context_last_error(ctx));
@@ -397,6 +407,11 @@ int nsa_bench_decode(int argc, char **argv)
                     printf(" %s %.4f", kp.label[i] + 7, kp.ns[i] / 1e6 / steps);
                 printf("\n");
             }
+            const double msa = bench_median(sa, steps), msd = bench_median(sd, steps);
+            if (!json && msa > 0 && msd > 0)
+                printf("         span (first kernel's start to last one's end, NSA_OPENCL_PROFILE=2), "
+                       "median ms: NSA %.4f (%.1f GB/s), dense %.4f (%.1f GB/s)\n",
+                       msa, nsa_bytes / msa * 1e-6, msd, dense_bytes_all / msd * 1e-6);
             fflush(stdout);
         }
         nsa_decode_free(st);
@@ -410,6 +425,8 @@ int nsa_bench_decode(int argc, char **argv)
         free(ta);
         free(ka);
         free(kd);
+        free(sa);
+        free(sd);
         free(gates);
         free(sel);
     }
@@ -421,7 +438,7 @@ int nsa_bench_decode(int argc, char **argv)
                "dense / attn. Tokens and MB are per sequence and group for\nthe step at "
                "t = S-1 (K and V bytes read); dense reads S tokens.\nGB/s: K/V bytes of all sequences "
                "and groups (fp32) / the wall time of attn and dense;\nk ms, k GB/s: device time of "
-               "the attention kernels (NSA_OPENCL_PROFILE=1, opencl; -1 otherwise);\nbound: the NSA K/V bytes of all sequences and groups at the read bandwidth measured before (cpu);\n"
+               "the attention kernels (NSA_OPENCL_PROFILE=1 or 2, opencl; -1 otherwise);\nbound: the NSA K/V bytes of all sequences and groups at the read bandwidth measured before (cpu);\n"
                "attn/bd = attn / bound; bd2: bound plus the attention's FLOPs at the overlap probe's compute rate\n"
                "(the time if a core cannot read and compute at once), attn/bd2 = attn / bd2.\n");
     nsa_layer_free(L);

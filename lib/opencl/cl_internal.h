@@ -164,6 +164,9 @@ typedef struct nsa_cl_state {
     nsa_cl_prof prof[NSA_CL_PROF_MAX];
     int n_tl;
     nsa_cl_tl tl[NSA_CL_TL_MAX];
+    /* the flushed sets' spans (first start to last end, ns), summed; for
+     * benches, which reset it */
+    double tl_span_ns;
 } nsa_cl_state;
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;

@@ -132,7 +132,7 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
     st->n_tl = 0;
     if (n == 0)
         return NSA_OK;
-    cl_ulong t[NSA_CL_TL_MAX][2], qd[NSA_CL_TL_MAX];
+    cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0};
     cl_int err = CL_SUCCESS;
     for (int i = 0; i < n; i++) {
         if (err == CL_SUCCESS)
@@ -151,12 +151,15 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
     if (err != CL_SUCCESS)
         return ctx ? nsa_cl_fail(ctx, "clGetEventProfilingInfo", err) : NSA_ERR_BACKEND;
     double busy = 0.0;
+    cl_ulong last = t[0][1];
     for (int i = 0; i < n; i++) {
         prof_add(st, st->tl[i].label, t[i][0], t[i][1]);
         busy += (double)(t[i][1] - t[i][0]);
+        last = t[i][1] > last ? t[i][1] : last;
     }
+    const double span = (double)(last - t[0][0]);
+    st->tl_span_ns += span;
     if (ctx && ctx->verbose && what) {
-        const double span = (double)(t[n - 1][1] - t[0][0]);
         nsa_log(ctx, "opencl timeline (%s): %d launches, %.1f us from the first start to the "
                      "last end, %.1f us in kernels, %.1f us between them",
                 what, n, span / 1e3, busy / 1e3, (span - busy) / 1e3);
