@@ -134,9 +134,12 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
         return NSA_OK;
     cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0};
     cl_int err = CL_SUCCESS;
+    const char *call = "clWaitForEvents";
     for (int i = 0; i < n; i++) {
         if (err == CL_SUCCESS)
             err = clWaitForEvents(1, &st->tl[i].ev);
+        if (err == CL_SUCCESS)
+            call = "clGetEventProfilingInfo";
         if (err == CL_SUCCESS)
             err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_QUEUED,
                                           sizeof qd[i], &qd[i], NULL);
@@ -149,7 +152,7 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
         clReleaseEvent(st->tl[i].ev);
     }
     if (err != CL_SUCCESS)
-        return ctx ? nsa_cl_fail(ctx, "clGetEventProfilingInfo", err) : NSA_ERR_BACKEND;
+        return ctx ? nsa_cl_fail(ctx, call, err) : NSA_ERR_BACKEND;
     double busy = 0.0;
     cl_ulong last = t[0][1];
     for (int i = 0; i < n; i++) {
