@@ -134,15 +134,17 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
         return NSA_OK;
     cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0};
     cl_int err = CL_SUCCESS;
-    const char *call = "clWaitForEvents";
+    const char *call = "";
     for (int i = 0; i < n; i++) {
-        if (err == CL_SUCCESS)
+        if (err == CL_SUCCESS) {
+            call = "clWaitForEvents";
             err = clWaitForEvents(1, &st->tl[i].ev);
-        if (err == CL_SUCCESS)
+        }
+        if (err == CL_SUCCESS) {
             call = "clGetEventProfilingInfo";
-        if (err == CL_SUCCESS)
             err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_QUEUED,
                                           sizeof qd[i], &qd[i], NULL);
+        }
         if (err == CL_SUCCESS)
             err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_START,
                                           sizeof t[i][0], &t[i][0], NULL);
