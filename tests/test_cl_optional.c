@@ -11,6 +11,7 @@
 #include "decode.h"
 #include "testlib.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -338,16 +339,39 @@ static void test_profile_timeline(void **s)
         tl_outputs a;
         tl_outputs_alloc(&a, &p);
         long before = 0, after = 0;
-        for (int i = 0; i < s2->n_prof; i++)
+        double ns_before = 0.0, ns_after = 0.0, ns_read = 0.0;
+        for (int i = 0; i < s2->n_prof; i++) {
             before += s2->prof[i].calls;
+            ns_before += s2->prof[i].ns;
+        }
         tl_forward_plain(two, &p, NULL, &a);
         const int kept = s2->n_tl;
         assert_true(kept > 0);
+        char labels[NSA_CL_TL_MAX][32];
+        for (int i = 0; i < kept; i++) {
+            memcpy(labels[i], s2->tl[i].label, sizeof labels[i]);
+            s2->tl[i].t0 = s2->tl[i].t1 = 0; /* poisoned: the flush sets them */
+        }
         assert_int_equal(nsa_cl_tl_flush(s2, two, "test"), NSA_OK);
         assert_int_equal(s2->n_tl, 0);
-        for (int i = 0; i < s2->n_prof; i++)
+        for (int i = 0; i < s2->n_prof; i++) {
             after += s2->prof[i].calls;
+            ns_after += s2->prof[i].ns;
+        }
         assert_int_equal(after - before, kept);
+        /* what it read stays for the benches' spans: the same launches in
+         * enqueue order (an in-order queue starts them in that order), the
+         * times the profile got */
+        assert_int_equal(s2->n_tl_read, kept);
+        for (int i = 0; i < kept; i++) {
+            assert_string_equal(s2->tl[i].label, labels[i]);
+            assert_true(s2->tl[i].t0 > 0 && s2->tl[i].t1 >= s2->tl[i].t0);
+            assert_true(i == 0 || s2->tl[i].t0 >= s2->tl[i - 1].t0);
+            ns_read += (double)(s2->tl[i].t1 - s2->tl[i].t0);
+        }
+        assert_true(fabs(ns_after - ns_before - ns_read) <= 1e-6 * ns_read);
+        assert_int_equal(nsa_cl_tl_flush(s2, two, NULL), NSA_OK);
+        assert_int_equal(s2->n_tl_read, 0); /* nothing kept: nothing read */
         tl_outputs_free(&a);
         tl_problem_free(&p);
     }

@@ -108,6 +108,7 @@ typedef struct nsa_cl_prof {
 typedef struct nsa_cl_tl {
     cl_event ev;
     char label[32];
+    cl_ulong t0, t1; /* start and end (ns), set when read */
 } nsa_cl_tl;
 
 typedef struct nsa_cl_state {
@@ -164,9 +165,9 @@ typedef struct nsa_cl_state {
     nsa_cl_prof prof[NSA_CL_PROF_MAX];
     int n_tl;
     nsa_cl_tl tl[NSA_CL_TL_MAX];
-    /* the flushed sets' spans (first start to last end, ns), summed; for
-     * benches, which reset it */
-    double tl_span_ns;
+    /* launches the last nsa_cl_tl_flush read: tl[0 .. n_tl_read) keep their
+     * labels and times until the next launch (benches take spans of them) */
+    int n_tl_read;
 } nsa_cl_state;
 
 extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;

@@ -130,6 +130,7 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
 {
     const int n = st->n_tl;
     st->n_tl = 0;
+    st->n_tl_read = 0;
     if (n == 0)
         return NSA_OK;
     cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0};
@@ -158,12 +159,14 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
     double busy = 0.0;
     cl_ulong last = t[0][1];
     for (int i = 0; i < n; i++) {
+        st->tl[i].t0 = t[i][0];
+        st->tl[i].t1 = t[i][1];
         prof_add(st, st->tl[i].label, t[i][0], t[i][1]);
         busy += (double)(t[i][1] - t[i][0]);
         last = t[i][1] > last ? t[i][1] : last;
     }
     const double span = (double)(last - t[0][0]);
-    st->tl_span_ns += span;
+    st->n_tl_read = n;
     if (ctx && ctx->verbose && what) {
         nsa_log(ctx, "opencl timeline (%s): %d launches, %.1f us from the first start to the "
                      "last end, %.1f us in kernels, %.1f us between them",
