@@ -970,6 +970,21 @@ static nsa_status dc_prob(nsa_context *ctx, nsa_cl_dcache *dc, int nch, int ncmb
     return dc_launch(ctx, dc, &a, "nsa_dc_prob", bg * njc * (size_t)dc->st->wg);
 }
 
+/* The attention's results to the host: the selection and the outputs the
+ * job asks for (reads queued, not waited for). */
+static nsa_status dc_attend_reads(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
+{
+    const size_t bg = (size_t)dc->B * dc->cfg.G, bhd = (size_t)dc->B * dc->cfg.H * dc->cfg.dv;
+    nsa_status s = dc_read(ctx, dc, dc->buf[DB_SEL].m, 0, sizeof(int32_t) * bg * dc->cfg.n,
+                           job->sel_out);
+    float *dst[4] = {job->out, job->out_cmp, job->out_slc, job->out_win};
+    for (int i = 0; s == NSA_OK && i < 4; i++)
+        if (dst[i])
+            s = dc_read(ctx, dc, dc->buf[DB_OUT].m, sizeof(float) * bhd * i, sizeof(float) * bhd,
+                        dst[i]);
+    return s;
+}
+
 static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_job *job)
 {
     const nsa_config *c = &dc->cfg;
@@ -1024,16 +1039,10 @@ static nsa_status dc_attend_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_d
     if ((s = dc_partial(ctx, dc, job, &pw, max_nc)) != NSA_OK ||
         (s = dc_final(ctx, dc, &pw, &pc, branches)) != NSA_OK)
         return s;
-    if ((s = dc_read(ctx, dc, dc->buf[DB_SEL].m, 0, sizeof(int32_t) * bg * n, job->sel_out)) !=
-        NSA_OK)
-        return s;
-    float *dst[4] = {job->out, job->out_cmp, job->out_slc, job->out_win};
-    for (int i = 0; i < 4; i++)
-        if (dst[i] && (s = dc_read(ctx, dc, dc->buf[DB_OUT].m, sizeof(float) * bhd * i,
-                                   sizeof(float) * bhd, dst[i])) != NSA_OK)
-            return s;
     if (dc->q_on_device)
-        return NSA_OK; /* the fused step goes on with o in DB_OUT */
+        return NSA_OK; /* the fused step goes on with o in DB_OUT, reads after Wo */
+    if ((s = dc_attend_reads(ctx, dc, job)) != NSA_OK)
+        return s;
     cl_int err = clFinish(dc->st->queue);
     return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clFinish", err);
 }
@@ -1485,9 +1494,13 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     dc->q_on_device = 1;
     s = dc_attend_run(ctx, dc, sj->dj);
     dc->q_on_device = 0;
+    /* the selection (and outputs asked for) read after Wo: a read between
+     * the attention and Wo left the device idle 67-75 us a step (batch 16,
+     * H200, NSA_OPENCL_PROFILE=2's timeline; doc/opencl.md) */
     if (s != NSA_OK ||
         (s = dc_linear(ctx, dc, W, sj->wo, dc->buf[DB_OUT].m, dc->buf[DB_Y].m)) != NSA_OK ||
-        (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy, sj->y)) != NSA_OK)
+        (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy, sj->y)) != NSA_OK ||
+        (s = dc_attend_reads(ctx, dc, sj->dj)) != NSA_OK)
         return s;
     const double t1 = ctx->verbose ? dc_now_ms() : 0.0;
     cl_int err = clFinish(dc->st->queue);
