@@ -379,6 +379,58 @@ static void test_profile_timeline(void **s)
     nsa_context_free(two);
 }
 
+/* The fused step's x and y through pinned host memory (the default) and
+ * through the caller's pageable memory (NSA_OPENCL_PINNED=0) give the same
+ * bits: the same device work, only the transfers' host side differs. Both
+ * against the reference too (spec 9), so an unwritten y fails. */
+static void test_pinned_steps(void **s)
+{
+    (void)s;
+    NEED_CL();
+    nsa_context *ctx = cl_ok(NULL), *ref;
+    assert_int_equal(nsa_context_create("ref", &ref, NULL, 0), NSA_OK);
+    const nsa_layer_config c = tl_layer_config_small();
+    const size_t D = (size_t)c.D;
+    nsa_layer *L, *R;
+    assert_int_equal(nsa_layer_create(ctx, &c, &L), NSA_OK);
+    assert_int_equal(nsa_layer_create(ref, &c, &R), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(L, 41), NSA_OK);
+    assert_int_equal(nsa_layer_init_random(R, 41), NSA_OK);
+    enum { B = 2, STEPS = 6, P = 29 };
+    nsa_decode_state *st[3]; /* pinned, pageable, reference */
+    setenv("NSA_OPENCL_PINNED", "0", 1);
+    assert_int_equal(nsa_decode_create(L, B, 0, &st[1]), NSA_OK);
+    unsetenv("NSA_OPENCL_PINNED");
+    assert_int_equal(nsa_decode_create(L, B, 0, &st[0]), NSA_OK);
+    assert_int_equal(nsa_decode_create(R, B, 0, &st[2]), NSA_OK);
+    float *x = malloc(sizeof(float) * P * D);
+    for (int b = 0; b < B; b++) {
+        tl_fill(x, P * D, 42 + (uint64_t)b, -1, 1);
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(nsa_decode_prefill(st[i], b, x, P - 7 * b, NULL), NSA_OK);
+    }
+    for (int k = 0; k < STEPS; k++) {
+        float *y[3];
+        tl_fill(x, B * D, 50 + (uint64_t)k, -1, 1);
+        for (int i = 0; i < 3; i++) {
+            y[i] = tl_poisoned(B * D);
+            assert_int_equal(nsa_decode_step(i < 2 ? L : R, st[i], x, y[i], NULL), NSA_OK);
+        }
+        assert_memory_equal(y[0], y[1], sizeof(float) * B * D);
+        within(y[0], y[2], B * D, "pinned step y");
+        for (int i = 0; i < 3; i++)
+            free(y[i]);
+    }
+    assert_true(nsa_decode_fused_steps(st[0]) && nsa_decode_fused_steps(st[1]));
+    for (int i = 0; i < 3; i++)
+        nsa_decode_free(st[i]);
+    free(x);
+    nsa_layer_free(L);
+    nsa_layer_free(R);
+    nsa_context_free(ctx);
+    nsa_context_free(ref);
+}
+
 /* A device without fp64 (nsa_dr_rope unusable; cl/rope64.cl): the fused
  * step still runs, rotating q by the host's angles (nsa_ds_rope), and with
  * fp32 storage its steps stay device-resident, the keys of every branch
@@ -476,6 +528,7 @@ int main(void)
         cmocka_unit_test(test_rows_kernel_unusable),
         cmocka_unit_test(test_rope64_unusable),
         cmocka_unit_test(test_profile_timeline),
+        cmocka_unit_test(test_pinned_steps),
         cmocka_unit_test(test_core_kernel_unusable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -125,6 +125,13 @@ typedef struct nsa_cl_dcache {
     int psrc_ok;         /* DB_PSRC holds b l for phi's src */
     uint64_t bus[3];     /* test hook: bytes up, down, of them up the mapping */
     int in_map;          /* dc_map's writes are counted in bus[2] too */
+    /* the fused step's x and y through pinned host memory (dc_pinned):
+     * the buffer, its mapping, its floats; pin_off: NSA_OPENCL_PINNED=0 or
+     * the pinned buffer could not be made */
+    cl_mem pin;
+    float *pin_p;
+    size_t pin_n;
+    int pin_off;
 } nsa_cl_dcache;
 
 /* Counts one device operation; the test hook fails the chosen one. */
@@ -170,6 +177,30 @@ static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size
     return NSA_OK;
 }
 
+/* NSA_OPENCL_PROFILE=2: a transfer's event (if any) into the timeline. */
+static nsa_status dc_xfer_keep(nsa_context *ctx, nsa_cl_dcache *dc, cl_event ev,
+                               const char *what, size_t bytes)
+{
+    if (!ev)
+        return NSA_OK;
+    char label[32];
+    snprintf(label, sizeof label, "(%s %zu B)", what, bytes);
+    return nsa_cl_tl_keep(dc->st, ctx, ev, label, 1);
+}
+
+/* Unmaps and releases the pinned buffer (after what the queue holds). */
+static void dc_unpin(nsa_cl_dcache *dc)
+{
+    if (!dc->pin)
+        return;
+    clEnqueueUnmapMemObject(dc->st->queue, dc->pin, dc->pin_p, 0, NULL, NULL);
+    clFinish(dc->st->queue);
+    clReleaseMemObject(dc->pin);
+    dc->pin = NULL;
+    dc->pin_p = NULL;
+    dc->pin_n = 0;
+}
+
 /* bytes of host to offset off of m, through the failure hook and the bus
  * counters (dc_map's writes also as the mapping's). */
 static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t off,
@@ -181,9 +212,12 @@ static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, siz
     dc->bus[0] += bytes;
     if (dc->in_map)
         dc->bus[2] += bytes;
-    cl_int err =
-        clEnqueueWriteBuffer(dc->st->queue, m, blocking, off, bytes, host, 0, NULL, NULL);
-    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
+    cl_event ev = NULL;
+    cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, blocking, off, bytes, host, 0, NULL,
+                                      dc->st->profile == 2 ? &ev : NULL);
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
+    return dc_xfer_keep(ctx, dc, ev, "write", bytes);
 }
 
 static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t bytes,
@@ -199,8 +233,47 @@ static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t 
     if (s != NSA_OK || bytes == 0)
         return s;
     dc->bus[1] += bytes;
-    cl_int err = clEnqueueReadBuffer(dc->st->queue, m, CL_FALSE, off, bytes, host, 0, NULL, NULL);
-    return err == CL_SUCCESS ? NSA_OK : nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
+    cl_event ev = NULL;
+    cl_int err = clEnqueueReadBuffer(dc->st->queue, m, CL_FALSE, off, bytes, host, 0, NULL,
+                                     dc->st->profile == 2 ? &ev : NULL);
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
+    return dc_xfer_keep(ctx, dc, ev, "read", bytes);
+}
+
+/* Pinned host memory of n floats for the fused step's x and y: a buffer
+ * the driver places in host memory, mapped once, whose pointer the step's
+ * transfers use (on NVIDIA a transfer from pageable memory goes through
+ * the driver's own staging). NULL: pageable transfers (NSA_OPENCL_PINNED=0,
+ * or no such buffer could be made). */
+static float *dc_pinned(nsa_context *ctx, nsa_cl_dcache *dc, size_t n)
+{
+    if (dc->pin_off)
+        return NULL;
+    if (dc->pin_p && dc->pin_n >= n)
+        return dc->pin_p;
+    dc_unpin(dc);
+    cl_int err;
+    cl_mem m = clCreateBuffer(dc->st->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR,
+                              sizeof(float) * n, NULL, &err);
+    void *p = NULL;
+    if (err == CL_SUCCESS) {
+        p = clEnqueueMapBuffer(dc->st->queue, m, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0,
+                               sizeof(float) * n, 0, NULL, NULL, &err);
+        if (err != CL_SUCCESS)
+            clReleaseMemObject(m);
+    }
+    if (err != CL_SUCCESS) {
+        if (ctx->verbose)
+            nsa_log(ctx, "opencl decode: no pinned host buffer (%s), pageable transfers",
+                    nsa_cl_error_name(err));
+        dc->pin_off = 1;
+        return NULL;
+    }
+    dc->pin = m;
+    dc->pin_p = p;
+    dc->pin_n = n;
+    return dc->pin_p;
 }
 
 static nsa_status dc_launch(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_args *a,
@@ -219,6 +292,7 @@ void nsa_cl_dcache_free(void *p)
     nsa_cl_dcache *dc = p;
     if (!dc)
         return;
+    dc_unpin(dc);
     cl_mem *ms[] = {&dc->kr, &dc->vr, &dc->kw, &dc->vw, &dc->kc, &dc->vc, &dc->kring, &dc->vring};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
         if (*ms[i])
@@ -295,6 +369,8 @@ nsa_status nsa_cl_dcache_new(nsa_context *ctx, const nsa_config *cfg, int B, voi
     dc->resident = env && atoi(env) > 0 ? atoi(env) : DC_RESIDENT;
     env = getenv("NSA_OPENCL_DECODE_WINDOW");
     dc->win_early = env && strcmp(env, "early") == 0;
+    env = getenv("NSA_OPENCL_PINNED");
+    dc->pin_off = env && strcmp(env, "0") == 0;
     dc->seq = calloc((size_t)B, sizeof *dc->seq);
     dc->htpos = malloc(sizeof(int32_t) * (size_t)B);
     dc->hpos = malloc(sizeof(int64_t) * 2 * (size_t)B);
@@ -1477,13 +1553,17 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
                           : dc_rope_tab(ctx, dc, sj, dc->hpos, 0);
     if (s != NSA_OK)
         return s;
+    /* x up and y down through pinned memory where there is some */
+    float *pin = dc_pinned(ctx, dc, B * (D + Dy));
+    if (pin)
+        memcpy(pin, sj->x, sizeof(float) * B * D);
     if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_Q, sizeof(float) * bh * c->dk)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_GATES, sizeof(float) * bh * 3)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_Y, sizeof(float) * B * Dy)) != NSA_OK ||
         (s = dc_ensure(ctx, dc, DB_TPOS, sizeof(int32_t) * B)) != NSA_OK ||
-        (s = dc_write(ctx, dc, dc->buf[DB_X].m, sizeof(float) * B * D, sj->x, CL_FALSE)) !=
-            NSA_OK ||
+        (s = dc_write(ctx, dc, dc->buf[DB_X].m, sizeof(float) * B * D, pin ? pin : sj->x,
+                      CL_FALSE)) != NSA_OK ||
         (s = dc_write(ctx, dc, dc->buf[DB_TPOS].m, sizeof(int32_t) * B, dc->htpos, CL_FALSE)) !=
             NSA_OK ||
         (sj->kv && (s = dc_step_kv(ctx, dc, sj, W, saved)) != NSA_OK) ||
@@ -1499,11 +1579,14 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
      * H200, NSA_OPENCL_PROFILE=2's timeline; doc/opencl.md) */
     if (s != NSA_OK ||
         (s = dc_linear(ctx, dc, W, sj->wo, dc->buf[DB_OUT].m, dc->buf[DB_Y].m)) != NSA_OK ||
-        (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy, sj->y)) != NSA_OK ||
+        (s = dc_read(ctx, dc, dc->buf[DB_Y].m, 0, sizeof(float) * B * Dy,
+                     pin ? pin + B * D : sj->y)) != NSA_OK ||
         (s = dc_attend_reads(ctx, dc, sj->dj)) != NSA_OK)
         return s;
     const double t1 = ctx->verbose ? dc_now_ms() : 0.0;
     cl_int err = clFinish(dc->st->queue);
+    if (err == CL_SUCCESS && pin)
+        memcpy(sj->y, pin + B * D, sizeof(float) * B * Dy);
     if (ctx->verbose) /* where a step's time goes: the host's enqueueing, then the wait */
         nsa_log(ctx, "opencl decode step: %u launches, %.3f ms enqueueing, %.3f ms waiting",
                 dc->st->launches - l0, t1 - t0, dc_now_ms() - t1);

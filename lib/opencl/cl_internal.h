@@ -108,6 +108,7 @@ typedef struct nsa_cl_prof {
 typedef struct nsa_cl_tl {
     cl_event ev;
     char label[32];
+    int xfer;        /* a transfer (decode caches' reads and writes), not a kernel */
     cl_ulong t0, t1; /* start and end (ns), set when read */
 } nsa_cl_tl;
 
@@ -178,6 +179,11 @@ extern NSA_HIDDEN const nsa_backend_ops nsa_backend_opencl;
  * duration, the idle time before it: where a decode step's device time
  * goes between its kernels). ctx (may be NULL) gets the error. */
 NSA_HIDDEN nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what);
+/* NSA_OPENCL_PROFILE=2: keeps ev (a launch, or with xfer a transfer) for
+ * the next flush (flushing first if the timeline is full; ev released on
+ * failure). */
+NSA_HIDDEN nsa_status nsa_cl_tl_keep(nsa_cl_state *st, nsa_context *ctx, cl_event ev,
+                                     const char *label, int xfer);
 
 /* Lanes per head row in nsa_group_attn's softmax (NSA_NP). */
 #define NSA_CL_NP 8

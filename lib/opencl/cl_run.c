@@ -99,17 +99,7 @@ nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name,
                         nsa_cl_error_name(err), (int)err);
     st->launches++;
     if (ev && st->profile == 2) {
-        /* the timeline: kept, read by nsa_cl_tl_flush */
-        if (st->n_tl == NSA_CL_TL_MAX) {
-            const nsa_status s = nsa_cl_tl_flush(st, b->ctx, NULL);
-            if (s != NSA_OK) {
-                clReleaseEvent(ev);
-                return s;
-            }
-        }
-        st->tl[st->n_tl].ev = ev;
-        snprintf(st->tl[st->n_tl].label, sizeof st->tl[st->n_tl].label, "%s", name);
-        st->n_tl++;
+        return nsa_cl_tl_keep(st, b->ctx, ev, name, 0);
     } else if (ev) {
         /* profiling: wait, and add the kernel's device time to its label */
         cl_ulong t0 = 0, t1 = 0;
@@ -123,6 +113,23 @@ nsa_status nsa_clr_launch_nd(nsa_clr_bufs *b, nsa_clr_args *a, const char *name,
             return nsa_cl_fail(b->ctx, "clGetEventProfilingInfo", err);
         prof_add(st, name, t0, t1);
     }
+    return NSA_OK;
+}
+
+nsa_status nsa_cl_tl_keep(nsa_cl_state *st, nsa_context *ctx, cl_event ev, const char *label,
+                          int xfer)
+{
+    if (st->n_tl == NSA_CL_TL_MAX) {
+        const nsa_status s = nsa_cl_tl_flush(st, ctx, NULL);
+        if (s != NSA_OK) {
+            clReleaseEvent(ev);
+            return s;
+        }
+    }
+    nsa_cl_tl *e = &st->tl[st->n_tl++];
+    e->ev = ev;
+    e->xfer = xfer;
+    snprintf(e->label, sizeof e->label, "%s", label);
     return NSA_OK;
 }
 
@@ -161,15 +168,17 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
     for (int i = 0; i < n; i++) {
         st->tl[i].t0 = t[i][0];
         st->tl[i].t1 = t[i][1];
+        last = t[i][1] > last ? t[i][1] : last;
+        if (st->tl[i].xfer)
+            continue; /* transfers: in the timeline, not the kernels' profile */
         prof_add(st, st->tl[i].label, t[i][0], t[i][1]);
         busy += (double)(t[i][1] - t[i][0]);
-        last = t[i][1] > last ? t[i][1] : last;
     }
     const double span = (double)(last - t[0][0]);
     st->n_tl_read = n;
     if (ctx && ctx->verbose && what) {
-        nsa_log(ctx, "opencl timeline (%s): %d launches, %.1f us from the first start to the "
-                     "last end, %.1f us in kernels, %.1f us between them",
+        nsa_log(ctx, "opencl timeline (%s): %d commands, %.1f us from the first start to the "
+                     "last end, %.1f us in kernels, %.1f us in transfers or idle",
                 what, n, span / 1e3, busy / 1e3, (span - busy) / 1e3);
         /* queued -> start: how long the host's enqueue was ahead of the
          * device (near 0: the device waited for the host) */
