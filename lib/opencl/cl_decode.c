@@ -177,10 +177,14 @@ static nsa_status dc_ensure(nsa_context *ctx, nsa_cl_dcache *dc, int which, size
     return NSA_OK;
 }
 
-/* NSA_OPENCL_PROFILE=2: a transfer's event (if any) into the timeline. */
-static nsa_status dc_xfer_keep(nsa_context *ctx, nsa_cl_dcache *dc, cl_event ev,
-                               const char *what, size_t bytes)
+/* The end of a transfer enqueued by call: its error, else (with
+ * NSA_OPENCL_PROFILE=2, which asks the call for ev) its event into the
+ * timeline as "(what bytes B)". */
+static nsa_status dc_xfer_end(nsa_context *ctx, nsa_cl_dcache *dc, cl_int err, const char *call,
+                              cl_event ev, const char *what, size_t bytes)
 {
+    if (err != CL_SUCCESS)
+        return nsa_cl_fail(ctx, call, err);
     if (!ev)
         return NSA_OK;
     char label[32];
@@ -215,9 +219,7 @@ static nsa_status dc_write_at(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, siz
     cl_event ev = NULL;
     cl_int err = clEnqueueWriteBuffer(dc->st->queue, m, blocking, off, bytes, host, 0, NULL,
                                       dc->st->profile == 2 ? &ev : NULL);
-    if (err != CL_SUCCESS)
-        return nsa_cl_fail(ctx, "clEnqueueWriteBuffer", err);
-    return dc_xfer_keep(ctx, dc, ev, "write", bytes);
+    return dc_xfer_end(ctx, dc, err, "clEnqueueWriteBuffer", ev, "write", bytes);
 }
 
 static nsa_status dc_write(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t bytes,
@@ -236,9 +238,7 @@ static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t 
     cl_event ev = NULL;
     cl_int err = clEnqueueReadBuffer(dc->st->queue, m, CL_FALSE, off, bytes, host, 0, NULL,
                                      dc->st->profile == 2 ? &ev : NULL);
-    if (err != CL_SUCCESS)
-        return nsa_cl_fail(ctx, "clEnqueueReadBuffer", err);
-    return dc_xfer_keep(ctx, dc, ev, "read", bytes);
+    return dc_xfer_end(ctx, dc, err, "clEnqueueReadBuffer", ev, "read", bytes);
 }
 
 /* Pinned host memory of n floats for the fused step's x and y: a buffer
