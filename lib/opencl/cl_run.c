@@ -140,7 +140,7 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
     st->n_tl_read = 0;
     if (n == 0)
         return NSA_OK;
-    cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0};
+    cl_ulong t[NSA_CL_TL_MAX][2] = {{0, 0}}, qd[NSA_CL_TL_MAX] = {0}, sb[NSA_CL_TL_MAX] = {0};
     cl_int err = CL_SUCCESS;
     const char *call = "";
     for (int i = 0; i < n; i++) {
@@ -153,6 +153,9 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
             err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_QUEUED,
                                           sizeof qd[i], &qd[i], NULL);
         }
+        if (err == CL_SUCCESS)
+            err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_SUBMIT,
+                                          sizeof sb[i], &sb[i], NULL);
         if (err == CL_SUCCESS)
             err = clGetEventProfilingInfo(st->tl[i].ev, CL_PROFILING_COMMAND_START,
                                           sizeof t[i][0], &t[i][0], NULL);
@@ -181,14 +184,17 @@ nsa_status nsa_cl_tl_flush(nsa_cl_state *st, nsa_context *ctx, const char *what)
                      "last end, %.1f us in kernels, %.1f us in transfers or idle",
                 what, n, span / 1e3, busy / 1e3, (span - busy) / 1e3);
         /* queued -> start: how long the host's enqueue was ahead of the
-         * device (near 0: the device waited for the host) */
+         * device (near 0: the device waited for the host); queued ->
+         * submitted: how long the driver held the command before passing
+         * it to the device */
         for (int i = 0; i < n; i++)
             nsa_log(ctx, "  +%8.1f us %-36s %8.1f us, idle before %6.1f us, queued %7.1f us "
-                         "before its start",
+                         "before its start, submitted %7.1f us after queued",
                     (double)(t[i][0] - t[0][0]) / 1e3, st->tl[i].label,
                     (double)(t[i][1] - t[i][0]) / 1e3,
                     i ? ((double)t[i][0] - (double)t[i - 1][1]) / 1e3 : 0.0,
-                    ((double)t[i][0] - (double)qd[i]) / 1e3);
+                    ((double)t[i][0] - (double)qd[i]) / 1e3,
+                    ((double)sb[i] - (double)qd[i]) / 1e3);
     }
     return NSA_OK;
 }
