@@ -1,12 +1,17 @@
 /* nsa-bench decode: per-step latency and what a step reads, NSA vs dense.
  *
  *   nsa-bench decode [--backend NAME] [--config small|group|paper] [--lens 8192,...]
- *                    [--batch B] [--steps N] [--json]
+ *                    [--batch B] [--steps N] [--warmup W] [--json]
  *
  * For each length S: a layer and B sequences whose caches are filled with
  * S-1 random tokens (one prefill without outputs, copied to the other
- * sequences), then N decode steps (the first at t = S-1) timed one by one;
- * then N dense decode passes (each new token over all its t+1 raw K/V) and
+ * sequences), then the first decode step (at t = S-1; it uploads the caches
+ * to a device mirror), W warm-up steps and N decode steps, each timed; the
+ * step column is the median of the N. W defaults to 16 on opencl, 0
+ * elsewhere: on an H200 (doc/opencl.md, twelfth session) the steps of the
+ * first ~10 ms after the batch-16 cache upload (5.4 GB at 64k) wait up to
+ * 1 ms before the device starts them, after that ~8 us; the first step and
+ * the warm-up median are printed apart. Then N dense decode passes (each new token over all its t+1 raw K/V) and
  * N passes of the NSA decode attention alone (no projections) over the same
  * caches and queries, both through the backend's device mirror of the
  * caches when it has one (opencl: only q, gates and the outputs cross the
@@ -208,7 +213,7 @@ static int preset(const char *name, nsa_layer_config *c)
 int nsa_bench_decode(int argc, char **argv)
 {
     const char *backend = "auto", *config = "small", *lens_arg = "8192,16384,32768,65536";
-    int B = 1, steps = 5, json = 0;
+    int B = 1, steps = 5, json = 0, warmup = -1; /* -1: the backend's default */
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = 1;
@@ -222,9 +227,12 @@ int nsa_bench_decode(int argc, char **argv)
             B = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--steps"))
             steps = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--warmup"))
+            warmup = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: nsa-bench decode [--backend NAME] [--config small|group|paper] "
-                            "[--lens 8192,16384,...] [--batch B] [--steps N] [--json]\n");
+                            "[--lens 8192,16384,...] [--batch B] [--steps N] [--warmup W] "
+                            "[--json]\n");
             return 2;
         }
     }
@@ -248,6 +256,8 @@ int nsa_bench_decode(int argc, char **argv)
     const nsa_config *a = &c.attn;
     const size_t D = (size_t)c.D;
     const int is_cpu = strcmp(nsa_context_backend(ctx), "cpu") == 0;
+    if (warmup < 0)
+        warmup = strcmp(nsa_context_backend(ctx), "opencl") == 0 ? 16 : 0;
     const nsa_simd_kernels *kern = is_cpu ? ((const nsa_cpu_state *)ctx->be_state)->k : NULL;
     const double bw = is_cpu ? nsa_bench_read_gbs(kern) : 0.0;
     if (!json && is_cpu)
@@ -277,10 +287,10 @@ int nsa_bench_decode(int argc, char **argv)
     }
     if (!json)
         printf("nsa-bench decode: backend %s, config %s (H=%d G=%d dk=%d dv=%d D=%d l=%d d=%d "
-               "l'=%d n=%d w=%d), batch %d, median of %d steps\n"
+               "l'=%d n=%d w=%d), batch %d, median of %d steps after %d warm-up steps\n"
                "%8s %11s %9s %11s %7s | %6s %6s %6s %7s %8s %7s | %10s %10s | %8s %8s | %9s %9s %8s %8s | %8s %7s | %8s %7s\n",
                nsa_context_backend(ctx), config, a->H, a->G, a->dk, a->dv, c.D, a->l, a->d,
-               a->l_sel, a->n, a->w, B, steps, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
+               a->l_sel, a->n, a->w, B, steps, warmup, "S", "step ms", "attn ms", "dense ms", "speedup", "cmp",
                "slc", "win", "total", "dense", "ratio", "nsa MB", "dense MB", "attn GB/s",
                "dns GB/s", "attn k ms", "dns k ms", "k GB/s", "dk GB/s", "bound ms",
                "attn/bd", "bd2 ms", "attn/bd2");
@@ -323,22 +333,32 @@ int nsa_bench_decode(int argc, char **argv)
             if (nsa_decode_clone_seq(st, b, 0) != NSA_OK)
                 rc = 1;
         nsa_decode_counters k0 = {0};
-        kernel_ms(ctx, NULL, NULL); /* the profile from here: the steps' kernels */
-        for (int s = 0; s < steps && rc == 0; s++) {
+        double t_first = 0.0, t_warm = 0.0, *tw = malloc(sizeof(double) * (size_t)(warmup > 0 ? warmup : 1));
+        if (!tw)
+            rc = 1;
+        /* the first step (uploads the caches), the warm-up steps, then the
+         * timed steps; the kernels' profile covers the timed ones only */
+        for (int s = -1 - warmup; s < steps && rc == 0; s++) {
             for (int b = 0; b < B; b++)
                 memcpy(xt + (size_t)b * D, x + (size_t)(S - 1) * D, sizeof(float) * D);
             const double t0 = bench_now();
             if (nsa_decode_step(L, st, xt, yt, NULL) != NSA_OK)
                 rc = 1;
-            tn[s] = bench_now() - t0;
-            if (s == 0) {
+            const double t = bench_now() - t0;
+            if (s == -1 - warmup) {
+                t_first = t;
                 nsa_decode_get_counters(st, 0, 0, &k0);
-                /* the profile from the second step: the first uploads the caches */
-                if (steps > 1)
-                    kernel_ms(ctx, NULL, NULL);
-            }
+            } else if (s < 0)
+                tw[s + warmup] = t;
+            else
+                tn[s] = t;
+            if (s == -1)
+                kernel_ms(ctx, NULL, NULL); /* the profile from here */
         }
-        step_profile(ctx, steps > 1 ? steps - 1 : steps);
+        if (rc == 0 && warmup > 0)
+            t_warm = bench_median(tw, warmup);
+        free(tw);
+        step_profile(ctx, steps);
         for (size_t i = 0; i < (size_t)B * a->H * a->dk; i++)
             q[i] = nsa_rng_uniform(&r);
         for (size_t i = 0; i < (size_t)B * a->H * 3; i++)
@@ -394,7 +414,7 @@ int nsa_bench_decode(int argc, char **argv)
             const double bound_ser = bw > 0 && rate > 0 ? bound + nsa_flops / rate * 1e3 : 0.0;
             if (json)
                 printf("{\"mode\":\"decode\",\"backend\":\"%s\",\"config\":\"%s\",\"S\":%ld,"
-                       "\"batch\":%d,\"steps\":%d,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
+                       "\"batch\":%d,\"steps\":%d,\"warmup\":%d,\"first_step_ms\":%.4f,\"nsa_ms\":%.4f,\"nsa_attn_ms\":%.4f,\"dense_ms\":%.4f,"
                        "\"cmp\":%lld,\"slc\":%lld,\"win\":%lld,\"nsa_tokens\":%lld,"
                        "\"dense_tokens\":%lld,\"nsa_bytes\":%lld,\"dense_bytes\":%.0f,"
                        "\"attn_bytes_all\":%.0f,\"dense_bytes_all\":%.0f,\"attn_gbs\":%.2f,"
@@ -402,7 +422,7 @@ int nsa_bench_decode(int argc, char **argv)
                        "\"attn_kernel_gbs\":%.2f,\"dense_kernel_gbs\":%.2f,\"read_gbs\":%.2f,\"bound_ms\":%.4f,"
                        "\"attn_gflop\":%.6f,\"probe_read_us\":%.2f,\"probe_compute_us\":%.2f,"
                        "\"probe_both_us\":%.2f,\"bound_serial_ms\":%.4f}\n",
-                       nsa_context_backend(ctx), config, S, B, steps, mn, ma, md,
+                       nsa_context_backend(ctx), config, S, B, steps, warmup, t_first * 1e3, mn, ma, md,
                        (long long)k0.cmp, (long long)k0.slc, (long long)k0.win,
                        (long long)tot, (long long)k0.dense, (long long)k0.bytes, dense_bytes,
                        nsa_bytes, dense_bytes_all, ga, gd, mka, mkd, gka, gkd, bw, bound,
@@ -416,6 +436,10 @@ int nsa_bench_decode(int argc, char **argv)
                        (double)k0.dense / (double)tot, k0.bytes / 1e6, dense_bytes / 1e6, ga, gd,
                        mka, mkd, gka, gkd, bound, bound > 0 ? ma / bound : 0.0, bound_ser,
                        bound_ser > 0 ? ma / bound_ser : 0.0);
+            if (!json)
+                printf("         steps: the first (uploads the caches) %.3f ms, %d warm-up "
+                       "steps median %.3f ms\n",
+                       t_first * 1e3, warmup, t_warm * 1e3);
             if (!json && kp.n > 0) {
                 printf("         kernels, mean ms:");
                 for (int i = 0; i < kp.n; i++)
