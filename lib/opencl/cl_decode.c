@@ -82,6 +82,15 @@ enum { DB_Q, DB_GATES, DB_TPOS, DB_ZOUT, DB_S, DB_SEL, DB_PSTC, DB_PACCC, DB_PST
        DB_K0, DB_V0 = DB_K0 + 3, DB_Z = DB_V0 + 3, DB_PHID, DB_TOKK, DB_TOKV, DB_PSRC, DB_SAVEK,
        DB_SAVEV, DB_FETCH, DB_COUNT };
 
+/* A buffer the driver places in host memory, mapped once: the buffer,
+ * its mapping, its floats. */
+typedef struct dc_pin {
+    cl_mem m;
+    float *p;
+    size_t n;
+} dc_pin;
+enum { DC_PIN_STEP, DC_PIN_STAGE };
+
 typedef struct nsa_cl_dcache {
     nsa_cl_state *st;
     nsa_config cfg;
@@ -125,13 +134,13 @@ typedef struct nsa_cl_dcache {
     int psrc_ok;         /* DB_PSRC holds b l for phi's src */
     uint64_t bus[3];     /* test hook: bytes up, down, of them up the mapping */
     int in_map;          /* dc_map's writes are counted in bus[2] too */
-    /* the fused step's x and y through pinned host memory (dc_pinned):
-     * the buffer, its mapping, its floats; pin_off: NSA_OPENCL_PINNED=0 or
-     * the pinned buffer could not be made */
-    cl_mem pin;
-    float *pin_p;
-    size_t pin_n;
+    /* pinned host memory (dc_pinned), DC_PIN_STEP: the fused step's x and
+     * y; DC_PIN_STAGE: the uploads' staging (stage points there, else at
+     * the pageable hstage); pin_off: NSA_OPENCL_PINNED=0 or a pinned buffer
+     * could not be made */
+    dc_pin pin[2];
     int pin_off;
+    float *stage;
 } nsa_cl_dcache;
 
 /* Counts one device operation; the test hook fails the chosen one. */
@@ -192,17 +201,16 @@ static nsa_status dc_xfer_end(nsa_context *ctx, nsa_cl_dcache *dc, cl_int err, c
     return nsa_cl_tl_keep(dc->st, ctx, ev, label, 1);
 }
 
-/* Unmaps and releases the pinned buffer (after what the queue holds). */
-static void dc_unpin(nsa_cl_dcache *dc)
+/* Unmaps and releases pinned buffer i (after what the queue holds). */
+static void dc_unpin(nsa_cl_dcache *dc, int i)
 {
-    if (!dc->pin)
+    dc_pin *pn = &dc->pin[i];
+    if (!pn->m)
         return;
-    clEnqueueUnmapMemObject(dc->st->queue, dc->pin, dc->pin_p, 0, NULL, NULL);
+    clEnqueueUnmapMemObject(dc->st->queue, pn->m, pn->p, 0, NULL, NULL);
     clFinish(dc->st->queue);
-    clReleaseMemObject(dc->pin);
-    dc->pin = NULL;
-    dc->pin_p = NULL;
-    dc->pin_n = 0;
+    clReleaseMemObject(pn->m);
+    *pn = (dc_pin){NULL, NULL, 0};
 }
 
 /* bytes of host to offset off of m, through the failure hook and the bus
@@ -241,18 +249,18 @@ static nsa_status dc_read(nsa_context *ctx, nsa_cl_dcache *dc, cl_mem m, size_t 
     return dc_xfer_end(ctx, dc, err, "clEnqueueReadBuffer", ev, "read", bytes);
 }
 
-/* Pinned host memory of n floats for the fused step's x and y: a buffer
- * the driver places in host memory, mapped once, whose pointer the step's
+/* Pinned host memory of n floats in buffer i (DC_PIN_*), whose pointer
  * transfers use (on NVIDIA a transfer from pageable memory goes through
  * the driver's own staging). NULL: pageable transfers (NSA_OPENCL_PINNED=0,
  * or no such buffer could be made). */
-static float *dc_pinned(nsa_context *ctx, nsa_cl_dcache *dc, size_t n)
+static float *dc_pinned(nsa_context *ctx, nsa_cl_dcache *dc, int i, size_t n)
 {
+    dc_pin *pn = &dc->pin[i];
     if (dc->pin_off)
         return NULL;
-    if (dc->pin_p && dc->pin_n >= n)
-        return dc->pin_p;
-    dc_unpin(dc);
+    if (pn->p && pn->n >= n)
+        return pn->p;
+    dc_unpin(dc, i);
     cl_int err;
     cl_mem m = clCreateBuffer(dc->st->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR,
                               sizeof(float) * n, NULL, &err);
@@ -270,10 +278,8 @@ static float *dc_pinned(nsa_context *ctx, nsa_cl_dcache *dc, size_t n)
         dc->pin_off = 1;
         return NULL;
     }
-    dc->pin = m;
-    dc->pin_p = p;
-    dc->pin_n = n;
-    return dc->pin_p;
+    *pn = (dc_pin){m, p, n};
+    return pn->p;
 }
 
 static nsa_status dc_launch(nsa_context *ctx, nsa_cl_dcache *dc, nsa_clr_args *a,
@@ -292,7 +298,8 @@ void nsa_cl_dcache_free(void *p)
     nsa_cl_dcache *dc = p;
     if (!dc)
         return;
-    dc_unpin(dc);
+    dc_unpin(dc, DC_PIN_STEP);
+    dc_unpin(dc, DC_PIN_STAGE);
     cl_mem *ms[] = {&dc->kr, &dc->vr, &dc->kw, &dc->vw, &dc->kc, &dc->vc, &dc->kring, &dc->vring};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
         if (*ms[i])
@@ -546,7 +553,7 @@ static nsa_status dc_flush(nsa_context *ctx, nsa_cl_dcache *dc, cl_bool blocking
         return NSA_OK;
     const nsa_config *c = &dc->cfg;
     nsa_status s;
-    if ((s = dc_write(ctx, dc, dc->buf[DB_STAGE].m, sizeof(float) * dc->nstage, dc->hstage,
+    if ((s = dc_write(ctx, dc, dc->buf[DB_STAGE].m, sizeof(float) * dc->nstage, dc->stage,
                       blocking)) != NSA_OK ||
         (s = dc_write(ctx, dc, dc->buf[DB_DESC].m, sizeof(int32_t) * 4 * dc->ndesc, dc->hdesc,
                       blocking)) != NSA_OK)
@@ -590,7 +597,7 @@ static nsa_status dc_stage(nsa_context *ctx, nsa_cl_dcache *dc, int kind, int b,
         if (s != NSA_OK)
             return s;
     }
-    memcpy(dc->hstage + dc->nstage, src, sizeof(float) * len);
+    memcpy(dc->stage + dc->nstage, src, sizeof(float) * len);
     int32_t *d = dc->hdesc + 4 * dc->ndesc++;
     d[0] = kind;
     d[1] = b;
@@ -664,13 +671,19 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
     size_t sd = rows < sf / (kr < vr ? kr : vr) ? rows : sf / (kr < vr ? kr : vr);
     if (sd < 2)
         sd = 2;
-    if (sf * sizeof(float) > dc->buf[DB_STAGE].bytes || !dc->hstage) {
+    if (sf * sizeof(float) > dc->buf[DB_STAGE].bytes || !dc->stage) {
         if ((s = dc_ensure(ctx, dc, DB_STAGE, sf * sizeof(float))) != NSA_OK)
             return s;
-        float *h = realloc(dc->hstage, dc->buf[DB_STAGE].bytes);
-        if (!h)
-            return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the decode upload");
-        dc->hstage = h;
+        /* pinned where it can be: after a batch-16 upload of 5.4 GB from
+         * pageable staging the next ~10 steps waited up to 1 ms before the
+         * device started them (H200; doc/opencl.md, twelfth session) */
+        float *h = dc_pinned(ctx, dc, DC_PIN_STAGE, dc->buf[DB_STAGE].bytes / sizeof(float));
+        if (!h) {
+            if (!(h = realloc(dc->hstage, dc->buf[DB_STAGE].bytes)))
+                return nsa_fail(ctx, NSA_ERR_NOMEM, "out of memory for the decode upload");
+            dc->hstage = h;
+        }
+        dc->stage = h;
     }
     if (sd * 4 * sizeof(int32_t) > dc->buf[DB_DESC].bytes || !dc->hdesc) {
         if ((s = dc_ensure(ctx, dc, DB_DESC, sd * 4 * sizeof(int32_t))) != NSA_OK)
@@ -1554,7 +1567,7 @@ static nsa_status dc_step_run(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_dst
     if (s != NSA_OK)
         return s;
     /* x up and y down through pinned memory where there is some */
-    float *pin = dc_pinned(ctx, dc, B * (D + Dy));
+    float *pin = dc_pinned(ctx, dc, DC_PIN_STEP, B * (D + Dy));
     if (pin)
         memcpy(pin, sj->x, sizeof(float) * B * D);
     if ((s = dc_ensure(ctx, dc, DB_X, sizeof(float) * B * D)) != NSA_OK ||
