@@ -8,10 +8,11 @@
  * sequences), then the first decode step (at t = S-1; it uploads the caches
  * to a device mirror), W warm-up steps and N decode steps, each timed; the
  * step column is the median of the N. W defaults to 16 on opencl, 0
- * elsewhere: on an H200 (doc/opencl.md, twelfth session) the steps of the
- * first ~10 ms after the batch-16 cache upload (5.4 GB at 64k) wait up to
- * 1 ms before the device starts them, after that ~8 us; the first step and
- * the warm-up median are printed apart. Then N dense decode passes (each new token over all its t+1 raw K/V) and
+ * elsewhere: on an H200 (doc/opencl.md, twelfth session) the ~10 steps
+ * after the batch-16 cache upload (5.4 GB at 64k) wait up to 1 ms before
+ * the device starts them, later ones ~8 us; the first step and the warm-up
+ * median are printed apart. Then N dense decode passes (each new token over
+ * all its t+1 raw K/V) and
  * N passes of the NSA decode attention alone (no projections) over the same
  * caches and queries, both through the backend's device mirror of the
  * caches when it has one (opencl: only q, gates and the outputs cross the

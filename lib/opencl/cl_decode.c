@@ -674,9 +674,9 @@ static nsa_status dc_sync(nsa_context *ctx, nsa_cl_dcache *dc, const nsa_decode_
     if (sf * sizeof(float) > dc->buf[DB_STAGE].bytes || !dc->stage) {
         if ((s = dc_ensure(ctx, dc, DB_STAGE, sf * sizeof(float))) != NSA_OK)
             return s;
-        /* pinned where it can be: after a batch-16 upload of 5.4 GB from
-         * pageable staging the next ~10 steps waited up to 1 ms before the
-         * device started them (H200; doc/opencl.md, twelfth session) */
+        /* pinned where it can be: the batch-16 upload of 5.4 GB (the
+         * first step at 64k) took 1.0-1.1 s against 1.4 s from pageable
+         * staging (H200; doc/opencl.md, twelfth session) */
         float *h = dc_pinned(ctx, dc, DC_PIN_STAGE, dc->buf[DB_STAGE].bytes / sizeof(float));
         if (!h) {
             if (!(h = realloc(dc->hstage, dc->buf[DB_STAGE].bytes)))
